@@ -1,0 +1,1 @@
+"""Operating the pipeline: the local platform launcher, the Vault bootstrap, the runner."""

@@ -1,0 +1,1 @@
+"""What every stage needs: typed settings, Vault secrets, logging and storage paths."""

@@ -23,7 +23,7 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
-from pipeline_common.settings import VaultSettings
+from pipeline_common.settings import ModelT, VaultSettings, load_settings, parse_secret
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,12 @@ def _vault_errors(error: hvac.exceptions.VaultError) -> str:
 
 def read_stage_secret(settings: VaultSettings | None = None) -> StageSecret:
     """Log in with the stage's identity and read its secret: the one call most stages need."""
-    from pipeline_common.settings import load_settings
-
     settings = settings or load_settings(VaultSettings)
     return VaultClient(settings).login().read_secret()
+
+
+def load_stage_secret(model: type[ModelT], settings: VaultSettings | None = None) -> ModelT:
+    """Read the stage's secret and validate it into ``model`` (a pydantic model whose
+    fields are the secret's keys); errors name the missing or invalid keys, never values."""
+    secret = read_stage_secret(settings)
+    return parse_secret(model, secret.revealed(), where=str(secret.where))

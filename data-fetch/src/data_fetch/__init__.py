@@ -1,0 +1,1 @@
+"""data-fetch: GitHub pull requests into MongoDB, normalised, validated, idempotent."""

@@ -1,0 +1,5 @@
+import sys
+
+from data_fetch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""The pull-request record every source produces, and the normalisation that builds it.
+
+Pure logic: no I/O. A payload that cannot become a valid record raises
+:class:`InvalidRecordError` with a reason a person can act on; the caller quarantines it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+
+
+class InvalidRecordError(ValueError):
+    """The payload cannot be normalised; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PullRequestRecord(BaseModel):
+    """One pull request, normalised. Optional counts are None when the source lacks them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repository: str = Field(pattern=r"^[^/\s]+/[^/\s]+$")
+    number: int = Field(gt=0)
+    title: str
+    body: str = ""
+    state: str
+    author_login: str | None = None
+    author_association: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None = None
+    merged_at: datetime | None = None
+    additions: int = Field(ge=0)
+    deletions: int = Field(ge=0)
+    changed_files: int = Field(ge=0)
+    commits: int = Field(ge=0)
+    comments: int | None = Field(default=None, ge=0)
+    review_comments: int | None = Field(default=None, ge=0)
+    labels: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    @field_validator("created_at", "updated_at", "closed_at", "merged_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamp has no time zone")
+        return value
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"repository": self.repository, "number": self.number}
+
+
+_STRICT_INTS = ("number", "additions", "deletions", "changed_files", "commits")
+
+
+def normalize_rest_pull_request(
+    raw: dict[str, Any], repository: str | None = None
+) -> PullRequestRecord:
+    """Build a record from a GitHub REST-shaped pull request (or the bundled sample)."""
+    if not isinstance(raw, dict):
+        raise InvalidRecordError(f"payload is a {type(raw).__name__}, not a JSON object")
+    repo = repository or _dig(raw, "base", "repo", "full_name")
+    if not repo:
+        raise InvalidRecordError("no repository: base.repo.full_name is missing")
+    for name in _STRICT_INTS:
+        value = raw.get(name)
+        # JSON true/false or "12" must not pass as counts.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidRecordError(f"{name} must be an integer, got {type(value).__name__}")
+    labels = raw.get("labels") or []
+    try:
+        return PullRequestRecord(
+            repository=repo,
+            number=raw.get("number"),
+            title=raw.get("title") or "",
+            body=raw.get("body") or "",
+            state=raw.get("state") or "unknown",
+            author_login=_dig(raw, "user", "login"),
+            author_association=raw.get("author_association"),
+            created_at=raw.get("created_at"),
+            updated_at=raw.get("updated_at") or raw.get("created_at"),
+            closed_at=raw.get("closed_at"),
+            merged_at=raw.get("merged_at"),
+            additions=raw.get("additions"),
+            deletions=raw.get("deletions"),
+            changed_files=raw.get("changed_files"),
+            commits=raw.get("commits"),
+            comments=raw.get("comments"),
+            review_comments=raw.get("review_comments"),
+            labels=tuple(lbl["name"] if isinstance(lbl, dict) else str(lbl) for lbl in labels),
+        )
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+            for e in error.errors(include_url=False, include_input=False)
+        )
+        raise InvalidRecordError(problems) from None
+
+
+def _dig(raw: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(raw, dict):
+            return None
+        raw = raw.get(key)
+    return raw

@@ -1,0 +1,248 @@
+"""Configure a Vault for the pipeline: secrets engine, per-stage policies, roles, secrets.
+
+The same code configures the local dev server and a real Vault; only the auth method
+differs. In a cluster each stage logs in with the ``kubernetes`` auth method using its
+service account; locally the ``jwt`` auth method trusts a key pair generated here, and
+:class:`LocalIdentities` signs service-account-shaped tokens with it.
+
+Usage against a real Vault (as an operator, with an admin token)::
+
+    VAULT_ADDR=https://vault.example:8200 VAULT_TOKEN=... \\
+    python -m pipeline_ops.vault_bootstrap --auth kubernetes \\
+        --kubernetes-host https://kubernetes.default.svc --secrets-file secrets.json
+
+``secrets.json`` maps a stage name to its key/value pairs; stages absent from it keep the
+secret they have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import hvac
+import yaml
+
+from pipeline_ops.paths import VAULT_CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+BootstrapAuth = Literal["kubernetes", "jwt"]
+LOCAL_ISSUER = "pipeline-local-platform"
+LOCAL_AUDIENCE = "vault"
+
+
+@dataclass(frozen=True)
+class VaultLayout:
+    kv_mount: str
+    secret_prefix: str
+    namespace: str
+    token_ttl: str
+    token_max_ttl: str
+    service_accounts: dict[str, str]
+    policies_dir: Path
+
+    @classmethod
+    def load(cls, config_dir: Path = VAULT_CONFIG_DIR) -> VaultLayout:
+        raw = yaml.safe_load((config_dir / "stages.yaml").read_text())
+        return cls(
+            kv_mount=raw["kv_mount"],
+            secret_prefix=raw["secret_prefix"],
+            namespace=raw["namespace"],
+            token_ttl=raw["token_ttl"],
+            token_max_ttl=raw["token_max_ttl"],
+            service_accounts={s: v["service_account"] for s, v in raw["stages"].items()},
+            policies_dir=config_dir / "policies",
+        )
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.service_accounts)
+
+    def secret_path(self, stage: str) -> str:
+        """The stage's secret as VAULT_SECRET_PATH spells it (MOUNT/PATH)."""
+        return f"{self.kv_mount}/{self.secret_prefix}/{stage}"
+
+    def subject(self, stage: str) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_accounts[stage]}"
+
+
+def bootstrap_vault(
+    client: hvac.Client,
+    layout: VaultLayout,
+    *,
+    auth: BootstrapAuth,
+    auth_mount: str | None = None,
+    jwt_public_key: str | None = None,
+    kubernetes_host: str | None = None,
+    secrets: Mapping[str, Mapping[str, Any]] | None = None,
+    token_ttl: str | None = None,
+    token_max_ttl: str | None = None,
+) -> None:
+    """Idempotently apply ``layout`` to the Vault that ``client`` (an admin) talks to."""
+    mount = auth_mount or auth
+    _ensure_kv_v2(client, layout.kv_mount)
+    for stage in layout.stages:
+        policy = (layout.policies_dir / f"{stage}.hcl").read_text()
+        client.sys.create_or_update_policy(name=stage, policy=policy)
+
+    enabled = client.sys.list_auth_methods()["data"]
+    if f"{mount}/" not in enabled:
+        client.sys.enable_auth_method(method_type=auth, path=mount)
+    ttl = token_ttl or layout.token_ttl
+    max_ttl = token_max_ttl or layout.token_max_ttl
+    if auth == "kubernetes":
+        if not kubernetes_host:
+            raise ValueError("--kubernetes-host is required for the kubernetes auth method")
+        client.write(f"auth/{mount}/config", kubernetes_host=kubernetes_host)
+        for stage in layout.stages:
+            client.write(
+                f"auth/{mount}/role/{stage}",
+                bound_service_account_names=[layout.service_accounts[stage]],
+                bound_service_account_namespaces=[layout.namespace],
+                token_policies=[stage],
+                token_ttl=ttl,
+                token_max_ttl=max_ttl,
+            )
+    else:
+        if not jwt_public_key:
+            raise ValueError("the jwt auth method needs the public key that signs the tokens")
+        client.write(
+            f"auth/{mount}/config",
+            jwt_validation_pubkeys=[jwt_public_key],
+            bound_issuer=LOCAL_ISSUER,
+        )
+        for stage in layout.stages:
+            client.write(
+                f"auth/{mount}/role/{stage}",
+                role_type="jwt",
+                user_claim="sub",
+                bound_subject=layout.subject(stage),
+                bound_audiences=[LOCAL_AUDIENCE],
+                token_policies=[stage],
+                token_ttl=ttl,
+                token_max_ttl=max_ttl,
+            )
+    for stage, values in (secrets or {}).items():
+        if stage not in layout.service_accounts:
+            raise ValueError(f"secrets name unknown stage {stage!r}; stages: {layout.stages}")
+        client.secrets.kv.v2.create_or_update_secret(
+            path=f"{layout.secret_prefix}/{stage}",
+            secret=dict(values),
+            mount_point=layout.kv_mount,
+        )
+    log.info(
+        "Vault configured",
+        extra={"auth": auth, "stages": layout.stages, "secrets_written": sorted(secrets or {})},
+    )
+
+
+def _ensure_kv_v2(client: hvac.Client, mount: str) -> None:
+    engines = client.sys.list_mounted_secrets_engines()["data"]
+    current = engines.get(f"{mount}/")
+    if current is None:
+        client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    elif current.get("type") != "kv" or (current.get("options") or {}).get("version") != "2":
+        raise ValueError(f"{mount}/ is mounted but is not a KV v2 engine")
+
+
+class LocalIdentities:
+    """Stand-ins for Kubernetes service-account tokens: a key pair Vault's jwt method
+    trusts, and one signed token per stage, kept under ``directory`` (mode 0600)."""
+
+    def __init__(self, directory: Path, layout: VaultLayout):
+        self.directory = Path(directory)
+        self.layout = layout
+        self.private_key_file = self.directory / "signing-key.pem"
+
+    def public_key_pem(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        if not self.private_key_file.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            self.private_key_file.touch(mode=0o600)
+            self.private_key_file.write_bytes(pem)
+        key = serialization.load_pem_private_key(self.private_key_file.read_bytes(), None)
+        return (
+            key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+
+    def token_file(self, stage: str) -> Path:
+        return self.directory / "tokens" / f"{stage}.jwt"
+
+    def issue_token(self, stage: str, *, lifetime_seconds: int = 24 * 3600) -> Path:
+        """Sign a token shaped like a projected service-account token for ``stage``."""
+        import jwt
+
+        self.public_key_pem()  # creates the key pair on first use
+        now = int(time.time())
+        claims = {
+            "iss": LOCAL_ISSUER,
+            "sub": self.layout.subject(stage),
+            "aud": [LOCAL_AUDIENCE],
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime_seconds,
+            "kubernetes.io": {
+                "namespace": self.layout.namespace,
+                "serviceaccount": {"name": self.layout.service_accounts[stage]},
+            },
+        }
+        token = jwt.encode(claims, self.private_key_file.read_bytes(), algorithm="RS256")
+        path = self.token_file(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(token)
+        return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline_ops.vault_bootstrap",
+        description="Configure Vault for the pipeline (needs VAULT_ADDR and an admin VAULT_TOKEN).",
+    )
+    parser.add_argument("--auth", choices=["kubernetes", "jwt"], default="kubernetes")
+    parser.add_argument("--auth-mount", help="auth mount path (default: the method's name)")
+    parser.add_argument("--kubernetes-host", help="API server URL, for --auth kubernetes")
+    parser.add_argument("--jwt-public-key-file", type=Path, help="PEM key, for --auth jwt")
+    parser.add_argument("--secrets-file", type=Path, help="JSON: {stage: {key: value}}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
+    if not addr or not token:
+        print("error: set VAULT_ADDR and VAULT_TOKEN (an admin token)", file=sys.stderr)
+        return 2
+    secrets = json.loads(args.secrets_file.read_text()) if args.secrets_file else None
+    bootstrap_vault(
+        hvac.Client(url=addr, token=token),
+        VaultLayout.load(),
+        auth=args.auth,
+        auth_mount=args.auth_mount,
+        kubernetes_host=args.kubernetes_host,
+        jwt_public_key=args.jwt_public_key_file.read_text() if args.jwt_public_key_file else None,
+        secrets=secrets,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,7 +28,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform
 
 
 @pytest.fixture(scope="session")
-def local_env(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> LocalEnvironment:
+def local_env(
+    platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory
+) -> LocalEnvironment:
     """The platform with Vault bootstrapped: policies, jwt roles, stage secrets, tokens."""
     env = LocalEnvironment(platform, tmp_path_factory.mktemp("data"))
     env.configure_vault()

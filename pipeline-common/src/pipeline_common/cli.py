@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -25,7 +26,9 @@ def run_stage(stage: str, job: Callable[[], dict[str, Any]], *, log_level: str =
     clear line and a distinct exit code rather than a traceback."""
     configure_logging(stage, log_level)
     try:
-        summary = job()
+        # stdout carries only the summary; libraries that print (MLflow does) go to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = job()
     except ConfigError as error:
         print(f"{stage}: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,0 +1,1 @@
+"""ml-pipeline: the feature definition, Spark preprocessing and autoencoder training."""

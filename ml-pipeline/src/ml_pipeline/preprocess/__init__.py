@@ -1,0 +1,1 @@
+"""spark-preprocess: pull requests from MongoDB to versioned Parquet features."""

@@ -1,0 +1,40 @@
+"""`spark-preprocess`: build features from MongoDB with Spark and publish them as Parquet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline_common.cli import run_stage
+from pipeline_common.settings import load_settings
+from pipeline_common.vault import load_stage_secret
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="spark-preprocess",
+        description="Read pull requests from MongoDB with Spark, compute the features and "
+        "publish them as Parquet under a new run id. Connections come from the stage's Vault "
+        "secret (VAULT_* variables); Spark from SPARK_MASTER, SPARK_JARS_DIR.",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    def job() -> dict:
+        from ml_pipeline.preprocess.job import PreprocessJob
+        from ml_pipeline.preprocess.settings import PreprocessSecret, PreprocessSettings
+        from ml_pipeline.preprocess.spark import build_spark_session
+
+        settings = load_settings(PreprocessSettings)
+        secret = load_stage_secret(PreprocessSecret)
+        spark = build_spark_session(settings)
+        try:
+            return PreprocessJob(spark, secret).run()
+        finally:
+            spark.stop()
+
+    return run_stage("spark-preprocess", job, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

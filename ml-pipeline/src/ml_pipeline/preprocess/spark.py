@@ -1,0 +1,36 @@
+"""The Spark session, configured for local[*] (the embedded default) or a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline_common.settings import ConfigError
+from pyspark.sql import SparkSession
+
+from ml_pipeline.preprocess.settings import PreprocessSettings
+
+
+def build_spark_session(
+    settings: PreprocessSettings, app_name: str = "spark-preprocess"
+) -> SparkSession:
+    jars_dir = Path(settings.jars_dir)
+    jars = sorted(str(p.resolve()) for p in jars_dir.glob("*.jar"))
+    if not jars:
+        raise ConfigError(
+            f"no connector jars in SPARK_JARS_DIR={jars_dir}: run `make setup` (Maven fetches them)"
+        )
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.master)
+        .config("spark.jars", ",".join(jars))
+        .config("spark.driver.memory", settings.driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    if settings.master.startswith("local"):
+        builder = builder.config("spark.driver.host", "127.0.0.1").config(
+            "spark.driver.bindAddress", "127.0.0.1"
+        )
+    return builder.getOrCreate()

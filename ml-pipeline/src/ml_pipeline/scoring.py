@@ -1,0 +1,93 @@
+"""Scoring: features -> scaled -> reconstruction error per feature -> score and verdict.
+
+Used by the MLflow pyfunc and by model-serving's fast path, so both give the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, compute_features
+from ml_pipeline.model import Autoencoder
+
+TOP_FEATURES = 3
+
+
+@dataclass
+class AnomalyScorer:
+    model: Autoencoder
+    mean: np.ndarray
+    scale: np.ndarray
+    threshold: float
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    feature_spec_version: str = FEATURE_SPEC_VERSION
+
+    def errors(self, features: np.ndarray) -> np.ndarray:
+        """Squared reconstruction error per feature, shape (rows, features)."""
+        scaled = (np.asarray(features, dtype=np.float32) - self.mean) / self.scale
+        with torch.inference_mode():
+            tensor = torch.from_numpy(scaled.astype(np.float32))
+            reconstructed = self.model(tensor).numpy()
+        return (reconstructed - scaled) ** 2
+
+    def score_features(self, features: np.ndarray) -> list[dict[str, Any]]:
+        errors = self.errors(features)
+        scores = errors.mean(axis=1)
+        top = np.argsort(-errors, axis=1)[:, :TOP_FEATURES]
+        return [
+            {
+                "score": float(score),
+                "threshold": self.threshold,
+                "is_anomaly": bool(score > self.threshold),
+                "top_features": [self.feature_names[i] for i in order],
+            }
+            for score, order in zip(scores, top, strict=True)
+        ]
+
+    def score_records(
+        self, records: Sequence[dict[str, Any]] | pd.DataFrame
+    ) -> list[dict[str, Any]]:
+        frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+        return self.score_features(compute_features(frame).to_numpy())
+
+    # -- persistence: plain tensors and numbers, loadable without pickle -----------------
+    def save(self, path: Path) -> None:
+        torch.save(
+            {
+                "model_config": self.model.config(),
+                "state_dict": self.model.state_dict(),
+                "mean": torch.from_numpy(self.mean.astype(np.float32)),
+                "scale": torch.from_numpy(self.scale.astype(np.float32)),
+                "threshold": self.threshold,
+                "feature_names": list(self.feature_names),
+                "feature_spec_version": self.feature_spec_version,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> AnomalyScorer:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["feature_spec_version"] != FEATURE_SPEC_VERSION:
+            raise ValueError(
+                f"model was trained on feature spec {saved['feature_spec_version']}, this code "
+                f"computes spec {FEATURE_SPEC_VERSION}: retrain or deploy matching code"
+            )
+        model = Autoencoder(**saved["model_config"])
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        return cls(
+            model=model,
+            mean=saved["mean"].numpy(),
+            scale=saved["scale"].numpy(),
+            threshold=float(saved["threshold"]),
+            feature_names=tuple(saved["feature_names"]),
+            feature_spec_version=saved["feature_spec_version"],
+        )

@@ -1,0 +1,1 @@
+"""ml-training: fit the autoencoder on published features, track it in MLflow."""

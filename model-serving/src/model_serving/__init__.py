@@ -1,0 +1,1 @@
+"""model-serving: FastAPI scoring of pull requests with the registered autoencoder."""

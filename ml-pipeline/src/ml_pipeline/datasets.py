@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
-from pipeline_common.storage import StorageLocation
 
 from ml_pipeline.features import FEATURE_SPEC_VERSION
+from pipeline_common.storage import StorageLocation
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"

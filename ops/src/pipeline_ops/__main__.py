@@ -73,11 +73,13 @@ def _print_run(summary: dict) -> None:
     print()
     print("Pipeline finished. Where each stage's output is:")
     print(
-        f"  data-fetch       MongoDB {fetch['collection']}: {fetch['collection_count']} pull requests "
+        f"  data-fetch       MongoDB {fetch['collection']}: "
+        f"{fetch['collection_count']} pull requests "
         f"({fetch['inserted']} new, {fetch['updated']} updated, {fetch['quarantined']} quarantined)"
     )
     print(
-        f"  spark-preprocess {pre['rows']} feature rows in {pre['features_path']} (run {pre['run_id']})"
+        f"  spark-preprocess {pre['rows']} feature rows in {pre['features_path']} "
+        f"(run {pre['run_id']})"
     )
     print(
         f"  ml-training      MLflow run {train['mlflow_run_id']} at {train['tracking_uri']}, "

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from pipeline_common.storage import StorageLocation
 from pyspark.sql import DataFrame, SparkSession
 
 from ml_pipeline.datasets import LATEST, MANIFEST
 from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, compute_features
 from ml_pipeline.preprocess.settings import PreprocessSecret
+from pipeline_common.storage import StorageLocation
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline_common.settings import ConfigError
 from pyspark.sql import SparkSession
 
 from ml_pipeline.preprocess.settings import PreprocessSettings
+from pipeline_common.settings import ConfigError
 
 
 def build_spark_session(

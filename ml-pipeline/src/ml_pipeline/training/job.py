@@ -106,7 +106,7 @@ class TrainingJob:
                     "rows_train": len(train),
                     "rows_valid": len(valid),
                     "rows_test": len(test),
-                }  # fmt: skip
+                }
             )
             for entry in history:
                 mlflow.log_metrics(
@@ -118,7 +118,7 @@ class TrainingJob:
                     "threshold": scorer.threshold,
                     "test_mean_error": float(test_scores.mean()),
                     "test_flagged_rate": float((test_scores > scorer.threshold).mean()),
-                }  # fmt: skip
+                }
             )
             mlflow.log_dict(feature_spec_document(), "feature_spec.json")
             mlflow.log_dict(dataset.manifest, "input_manifest.json")

@@ -35,7 +35,7 @@ $(TOOLS)/bin/ferretdb: ops/scripts/build-ferretdb.sh
 
 $(TOOLS)/jars/.fetched: ops/jars/pom.xml
 	rm -rf $(TOOLS)/jars && mkdir -p $(TOOLS)/jars
-	mvn -q -B -f ops/jars/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath $(TOOLS)/jars) -DincludeScope=runtime
+	mvn -q -B -Dstyle.color=never -f ops/jars/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath $(TOOLS)/jars) -DincludeScope=runtime
 	touch $@
 
 up: setup ## start the local platform (Vault, MongoDB, MLflow) and configure Vault

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline_common.cli import EXIT_CONFIG, EXIT_VAULT
-from pipeline_common.logging import configure_logging
-from pipeline_common.settings import ConfigError, load_settings
-from pipeline_common.vault import VaultError, load_stage_secret
+from pipeline_common.cli import run_stage
+from pipeline_common.settings import load_settings
+from pipeline_common.vault import load_stage_secret
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,32 +20,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    configure_logging("model-serving", args.log_level)
-    try:
+
+    def serve() -> None:
+        import uvicorn
+
+        from model_serving.app import create_app
+        from model_serving.model_source import load_registered_model
         from model_serving.settings import ServingSecret, ServingSettings
 
         settings = load_settings(ServingSettings)
         secret = load_stage_secret(ServingSecret)
-    except ConfigError as error:
-        print(f"model-serving: configuration error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    except VaultError as error:
-        print(f"model-serving: Vault error: {error}", file=sys.stderr)
-        return EXIT_VAULT
+        app = create_app(
+            lambda: load_registered_model(
+                secret.mlflow_tracking_uri, secret.model_name, settings.model_alias
+            ),
+            max_batch=settings.max_batch,
+        )
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=20
+        )
 
-    import uvicorn
-
-    from model_serving.app import create_app
-    from model_serving.model_source import load_registered_model
-
-    app = create_app(
-        lambda: load_registered_model(
-            secret.mlflow_tracking_uri, secret.model_name, settings.model_alias
-        ),
-        max_batch=settings.max_batch,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=20)
-    return 0
+    return run_stage("model-serving", serve, log_level=args.log_level)
 
 
 if __name__ == "__main__":

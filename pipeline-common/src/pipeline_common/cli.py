@@ -21,9 +21,11 @@ EXIT_CONFIG = 2  # a setting or secret is missing or wrong: fix the configuratio
 EXIT_VAULT = 3  # Vault unreachable, login refused, or access denied
 
 
-def run_stage(stage: str, job: Callable[[], dict[str, Any]], *, log_level: str = "INFO") -> int:
-    """Run ``job`` and print its summary as JSON on stdout. Known failures end with one
-    clear line and a distinct exit code rather than a traceback."""
+def run_stage(
+    stage: str, job: Callable[[], dict[str, Any] | None], *, log_level: str = "INFO"
+) -> int:
+    """Run ``job`` and print its summary (if it returns one) as JSON on stdout. Known
+    failures end with one clear line and a distinct exit code rather than a traceback."""
     configure_logging(stage, log_level)
     try:
         # stdout carries only the summary; libraries that print (MLflow does) go to stderr.
@@ -38,7 +40,8 @@ def run_stage(stage: str, job: Callable[[], dict[str, Any]], *, log_level: str =
     except StageError as error:
         print(f"{stage}: {error}", file=sys.stderr)
         return error.exit_code
-    print(json.dumps(summary, default=str, indent=2))
+    if summary is not None:
+        print(json.dumps(summary, default=str, indent=2))
     return EXIT_OK
 
 

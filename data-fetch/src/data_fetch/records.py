@@ -59,7 +59,9 @@ class PullRequestRecord(BaseModel):
         return {"repository": self.repository, "number": self.number}
 
 
-_STRICT_INTS = ("number", "additions", "deletions", "changed_files", "commits")
+_STRICT_INTS = (
+    "number", "additions", "deletions", "changed_files", "commits", "comments", "review_comments",
+)  # fmt: skip
 
 
 def normalize_rest_pull_request(

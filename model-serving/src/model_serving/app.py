@@ -26,10 +26,11 @@ class PullRequestIn(BaseModel):
     number: int | None = Field(default=None, ge=1)
     title: str = ""
     body: str | None = ""
-    additions: int = Field(ge=0)
-    deletions: int = Field(ge=0)
-    changed_files: int = Field(ge=0)
-    commits: int = Field(ge=0)
+    # strict: JSON true or "12" is not a count (data-fetch quarantines such records too)
+    additions: int = Field(ge=0, strict=True)
+    deletions: int = Field(ge=0, strict=True)
+    changed_files: int = Field(ge=0, strict=True)
+    commits: int = Field(ge=0, strict=True)
     created_at: datetime
     merged_at: datetime | None = None
 
@@ -97,9 +98,11 @@ def create_app(loader: Callable[[], LoadedModel], max_batch: int = 1000) -> Fast
         if model is None:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="model is loading")
         records = payload if isinstance(payload, list) else [payload]
+        if not records:  # an empty batch has no rows to compute features from
+            return ScoreResponse(results=[])
         if len(records) > max_batch:
             raise HTTPException(
-                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                status.HTTP_413_CONTENT_TOO_LARGE,
                 detail=f"{len(records)} records in one request; the maximum is {max_batch}",
             )
         frame = pd.DataFrame([r.model_dump() for r in records])

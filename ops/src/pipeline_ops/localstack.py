@@ -186,6 +186,9 @@ class LocalPlatform:
                 _venv_bin("bao"), "server", "-dev",
                 f"-dev-listen-address=127.0.0.1:{port}",
                 f"-dev-root-token-id={self.vault_root_token()}",
+                # Without this the dev server writes its root token to ~/.vault-token,
+                # where every hvac client without an explicit token would pick it up.
+                "-dev-no-store-token",
             ]  # fmt: skip
             # The dev server keeps everything in memory: each start is a fresh Vault,
             # which the bootstrap then configures.

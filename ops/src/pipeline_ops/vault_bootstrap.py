@@ -89,6 +89,14 @@ def bootstrap_vault(
 ) -> None:
     """Idempotently apply ``layout`` to the Vault that ``client`` (an admin) talks to."""
     mount = auth_mount or auth
+    # Check the arguments before changing anything, so a mistake leaves Vault as it was.
+    if auth == "kubernetes" and not kubernetes_host:
+        raise ValueError("--kubernetes-host is required for the kubernetes auth method")
+    if auth == "jwt" and not jwt_public_key:
+        raise ValueError("the jwt auth method needs the public key that signs the tokens")
+    unknown = sorted(set(secrets or {}) - set(layout.service_accounts))
+    if unknown:
+        raise ValueError(f"secrets name unknown stage(s) {unknown}; stages: {layout.stages}")
     _ensure_kv_v2(client, layout.kv_mount)
     for stage in layout.stages:
         policy = (layout.policies_dir / f"{stage}.hcl").read_text()
@@ -100,8 +108,6 @@ def bootstrap_vault(
     ttl = token_ttl or layout.token_ttl
     max_ttl = token_max_ttl or layout.token_max_ttl
     if auth == "kubernetes":
-        if not kubernetes_host:
-            raise ValueError("--kubernetes-host is required for the kubernetes auth method")
         client.write(f"auth/{mount}/config", kubernetes_host=kubernetes_host)
         for stage in layout.stages:
             client.write(
@@ -113,8 +119,6 @@ def bootstrap_vault(
                 token_max_ttl=max_ttl,
             )
     else:
-        if not jwt_public_key:
-            raise ValueError("the jwt auth method needs the public key that signs the tokens")
         client.write(
             f"auth/{mount}/config",
             jwt_validation_pubkeys=[jwt_public_key],
@@ -132,8 +136,6 @@ def bootstrap_vault(
                 token_max_ttl=max_ttl,
             )
     for stage, values in (secrets or {}).items():
-        if stage not in layout.service_accounts:
-            raise ValueError(f"secrets name unknown stage {stage!r}; stages: {layout.stages}")
         client.secrets.kv.v2.create_or_update_secret(
             path=f"{layout.secret_prefix}/{stage}",
             secret=dict(values),

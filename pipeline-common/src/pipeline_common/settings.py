@@ -9,11 +9,12 @@ value, so a mistyped secret cannot leak into a log.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -26,21 +27,26 @@ class ConfigError(ValueError):
 
 
 def _describe_errors(error: ValidationError, model: type[BaseModel], *, source: str) -> str:
+    # pydantic reports an aliased field by its alias: map it back to the field.
+    by_alias = {
+        f.validation_alias: name
+        for name, f in model.model_fields.items()
+        if isinstance(f.validation_alias, str)
+    }
     lines = []
     for item in error.errors(include_input=False, include_url=False):
         field_name = str(item["loc"][0]) if item["loc"] else "?"
+        field_name = by_alias.get(field_name, field_name)
         field = model.model_fields.get(field_name)
-        name = field_name
-        if source == "environment":
-            alias = (
-                field.validation_alias
-                if field and isinstance(field.validation_alias, str)
-                else None
-            )
+        alias = (
+            field.validation_alias if field and isinstance(field.validation_alias, str) else None
+        )
+        name = alias or field_name
+        if source == "environment" and not alias:
             prefix = (
                 model.model_config.get("env_prefix", "") if issubclass(model, BaseSettings) else ""
             )
-            name = alias or f"{prefix}{field_name}".upper()
+            name = f"{prefix}{field_name}".upper()
         hint = f" ({field.description})" if field and field.description else ""
         lines.append(f"  - {name}: {item['msg']}{hint}")
     return f"invalid configuration in the {source}:\n" + "\n".join(lines)
@@ -52,6 +58,15 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
         return cls(**overrides)
     except ValidationError as error:
         raise ConfigError(_describe_errors(error, cls, source="environment")) from None
+    except SettingsError as error:
+        # A list/dict setting whose environment value is not valid JSON: pydantic-settings
+        # fails before validation, naming only the field.
+        match = re.search(r'field "([^"]+)"', str(error))
+        name = f"{cls.model_config.get('env_prefix', '')}{match.group(1) if match else '?'}"
+        raise ConfigError(
+            f"invalid configuration in the environment:\n  - {name.upper()}: cannot be "
+            "parsed; a list or mapping setting must be given as JSON"
+        ) from None
 
 
 def parse_secret(cls: type[ModelT], values: Mapping[str, Any], *, where: str) -> ModelT:

@@ -34,6 +34,11 @@ class StorageLocation:
     @classmethod
     def parse(cls, uri: str) -> StorageLocation:
         parsed = urlparse(uri)
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            # file://data/features would silently mean /features on host "data"
+            raise ValueError(
+                f"storage URI {uri!r} names a host; use file:///ABSOLUTE/PATH or a plain path"
+            )
         if parsed.scheme in ("", "file"):
             local = parsed.path if parsed.scheme == "file" else uri
             return cls("file", str(Path(local).expanduser().resolve()))

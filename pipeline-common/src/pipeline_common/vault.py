@@ -60,13 +60,13 @@ def auth_mount(path_auth: str) -> str:
     ``kubernetes``; the login request then goes to ``/v1/auth/kubernetes/login`` (never
     ``/v1/auth/auth/kubernetes/login``).
     """
-    mount = path_auth.strip().strip("/")
-    for prefix in ("v1/", "auth/"):
-        if mount.startswith(prefix):
-            mount = mount[len(prefix) :]
-    if mount.endswith("/login"):
-        mount = mount[: -len("/login")]
-    mount = mount.strip("/")
+    parts = [p for p in path_auth.strip().split("/") if p]
+    for prefix in ("v1", "auth"):
+        if parts[:1] == [prefix]:
+            parts = parts[1:]
+    if parts[-1:] == ["login"]:
+        parts = parts[:-1]
+    mount = "/".join(parts)
     if not mount:
         raise VaultError(f"VAULT_PATH_AUTH={path_auth!r} names no auth mount; e.g. kubernetes")
     return mount
@@ -135,6 +135,9 @@ class VaultClient:
     def __init__(self, settings: VaultSettings):
         self.settings = settings
         self._client = hvac.Client(url=settings.addr, timeout=settings.timeout_seconds)
+        # hvac falls back to $VAULT_TOKEN or ~/.vault-token (often an admin or dev root
+        # token); a stage must only ever act with the token its own login returns.
+        self._client.token = None
         self._token_expires_at: float | None = None
         self._token_ttl: float = 0.0
 
@@ -164,12 +167,7 @@ class VaultClient:
             else:
                 auth = self._login_with_service_account()
         except hvac.exceptions.VaultError as error:
-            raise VaultAuthError(
-                f"Vault refused the {s.auth_method} login for role {s.role!r} at auth mount "
-                f"{auth_mount(s.path_auth)!r} ({type(error).__name__}: "
-                f"{_vault_errors(error)}). Check VAULT_ROLE, VAULT_PATH_AUTH and that the "
-                "role is bound to this service account."
-            ) from None
+            raise VaultAuthError(self._refused(error)) from None
         except requests.exceptions.RequestException as error:
             raise self._unreachable(error) from None
         ttl = float(auth.get("lease_duration") or auth.get("ttl") or 0)
@@ -177,6 +175,23 @@ class VaultClient:
         self._token_expires_at = time.monotonic() + ttl if ttl else None
         log.info("logged in to Vault", extra={"role": s.role, "method": s.auth_method})
         return self
+
+    def _refused(self, error: hvac.exceptions.VaultError) -> str:
+        s = self.settings
+        why = f"({type(error).__name__}: {_vault_errors(error)})"
+        if s.auth_method == "token":
+            return f"Vault refused VAULT_TOKEN {why}: the token is unknown, expired or revoked."
+        where = f"at auth mount {auth_mount(s.path_auth)!r}"
+        if s.auth_method == "approle":
+            return (
+                f"Vault refused the approle login {where} {why}. Check VAULT_ROLE_ID, "
+                "VAULT_SECRET_ID and VAULT_PATH_AUTH."
+            )
+        return (
+            f"Vault refused the {s.auth_method} login for role {s.role!r} {where} {why}. "
+            "Check VAULT_ROLE, VAULT_PATH_AUTH and that the role is bound to this "
+            "service account."
+        )
 
     def _login_with_service_account(self) -> dict[str, Any]:
         s = self.settings

@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 
 from ml_pipeline.datasets import MANIFEST
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, compute_features
+from ml_pipeline.features import (
+    CONTEXT_COLUMNS,
+    FEATURE_NAMES,
+    FEATURE_SPEC_VERSION,
+    attach_context,
+    compute_features,
+)
 from ml_pipeline.preprocess.job import publish_latest
 from pipeline_common.storage import StorageLocation
 
@@ -45,16 +51,27 @@ def feature_rows() -> Callable[[list[dict[str, Any]]], pd.DataFrame]:
 
 
 def _feature_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Key columns + features, as spark-preprocess writes them (pandas, no Spark)."""
+    """Rows as spark-preprocess publishes them (keys, inputs, context, features), in pandas."""
     raw = pd.DataFrame(records)
     keys = pd.DataFrame(
         {
             "repository": [r["base"]["repo"]["full_name"] for r in records],
             "number": raw["number"].astype("int64"),
+            "author": [r["user"]["login"] for r in records],
             "created_at": pd.to_datetime(raw["created_at"], utc=True),
         }
     )
-    return pd.concat([keys, compute_features(raw)], axis=1)
+    frame = pd.concat([raw.drop(columns=["user"]), keys[["repository", "author"]]], axis=1)
+    # the context columns as of each pull request, the way the Spark job defines them
+    ordered = frame.assign(created=keys["created_at"]).sort_values(["created", "number"])
+    frame["author_prior_pull_requests"] = ordered.groupby(["repository", "author"]).cumcount()
+    changes = frame["additions"] + frame["deletions"]
+    frame["repository_median_changes"] = changes.groupby(frame["repository"]).transform("median")
+    context_frame = attach_context(frame, None)
+    published = context_frame[
+        ["additions", "deletions", "changed_files", "commits", *CONTEXT_COLUMNS]
+    ]
+    return pd.concat([keys, published, compute_features(context_frame)], axis=1)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,12 @@ import pandas as pd
 import pytest
 
 from ml_pipeline.features import (
+    CONTEXT_COLUMNS,
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     INPUT_COLUMNS,
+    FeatureContext,
+    attach_context,
     compute_features,
     feature_spec_document,
 )
@@ -30,6 +33,8 @@ def _records() -> pd.DataFrame:
                 "body": "abc",
                 "created_at": "2024-01-05T10:00:00Z",
                 "merged_at": "2024-01-06T18:30:00+02:00",
+                "author_prior_pull_requests": 3,
+                "repository_median_changes": 99,
             },
             {
                 # nothing changed; merged on a Monday at 18:00 UTC after 12 h; no body
@@ -41,6 +46,8 @@ def _records() -> pd.DataFrame:
                 "body": None,
                 "created_at": "2024-01-08T06:00:00Z",
                 "merged_at": "2024-01-08T18:00:00Z",
+                "author_prior_pull_requests": 0,
+                "repository_median_changes": 0,
             },
             {
                 # never merged: every merge feature is 0
@@ -52,6 +59,8 @@ def _records() -> pd.DataFrame:
                 "body": "",
                 "created_at": "2024-02-01T00:00:00Z",
                 "merged_at": None,
+                "author_prior_pull_requests": 0,
+                "repository_median_changes": 5,
             },
         ],
         index=[10, 11, 12],  # Spark hands partitions over with arbitrary indexes
@@ -70,6 +79,8 @@ EXPECTED = {
     "merge_hour_sin": [math.sin(2 * math.pi * 16.5 / 24), -1.0, 0.0],
     "merge_hour_cos": [math.cos(2 * math.pi * 16.5 / 24), 0.0, 0.0],
     "merged_on_weekend": [1.0, 0.0, 0.0],
+    "log_author_prior_pull_requests": [math.log(4), 0.0, 0.0],
+    "size_vs_repository": [math.log(11) - math.log(100), 0.0, 0.0],
 }
 
 
@@ -95,7 +106,7 @@ def test_features_read_only_the_input_columns() -> None:
     records["user"] = [{"login": "a"}, None, {"login": "b"}]
     records["state"] = "closed"
     pd.testing.assert_frame_equal(
-        compute_features(records), compute_features(records[list(INPUT_COLUMNS)])
+        compute_features(records), compute_features(records[[*INPUT_COLUMNS, *CONTEXT_COLUMNS]])
     )
 
 
@@ -110,3 +121,40 @@ def test_spec_document_lists_every_feature() -> None:
     assert [f["name"] for f in document["features"]] == list(FEATURE_NAMES)
     for feature in document["features"]:
         assert feature["formula"].strip() and feature["unit"].strip(), feature["name"]
+
+
+def _raw(repository: str, author: str, additions: int, deletions: int) -> dict:
+    return {
+        "repository": repository,
+        "author": author,
+        "additions": additions,
+        "deletions": deletions,
+    }
+
+
+def test_context_from_a_snapshot_counts_authors_and_takes_repository_medians() -> None:
+    snapshot = pd.DataFrame(
+        [
+            _raw("o/a", "ann", 10, 0),
+            _raw("o/a", "ann", 20, 10),
+            _raw("o/a", "bob", 1, 1),
+            _raw("o/b", "ann", 4, 4),
+        ]
+    )
+    context = FeatureContext.from_records(snapshot)
+    assert context.repository_median_changes == {"o/a": 10.0, "o/b": 8.0}
+    assert context.author_pull_requests == {"o/a": {"ann": 2, "bob": 1}, "o/b": {"ann": 1}}
+    assert FeatureContext.from_dict(context.to_dict()) == context
+
+
+def test_attach_context_fills_only_what_the_record_lacks() -> None:
+    context = FeatureContext({"o/a": 10.0}, {"o/a": {"ann": 2}})
+    records = pd.DataFrame(
+        [_raw("o/a", "ann", 5, 5), _raw("o/a", "new", 5, 5), _raw("o/new", "ann", 7, 0)]
+    )
+    records["author_prior_pull_requests"] = [None, None, 9]
+    filled = attach_context(records, context)
+    assert filled["author_prior_pull_requests"].tolist() == [2.0, 0.0, 9.0]
+    # an unknown repository is its own typical size: size_vs_repository is 0, not a guess
+    assert filled["repository_median_changes"].tolist() == [10.0, 10.0, 7.0]
+    assert "repository_median_changes" not in records  # the caller's frame is untouched

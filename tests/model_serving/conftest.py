@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_pipeline.features import compute_features
+from ml_pipeline.features import attach_context, compute_features
 from ml_pipeline.scoring import AnomalyScorer
 from ml_pipeline.training.job import fit_autoencoder
 from ml_pipeline.training.settings import TrainingSettings
@@ -29,7 +29,7 @@ def serving_records(samples_dir: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def scorer(serving_records) -> AnomalyScorer:
-    features = compute_features(pd.DataFrame(serving_records)).to_numpy()
+    features = compute_features(attach_context(pd.DataFrame(serving_records), None)).to_numpy()
     mean, scale = features.mean(axis=0), features.std(axis=0)
     scale[scale == 0] = 1.0
     scaled = (features - mean) / scale

@@ -3,16 +3,21 @@
 Pure pandas/numpy: Spark applies :func:`compute_features` to each partition
 (``mapInPandas``), the model applies it to raw records at scoring time, so training and
 serving cannot disagree. Bump ``FEATURE_SPEC_VERSION`` whenever a formula changes.
+
+Two features need more than the record itself: the author's history in the repository and
+the repository's typical size. They read two *context columns*. Preprocessing computes them
+over the whole data set (as of each pull request, so no look-ahead); at scoring time
+:func:`attach_context` fills them from a :class:`FeatureContext` saved with the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-FEATURE_SPEC_VERSION = "1"
+FEATURE_SPEC_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,23 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("merge_hour_sin", "sin(2 pi hour(merged_at, UTC) / 24)", "unit circle"),
     FeatureSpec("merge_hour_cos", "cos(2 pi hour(merged_at, UTC) / 24)", "unit circle"),
     FeatureSpec("merged_on_weekend", "1 if merged_at falls on Saturday or Sunday (UTC)", "flag"),
+    FeatureSpec(
+        "log_author_prior_pull_requests",
+        "ln(1 + the author's pull requests in this repository created before this one)",
+        "log pull requests",
+    ),
+    FeatureSpec(
+        "size_vs_repository",
+        "ln(1 + additions + deletions) - ln(1 + the repository's median additions + deletions)",
+        "log ratio",
+    ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
-# Columns of a pull-request record that the features read.
+# Columns that describe a pull request in its repository rather than the pull request alone.
+CONTEXT_COLUMNS = ("author_prior_pull_requests", "repository_median_changes")
+
+# Columns of a pull-request record that the features read (besides the context columns).
 INPUT_COLUMNS = (
     "additions",
     "deletions",
@@ -55,11 +73,86 @@ INPUT_COLUMNS = (
 
 
 def feature_spec_document() -> dict:
-    return {"version": FEATURE_SPEC_VERSION, "features": [asdict(f) for f in FEATURES]}
+    return {
+        "version": FEATURE_SPEC_VERSION,
+        "features": [asdict(f) for f in FEATURES],
+        "context_columns": list(CONTEXT_COLUMNS),
+    }
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """The context columns' values at the end of a data snapshot, saved with the model.
+
+    ``author_pull_requests[repository][author]`` counts the author's pull requests in the
+    snapshot, which is exactly "earlier pull requests" for a pull request created after it.
+    """
+
+    repository_median_changes: dict[str, float] = field(default_factory=dict)
+    author_pull_requests: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, records: pd.DataFrame) -> FeatureContext:
+        changes = records["additions"].astype("float64") + records["deletions"].astype("float64")
+        medians = changes.groupby(records["repository"]).median()
+        counts = records.groupby(["repository", "author"]).size()
+        authors: dict[str, dict[str, int]] = {}
+        for (repository, author), count in counts.items():
+            authors.setdefault(str(repository), {})[str(author)] = int(count)
+        return cls({str(k): float(v) for k, v in medians.items()}, authors)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureContext:
+        return cls(
+            {str(k): float(v) for k, v in data.get("repository_median_changes", {}).items()},
+            {
+                str(repo): {str(a): int(n) for a, n in authors.items()}
+                for repo, authors in data.get("author_pull_requests", {}).items()
+            },
+        )
+
+
+def attach_context(records: pd.DataFrame, context: FeatureContext | None) -> pd.DataFrame:
+    """``records`` with the context columns filled where the record does not carry them.
+
+    Unknown author: no earlier pull requests. Unknown repository (or no context): the record
+    is its own typical size, so ``size_vs_repository`` is 0 rather than a guess.
+    """
+    context = context or FeatureContext()
+    frame = records.copy()
+    for column in CONTEXT_COLUMNS:
+        if column not in frame:
+            frame[column] = np.nan
+    repositories = frame["repository"] if "repository" in frame else pd.Series("", frame.index)
+    authors = frame["author"] if "author" in frame else pd.Series("", frame.index)
+    prior = [
+        context.author_pull_requests.get(str(repo), {}).get(str(author), 0)
+        for repo, author in zip(repositories, authors, strict=True)
+    ]
+    own_changes = frame["additions"].astype("float64") + frame["deletions"].astype("float64")
+    medians = repositories.map(lambda repo: context.repository_median_changes.get(str(repo)))
+    frame["author_prior_pull_requests"] = (
+        frame["author_prior_pull_requests"]
+        .astype("float64")
+        .fillna(pd.Series(prior, frame.index, dtype="float64"))
+    )
+    frame["repository_median_changes"] = (
+        frame["repository_median_changes"]
+        .astype("float64")
+        .fillna(medians.astype("float64"))
+        .fillna(own_changes)
+    )
+    return frame
 
 
 def compute_features(records: pd.DataFrame) -> pd.DataFrame:
-    """One row of features per record, in ``FEATURE_NAMES`` order (float64)."""
+    """One row of features per record, in ``FEATURE_NAMES`` order (float64).
+
+    ``records`` carries the :data:`INPUT_COLUMNS` and the :data:`CONTEXT_COLUMNS`.
+    """
     additions = records["additions"].astype("float64")
     deletions = records["deletions"].astype("float64")
     churn = additions + deletions
@@ -84,6 +177,11 @@ def compute_features(records: pd.DataFrame) -> pd.DataFrame:
             "merge_hour_sin": np.sin(angle).fillna(0.0),
             "merge_hour_cos": np.cos(angle).fillna(0.0),
             "merged_on_weekend": (merged.dt.dayofweek >= 5).astype("float64"),
+            "log_author_prior_pull_requests": np.log1p(
+                records["author_prior_pull_requests"].astype("float64")
+            ),
+            "size_vs_repository": np.log1p(churn)
+            - np.log1p(records["repository_median_changes"].astype("float64")),
         },
         index=records.index,
     )

@@ -6,7 +6,7 @@ Used by the MLflow pyfunc and by model-serving's fast path, so both give the sam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, compute_features
+from ml_pipeline.features import (
+    FEATURE_NAMES,
+    FEATURE_SPEC_VERSION,
+    FeatureContext,
+    attach_context,
+    compute_features,
+)
 from ml_pipeline.model import Autoencoder
 
 TOP_FEATURES = 3
@@ -28,6 +34,7 @@ class AnomalyScorer:
     threshold: float
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_spec_version: str = FEATURE_SPEC_VERSION
+    context: FeatureContext = field(default_factory=FeatureContext)
 
     def errors(self, features: np.ndarray) -> np.ndarray:
         """Squared reconstruction error per feature, shape (rows, features)."""
@@ -55,7 +62,7 @@ class AnomalyScorer:
         self, records: Sequence[dict[str, Any]] | pd.DataFrame
     ) -> list[dict[str, Any]]:
         frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
-        return self.score_features(compute_features(frame).to_numpy())
+        return self.score_features(compute_features(attach_context(frame, self.context)).to_numpy())
 
     # -- persistence: plain tensors and numbers, loadable without pickle -----------------
     def save(self, path: Path) -> None:
@@ -68,6 +75,7 @@ class AnomalyScorer:
                 "threshold": self.threshold,
                 "feature_names": list(self.feature_names),
                 "feature_spec_version": self.feature_spec_version,
+                "context": self.context.to_dict(),
             },
             path,
         )
@@ -90,4 +98,5 @@ class AnomalyScorer:
             threshold=float(saved["threshold"]),
             feature_names=tuple(saved["feature_names"]),
             feature_spec_version=saved["feature_spec_version"],
+            context=FeatureContext.from_dict(saved["context"]),
         )

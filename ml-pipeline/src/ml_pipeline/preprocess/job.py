@@ -10,10 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from ml_pipeline.datasets import LATEST, MANIFEST
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, compute_features
+from ml_pipeline.features import (
+    CONTEXT_COLUMNS,
+    FEATURE_NAMES,
+    FEATURE_SPEC_VERSION,
+    compute_features,
+)
 from ml_pipeline.preprocess.settings import PreprocessSecret
 from pipeline_common.storage import StorageLocation
 
@@ -22,13 +28,19 @@ log = logging.getLogger(__name__)
 # The connector cannot infer a schema from FerretDB ($sample is not implemented there),
 # and an explicit schema is better anyway: a renamed field fails here, not downstream.
 SOURCE_SCHEMA = (
-    "_id string, repository string, number long, title string, body string, "
+    "_id string, repository string, number long, author_login string, title string, body string, "
     "created_at timestamp, updated_at timestamp, merged_at timestamp, "
     "additions long, deletions long, changed_files long, commits long"
 )
-KEY_COLUMNS = ("repository", "number", "created_at")
-OUTPUT_SCHEMA = "repository string, number long, created_at timestamp, " + ", ".join(
-    f"{name} double" for name in FEATURE_NAMES
+KEY_COLUMNS = ("repository", "number", "author", "created_at", "merged_at")
+RAW_COLUMNS = ("additions", "deletions", "changed_files", "commits")
+OUTPUT_SCHEMA = ", ".join(
+    [
+        "repository string, number long, author string",
+        "created_at timestamp, merged_at timestamp",
+        *(f"{name} long" for name in RAW_COLUMNS),
+        *(f"{name} double" for name in (*CONTEXT_COLUMNS, *FEATURE_NAMES)),
+    ]
 )
 
 
@@ -51,11 +63,26 @@ def read_pull_requests(spark: SparkSession, secret: PreprocessSecret) -> DataFra
 def _features_of_partition(batches):
     for batch in batches:
         features = compute_features(batch)
-        yield pd.concat([batch[list(KEY_COLUMNS)], features], axis=1)
+        columns = [*KEY_COLUMNS, *RAW_COLUMNS, *CONTEXT_COLUMNS]
+        yield pd.concat([batch[columns], features], axis=1)
+
+
+def with_context(pull_requests: DataFrame) -> DataFrame:
+    """The context columns of the feature spec, as of each pull request (no look-ahead)."""
+    by_author = Window.partitionBy("repository", "author").orderBy("created_at", "number")
+    by_repository = Window.partitionBy("repository")
+    changes = F.col("additions") + F.col("deletions")
+    return pull_requests.withColumn(
+        "author_prior_pull_requests", (F.row_number().over(by_author) - 1).cast("double")
+    ).withColumn(
+        "repository_median_changes",
+        F.median(changes).over(by_repository).cast("double"),
+    )
 
 
 def build_features(pull_requests: DataFrame) -> DataFrame:
-    return pull_requests.mapInPandas(_features_of_partition, schema=OUTPUT_SCHEMA)
+    renamed = pull_requests.withColumnRenamed("author_login", "author")
+    return with_context(renamed).mapInPandas(_features_of_partition, schema=OUTPUT_SCHEMA)
 
 
 @dataclass

@@ -14,7 +14,12 @@ import torch
 from mlflow import MlflowClient
 
 from ml_pipeline.datasets import load_feature_dataset
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, feature_spec_document
+from ml_pipeline.features import (
+    FEATURE_NAMES,
+    FEATURE_SPEC_VERSION,
+    FeatureContext,
+    feature_spec_document,
+)
 from ml_pipeline.model import Autoencoder
 from ml_pipeline.scoring import AnomalyScorer
 from ml_pipeline.training.pyfunc import SCORER_ARTIFACT, PullRequestAnomalyModel
@@ -89,7 +94,9 @@ class TrainingJob:
             return (part[columns].to_numpy() - mean) / scale
 
         model, history = fit_autoencoder(scaled(train), scaled(valid), self.settings)
-        scorer = AnomalyScorer(model, mean, scale, threshold=0.0)
+        # The context at the snapshot's end is what serving needs for pull requests after it.
+        context = FeatureContext.from_records(dataset.frame)
+        scorer = AnomalyScorer(model, mean, scale, threshold=0.0, context=context)
         valid_scores = scorer.errors(valid[columns].to_numpy()).mean(axis=1)
         scorer.threshold = float(np.quantile(valid_scores, self.settings.threshold_quantile))
         test_scores = scorer.errors(test[columns].to_numpy()).mean(axis=1)

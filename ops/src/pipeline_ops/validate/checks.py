@@ -96,7 +96,7 @@ def actionlint(tree: RepoTree) -> list[str]:
 
 
 def zizmor(tree: RepoTree) -> list[str]:
-    result = tree.run(tree.tool("zizmor"), "--offline", "--no-progress", "--format", "plain",
+    result = tree.run(tree.tool("zizmor"), "--offline", "--no-progress", "--format", "plain", "--config", ".github/zizmor.yml",
                       str(WORKFLOWS))
     return _tool_output("zizmor", result)
 

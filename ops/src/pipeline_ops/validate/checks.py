@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import shlex
@@ -28,8 +27,14 @@ from pipeline_ops.validate.tree import (
 
 Check = Callable[[RepoTree], list[str]]
 KUBERNETES_VERSION = "1.34"
-WORKLOAD_KINDS = {"CronJob", "Job", "Deployment", "Rollout", "SparkApplication",
-                  "ScheduledSparkApplication"}
+WORKLOAD_KINDS = {
+    "CronJob",
+    "Job",
+    "Deployment",
+    "Rollout",
+    "SparkApplication",
+    "ScheduledSparkApplication",
+}
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -96,8 +101,16 @@ def actionlint(tree: RepoTree) -> list[str]:
 
 
 def zizmor(tree: RepoTree) -> list[str]:
-    result = tree.run(tree.tool("zizmor"), "--offline", "--no-progress", "--format", "plain", "--config", ".github/zizmor.yml",
-                      str(WORKFLOWS))
+    result = tree.run(
+        tree.tool("zizmor"),
+        "--offline",
+        "--no-progress",
+        "--format",
+        "plain",
+        "--config",
+        ".github/zizmor.yml",
+        str(WORKFLOWS),
+    )
     return _tool_output("zizmor", result)
 
 
@@ -108,8 +121,15 @@ def hadolint(tree: RepoTree) -> list[str]:
 
 
 def yamllint(tree: RepoTree) -> list[str]:
-    result = tree.run(tree.tool("yamllint"), "--strict", "--format", "parsable",
-                      "argo-apps/base", "argo-apps/argocd", str(WORKFLOWS))
+    result = tree.run(
+        tree.tool("yamllint"),
+        "--strict",
+        "--format",
+        "parsable",
+        "argo-apps/base",
+        "argo-apps/argocd",
+        str(WORKFLOWS),
+    )
     return _tool_output("yamllint", result)
 
 
@@ -143,7 +163,9 @@ def images_have_dockerfile_and_workflow(tree: RepoTree) -> list[str]:
     known = [_reference(e) for e in tree.kustomization.get("images") or []]
     for image in sorted(used):
         if not any(image.startswith(reference) for reference in known):
-            problems.append(f"image {image} is not in the images: list of {BASE}/kustomization.yaml")
+            problems.append(
+                f"image {image} is not in the images: list of {BASE}/kustomization.yaml"
+            )
     return problems
 
 
@@ -244,8 +266,9 @@ def no_latest_tags(tree: RepoTree) -> list[str]:
             )
     for container in _containers(_all_objects(tree)):
         image = container["image"]
-        if "@sha256:" not in image and (":" not in image.rsplit("/", 1)[-1]
-                                        or image.endswith(":latest")):
+        if "@sha256:" not in image and (
+            ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")
+        ):
             problems.append(f"container {container['name']}: image {image} is not pinned")
     for dockerfile in tree.dockerfiles():
         stages = set()

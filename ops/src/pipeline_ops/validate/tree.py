@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,7 +78,8 @@ class RepoTree:
         return sorted(
             p
             for p in self.root.rglob("Dockerfile*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
         )
 
     def rel(self, path: Path) -> str:
@@ -96,7 +97,7 @@ def workflow_triggers(workflow: dict[str, Any]) -> dict[str, Any]:
     if isinstance(triggers, str):
         return {triggers: {}}
     if isinstance(triggers, list):
-        return dict.fromkeys(triggers, {})
+        return {key: {} for key in triggers}
     return triggers or {}
 
 

@@ -9,18 +9,20 @@ UV := $(VENV)/bin/uv
 TOOLS := .tools
 FERRETDB_VERSION := v1.24.2
 UV_VERSION := 0.13.9
+KUSTOMIZE_VERSION := v5.8.1
+ACTIONLINT_VERSION := v1.7.12
 PACKAGES := pipeline-common ops data-fetch ml-pipeline model-serving
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup up down status run test lint format clean
+.PHONY: help setup up down status run test lint validate promote format clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(TOOLS)/bin/ferretdb $(TOOLS)/jars/.fetched ## install everything the project needs
+setup: $(VENV)/.installed $(TOOLS)/bin/ferretdb $(TOOLS)/jars/.fetched $(TOOLS)/bin/kustomize $(TOOLS)/bin/actionlint ## install everything the project needs
 
 $(VENV)/.installed: requirements/dev.txt $(PACKAGE_FILES)
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -38,6 +40,12 @@ $(TOOLS)/jars/.fetched: ops/jars/pom.xml
 	mvn -q -B -Dstyle.color=never -f ops/jars/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath $(TOOLS)/jars) -DincludeScope=runtime
 	touch $@
 
+$(TOOLS)/bin/kustomize:
+	GOBIN=$(abspath $(TOOLS)/bin) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(TOOLS)/bin/actionlint:
+	GOBIN=$(abspath $(TOOLS)/bin) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
 up: setup ## start the local platform (Vault, MongoDB, MLflow) and configure Vault
 	$(PY) -m pipeline_ops up
 
@@ -54,7 +62,13 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint ## lint, then the whole test suite against real local servers
+validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters)
+	$(PY) -m pipeline_ops.validate
+
+promote: ## open the staging -> main pull request carrying staging's image digests
+	gh workflow run promote.yml
+
+test: setup lint validate ## lint, validate, then the whole test suite against real local servers
 	$(PY) -m pytest
 
 format: setup

@@ -1,0 +1,460 @@
+"""The checks of `make validate`. Each returns a list of problems; an empty list is a pass."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pipeline_ops.validate.tree import (
+    ARGOCD,
+    BASE,
+    SCHEMAS,
+    STAGES,
+    VAULT_CONTRACT,
+    WORKFLOWS,
+    RepoTree,
+    stage_image_calls,
+    workflow_triggers,
+)
+
+Check = Callable[[RepoTree], list[str]]
+KUBERNETES_VERSION = "1.34"
+WORKLOAD_KINDS = {
+    "CronJob",
+    "Job",
+    "Deployment",
+    "Rollout",
+    "SparkApplication",
+    "ScheduledSparkApplication",
+}
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+# ---- tools ---------------------------------------------------------------------------------
+
+
+def kustomize_build(tree: RepoTree) -> list[str]:
+    problems = []
+    for folder in (BASE, ARGOCD):
+        try:
+            tree.build(folder)
+        except ValueError as error:
+            problems.append(f"kustomize build {folder} failed: {error}")
+    return problems
+
+
+def kubernetes_schemas(tree: RepoTree) -> list[str]:
+    """Built-in kinds against the Kubernetes OpenAPI schemas (strict: unknown fields fail)."""
+    import kubernetes_validate
+
+    problems = []
+    for obj in _all_objects(tree):
+        if _is_custom(obj):
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{_name(obj)}: {error.message} at {'.'.join(map(str, error.path))}")
+        except kubernetes_validate.utils.SchemaNotFoundError:
+            problems.append(f"{_name(obj)}: no Kubernetes {KUBERNETES_VERSION} schema for it")
+    return problems
+
+
+def custom_resource_schemas(tree: RepoTree) -> list[str]:
+    """Custom resources against the strict JSON Schema and the upstream CRD of their kind."""
+    problems = []
+    for obj in _all_objects(tree):
+        if not _is_custom(obj):
+            continue
+        group, version = obj["apiVersion"].split("/")
+        kind = obj["kind"]
+        strict = tree.root / SCHEMAS / "jsonschema" / group / f"{kind.lower()}_{version}.json"
+        if not strict.is_file():
+            problems.append(f"{_name(obj)}: no schema {tree.rel(strict)}; copy it in")
+            continue
+        crd = _crd_schema(tree.root / SCHEMAS / "crds", group, kind, version)
+        if crd is None:
+            problems.append(f"{_name(obj)}: no CRD for {group}/{version} {kind} in {SCHEMAS}/crds")
+            continue
+        for source, schema in (
+            (tree.rel(strict), json.loads(strict.read_text())),
+            ("its CRD", crd),
+        ):
+            for error in jsonschema.Draft7Validator(schema).iter_errors(obj):
+                where = ".".join(map(str, error.absolute_path)) or "(top)"
+                problems.append(f"{_name(obj)}: {error.message} at {where} ({source})")
+    return problems
+
+
+def actionlint(tree: RepoTree) -> list[str]:
+    files = [tree.rel(p) for p in tree.workflows()]
+    result = tree.run(tree.tool("actionlint"), "-no-color", *files)
+    return _tool_output("actionlint", result)
+
+
+def zizmor(tree: RepoTree) -> list[str]:
+    result = tree.run(
+        tree.tool("zizmor"),
+        "--offline",
+        "--no-progress",
+        "--format",
+        "plain",
+        "--config",
+        ".github/zizmor.yml",
+        str(WORKFLOWS),
+    )
+    return _tool_output("zizmor", result)
+
+
+def hadolint(tree: RepoTree) -> list[str]:
+    files = [tree.rel(p) for p in tree.dockerfiles()]
+    result = tree.run(tree.tool("hadolint"), "--no-color", *files)
+    return _tool_output("hadolint", result)
+
+
+def yamllint(tree: RepoTree) -> list[str]:
+    result = tree.run(
+        tree.tool("yamllint"),
+        "--strict",
+        "--format",
+        "parsable",
+        "argo-apps/base",
+        "argo-apps/argocd",
+        str(WORKFLOWS),
+    )
+    return _tool_output("yamllint", result)
+
+
+# ---- project rules -------------------------------------------------------------------------
+
+
+def images_have_dockerfile_and_workflow(tree: RepoTree) -> list[str]:
+    """Each `images:` entry is used, built from an existing Dockerfile by a stage workflow."""
+    problems = []
+    built: dict[str, str] = {}
+    for path, workflow in tree.workflows().items():
+        for call in stage_image_calls(workflow):
+            built[str(call.get("image"))] = str(call.get("dockerfile"))
+            dockerfile = tree.root / str(call.get("dockerfile"))
+            if not dockerfile.is_file():
+                problems.append(
+                    f"{tree.rel(path)}: image {call.get('image')} names Dockerfile "
+                    f"{call.get('dockerfile')}, which does not exist"
+                )
+    used = {c["image"] for c in _containers(tree.base_objects)}
+    for entry in tree.kustomization.get("images") or []:
+        name = entry["name"]
+        if name not in built:
+            problems.append(
+                f"{BASE}/kustomization.yaml: image {name} is built by no workflow in "
+                f"{WORKFLOWS} (a job calling stage-image.yml with image: {name})"
+            )
+        reference = _reference(entry)
+        if not any(image == reference or image.startswith(reference) for image in used):
+            problems.append(f"{BASE}/kustomization.yaml: image {name} is used by no manifest")
+    known = [_reference(e) for e in tree.kustomization.get("images") or []]
+    for image in sorted(used):
+        if not any(image.startswith(reference) for reference in known):
+            problems.append(
+                f"image {image} is not in the images: list of {BASE}/kustomization.yaml"
+            )
+    return problems
+
+
+def workflow_paths_exist(tree: RepoTree) -> list[str]:
+    problems = []
+    for path, workflow in tree.workflows().items():
+        for event, spec in workflow_triggers(workflow).items():
+            for pattern in (spec or {}).get("paths", []) if isinstance(spec, dict) else []:
+                pattern = pattern.removeprefix("!")
+                if not _matches_something(tree.root, pattern):
+                    problems.append(
+                        f"{tree.rel(path)}: {event} path filter {pattern!r} matches no file"
+                    )
+    return problems
+
+
+def dockerfile_copy_sources_exist(tree: RepoTree) -> list[str]:
+    """COPY/ADD sources exist in the build context (the repository root)."""
+    problems = []
+    for dockerfile in tree.dockerfiles():
+        for line in _instructions(dockerfile):
+            words = _instruction_words(line)
+            if not words or words[0].upper() not in {"COPY", "ADD"}:
+                continue
+            args = words[1:]
+            if any(a.startswith("--from") for a in args):
+                continue
+            sources = [a for a in args if not a.startswith("--")][:-1]
+            for source in sources:
+                if not _matches_something(tree.root, source):
+                    problems.append(f"{tree.rel(dockerfile)}: COPY source {source} does not exist")
+    return problems
+
+
+def rollout_references_exist(tree: RepoTree) -> list[str]:
+    """Services, analysis templates and service accounts that workloads name exist."""
+    objects = tree.base_objects
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    problems = []
+    for obj in objects:
+        if obj["kind"] == "Rollout":
+            blue_green = obj["spec"].get("strategy", {}).get("blueGreen")
+            if blue_green is None:
+                problems.append(f"{_name(obj)}: strategy is not blueGreen")
+                continue
+            for key in ("activeService", "previewService"):
+                service = blue_green.get(key)
+                if ("Service", service) not in names:
+                    problems.append(f"{_name(obj)}: {key} {service} is no Service in {BASE}")
+            for key in ("prePromotionAnalysis", "postPromotionAnalysis"):
+                templates = (blue_green.get(key) or {}).get("templates") or []
+                if not templates:
+                    problems.append(f"{_name(obj)}: no {key}")
+                for template in templates:
+                    name = template.get("templateName")
+                    if ("AnalysisTemplate", name) not in names:
+                        problems.append(
+                            f"{_name(obj)}: {key} template {name} is no AnalysisTemplate in {BASE}"
+                        )
+        for account in _service_accounts(obj):
+            if ("ServiceAccount", account) not in names:
+                problems.append(f"{_name(obj)}: service account {account} is not in {BASE}")
+    return problems
+
+
+def vault_contract(tree: RepoTree) -> list[str]:
+    """Every stage workload passes VAULT_* to its main container, with its own role."""
+    problems = []
+    seen = set()
+    for obj in tree.base_objects:
+        if obj["kind"] not in WORKLOAD_KINDS:
+            continue
+        stage = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if stage not in STAGES:
+            problems.append(f"{_name(obj)}: label app.kubernetes.io/component names no stage")
+            continue
+        seen.add(stage)
+        env = {e["name"]: e.get("value") for e in _main_env(obj)}
+        missing = [name for name in VAULT_CONTRACT if name not in env]
+        if missing:
+            problems.append(f"{_name(obj)}: missing Vault contract variables {', '.join(missing)}")
+        elif env["VAULT_ROLE"] != stage or not str(env["VAULT_SECRET_PATH"]).endswith(f"/{stage}"):
+            problems.append(
+                f"{_name(obj)}: VAULT_ROLE/VAULT_SECRET_PATH must name stage {stage} "
+                f"(ops/vault/stages.yaml), not {env['VAULT_ROLE']}/{env['VAULT_SECRET_PATH']}"
+            )
+    problems += [f"stage {s} has no workload in {BASE}" for s in STAGES if s not in seen]
+    return problems
+
+
+def no_latest_tags(tree: RepoTree) -> list[str]:
+    problems = []
+    for entry in tree.kustomization.get("images") or []:
+        if entry.get("newTag") in (None, "latest") and not entry.get("digest"):
+            problems.append(
+                f"{BASE}/kustomization.yaml: image {entry['name']} needs an immutable newTag "
+                "or a digest, not latest"
+            )
+    for container in _containers(_all_objects(tree)):
+        image = container["image"]
+        if "@sha256:" not in image and (
+            ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")
+        ):
+            problems.append(f"container {container['name']}: image {image} is not pinned")
+    for dockerfile in tree.dockerfiles():
+        stages = set()
+        for line in _instructions(dockerfile):
+            words = _instruction_words(line)
+            if not words or words[0].upper() != "FROM":
+                continue
+            image = next(w for w in words[1:] if not w.startswith("--"))
+            if len(words) >= 4 and words[-2].upper() == "AS":
+                stages.add(words[-1])
+            if image in stages or "@sha256:" in image:
+                continue
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            if tag in ("", "latest"):
+                problems.append(f"{tree.rel(dockerfile)}: FROM {image} is not pinned to a tag")
+    return problems
+
+
+CHECKS: dict[str, Check] = {
+    "kustomize-build": kustomize_build,
+    "kubernetes-schemas": kubernetes_schemas,
+    "custom-resource-schemas": custom_resource_schemas,
+    "actionlint": actionlint,
+    "zizmor": zizmor,
+    "hadolint": hadolint,
+    "yamllint": yamllint,
+    "images-have-dockerfile-and-workflow": images_have_dockerfile_and_workflow,
+    "workflow-paths-exist": workflow_paths_exist,
+    "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
+    "rollout-references-exist": rollout_references_exist,
+    "vault-contract": vault_contract,
+    "no-latest-tags": no_latest_tags,
+}
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _all_objects(tree: RepoTree) -> list[dict[str, Any]]:
+    return [*tree.base_objects, *tree.build(ARGOCD)]
+
+
+def _is_custom(obj: dict[str, Any]) -> bool:
+    group = obj["apiVersion"].rpartition("/")[0]
+    return group == "sparkoperator.k8s.io" or ("." in group and not group.endswith(".k8s.io"))
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']}/{obj.get('metadata', {}).get('name', '?')}"
+
+
+def _reference(entry: dict[str, Any]) -> str:
+    return entry.get("newName", entry["name"])
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _containers(objects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for obj in objects:
+        for node in _walk(obj):
+            for key in ("containers", "initContainers"):
+                if isinstance(node.get(key), list):
+                    yield from (c for c in node[key] if isinstance(c, dict) and "image" in c)
+        if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
+            spec = obj["spec"].get("template", obj["spec"])
+            for role in ("driver", "executor"):
+                image = spec.get(role, {}).get("image", spec.get("image"))
+                if image:
+                    yield {"name": f"{obj['metadata']['name']}-{role}", "image": image}
+
+
+def _service_accounts(obj: dict[str, Any]) -> Iterator[str]:
+    for node in _walk(obj):
+        if "containers" in node and node.get("serviceAccountName"):
+            yield node["serviceAccountName"]
+    if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
+        spec = obj["spec"].get("template", obj["spec"])
+        for role in ("driver", "executor"):
+            if spec.get(role, {}).get("serviceAccount"):
+                yield spec[role]["serviceAccount"]
+    if obj["kind"] == "RoleBinding":
+        yield from (s["name"] for s in obj.get("subjects", []) if s["kind"] == "ServiceAccount")
+
+
+def _main_env(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
+        return obj["spec"].get("template", obj["spec"]).get("driver", {}).get("env", [])
+    for node in _walk(obj):
+        if isinstance(node.get("containers"), list) and node["containers"]:
+            return node["containers"][0].get("env", [])
+    return []
+
+
+@cache
+def _load_crd(path: Path) -> dict[str, Any]:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER)
+
+
+def _crd_schema(folder: Path, group: str, kind: str, version: str) -> dict[str, Any] | None:
+    for path in sorted(folder.glob("*.yaml")):
+        crd = _load_crd(path)
+        spec = crd.get("spec", {})
+        if spec.get("group") != group or spec.get("names", {}).get("kind") != kind:
+            continue
+        for served in spec.get("versions", []):
+            if served["name"] == version:
+                return _closed(served["schema"]["openAPIV3Schema"])
+    return None
+
+
+def _closed(schema: Any) -> Any:
+    """The CRD schema with unknown fields rejected, as the API server prunes them."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {k: _closed(v) for k, v in schema.items()}
+    if (
+        "properties" in closed
+        and "additionalProperties" not in closed
+        and not closed.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        closed["additionalProperties"] = False
+    if closed.get("x-kubernetes-int-or-string"):
+        closed.pop("type", None)
+    return closed
+
+
+def _matches_something(root: Path, pattern: str) -> bool:
+    """Whether a GitHub-style path filter (`*` within a folder, `**` across) matches a file."""
+    pattern = pattern.rstrip("/")
+    if not any(ch in pattern for ch in "*?["):
+        return (root / pattern).exists()
+    regex = re.compile(_glob_regex(pattern))
+    prefix = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rpartition("/")[0]
+    folder = root / prefix
+    if not folder.is_dir():
+        return False
+    return any(regex.fullmatch(p.relative_to(root).as_posix()) for p in folder.rglob("*"))
+
+
+def _glob_regex(pattern: str) -> str:
+    parts = re.split(r"(\*\*/?|\*|\?)", pattern)
+    translate = {"**": ".*", "**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}
+    return "".join(translate.get(part, re.escape(part)) for part in parts)
+
+
+def _instructions(dockerfile: Path) -> Iterator[str]:
+    """Dockerfile instructions with continuation lines joined and comments dropped."""
+    current = ""
+    for raw in dockerfile.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        yield current + line
+        current = ""
+    if current:
+        yield current
+
+
+def _instruction_words(line: str) -> list[str]:
+    head, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if rest.startswith("["):
+        try:
+            return [head, *json.loads(rest)]
+        except json.JSONDecodeError:
+            pass
+    return [head, *shlex.split(rest, posix=True)] if head else []
+
+
+def _tool_output(name: str, result: Any) -> list[str]:
+    if result.returncode == 0:
+        return []
+    output = (result.stdout + result.stderr).strip()
+    return [f"{name}: {line}" for line in output.splitlines() if line.strip()] or [
+        f"{name} exited {result.returncode}"
+    ]

@@ -1,0 +1,181 @@
+"""`make validate`: the real tree passes every check, and each check fails on a copy of the
+tree broken in the one way that check exists to catch."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
+from pipeline_ops.validate.__main__ import run_checks
+from pipeline_ops.validate.checks import CHECKS
+from pipeline_ops.validate.tree import RepoTree
+
+IGNORED = shutil.ignore_patterns(
+    ".git", ".venv", ".tools", ".local", "__pycache__", "*.egg-info", ".*_cache", "spark-warehouse"
+)
+
+
+def _tree(root: Path) -> RepoTree:
+    return RepoTree(root, tools_bin=TOOLS_DIR / "bin")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("pristine") / "repo"
+    shutil.copytree(PROJECT_ROOT, copy, ignore=IGNORED)
+    return copy
+
+
+@pytest.fixture
+def repo(pristine: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def _fails(root: Path, check: str, expected: str) -> None:
+    problems = run_checks(_tree(root), [check])[check]
+    assert problems, f"{check} passed a tree broken for it"
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_the_project_passes_every_check():
+    results = run_checks(_tree(PROJECT_ROOT))
+    assert set(results) == set(CHECKS)
+    assert {name: problems for name, problems in results.items() if problems} == {}
+
+
+def test_kustomize_build_fails_on_a_missing_resource(repo: Path):
+    (repo / "argo-apps/base/model-serving-pdb.yaml").unlink()
+    _fails(repo, "kustomize-build", "model-serving-pdb.yaml")
+
+
+def test_kubernetes_schemas_fail_on_a_misspelled_field(repo: Path):
+    _edit(repo / "argo-apps/base/data-fetch-cronjob.yaml", "restartPolicy:", "restartPolicey:")
+    _fails(repo, "kubernetes-schemas", "restartPolicey")
+
+
+def test_custom_resource_schemas_fail_on_a_misspelled_rollout_field(repo: Path):
+    _edit(
+        repo / "argo-apps/base/model-serving-rollout.yaml",
+        "prePromotionAnalysis:",
+        "prePromotionAnalyses:",
+    )
+    _fails(repo, "custom-resource-schemas", "prePromotionAnalyses")
+
+
+def test_custom_resource_schemas_fail_on_a_wrong_spark_type(repo: Path):
+    _edit(
+        repo / "argo-apps/base/spark-preprocess-scheduledsparkapplication.yaml",
+        "instances: 2",
+        "instances: two",
+    )
+    _fails(repo, "custom-resource-schemas", "'two'")
+
+
+def test_actionlint_fails_on_an_unknown_job_dependency(repo: Path):
+    _edit(repo / ".github/workflows/stage-image.yml", "needs: test", "needs: tset")
+    _fails(repo, "actionlint", "tset")
+
+
+def test_zizmor_fails_on_template_injection(repo: Path):
+    _edit(
+        repo / ".github/workflows/stage-image.yml",
+        'run: bash -euo pipefail -c "$IMAGE_TEST"',
+        'run: echo "${{ github.event.pull_request.title }}"',
+    )
+    _fails(repo, "zizmor", "template-injection")
+
+
+def test_hadolint_fails_on_cd_in_run(repo: Path):
+    _edit(repo / "model-serving/Dockerfile.load-gate", "WORKDIR /app", "RUN cd /app")
+    _fails(repo, "hadolint", "DL3003")
+
+
+def test_yamllint_fails_on_trailing_spaces(repo: Path):
+    _edit(repo / "argo-apps/base/namespace.yaml", "name: mlops", "name: mlops   ")
+    _fails(repo, "yamllint", "trailing-spaces")
+
+
+def test_images_check_fails_on_an_image_no_workflow_builds(repo: Path):
+    _edit(repo / ".github/workflows/model-serving.yml", "image: load-gate", "image: loadgate")
+    _fails(repo, "images-have-dockerfile-and-workflow", "image load-gate is built by no workflow")
+
+
+def test_images_check_fails_on_a_workflow_naming_a_missing_dockerfile(repo: Path):
+    (repo / "model-serving/Dockerfile.load-gate").unlink()
+    _fails(repo, "images-have-dockerfile-and-workflow", "Dockerfile.load-gate")
+
+
+def test_workflow_paths_fail_on_a_filter_matching_nothing(repo: Path):
+    _edit(repo / ".github/workflows/data-fetch.yml", "- data-fetch/**", "- data-fetcher/**")
+    _fails(repo, "workflow-paths-exist", "data-fetcher/**")
+
+
+def test_dockerfile_copy_fails_on_a_missing_source(repo: Path):
+    _edit(repo / "data-fetch/Dockerfile", "COPY data/samples", "COPY data/sample")
+    _fails(repo, "dockerfile-copy-sources-exist", "data/sample ")
+
+
+def test_rollout_references_fail_on_an_unknown_preview_service(repo: Path):
+    _edit(
+        repo / "argo-apps/base/model-serving-rollout.yaml",
+        "previewService: model-serving-preview",
+        "previewService: model-serving-canary",
+    )
+    _fails(repo, "rollout-references-exist", "model-serving-canary")
+
+
+def test_rollout_references_fail_on_an_unknown_analysis_template(repo: Path):
+    _edit(
+        repo / "argo-apps/base/model-serving-rollout.yaml",
+        "templateName: model-serving-post-promotion",
+        "templateName: model-serving-error-rate",
+    )
+    _fails(repo, "rollout-references-exist", "model-serving-error-rate")
+
+
+def test_rollout_references_fail_on_an_unknown_service_account(repo: Path):
+    _edit(
+        repo / "argo-apps/base/ml-training-job.yaml",
+        "serviceAccountName: ml-training",
+        "serviceAccountName: trainer",
+    )
+    _fails(repo, "rollout-references-exist", "service account trainer")
+
+
+def test_vault_contract_fails_when_a_stage_lacks_vault_role(repo: Path):
+    _edit(
+        repo / "argo-apps/base/ml-training-job.yaml",
+        "            - name: VAULT_ROLE\n              value: ml-training\n",
+        "",
+    )
+    _fails(repo, "vault-contract", "VAULT_ROLE")
+
+
+def test_vault_contract_fails_when_a_stage_uses_another_stages_role(repo: Path):
+    _edit(
+        repo / "argo-apps/base/spark-preprocess-scheduledsparkapplication.yaml",
+        "value: secret/mlops/spark-preprocess",
+        "value: secret/mlops/data-fetch",
+    )
+    _fails(repo, "vault-contract", "must name stage spark-preprocess")
+
+
+def test_no_latest_fails_on_a_latest_image_tag(repo: Path):
+    _edit(repo / "argo-apps/base/kustomization.yaml", "newTag: 0.1.0", "newTag: latest")
+    _fails(repo, "no-latest-tags", "latest")
+
+
+def test_no_latest_fails_on_an_untagged_base_image(repo: Path):
+    _edit(repo / "data-fetch/Dockerfile", "FROM python:3.11-slim-bookworm", "FROM python")
+    _fails(repo, "no-latest-tags", "FROM python is not pinned")

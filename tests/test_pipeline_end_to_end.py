@@ -77,12 +77,23 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         assert rows, stdout
         assert int(rows.group(1)) == SAMPLE_PULL_REQUESTS
         assert rows.group(2).startswith(str(local_dir))  # not the developer's .local
-        assert re.search(r"model pr-anomaly version \d+ \(alias challenger\)", stdout), stdout
-        answer = re.search(r"model-serving +POST \S+ for PR #\d+: (\{.*\})", stdout)
-        assert answer, stdout
-        [verdict] = json.loads(answer.group(1))["results"]
-        assert isinstance(verdict["is_anomaly"], bool)
-        assert verdict["score"] >= 0
+        version = re.search(r"model pr-anomaly version (\d+) \(alias challenger\)", stdout)
+        assert version, stdout
+        # the first run has no champion: green is promoted after passing the analysis
+        assert "promotion        promoted: first model" in stdout, stdout
+        assert f"champion         version {version.group(1)}" in stdout
+        report = Path(re.search(r"report +(\S+report\.md)", stdout).group(1))
+        text = report.read_text()
+        assert "PROMOTED" in text and "analysis load-gate | pass" in text, text
+        assert report.with_name("report.html").exists()
+
+        # a second run with no new data rebuilds nothing and keeps the champion
+        code, stdout, stderr = _pipeline_ops("run", env, timeout=600)
+        assert code == 0, f"second run exited {code}:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+        assert "0 new, 0 updated" in stdout
+        assert "spark-preprocess no new data" in stdout
+        assert "ml-training      no new features" in stdout
+        assert f"version {version.group(1)} is already champion" in stdout
         services = json.loads(state_file.read_text())["services"]
         assert set(services) == {"vault", "mongo", "mlflow"}
     finally:

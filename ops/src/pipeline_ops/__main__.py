@@ -22,7 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("status", help="show services, pids, ports, health")
     env_cmd = commands.add_parser("env", help="print the VAULT_* exports for a stage")
     env_cmd.add_argument("stage")
-    commands.add_parser("run", help="start the platform and run the whole pipeline")
+    run = commands.add_parser("run", help="start the platform and run the whole pipeline")
+    run.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="leave the promoted model-serving running (stop it with `down`)",
+    )
+    run.add_argument(
+        "--gate-run-time",
+        default="15s",
+        help="load-gate duration locally (the cluster's AnalysisTemplate says 60s)",
+    )
+    commands.add_parser("demo", help="score real and unusual pull requests with the champion")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     platform = LocalPlatform()
@@ -33,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             LocalEnvironment(platform).configure_vault()
             _print_status(platform)
         elif args.command == "down":
-            stopped = platform.down()
+            stopped = _stop_kept_serving() + platform.down()
             print("stopped: " + (", ".join(stopped) or "nothing was running"))
         elif args.command == "status":
             _print_status(platform)
@@ -44,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline_ops.runner import StageFailedError, run_pipeline
 
             try:
-                summary = run_pipeline(platform)
+                summary = run_pipeline(
+                    platform, keep_serving=args.keep_serving, gate_run_time=args.gate_run_time
+                )
             except StageFailedError as error:
                 print(f"pipeline failed: {error}", file=sys.stderr)
                 return 1
             _print_run(summary)
+        elif args.command == "demo":
+            return _demo(platform)
     except PlatformError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -67,28 +82,59 @@ def _print_status(platform: LocalPlatform) -> None:
 
 
 def _print_run(summary: dict) -> None:
-    fetch, pre, train, serve = (
-        summary[k] for k in ("data-fetch", "spark-preprocess", "ml-training", "model-serving")
-    )
+    fetch, pre, train = (summary[k] for k in ("data-fetch", "spark-preprocess", "ml-training"))
+    promotion = summary["promotion"]
     print()
-    print("Pipeline finished. Where each stage's output is:")
+    print(f"Pipeline finished in {summary['total_seconds']:.1f}s.")
     print(
         f"  data-fetch       MongoDB {fetch['collection']}: "
         f"{fetch['collection_count']} pull requests "
         f"({fetch['inserted']} new, {fetch['updated']} updated, {fetch['quarantined']} quarantined)"
     )
-    print(
-        f"  spark-preprocess {pre['rows']} feature rows in {pre['features_path']} "
-        f"(run {pre['run_id']})"
-    )
-    print(
-        f"  ml-training      MLflow run {train['mlflow_run_id']} at {train['tracking_uri']}, "
-        f"model {train['model_name']} version {train['model_version']} (alias {train['alias']})"
-    )
-    print(
-        f"  model-serving    POST {serve['url']}/v1/score for PR #{serve['request']['number']}: "
-        f"{json.dumps(serve['response'])}"
-    )
+    if pre.get("skipped"):
+        print(f"  spark-preprocess no new data: kept feature run {pre['run_id']}")
+    else:
+        print(f"  spark-preprocess {pre['rows']} feature rows in {pre['features_path']}")
+    if train.get("skipped"):
+        print("  ml-training      no new features: kept the last model")
+    else:
+        print(
+            f"  ml-training      model {train.get('model_name')} version "
+            f"{train.get('model_version')} (alias {train.get('alias')})"
+        )
+    verdict = "promoted" if promotion["promoted"] else "not promoted"
+    print(f"  promotion        {verdict}: {promotion['reason']}")
+    print(f"  champion         version {promotion['champion_after']}")
+    if promotion.get("active_url"):
+        print(f"  serving          {promotion['active_url']} (stop with `make down`)")
+    print(f"  report           {summary['report']['markdown']}")
+
+
+def _stop_kept_serving() -> list[str]:
+    from pipeline_ops.paths import LOCAL_DIR
+    from pipeline_ops.promotion import stop_kept_serving
+
+    state_path = LOCAL_DIR / "pipeline" / "state.json"
+    if not state_path.exists():
+        return []
+    state = json.loads(state_path.read_text())
+    stopped = stop_kept_serving(state.get("active_pid"))
+    state.update(active_url=None, active_pid=None)
+    state_path.write_text(json.dumps(state, indent=2))
+    return ["model-serving"] if stopped else []
+
+
+def _demo(platform: LocalPlatform) -> int:
+    from pipeline_ops.demo import score_and_show, serving_url
+    from pipeline_ops.runner import stage_process_env
+
+    env = LocalEnvironment(platform)
+    model_name = env.stage_secrets()["model-serving"]["model_name"]
+    with serving_url(
+        stage_process_env(env, "model-serving"), f"models:/{model_name}@champion"
+    ) as url:
+        score_and_show(url)
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,14 +9,16 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform, free_port
-from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
+from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform
+from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, TOOLS_DIR
+from pipeline_ops.promotion import blue_green
+from pipeline_ops.report import write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -56,68 +58,131 @@ def run_stage(env: LocalEnvironment, stage: str, argv: list[str]) -> dict[str, A
     return summary
 
 
-def serve_and_score(
-    env: LocalEnvironment, record: dict[str, Any], alias: str, timeout: float = 120
-) -> dict[str, Any]:
-    """Start model-serving on a free port, wait until ready, score one record, stop it."""
-    port = free_port()
-    argv = [_bin("model-serving"), "--host", "127.0.0.1", "--port", str(port)]
-    print(f"==> model-serving: {' '.join(argv[1:])}", flush=True)
-    started = time.monotonic()
-    serving_env = {**stage_process_env(env, "model-serving"), "SERVING_MODEL_ALIAS": alias}
-    process = subprocess.Popen(argv, env=serving_env, cwd=PROJECT_ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise StageFailedError(
-                    f"model-serving exited with {process.returncode} during start"
-                )
-            try:
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise StageFailedError(f"model-serving not ready after {timeout:.0f}s")
-            time.sleep(0.3)
-        response = requests.post(f"{url}/v1/score", json=record, timeout=30)
-        response.raise_for_status()
-        print(f"<== model-serving answered in {time.monotonic() - started:.1f}s", flush=True)
+def _input_snapshot(env: LocalEnvironment) -> dict[str, Any]:
+    """What spark-preprocess would read: document count and newest update in the collection.
+
+    The runner (an operator, like a scheduler in the cluster) reads it to decide whether a
+    re-run has anything new to preprocess and train on."""
+    from pymongo import MongoClient
+
+    secret = env.stage_secrets()["spark-preprocess"]
+    with MongoClient(secret["mongo_uri"], serverSelectionTimeoutMS=5000) as client:
+        collection = client[secret["mongo_database"]][
+            secret.get("mongo_collection", "pull_requests")
+        ]
+        newest = collection.find_one({}, {"updated_at": 1}, sort=[("updated_at", -1)])
         return {
-            "url": url,
-            "request": {k: record[k] for k in ("number", "title")},
-            "response": response.json(),
+            "documents": collection.count_documents({}),
+            "newest_update": str(newest["updated_at"]) if newest else None,
         }
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
-def sample_record() -> dict[str, Any]:
-    import gzip
+@dataclass
+class StepRecord:
+    name: str
+    seconds: float
+    outcome: str
 
-    path = PROJECT_ROOT / "data" / "samples" / "pallets__flask.prs.jsonl.gz"
-    with gzip.open(path, "rt") as lines:
-        return json.loads(next(iter(lines)))
+
+@dataclass
+class PipelineRun:
+    """`make run`: every stage, then a local blue/green promotion, then a report."""
+
+    platform: LocalPlatform
+    keep_serving: bool = False
+    gate_run_time: str | None = "15s"
+    steps: list[StepRecord] = field(default_factory=list)
+    state_path: Path = field(default_factory=lambda: LOCAL_DIR / "pipeline" / "state.json")
+
+    @contextmanager
+    def step(self, name: str):
+        number = len(self.steps) + 1
+        print(f"==> [{number}] {name}", flush=True)
+        started = time.monotonic()
+        record = StepRecord(name, 0.0, "")
+        yield record
+        record.seconds = time.monotonic() - started
+        self.steps.append(record)
+        print(f"<== [{number}] {name}: {record.seconds:.1f}s  {record.outcome}", flush=True)
+
+    def _state(self) -> dict[str, Any]:
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def _save_state(self, **updates: Any) -> None:
+        state = {**self._state(), **updates}
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        summary: dict[str, Any] = {}
+        with self.step("platform: Vault, MongoDB, MLflow") as step:
+            self.platform.up(DEFAULT_SERVICES)
+            env = LocalEnvironment(self.platform)
+            env.configure_vault()
+            step.outcome = "running and seeded"
+        with self.step("data-fetch") as step:
+            summary["data-fetch"] = fetch = run_stage(env, "data-fetch", [_bin("data-fetch")])
+            step.outcome = _fetch_outcome(fetch)
+        state = self._state()
+        snapshot = _input_snapshot(env)
+        with self.step("spark-preprocess") as step:
+            if state.get("preprocessed_snapshot") == snapshot and state.get("features_run_id"):
+                summary["spark-preprocess"] = {"skipped": True, "run_id": state["features_run_id"]}
+                step.outcome = "skipped: no new data since run " + state["features_run_id"]
+            else:
+                pre = run_stage(env, "spark-preprocess", [_bin("spark-preprocess")])
+                summary["spark-preprocess"] = pre
+                self._save_state(preprocessed_snapshot=snapshot, features_run_id=pre["run_id"])
+                step.outcome = f"{pre['rows']} feature rows, run {pre['run_id']}"
+        features_run_id = self._state()["features_run_id"]
+        with self.step("ml-training") as step:
+            if state.get("trained_on") == features_run_id:
+                summary["ml-training"] = {"skipped": True, **state.get("training", {})}
+                step.outcome = f"skipped: features run {features_run_id} already trained on"
+            else:
+                argv = [_bin("ml-training"), "--features-run-id", features_run_id]
+                training = run_stage(env, "ml-training", argv)
+                summary["ml-training"] = training
+                self._save_state(trained_on=features_run_id, training=training)
+                step.outcome = f"model version {training.get('model_version')}"
+        with self.step("blue/green: analysis and promotion") as step:
+            decision = self._promote(env)
+            summary["promotion"] = decision.as_dict()
+            step.outcome = decision.reason
+        summary["steps"] = [vars(s) for s in self.steps]
+        summary["total_seconds"] = time.monotonic() - started
+        with self.step("report") as step:
+            summary["report"] = write_run_report(summary, env, LOCAL_DIR / "reports")
+            step.outcome = summary["report"]["markdown"]
+        return summary
+
+    def _promote(self, env: LocalEnvironment):
+        from mlflow import MlflowClient
+
+        secret = env.stage_secrets()["model-serving"]
+        client = MlflowClient(secret["mlflow_tracking_uri"])
+        decision = blue_green(
+            client,
+            secret["model_name"],
+            stage_process_env(env, "model-serving"),
+            LOCAL_DIR / "pipeline" / "serving",
+            gate_run_time=self.gate_run_time,
+            keep_serving=self.keep_serving,
+            on_step=lambda text: print(f"    {text}", flush=True),
+        )
+        self._save_state(active_url=decision.active_url, active_pid=decision.active_pid)
+        return decision
 
 
-def run_pipeline(platform: LocalPlatform) -> dict[str, Any]:
-    platform.up(DEFAULT_SERVICES)
-    env = LocalEnvironment(platform)
-    env.configure_vault()
-    fetch = run_stage(env, "data-fetch", [_bin("data-fetch")])
-    preprocess = run_stage(env, "spark-preprocess", [_bin("spark-preprocess")])
-    training = run_stage(env, "ml-training", [_bin("ml-training")])
-    serving = serve_and_score(env, sample_record(), alias=training["alias"])
-    return {
-        "data-fetch": fetch,
-        "spark-preprocess": preprocess,
-        "ml-training": training,
-        "model-serving": serving,
-    }
+def _fetch_outcome(fetch: dict[str, Any]) -> str:
+    keys = ("inserted", "updated", "unchanged", "quarantined")
+    return ", ".join(f"{fetch[k]} {k}" for k in keys if k in fetch)
+
+
+def run_pipeline(
+    platform: LocalPlatform, *, keep_serving: bool = False, gate_run_time: str | None = "15s"
+) -> dict[str, Any]:
+    return PipelineRun(platform, keep_serving=keep_serving, gate_run_time=gate_run_time).run()

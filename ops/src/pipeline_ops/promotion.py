@@ -1,0 +1,393 @@
+"""Local blue/green: serve the champion (blue) and the challenger (green), run the cluster's
+pre-promotion analysis against green, and move the `champion` alias only when it passes.
+
+The analysis is read from the same `AnalysisTemplate` Argo Rollouts runs in the cluster
+(`argo-apps/base/model-serving-analysistemplates.yaml`): its `web` metrics are evaluated over
+HTTP and its `job` metric (the Locust load gate) runs as a local process with the template's
+own arguments, so the local decision and the cluster's cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from pipeline_ops.localstack import free_port
+from pipeline_ops.paths import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-analysistemplates.yaml"
+PRE_PROMOTION = "model-serving-pre-promotion"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class PromotionError(RuntimeError):
+    pass
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+# -- serving instances ---------------------------------------------------------------------
+@dataclass
+class ServingInstance:
+    colour: str
+    model_uri: str
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (in-flight requests finish), then SIGKILL if it does not exit in time."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_serving(
+    colour: str,
+    model_uri: str,
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    timeout: float = 120,
+) -> ServingInstance:
+    """Start model-serving for ``model_uri`` on 127.0.0.1 and wait until /readyz answers 200."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"model-serving-{colour}.log"
+    argv = [_bin("model-serving"), "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            env={**env, "SERVING_MODEL_URI": model_uri},
+            cwd=PROJECT_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    instance = ServingInstance(colour, model_uri, url, process, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise PromotionError(
+                f"model-serving ({colour}, {model_uri}) exited with {process.returncode} during "
+                f"start; see {log_path}"
+            )
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return instance
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            instance.stop()
+            raise PromotionError(f"model-serving ({colour}) not ready after {timeout:.0f}s")
+        time.sleep(0.3)
+
+
+# -- the analysis, read from the AnalysisTemplate ---------------------------------------
+@dataclass
+class MetricResult:
+    name: str
+    passed: bool
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AnalysisResult:
+    metrics: list[MetricResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(m.passed for m in self.metrics)
+
+    def failures(self) -> list[str]:
+        return [f"{m.name}: {m.detail}" for m in self.metrics if not m.passed]
+
+
+def load_template(path: Path = ANALYSIS_TEMPLATES, name: str = PRE_PROMOTION) -> dict[str, Any]:
+    for document in yaml.safe_load_all(path.read_text()):
+        kind = (document or {}).get("kind")
+        if kind == "AnalysisTemplate" and document["metadata"]["name"] == name:
+            return document
+    raise PromotionError(f"no AnalysisTemplate {name!r} in {path}")
+
+
+def _substitute(text: str, args: dict[str, str]) -> str:
+    def value(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in args:
+            raise PromotionError(f"the analysis template uses {{{{args.{key}}}}}, not given")
+        return args[key]
+
+    return re.sub(r"\{\{\s*args\.([A-Za-z0-9_-]+)\s*\}\}", value, text)
+
+
+def _json_path(document: Any, path: str) -> Any:
+    """The `{$.a.b}` subset of JSONPath that the template's web metrics use."""
+    match = re.fullmatch(r"\{\$((?:\.[A-Za-z0-9_-]+)*)\}", path.strip())
+    if not match:
+        raise PromotionError(f"unsupported jsonPath {path!r} in the analysis template")
+    for key in filter(None, match.group(1).split(".")):
+        document = document[key]
+    return document
+
+
+def _condition_holds(condition: str, result: Any) -> bool:
+    match = re.fullmatch(r'\s*result\s*==\s*"([^"]*)"\s*', condition)
+    if not match:
+        raise PromotionError(f"unsupported successCondition {condition!r} in the analysis template")
+    return str(result) == match.group(1)
+
+
+def _web_metric(metric: dict[str, Any], args: dict[str, str]) -> MetricResult:
+    web = metric["provider"]["web"]
+    url = _substitute(web["url"], args)
+    condition = _substitute(metric["successCondition"], args)
+    count = int(metric.get("count", 1))
+    interval = _seconds(metric.get("interval", "0s")) if count > 1 else 0
+    for attempt in range(count):
+        try:
+            response = requests.get(url, timeout=float(web.get("timeoutSeconds", 10)))
+            result = _json_path(response.json(), web["jsonPath"])
+        except (requests.RequestException, ValueError, KeyError, TypeError) as error:
+            return MetricResult(metric["name"], False, f"GET {url} failed: {error}")
+        if not _condition_holds(condition, result):
+            return MetricResult(metric["name"], False, f"GET {url}: {result!r}, wanted {condition}")
+        if attempt + 1 < count:
+            time.sleep(min(interval, 1.0))  # locally the service cannot drift in between
+    return MetricResult(metric["name"], True, f"GET {url}: {condition} ({count}x)")
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)", str(duration))
+    if not match:
+        raise PromotionError(f"unsupported duration {duration!r}")
+    value, unit = int(match.group(1)), match.group(2)
+    return value / 1000 if unit == "ms" else value * (60 if unit == "m" else 1)
+
+
+def _job_metric(
+    metric: dict[str, Any],
+    args: dict[str, str],
+    report_dir: Path,
+    run_time: str | None,
+    env: dict[str, str],
+) -> MetricResult:
+    container = metric["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]
+    if container["image"].split(":")[0].split("/")[-1] != "load-gate":
+        raise PromotionError(f"the analysis job runs {container['image']!r}, not the load gate")
+    argv = [_substitute(str(a), args) for a in container.get("args", [])]
+    argv = _set_option(argv, "--report-dir", str(report_dir))
+    if run_time:
+        argv = _set_option(argv, "--run-time", run_time)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [_bin("load-gate"), *argv], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    (report_dir / "load-gate.log").write_text(result.stdout + result.stderr)
+    report_path = report_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if result.returncode == 0:
+        return MetricResult(metric["name"], True, "service levels met", report)
+    reason = (
+        "; ".join(report.get("failures", [])) or (result.stderr.strip().splitlines() or [""])[-1]
+    )
+    return MetricResult(
+        metric["name"], False, f"load gate exited {result.returncode}: {reason}", report
+    )
+
+
+def _set_option(argv: list[str], option: str, value: str) -> list[str]:
+    if option in argv:
+        index = argv.index(option)
+        return [*argv[: index + 1], value, *argv[index + 2 :]]
+    return [*argv, option, value]
+
+
+def run_analysis(
+    preview_url: str,
+    model_name: str,
+    report_dir: Path,
+    *,
+    run_time: str | None = None,
+    template: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> AnalysisResult:
+    """Evaluate every metric of the pre-promotion template against ``preview_url``."""
+    template = template or load_template()
+    args = {a["name"]: str(a.get("value", "")) for a in template["spec"].get("args", [])}
+    args.update({"preview-url": preview_url, "model-name": model_name})
+    results = []
+    for metric in template["spec"]["metrics"]:
+        provider = metric["provider"]
+        if "web" in provider:
+            results.append(_web_metric(metric, args))
+        elif "job" in provider:
+            results.append(_job_metric(metric, args, report_dir, run_time, env or dict(os.environ)))
+        else:
+            raise PromotionError(f"metric {metric['name']!r}: only web and job run locally")
+    return AnalysisResult(results)
+
+
+# -- the decision -------------------------------------------------------------------------
+@dataclass
+class PromotionDecision:
+    promoted: bool
+    reason: str
+    champion_before: str | None
+    challenger: str | None
+    champion_after: str | None
+    analysis: AnalysisResult | None = None
+    active_url: str | None = None
+    active_pid: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "champion_before": self.champion_before,
+            "challenger": self.challenger,
+            "champion_after": self.champion_after,
+            "active_url": self.active_url,
+            "active_pid": self.active_pid,
+            "analysis": [
+                {"metric": m.name, "passed": m.passed, "detail": m.detail}
+                for m in (self.analysis.metrics if self.analysis else [])
+            ],
+            "load_gate": next(
+                (m.data for m in (self.analysis.metrics if self.analysis else []) if m.data), {}
+            ),
+        }
+
+
+def alias_version(client, model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def blue_green(
+    client,
+    model_name: str,
+    serving_env: dict[str, str],
+    work_dir: Path,
+    *,
+    gate_run_time: str | None = None,
+    keep_serving: bool = False,
+    on_step: Callable[[str], None] = lambda _: None,
+) -> PromotionDecision:
+    """Blue = `champion`, green = `challenger`; promote green if the analysis passes."""
+    champion = alias_version(client, model_name, CHAMPION)
+    challenger = alias_version(client, model_name, CHALLENGER)
+    if challenger is None:
+        return PromotionDecision(False, "no challenger is registered", champion, None, champion)
+    if challenger == champion:
+        return PromotionDecision(
+            False, f"version {champion} is already champion: nothing to promote", champion,
+            challenger, champion,
+        )  # fmt: skip
+    blue = green = None
+    try:
+        if champion is not None:
+            on_step(f"blue: serving champion v{champion}")
+            blue = start_serving("blue", f"models:/{model_name}/{champion}", serving_env, work_dir)
+        on_step(f"green: serving challenger v{challenger}")
+        green = start_serving("green", f"models:/{model_name}/{challenger}", serving_env, work_dir)
+        on_step("analysis: readiness, model check, load gate against green")
+        analysis = run_analysis(
+            green.url, model_name, work_dir / "load-gate", run_time=gate_run_time,
+            env=serving_env,
+        )  # fmt: skip
+        version_check = _version_check(green.url, challenger)
+        analysis.metrics.append(version_check)
+        if not analysis.passed:
+            reason = "analysis failed: " + "; ".join(analysis.failures())
+            kept = blue if blue and keep_serving else None
+            return PromotionDecision(False, reason, champion, challenger, champion, analysis,
+                                     *_where(kept))  # fmt: skip
+        client.set_registered_model_alias(model_name, CHAMPION, challenger)
+        first = champion is None
+        reason = (
+            "first model: promoted after passing analysis"
+            if first
+            else f"v{challenger} passed analysis: promoted over v{champion}"
+        )
+        return PromotionDecision(True, reason, champion, challenger, challenger, analysis,
+                                 *_where(green if keep_serving else None))  # fmt: skip
+    finally:
+        _stop_unless_kept(blue, green, keep_serving, client, model_name)
+
+
+def _where(instance: ServingInstance | None) -> tuple[str | None, int | None]:
+    return (instance.url, instance.process.pid) if instance else (None, None)
+
+
+def stop_kept_serving(pid: int | None) -> bool:
+    """Stop a model-serving that `run --keep-serving` left, if that pid still is one."""
+    if not pid:
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if not any(part.endswith(b"model-serving") for part in command):
+        return False  # the pid was reused by something else: leave it alone
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(150):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def _version_check(url: str, expected_version: str) -> MetricResult:
+    try:
+        served = str(requests.get(f"{url}/version", timeout=5).json().get("model_version"))
+    except (requests.RequestException, ValueError) as error:
+        return MetricResult("preview-model-version", False, f"GET {url}/version failed: {error}")
+    ok = served == expected_version
+    return MetricResult(
+        "preview-model-version", ok, f"serves v{served}, expected v{expected_version}"
+    )
+
+
+def _stop_unless_kept(blue, green, keep_serving: bool, client, model_name: str) -> None:
+    """Keep only the instance serving the champion, and only when asked to."""
+    champion = alias_version(client, model_name, CHAMPION)
+    for instance in (blue, green):
+        if instance is None:
+            continue
+        serves_champion = instance.model_uri.endswith(f"/{champion}")
+        if keep_serving and serves_champion:
+            log.info("left running", extra={"url": instance.url, "pid": instance.process.pid})
+            continue
+        instance.stop()

@@ -17,7 +17,7 @@ PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup up down status run test lint validate promote format clean
+.PHONY: help setup up down status run test lint validate promote format clean demo-anomaly bench-run
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,8 +55,14 @@ down: ## stop the local platform
 status: ## show what runs where
 	$(PY) -m pipeline_ops status
 
-run: setup ## set up, start the platform and run the whole pipeline on the bundled sample
-	$(PY) -m pipeline_ops run
+run: setup ## set up, start the platform, run the pipeline through blue/green (KEEP_SERVING=1 keeps it up)
+	$(PY) -m pipeline_ops run $(if $(KEEP_SERVING),--keep-serving)
+
+demo-anomaly: setup ## score real and unusual pull requests with the champion, show which are flagged
+	$(PY) -m pipeline_ops demo
+
+bench-run: setup ## wall time of `make run` per step, fresh and re-run, in a temporary state dir
+	$(PY) -m pipeline_ops.bench_run
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,5 @@
-"""A small real scorer, trained in-process on real sample pull requests (no MLflow)."""
+"""Fixtures: a small real scorer trained in-process on real sample pull requests, and the
+same scorer registered in the real MLflow server as ml-training registers a model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import ml_pipeline
 from ml_pipeline.features import compute_features
 from ml_pipeline.scoring import AnomalyScorer
 from ml_pipeline.training.job import fit_autoencoder
@@ -37,3 +39,41 @@ def scorer(serving_records) -> AnomalyScorer:
     scorer = AnomalyScorer(model, mean, scale, threshold=0.0)
     scorer.threshold = float(np.quantile(scorer.errors(features[300:]).mean(axis=1), 0.9))
     return scorer
+
+
+SERVING_ALIAS = "serving-under-test"  # its own alias: other tests register versions too
+
+
+@pytest.fixture(scope="session")
+def registered_model(local_env, scorer, tmp_path_factory) -> dict[str, str]:
+    """The scorer registered in the real MLflow server the way ml-training registers it
+    (pyfunc with the scorer artifact), under the model name of the serving Vault secret."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ml_pipeline.training.pyfunc import SCORER_ARTIFACT, PullRequestAnomalyModel
+
+    tracking_uri = local_env.platform.service("mlflow").url
+    name = local_env.stage_secrets()["model-serving"]["model_name"]
+    scorer_path = tmp_path_factory.mktemp("scorer") / "scorer.pt"
+    scorer.save(scorer_path)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("model-serving-tests")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PullRequestAnomalyModel(),
+            artifacts={SCORER_ARTIFACT: str(scorer_path)},
+            code_paths=[str(Path(ml_pipeline.__file__).parent)],
+            pip_requirements=["torch", "numpy", "pandas", "mlflow-skinny"],
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(name, SERVING_ALIAS, version)
+    return {
+        "tracking_uri": tracking_uri,
+        "name": name,
+        "version": version,
+        "alias": SERVING_ALIAS,
+        "uri": f"models:/{name}@{SERVING_ALIAS}",
+    }

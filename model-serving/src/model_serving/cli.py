@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 
@@ -70,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
         }
         if settings.workers == 1:
-            uvicorn.run(build_app(), **common)
+            app = build_app()
+            # uvicorn drains the requests in flight on SIGTERM, then re-raises the signal to
+            # the handler it found: a no-op one makes that asked-for stop exit 0, as the
+            # multi-worker supervisor does.
+            signal.signal(signal.SIGTERM, lambda *_: None)
+            uvicorn.run(app, **common)
             return
         # Fail here, with the stage's exit codes, rather than in every worker.
         load_stage_secret(ServingSecret)

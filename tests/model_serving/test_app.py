@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ml_pipeline.features import FEATURE_NAMES, compute_features
-from model_serving.app import MicroBatcher, ModelHolder, create_app
+from model_serving.app import MicroBatcher, ModelHolder, PullRequestIn, create_app
 from model_serving.model_source import LoadedModel, load_model_uri
 
 MAX_BATCH = 5
@@ -342,7 +342,8 @@ def test_requests_scored_together_get_their_own_verdicts(model, serving_records)
     requests = [serving_records[i : i + size] for i, size in ((0, 1), (1, 4), (5, 1), (6, 3))]
 
     async def together():
-        return await asyncio.gather(*(batcher.score(r) for r in requests))
+        parsed = [[PullRequestIn.model_validate(r) for r in sent] for sent in requests]
+        return await asyncio.gather(*(batcher.score(records) for records in parsed))
 
     answers = asyncio.run(together())
     for sent, answer in zip(requests, answers, strict=True):

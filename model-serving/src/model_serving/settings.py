@@ -25,6 +25,12 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="largest request body accepted"
     )
+    batch_wait_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=50,
+        description="how long the first waiting request holds a scoring call open for others",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
     torch_threads: int = Field(
         default=1, ge=1, description="torch intra-op threads per worker (one core each)"

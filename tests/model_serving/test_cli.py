@@ -79,6 +79,12 @@ def test_two_workers_share_one_metrics_view(start_server, serving_records) -> No
     server = start_server("--workers", "2")
     try:
         server.wait_ready()
+        # each worker loads the model itself: wait until new connections keep finding ready ones
+        deadline, streak = time.monotonic() + 120, 0
+        while streak < 10:
+            assert time.monotonic() < deadline, "the second worker never became ready"
+            streak = streak + 1 if server.get("/readyz").status_code == 200 else 0
+            time.sleep(0.05)
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for record in serving_records[:20]:
                 # a new connection each time: the kernel spreads them over both workers

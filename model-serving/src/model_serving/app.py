@@ -140,21 +140,15 @@ def records_frame(records: list[PullRequestIn]) -> pd.DataFrame:
             return np.nan
         return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
-    columns: dict[str, Any] = {
-        name: [getattr(record, name) for record in records]
-        for name in (
-            "number",
-            "title",
-            "body",
-            "additions",
-            "deletions",
-            "changed_files",
-            "commits",
-        )
-    }
+    count = len(records)
+    columns: dict[str, Any] = {}
+    for name in ("number", "title", "body"):
+        columns[name] = np.array([getattr(record, name) for record in records], dtype=object)
+    for name in ("additions", "deletions", "changed_files", "commits"):
+        columns[name] = np.fromiter((getattr(r, name) for r in records), np.int64, count)
     for name in ("created_at", "merged_at"):
         seconds = np.fromiter(
-            (epoch_seconds(getattr(record, name)) for record in records), np.float64, len(records)
+            (epoch_seconds(getattr(record, name)) for record in records), np.float64, count
         )
         columns[name] = pd.to_datetime(seconds, unit="s", utc=True)
     return pd.DataFrame(columns)

@@ -176,6 +176,8 @@ def test_unknown_fields_are_ignored(client, record, serving_records) -> None:
         ({"changed_files": 1.5}, "changed_files"),
         ({"created_at": "yesterday"}, "created_at"),
         ({"created_at": None}, "created_at"),
+        ({"created_at": "0001-01-01T00:00:00Z"}, "created_at"),
+        ({"merged_at": "9999-12-31T00:00:00Z"}, "merged_at"),
     ],
 )
 def test_invalid_record_is_422_naming_the_field(client, record, change, field) -> None:

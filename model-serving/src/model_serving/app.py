@@ -24,7 +24,15 @@ import pandas as pd
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 from starlette.responses import Response
 
 from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
@@ -58,6 +66,14 @@ class PullRequestIn(BaseModel):
     commits: int = Field(ge=0, strict=True)
     created_at: datetime
     merged_at: datetime | None = None
+
+    @field_validator("created_at", "merged_at")
+    @classmethod
+    def _plausible_time(cls, moment: datetime | None) -> datetime | None:
+        # pandas' datetime64 range ends in 2262; no pull request is older than 1970
+        if moment is not None and not 1970 <= moment.year < 2200:
+            raise ValueError("must be a time between 1970 and 2200")
+        return moment
 
 
 _Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -161,9 +177,9 @@ class MicroBatcher:
     loop ``wait_seconds`` later (1 ms by default), so the requests that arrive meanwhile
     join it. An idle service scores each request alone, 1 ms later; a loaded one amortises
     the fixed per-call cost of the pandas feature computation (several ms, whatever the
-    row count) over all waiting requests. Scoring must be
-    row-independent for this, which the feature spec guarantees (context comes from the
-    model's bundled snapshot, not from the other rows of a call).
+    row count) over all waiting requests. Scoring must be row-independent for this, which
+    the feature spec guarantees (context comes from the model's bundled snapshot, not from
+    the other rows of a call).
     """
 
     def __init__(self, holder: ModelHolder, wait_seconds: float = 0.001):

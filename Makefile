@@ -83,3 +83,7 @@ format: setup
 
 clean: down ## remove local state (keeps installs)
 	rm -rf .local
+
+bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)
+	$(PY) model-serving/bench/bench_serving.py
+.PHONY: bench-serving

@@ -6,12 +6,22 @@ directory, on free ports, and stopped by pid at the end of the session.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
+import ml_pipeline
+from ml_pipeline.features import attach_context, compute_features
+from ml_pipeline.scoring import AnomalyScorer
+from ml_pipeline.training.job import fit_autoencoder
+from ml_pipeline.training.settings import TrainingSettings
 from pipeline_ops.local_env import LocalEnvironment
 from pipeline_ops.localstack import LocalPlatform
 
@@ -62,3 +72,53 @@ def stage_env(local_env: LocalEnvironment, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "samples"
+
+
+@pytest.fixture(scope="session")
+def serving_records(samples_dir: Path) -> list[dict[str, Any]]:
+    """200 raw GitHub-shaped pull requests from each sample file."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(samples_dir.glob("*.prs.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            records += [json.loads(line) for _, line in zip(range(200), lines, strict=False)]
+    return records
+
+
+@pytest.fixture(scope="session")
+def scorer(serving_records) -> AnomalyScorer:
+    features = compute_features(attach_context(pd.DataFrame(serving_records), None)).to_numpy()
+    mean, scale = features.mean(axis=0), features.std(axis=0)
+    scale[scale == 0] = 1.0
+    scaled = (features - mean) / scale
+    model, _ = fit_autoencoder(scaled[:300], scaled[300:], TrainingSettings(max_epochs=10))
+    scorer = AnomalyScorer(model, mean, scale, threshold=0.0)
+    scorer.threshold = float(np.quantile(scorer.errors(features[300:]).mean(axis=1), 0.9))
+    return scorer
+
+
+@pytest.fixture(scope="session")
+def register_scorer(local_env, scorer, tmp_path_factory) -> Callable[[str], str]:
+    """Register ``scorer`` under a model name the way ml-training does (pyfunc with the
+    scorer artifact) in the real MLflow server; returns the new version."""
+
+    def register(name: str) -> str:
+        import mlflow
+
+        from ml_pipeline.training.pyfunc import SCORER_ARTIFACT, PullRequestAnomalyModel
+
+        scorer_path = tmp_path_factory.mktemp("scorer") / "scorer.pt"
+        scorer.save(scorer_path)
+        mlflow.set_tracking_uri(local_env.platform.service("mlflow").url)
+        mlflow.set_experiment("registered-for-tests")
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=PullRequestAnomalyModel(),
+                artifacts={SCORER_ARTIFACT: str(scorer_path)},
+                code_paths=[str(Path(ml_pipeline.__file__).parent)],
+                pip_requirements=["torch", "numpy", "pandas", "mlflow-skinny"],
+                registered_model_name=name,
+            )
+        return str(info.registered_model_version)
+
+    return register

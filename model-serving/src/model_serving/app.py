@@ -1,21 +1,55 @@
-"""The scoring API."""
+"""The scoring API.
+
+Request bodies are read and validated here rather than by FastAPI's body parameter: the
+body size is checked while it streams in (413 before it is all buffered), and pydantic
+parses the bytes in one pass (no stdlib ``json.loads`` then validation). Responses are
+serialised once by pydantic-core. Scoring goes through :class:`MicroBatcher`, so records
+of requests that arrive together share one feature computation and one forward pass.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Annotated
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
-from fastapi import Body, FastAPI, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from starlette.responses import Response
 
+from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES, FEATURE_SPEC_VERSION
+from model_serving.metrics import MetricsMiddleware, ServingMetrics
 from model_serving.model_source import LoadedModel
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def _service_version() -> str:
+    try:
+        return package_version("model-serving")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0+unknown"
 
 
 class PullRequestIn(BaseModel):
@@ -33,10 +67,48 @@ class PullRequestIn(BaseModel):
     commits: int = Field(ge=0, strict=True)
     created_at: datetime
     merged_at: datetime | None = None
+    # Where the pull request sits, for the spec's context features; taken from GitHub's
+    # `base.repo.full_name` and `user.login` when not given flat.
+    repository: str | None = None
+    author: str | None = None
+    # Callers that know the context may send it; otherwise the model's snapshot fills it.
+    author_prior_pull_requests: int | None = Field(default=None, ge=0, strict=True)
+    repository_median_changes: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_github_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (
+            data.get("repository") is None or data.get("author") is None
+        ):
+            data = dict(data)
+            base_repo = (data.get("base") or {}).get("repo") or {}
+            user = data.get("user") or {}
+            if data.get("repository") is None and isinstance(base_repo, dict):
+                data["repository"] = base_repo.get("full_name")
+            if data.get("author") is None and isinstance(user, dict):
+                data["author"] = user.get("login")
+        return data
+
+    @field_validator("created_at", "merged_at")
+    @classmethod
+    def _plausible_time(cls, moment: datetime | None) -> datetime | None:
+        # pandas' datetime64 range ends in 2262; no pull request is older than 1970
+        if moment is not None and not 1970 <= moment.year < 2200:
+            raise ValueError("must be a time between 1970 and 2200")
+        return moment
+
+
+_Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+FeatureVector = create_model(
+    "FeatureVector",
+    __config__=ConfigDict(extra="ignore"),
+    __doc__="Ready features, one finite number per name of the model's feature spec.",
+    **{name: (_Feature, ...) for name in FEATURE_NAMES},
+)
 
 
 class Verdict(BaseModel):
-    number: int | None
     score: float
     threshold: float
     is_anomaly: bool
@@ -45,31 +117,196 @@ class Verdict(BaseModel):
     model_version: str
 
 
+class PullRequestVerdict(Verdict):
+    number: int | None
+
+
 class ScoreResponse(BaseModel):
+    results: list[PullRequestVerdict]
+
+
+class FeatureScoreResponse(BaseModel):
     results: list[Verdict]
+
+
+class VersionInfo(BaseModel):
+    service: str = "model-serving"
+    service_version: str
+    feature_spec_version: str
+    model_uri: str | None
+    model_name: str | None
+    model_version: str | None
+
+
+_ONE_RECORD = TypeAdapter(PullRequestIn)
+_RECORDS = TypeAdapter(list[PullRequestIn])
+_ONE_VECTOR = TypeAdapter(FeatureVector)
+_VECTORS = TypeAdapter(list[FeatureVector])
+_JSON = TypeAdapter(Any)
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 class ModelHolder:
     """The model, loaded once per process in the background; /readyz says when."""
 
-    def __init__(self, loader: Callable[[], LoadedModel]):
+    def __init__(self, loader: Callable[[], LoadedModel], on_loaded: Callable[[LoadedModel], None]):
         self._loader = loader
+        self._on_loaded = on_loaded
         self.model: LoadedModel | None = None
         self.error: str | None = None
 
     def load(self) -> None:
         try:
-            self.model = self._loader()
-            log.info(
-                "model loaded", extra={"model": self.model.name, "version": self.model.version}
-            )
+            model = self._loader()
+            self._on_loaded(model)
+            self.model = model
+            log.info("model loaded", extra={"model": model.name, "version": model.version})
         except Exception as error:  # reported by /readyz; the process stays up for probes
             self.error = f"{type(error).__name__}: {error}"
             log.error("model load failed: %s", self.error)
 
 
-def create_app(loader: Callable[[], LoadedModel], max_batch: int = 1000) -> FastAPI:
-    holder = ModelHolder(loader)
+def records_frame(records: list[PullRequestIn]) -> pd.DataFrame:
+    """The raw columns the feature spec reads, built column by column: timestamps become
+    datetime64 from epoch seconds, which is ~3x faster for 1,000 records than letting
+    pandas infer them from a list of dicts of datetime objects."""
+
+    def epoch_seconds(moment: datetime | None) -> float:
+        if moment is None:
+            return np.nan
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+    count = len(records)
+    columns: dict[str, Any] = {}
+    for name in ("number", "title", "body", "repository", "author"):
+        columns[name] = np.array([getattr(record, name) for record in records], dtype=object)
+    for name in CONTEXT_COLUMNS:  # NaN where the caller did not send it: the model fills it
+        values = (getattr(record, name) for record in records)
+        columns[name] = np.fromiter((np.nan if v is None else v for v in values), np.float64, count)
+    for name in ("additions", "deletions", "changed_files", "commits"):
+        columns[name] = np.fromiter((getattr(r, name) for r in records), np.int64, count)
+    for name in ("created_at", "merged_at"):
+        seconds = np.fromiter(
+            (epoch_seconds(getattr(record, name)) for record in records), np.float64, count
+        )
+        columns[name] = pd.to_datetime(seconds, unit="s", utc=True)
+    return pd.DataFrame(columns)
+
+
+class MicroBatcher:
+    """Scores the records of every request waiting at the same moment in one call.
+
+    A request appends its records and awaits; the first one schedules a flush on the event
+    loop ``wait_seconds`` later (1 ms by default), so the requests that arrive meanwhile
+    join it. An idle service scores each request alone, 1 ms later; a loaded one amortises
+    the fixed per-call cost of the pandas feature computation (several ms, whatever the
+    row count) over all waiting requests. Scoring must be row-independent for this, which
+    the feature spec guarantees (context comes from the model's bundled snapshot, not from
+    the other rows of a call).
+    """
+
+    def __init__(self, holder: ModelHolder, wait_seconds: float = 0.001):
+        self._holder = holder
+        self._wait = wait_seconds
+        self._pending: list[tuple[list[PullRequestIn], asyncio.Future]] = []
+        self._scheduled = False
+
+    async def score(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((records, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_later(self._wait, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        rows = [record for records, _ in pending for record in records]
+        try:
+            verdicts = self._holder.model.scorer.score_records(records_frame(rows))
+        except Exception as error:
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        start = 0
+        for records, future in pending:
+            if not future.done():  # a client that went away cancelled its future
+                future.set_result(verdicts[start : start + len(records)])
+            start += len(records)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) a declared or streamed size over ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes; the maximum is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body over {limit} bytes; the maximum is {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(body: bytes, one: TypeAdapter, many: TypeAdapter) -> tuple[list, bool]:
+    """(items, was_a_list); 422 naming the field (``["body", index, field]``) otherwise."""
+    is_list = body.lstrip()[:1] == b"["
+    try:
+        parsed = (many if is_list else one).validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("body", *e["loc"])}
+                for e in error.errors(include_url=False, include_context=False, include_input=False)
+            ]
+        ) from None
+    return (parsed if is_list else [parsed]), is_list
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(_JSON.dump_json(content), status_code, media_type="application/json")
+
+
+def _raw_body_doc(adapter_one: TypeAdapter, adapter_many: TypeAdapter) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            adapter_one.json_schema(ref_template="#/components/schemas/{model}"),
+                            adapter_many.json_schema(ref_template="#/components/schemas/{model}"),
+                        ]
+                    }
+                }
+            },
+        }
+    }
+
+
+def create_app(
+    loader: Callable[[], LoadedModel],
+    max_batch: int = 1000,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    batch_wait_seconds: float = 0.001,
+) -> FastAPI:
+    metrics = ServingMetrics()
+
+    def on_loaded(model: LoadedModel) -> None:
+        metrics.model_info.labels(
+            model.name, model.version, model.uri, model.scorer.feature_spec_version
+        ).set(1)
+
+    holder = ModelHolder(loader, on_loaded)
+    batcher = MicroBatcher(holder, batch_wait_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -78,40 +315,95 @@ def create_app(loader: Callable[[], LoadedModel], max_batch: int = 1000) -> Fast
 
     app = FastAPI(title="Pull-request anomaly scoring", version="1", lifespan=lifespan)
     app.state.holder = holder
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status.HTTP_413_CONTENT_TOO_LARGE)
+
+    def loaded_model() -> LoadedModel:
+        if holder.model is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="model is loading")
+        return holder.model
+
+    def check_batch_size(count: int) -> None:
+        if count > max_batch:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                detail=f"{count} records in one request; the maximum is {max_batch}",
+            )
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    def readyz() -> dict[str, str]:
+    @app.get("/readyz", responses={503: {"description": "model not loaded (yet)"}})
+    async def readyz() -> dict[str, str]:
         if holder.model is None:
             detail = holder.error or "model is loading"
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail)
         return {"status": "ready", "model_version": holder.model.version}
 
-    @app.post("/v1/score", response_model=ScoreResponse)
-    def score(
-        payload: Annotated[PullRequestIn | list[PullRequestIn], Body()],
-    ) -> ScoreResponse:
+    @app.get("/version")
+    async def version() -> VersionInfo:
         model = holder.model
-        if model is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="model is loading")
-        records = payload if isinstance(payload, list) else [payload]
-        if not records:  # an empty batch has no rows to compute features from
-            return ScoreResponse(results=[])
-        if len(records) > max_batch:
-            raise HTTPException(
-                status.HTTP_413_CONTENT_TOO_LARGE,
-                detail=f"{len(records)} records in one request; the maximum is {max_batch}",
-            )
-        frame = pd.DataFrame([r.model_dump() for r in records])
-        verdicts = model.scorer.score_records(frame)
-        return ScoreResponse(
-            results=[
-                Verdict(number=r.number, model_name=model.name, model_version=model.version, **v)
-                for r, v in zip(records, verdicts, strict=True)
-            ]
+        return VersionInfo(
+            service_version=_service_version(),
+            feature_spec_version=FEATURE_SPEC_VERSION,
+            model_uri=model.uri if model else None,
+            model_name=model.name if model else None,
+            model_version=model.version if model else None,
         )
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        content, media_type = metrics.exposition()
+        return Response(content, media_type=media_type)
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        openapi_extra=_raw_body_doc(_ONE_RECORD, _RECORDS),
+        responses={413: {"description": "too many records or too large a body"}},
+    )
+    async def score(request: Request) -> Response:
+        """Score one raw GitHub pull request (an object) or a batch (a list of them)."""
+        model = loaded_model()
+        records, _ = parse_body(await read_body(request, max_body_bytes), _ONE_RECORD, _RECORDS)
+        check_batch_size(len(records))
+        if not records:
+            return _json({"results": []})
+        verdicts = await batcher.score(records)
+        flagged = 0
+        for record, verdict in zip(records, verdicts, strict=True):
+            verdict["number"] = record.number
+            verdict["model_name"] = model.name
+            verdict["model_version"] = model.version
+            flagged += verdict["is_anomaly"]
+        metrics.observe_scores("pull_request", len(verdicts), flagged)
+        return _json({"results": verdicts})
+
+    @app.post(
+        "/v1/score/features",
+        response_model=FeatureScoreResponse,
+        openapi_extra=_raw_body_doc(_ONE_VECTOR, _VECTORS),
+        responses={413: {"description": "too many vectors or too large a body"}},
+    )
+    async def score_features(request: Request) -> Response:
+        """Score ready feature vectors (objects keyed by feature name), one or a list."""
+        model = loaded_model()
+        vectors, _ = parse_body(await read_body(request, max_body_bytes), _ONE_VECTOR, _VECTORS)
+        check_batch_size(len(vectors))
+        if not vectors:
+            return _json({"results": []})
+        names = model.scorer.feature_names
+        matrix = np.array([[getattr(v, n) for n in names] for v in vectors], dtype=np.float64)
+        verdicts = model.scorer.score_features(matrix)
+        for verdict in verdicts:
+            verdict["model_name"] = model.name
+            verdict["model_version"] = model.version
+        metrics.observe_scores("features", len(verdicts), sum(v["is_anomaly"] for v in verdicts))
+        return _json({"results": verdicts})
 
     return app

@@ -1,0 +1,1 @@
+"""Load tests of the scoring API: the Locust file and its packaged sample."""

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from ml_pipeline.features import FEATURE_NAMES, compute_features
+from ml_pipeline.features import FEATURE_NAMES, attach_context, compute_features
 from model_serving.app import MicroBatcher, ModelHolder, PullRequestIn, create_app
 from model_serving.model_source import LoadedModel, load_model_uri
 
@@ -250,7 +250,14 @@ def test_a_streamed_body_over_the_limit_is_413(client, record) -> None:
 
 @pytest.fixture
 def vector(scorer, record) -> dict[str, float]:
-    row = compute_features(pd.DataFrame([record])).iloc[0]
+    """The record's features as the model computes them, context from its snapshot."""
+    flat = {
+        **record,
+        "repository": record["base"]["repo"]["full_name"],
+        "author": record["user"]["login"],
+    }
+    frame = attach_context(pd.DataFrame([flat]), scorer.context)
+    row = compute_features(frame).iloc[0]
     return {name: float(row[name]) for name in FEATURE_NAMES}
 
 

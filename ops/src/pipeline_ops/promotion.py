@@ -213,9 +213,13 @@ def _job_metric(
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if result.returncode == 0:
         return MetricResult(metric["name"], True, "service levels met", report)
-    reason = (
-        "; ".join(report.get("failures", [])) or (result.stderr.strip().splitlines() or [""])[-1]
-    )
+    breached = [
+        f"{c['name']} {c['measured']} (limit {c['limit']})"
+        for c in report.get("checks", [])
+        if not c.get("passed")
+    ]
+    stderr_tail = (result.stderr.strip().splitlines() or [""])[-1]
+    reason = "; ".join(breached) or report.get("error") or stderr_tail
     return MetricResult(
         metric["name"], False, f"load gate exited {result.returncode}: {reason}", report
     )

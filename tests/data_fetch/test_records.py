@@ -53,7 +53,7 @@ def test_a_known_record_in_detail(samples_dir: Path):
 
     assert record.repository == "pallets/flask"
     assert record.title == "Corrections to fabfile example"
-    assert record.author_login == "akavlie"
+    assert record.author == "akavlie"
     assert record.created_at == datetime(2011, 3, 15, 3, 32, 33, tzinfo=UTC)
     assert (record.additions, record.deletions, record.changed_files, record.commits) == (
         5,

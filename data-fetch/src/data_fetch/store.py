@@ -86,7 +86,7 @@ class PullRequestStore:
             [("repository", ASCENDING), ("number", ASCENDING)], unique=True, name="pr_key"
         )
 
-    def _load_stored_versions(self, repositories: set[str]) -> None:
+    def read_stored_versions(self, repositories: set[str]) -> None:
         for repository in repositories - self._loaded_repositories:
             cursor = self.pull_requests.find({"repository": repository}, {"updated_at": 1})
             self._stored.update({doc["_id"]: _as_utc(doc["updated_at"]) for doc in cursor})
@@ -94,7 +94,7 @@ class PullRequestStore:
 
     def upsert(self, records: list[PullRequestRecord], raw: list[Any]) -> WriteCounts:
         """Write one page; returns what happened to each record."""
-        self._load_stored_versions({record.repository for record in records})
+        self.read_stored_versions({record.repository for record in records})
         counts = WriteCounts()
         fetched_at = datetime.now(UTC)
         # The newest copy of each pull request in the page (a page may repeat one).

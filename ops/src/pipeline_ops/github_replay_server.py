@@ -197,6 +197,10 @@ class GitHubReplayServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One write per response, no Nagle: otherwise headers and body go out in two
+            # packets and every keep-alive request waits ~40 ms for a delayed ACK.
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass

@@ -31,9 +31,9 @@ or pass --wait-for-reset).
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="data-fetch",
-        description="Fetch GitHub pull requests into MongoDB. Vault settings come from "
-        "VAULT_ADDR, VAULT_AUTH_METHOD, VAULT_PATH_AUTH, VAULT_ROLE, VAULT_SECRET_PATH; the "
-        "secret holds mongo_uri, mongo_database, mongo_collection and optionally github_token.",
+        description="Fetch GitHub pull requests into MongoDB.\n\nVault settings come from "
+        "VAULT_ADDR, VAULT_AUTH_METHOD, VAULT_PATH_AUTH,\nVAULT_ROLE, VAULT_SECRET_PATH; the "
+        "secret holds mongo_uri, mongo_database,\nmongo_collection and optionally github_token.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -297,7 +297,8 @@ def rest_pages(
     """REST: list pages sorted by update, then the full pull request for each new entry
     (the list lacks additions, deletions, changed files, commit and comment counts).
     ``cursor`` is the list page number."""
-    page = int(cursor or 1)
+    # A cursor saved by a GraphQL pass means nothing here: start from the first page.
+    page = int(cursor) if cursor and cursor.isdigit() else 1
     while True:
         listing, links = client.get(
             f"{client.api_url}/repos/{repository}/pulls",

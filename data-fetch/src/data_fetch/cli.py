@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--source", choices=["auto", "github", "replay"], default="auto",
         help="github: the live API; replay: JSON Lines of REST-shaped pull requests (the "
-        "bundled sample); auto (default): github when the Vault secret has github_token, "
-        "else replay",
+        "bundled sample); auto (default): github when the Vault secret has github_token "
+        "and no --replay-path is given, else replay",
     )  # fmt: skip
     parser.add_argument(
         "--repository", action="append", metavar="OWNER/NAME",
@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         secret = load_stage_secret(FetchSecret)
         source = args.source
         if source == "auto":
-            source = "github" if secret.github_token is not None else "replay"
+            # --replay-path asks for a replay; otherwise a token means the live API.
+            has_token = secret.github_token is not None and not args.replay_path
+            source = "github" if has_token else "replay"
         with progress_reporter(args.progress) as progress:
             if source == "replay":
                 return FetchJob(

@@ -77,8 +77,8 @@ class FetchJob:
     ``replay`` needs ``replay_files`` (``repositories``, if given, filters them)."""
 
     secret: FetchSecret
-    source: str = "replay"
     replay_files: list[Path] = field(default_factory=list)
+    source: str = "replay"
     repositories: list[str] = field(default_factory=list)
     client: GitHubClient | None = None
     api: str = "auto"  # github: graphql, rest, or auto (GraphQL, REST if it is missing)

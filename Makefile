@@ -17,7 +17,8 @@ PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup up down status run test lint validate promote format clean demo-anomaly bench-run
+.PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
+.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -86,4 +87,6 @@ clean: down ## remove local state (keeps installs)
 
 bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)
 	$(PY) model-serving/bench/bench_serving.py
-.PHONY: bench-serving
+
+bench-fetch: setup ## data-fetch: API requests per 1,000 PRs vs a naive REST client; upsert throughput
+	$(PY) -u data-fetch/bench/bench_fetch.py

@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
-from data_fetch.records import InvalidRecordError, normalize_rest_pull_request
+from data_fetch.records import (
+    InvalidRecordError,
+    normalize_graphql_pull_request,
+    normalize_rest_pull_request,
+)
 
 
 def _samples(samples_dir: Path, name: str) -> list[dict[str, Any]]:
@@ -53,7 +57,7 @@ def test_a_known_record_in_detail(samples_dir: Path):
 
     assert record.repository == "pallets/flask"
     assert record.title == "Corrections to fabfile example"
-    assert record.author_login == "akavlie"
+    assert record.author == "akavlie"
     assert record.created_at == datetime(2011, 3, 15, 3, 32, 33, tzinfo=UTC)
     assert (record.additions, record.deletions, record.changed_files, record.commits) == (
         5,
@@ -143,3 +147,38 @@ def test_every_problem_is_reported_at_once(good: dict[str, Any]):
         normalize_rest_pull_request(good)
 
     assert all(name in invalid.value.reason for name in ("additions", "deletions", "created_at"))
+
+
+def test_a_graphql_node_normalises_like_its_rest_twin():
+    node = {
+        "number": 42, "title": "Add x", "body": None, "state": "MERGED",
+        "authorAssociation": "MEMBER", "createdAt": "2024-01-01T10:00:00Z",
+        "updatedAt": "2024-01-03T10:00:00Z", "closedAt": "2024-01-02T10:00:00Z",
+        "mergedAt": "2024-01-02T10:00:00Z", "additions": 3, "deletions": 1, "changedFiles": 2,
+        "author": {"login": "octocat"}, "commits": {"totalCount": 2},
+        "comments": {"totalCount": 5}, "reviewThreads": {"totalCount": 1},
+        "labels": {"nodes": [{"name": "bug"}]}, "assignees": {"nodes": [{"login": "hubot"}]},
+    }  # fmt: skip
+
+    record = normalize_graphql_pull_request(node, "o/r")
+
+    assert (record.repository, record.number, record.state, record.body) == (
+        "o/r",
+        42,
+        "closed",
+        "",
+    )
+    assert (record.author, record.author_association) == ("octocat", "MEMBER")
+    assert (record.commits, record.comments, record.review_comments) == (2, 5, 1)
+    assert (record.labels, record.assignees) == (("bug",), ("hubot",))
+    assert record.updated_at == datetime(2024, 1, 3, 10, tzinfo=UTC)
+
+
+def test_a_graphql_node_whose_author_was_deleted_is_kept():
+    node = {"number": 7, "title": "t", "state": "OPEN", "createdAt": "2024-01-01T10:00:00Z",
+            "updatedAt": "2024-01-01T10:00:00Z", "additions": 0, "deletions": 0,
+            "changedFiles": 0, "author": None, "commits": {"totalCount": 1}}  # fmt: skip
+
+    record = normalize_graphql_pull_request(node, "o/r")
+
+    assert (record.author, record.state, record.comments, record.labels) == (None, "open", None, ())

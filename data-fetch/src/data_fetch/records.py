@@ -32,7 +32,7 @@ class PullRequestRecord(BaseModel):
     title: str
     body: str = ""
     state: str
-    author_login: str | None = None
+    author: str | None = None
     author_association: str | None = None
     created_at: datetime
     updated_at: datetime
@@ -45,6 +45,7 @@ class PullRequestRecord(BaseModel):
     comments: int | None = Field(default=None, ge=0)
     review_comments: int | None = Field(default=None, ge=0)
     labels: tuple[str, ...] = ()
+    assignees: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @field_validator("created_at", "updated_at", "closed_at", "merged_at")
@@ -79,6 +80,7 @@ def normalize_rest_pull_request(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidRecordError(f"{name} must be an integer, got {type(value).__name__}")
     labels = raw.get("labels") or []
+    assignees = raw.get("assignees") or []
     try:
         return PullRequestRecord(
             repository=repo,
@@ -86,7 +88,7 @@ def normalize_rest_pull_request(
             title=raw.get("title") or "",
             body=raw.get("body") or "",
             state=raw.get("state") or "unknown",
-            author_login=_dig(raw, "user", "login"),
+            author=_dig(raw, "user", "login"),
             author_association=raw.get("author_association"),
             created_at=raw.get("created_at"),
             updated_at=raw.get("updated_at") or raw.get("created_at"),
@@ -98,7 +100,8 @@ def normalize_rest_pull_request(
             commits=raw.get("commits"),
             comments=raw.get("comments"),
             review_comments=raw.get("review_comments"),
-            labels=tuple(lbl["name"] if isinstance(lbl, dict) else str(lbl) for lbl in labels),
+            labels=_names(labels, "labels", "name"),
+            assignees=_names(assignees, "assignees", "login"),
         )
     except ValidationError as error:
         problems = "; ".join(
@@ -106,6 +109,48 @@ def normalize_rest_pull_request(
             for e in error.errors(include_url=False, include_input=False)
         )
         raise InvalidRecordError(problems) from None
+
+
+def normalize_graphql_pull_request(node: Any, repository: str) -> PullRequestRecord:
+    """Build a record from a node of the GraphQL ``pullRequests`` connection (see
+    ``github.PULL_REQUESTS_QUERY``), through its REST shape so both sources share one set
+    of rules. ``review_comments`` counts review threads: GraphQL has no cheaper total."""
+    return normalize_rest_pull_request(graphql_to_rest(node), repository=repository)
+
+
+def graphql_to_rest(node: Any) -> Any:
+    """The REST field names of a GraphQL pull-request node (anything else passes through,
+    to be rejected by normalisation)."""
+    if not isinstance(node, dict):
+        return node
+    state = node.get("state")
+    return {
+        "number": node.get("number"),
+        "title": node.get("title"),
+        "body": node.get("body"),
+        # REST has open/closed; merged is closed with merged_at set.
+        "state": "closed" if state in ("CLOSED", "MERGED") else (state or "").lower() or None,
+        "user": node.get("author"),
+        "author_association": node.get("authorAssociation"),
+        "created_at": node.get("createdAt"),
+        "updated_at": node.get("updatedAt"),
+        "closed_at": node.get("closedAt"),
+        "merged_at": node.get("mergedAt"),
+        "additions": node.get("additions"),
+        "deletions": node.get("deletions"),
+        "changed_files": node.get("changedFiles"),
+        "commits": _dig(node, "commits", "totalCount"),
+        "comments": _dig(node, "comments", "totalCount"),
+        "review_comments": _dig(node, "reviewThreads", "totalCount"),
+        "labels": _dig(node, "labels", "nodes") or [],
+        "assignees": _dig(node, "assignees", "nodes") or [],
+    }
+
+
+def _names(items: Any, field: str, key: str) -> tuple[str, ...]:
+    if not isinstance(items, list):
+        raise InvalidRecordError(f"{field} must be a list, got {type(items).__name__}")
+    return tuple(str(item.get(key)) if isinstance(item, dict) else str(item) for item in items)
 
 
 def _dig(raw: dict[str, Any], *keys: str) -> Any:

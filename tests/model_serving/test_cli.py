@@ -83,7 +83,8 @@ def test_two_workers_share_one_metrics_view(start_server, serving_records) -> No
         deadline, streak = time.monotonic() + 240, 0
         while streak < 10:
             assert time.monotonic() < deadline, "the second worker never became ready"
-            streak = streak + 1 if server.get("/readyz").status_code == 200 else 0
+            ready = server.get("/readyz")
+            streak = streak + 1 if ready is not None and ready.status_code == 200 else 0
             time.sleep(0.05)
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for record in serving_records[:20]:

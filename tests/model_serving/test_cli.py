@@ -78,12 +78,13 @@ def test_a_malformed_model_uri_stops_the_start_with_exit_2(start_server) -> None
 def test_two_workers_share_one_metrics_view(start_server, serving_records) -> None:
     server = start_server("--workers", "2")
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=240)  # two processes import torch and load the model at once
         # each worker loads the model itself: wait until new connections keep finding ready ones
-        deadline, streak = time.monotonic() + 120, 0
+        deadline, streak = time.monotonic() + 240, 0
         while streak < 10:
             assert time.monotonic() < deadline, "the second worker never became ready"
-            streak = streak + 1 if server.get("/readyz").status_code == 200 else 0
+            ready = server.get("/readyz")
+            streak = streak + 1 if ready is not None and ready.status_code == 200 else 0
             time.sleep(0.05)
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for record in serving_records[:20]:

@@ -128,7 +128,7 @@ def input_problems(records: pd.DataFrame) -> pd.Series:
     created = pd.to_datetime(records["created_at"], utc=True)
     merged = pd.to_datetime(records["merged_at"], utc=True)
     flag(merged < created, MERGED_BEFORE_CREATED)
-    return reasons
+    return reasons.astype(object).where(reasons.notna(), None)
 
 
 def feature_problems(features: pd.DataFrame) -> pd.Series:
@@ -137,7 +137,7 @@ def feature_problems(features: pd.DataFrame) -> pd.Series:
     for name in FEATURE_NAMES:
         bad = ~np.isfinite(features[name].to_numpy(dtype="float64"))
         reasons.loc[bad & reasons.isna().to_numpy()] = non_finite_reason(name)
-    return reasons
+    return reasons.astype(object).where(reasons.notna(), None)
 
 
 def context_columns(records: pd.DataFrame) -> pd.DataFrame:

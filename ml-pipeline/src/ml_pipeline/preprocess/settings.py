@@ -40,7 +40,11 @@ class PreprocessSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPARK_", extra="ignore")
 
-    master: str = Field(default="local[*]", description="Spark master URL")
+    master: str | None = Field(
+        default=None,
+        description="Spark master URL; unset: the one spark-submit gives (the cluster's "
+        "SparkApplication), else local[*]",
+    )
     jars_dir: str = Field(
         default=".tools/jars", description="folder of the connector jars (make setup fetches them)"
     )

@@ -116,15 +116,20 @@ def test_partitioned_reader_reads_every_document_once(spark, mongo_database) -> 
     assert len(ids) == len(set(ids)) == 2 * PER_FILE
 
 
-def test_partition_plan_shares_partitions_by_repository_size() -> None:
-    plan = plan_partitions({"o/big": 900, "o/small": 100, None: 3}, 4)
+def test_partition_plan_splits_big_repositories_and_packs_small_ones() -> None:
+    plan = plan_partitions({"o/big": 700, "o/s1": 100, "o/s2": 90, "o/s3": 80, None: 3}, 4)
     assert plan == [
-        {"repository": "o/big", "number": {"$mod": [4, 0]}},
-        {"repository": "o/big", "number": {"$mod": [4, 1]}},
-        {"repository": "o/big", "number": {"$mod": [4, 2]}},
-        {"repository": "o/big", "number": {"$mod": [4, 3]}},
-        {"repository": "o/small"},
+        {"repository": "o/big", "number": {"$mod": [3, 0]}},
+        {"repository": "o/big", "number": {"$mod": [3, 1]}},
+        {"repository": "o/big", "number": {"$mod": [3, 2]}},
+        {"repository": {"$in": ["o/s1", "o/s2", "o/s3"]}},
         {"repository": None},  # documents without a repository are read, then quarantined
+    ]
+    # many small repositories still make about the partitions asked for
+    many = plan_partitions({f"o/r{i:02d}": 10 for i in range(40)}, 4)
+    assert len(many) == 4
+    assert sorted(r for f in many for r in f["repository"]["$in"]) == [
+        f"o/r{i:02d}" for i in range(40)
     ]
 
 

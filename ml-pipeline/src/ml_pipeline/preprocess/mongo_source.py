@@ -3,9 +3,10 @@
 Why it exists: against FerretDB (our local MongoDB) the official connector only reads in one
 partition (its sampling partitioners need ``$collStats``/``$sample``). This reader plans
 disjoint partitions on the driver from one ``$group`` (pull requests per repository) and
-reads each on an executor with pymongo: partition *i* of repository *R* holds
-``{repository: R, number: {$mod: [k, i]}}``. The classes are disjoint and together hold
-every document whose key (repository, number) follows the data-fetch contract; documents
+reads each on an executor with pymongo: a big repository *R* is split into
+``{repository: R, number: {$mod: [k, i]}}``, small ones are packed into
+``{repository: {$in: [...]}}``. The partitions are disjoint and together hold every
+document whose key (repository, number) follows the data-fetch contract; documents
 without a repository get a partition of their own, so nothing is dropped silently.
 
 On MongoDB each partition walks the ``(repository, number)`` index prefix of its
@@ -57,20 +58,39 @@ class MongoPartition(InputPartition):
 
 
 def plan_partitions(counts: dict[str | None, int], partitions: int) -> list[dict[str, Any]]:
-    """Filters for about ``partitions`` disjoint partitions, shared by repository size."""
+    """Filters for about ``partitions`` disjoint partitions of similar size.
+
+    A repository holding at least two partitions' worth is split by ``number`` modulo its
+    share; smaller repositories are packed together (``$in``), so many small repositories
+    do not make many partitions (on FerretDB every partition is a collection scan).
+    """
     total = sum(counts.values()) or 1
     filters: list[dict[str, Any]] = []
-    for repository, count in sorted(counts.items(), key=lambda kv: (kv[0] is None, str(kv[0]))):
+    small: list[tuple[str, int]] = []
+    for repository, count in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))):
         if repository is None:
-            filters.append({"repository": None})
             continue
-        classes = max(1, math.floor(partitions * count / total + 0.5))
-        if classes == 1:
-            filters.append({"repository": repository})
-        else:
+        classes = math.floor(partitions * count / total + 0.5)
+        if classes >= 2:
             filters.extend(
                 {"repository": repository, "number": {"$mod": [classes, i]}} for i in range(classes)
             )
+        else:
+            small.append((repository, count))
+    bins: list[list[str]] = [[] for _ in range(max(1, partitions - len(filters)))]
+    sizes = [0] * len(bins)
+    for repository, count in small:  # largest first, into the emptiest bin
+        emptiest = sizes.index(min(sizes))
+        bins[emptiest].append(repository)
+        sizes[emptiest] += count
+    for names in bins:
+        if names:
+            names.sort()
+            filters.append(
+                {"repository": names[0]} if len(names) == 1 else {"repository": {"$in": names}}
+            )
+    if None in counts:  # read, then quarantined for the missing repository
+        filters.append({"repository": None})
     return filters or [{}]
 
 

@@ -90,3 +90,6 @@ bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3
 
 bench-fetch: setup ## data-fetch: API requests per 1,000 PRs vs a naive REST client; upsert throughput
 	$(PY) -u data-fetch/bench/bench_fetch.py
+
+bench-preprocess: setup ## spark-preprocess rows/s vs single-process pandas: real sample, 100k (1M extrapolated)
+	timeout 1800 $(PY) ml-pipeline/bench/bench_preprocess.py

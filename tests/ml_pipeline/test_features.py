@@ -16,7 +16,10 @@ from ml_pipeline.features import (
     FeatureContext,
     attach_context,
     compute_features,
+    context_columns,
+    feature_problems,
     feature_spec_document,
+    input_problems,
 )
 
 
@@ -158,3 +161,70 @@ def test_attach_context_fills_only_what_the_record_lacks() -> None:
     # an unknown repository is its own typical size: size_vs_repository is 0, not a guess
     assert filled["repository_median_changes"].tolist() == [10.0, 10.0, 7.0]
     assert "repository_median_changes" not in records  # the caller's frame is untouched
+
+
+def _pull_request(number: int, author: str, created_at: str, **overrides) -> dict:
+    record = {
+        "repository": "o/a",
+        "number": number,
+        "author": author,
+        "created_at": created_at,
+        "merged_at": None,
+        "additions": 1,
+        "deletions": 1,
+        "changed_files": 1,
+        "commits": 1,
+    }
+    return {**record, **overrides}
+
+
+def test_input_problems_name_the_first_broken_rule() -> None:
+    records = pd.DataFrame(
+        [
+            _pull_request(1, "ann", "2024-01-01T00:00:00Z"),
+            _pull_request(2, "ann", "2024-01-01T00:00:00Z", commits=None),
+            _pull_request(3, "ann", "2024-01-01T00:00:00Z", additions=-4),
+            _pull_request(4, "ann", "2024-01-02T00:00:00Z", merged_at="2024-01-01T23:00:00Z"),
+            _pull_request(5, None, "2024-01-01T00:00:00Z", deletions=-1),
+            _pull_request(6, "ann", None),
+        ]
+    )
+    assert input_problems(records).tolist() == [
+        None,
+        "missing commits",
+        "negative additions",
+        "merged_at before created_at",
+        "missing author",  # the first rule wins
+        "missing created_at",
+    ]
+
+
+def test_feature_problems_flag_non_finite_values() -> None:
+    features = compute_features(_records())
+    features.loc[11, "log_commits"] = np.inf
+    features.loc[12, "churn_balance"] = np.nan
+    assert feature_problems(features).tolist() == [
+        None,
+        "non-finite log_commits",
+        "non-finite churn_balance",
+    ]
+
+
+def test_context_columns_count_only_earlier_pull_requests() -> None:
+    """No look-ahead: #9 was opened first although its number is higher; ties on created_at
+    are ordered by number; another author or repository does not count."""
+    records = pd.DataFrame(
+        [
+            _pull_request(10, "ann", "2024-03-01T00:00:00Z", additions=30, deletions=0),
+            _pull_request(9, "ann", "2024-01-01T00:00:00Z", additions=1, deletions=1),
+            _pull_request(12, "ann", "2024-03-01T00:00:00Z", additions=5, deletions=5),
+            _pull_request(11, "bob", "2024-02-01T00:00:00Z", additions=0, deletions=4),
+            _pull_request(13, "ann", "2024-01-01T00:00:00Z", repository="o/b"),
+        ],
+        index=[5, 6, 7, 8, 9],
+    )
+    context = context_columns(records)
+    assert list(context.index) == [5, 6, 7, 8, 9]
+    assert context["author_prior_pull_requests"].tolist() == [1.0, 0.0, 2.0, 0.0, 0.0]
+    # o/a changes 30, 2, 10, 4 -> median 7; o/b alone: 2
+    assert context["repository_median_changes"].tolist() == [7.0, 7.0, 7.0, 7.0, 2.0]

@@ -1,25 +1,34 @@
-"""spark-preprocess against a real FerretDB and a local Spark: the published Parquet holds
-one row per pull request, with exactly the features the scorer computes (no train/serve
-skew), behind a manifest and LATEST."""
+"""spark-preprocess against a real FerretDB, a local Spark and (for S3) a real SeaweedFS:
+the published Parquet holds one row per valid pull request, with exactly the features the
+scorer computes (no train/serve skew), behind a manifest and LATEST; bad records go to the
+quarantine with their reason; a failed run publishes nothing; the same input gives the
+same content hash."""
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pymongo
 import pytest
 
 from data_fetch.job import FetchJob
 from data_fetch.settings import FetchSecret
-from ml_pipeline.datasets import load_feature_dataset
+from ml_pipeline.datasets import DatasetError, load_feature_dataset
 from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
+from ml_pipeline.preprocess import job as job_module
 from ml_pipeline.preprocess.job import PreprocessJob
-from ml_pipeline.preprocess.settings import PreprocessSecret
+from ml_pipeline.preprocess.mongo_source import FORMAT, PullRequestDataSource, plan_partitions
+from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
+from pipeline_common.cli import StageError
+from pipeline_common.storage import S3Config
 
 PER_FILE = 15
 
@@ -60,6 +69,70 @@ def test_publishes_one_row_per_pull_request_with_manifest(published) -> None:
     assert list((root / first["run_id"] / "features").rglob("*.parquet"))
 
 
+def test_manifest_describes_the_run(published) -> None:
+    root, first = published["root"], published["first"]
+    manifest = json.loads((root / first["run_id"] / "manifest.json").read_text())
+    assert manifest["quarantined_rows"] == 0 and manifest["quarantine_reasons"] == {}
+    assert [c["name"] for c in manifest["schema"]][:5] == [
+        "repository",
+        "number",
+        "author",
+        "created_at",
+        "merged_at",
+    ]
+    assert manifest["input_snapshot"]["documents"] == 2 * PER_FILE
+    assert manifest["input_snapshot"]["source"].endswith(".pull_requests")
+    assert manifest["content_hash"].startswith("sha256:")
+    assert sum(f["rows"] for f in manifest["files"]) == 2 * PER_FILE
+    stats = manifest["statistics"]["log_additions"]
+    frame = load_feature_dataset(str(root), first["run_id"]).frame
+    assert stats["mean"] == pytest.approx(frame["log_additions"].mean(), rel=1e-12)
+    assert stats["max"] == frame["log_additions"].max()
+
+
+def test_same_input_gives_the_same_content_hash(published, spark, mongo_database, tmp_path):
+    """Two runs, and a run with the other reader (the MongoDB connector, one partition)
+    over the same documents, publish the same content."""
+    assert published["first"]["content_hash"] == published["second"]["content_hash"]
+    uri, database = mongo_database
+    secret = PreprocessSecret(mongo_uri=uri, mongo_database=database, features_uri=str(tmp_path))
+    by_connector = PreprocessJob(spark, secret, PreprocessJobSettings(reader="connector")).run()
+    assert by_connector["content_hash"] == published["first"]["content_hash"]
+
+
+def test_partitioned_reader_reads_every_document_once(spark, mongo_database) -> None:
+    uri, database = mongo_database
+    spark.dataSource.register(PullRequestDataSource)
+    frame = (
+        spark.read.format(FORMAT)
+        .option("uri", uri)
+        .option("database", database)
+        .option("collection", "pull_requests")
+        .option("partitions", "5")
+        .load()
+    )
+    assert frame.rdd.getNumPartitions() >= 4
+    ids = [row["_id"] for row in frame.select("_id").collect()]
+    assert len(ids) == len(set(ids)) == 2 * PER_FILE
+
+
+def test_partition_plan_splits_big_repositories_and_packs_small_ones() -> None:
+    plan = plan_partitions({"o/big": 700, "o/s1": 100, "o/s2": 90, "o/s3": 80, None: 3}, 4)
+    assert plan == [
+        {"repository": "o/big", "number": {"$mod": [3, 0]}},
+        {"repository": "o/big", "number": {"$mod": [3, 1]}},
+        {"repository": "o/big", "number": {"$mod": [3, 2]}},
+        {"repository": {"$in": ["o/s1", "o/s2", "o/s3"]}},
+        {"repository": None},  # documents without a repository are read, then quarantined
+    ]
+    # many small repositories still make about the partitions asked for
+    many = plan_partitions({f"o/r{i:02d}": 10 for i in range(40)}, 4)
+    assert len(many) == 4
+    assert sorted(r for f in many for r in f["repository"]["$in"]) == [
+        f"o/r{i:02d}" for i in range(40)
+    ]
+
+
 def test_latest_points_at_the_newest_run_and_old_runs_stay(published) -> None:
     root, first, second = published["root"], published["first"], published["second"]
     assert first["run_id"] != second["run_id"]
@@ -97,3 +170,172 @@ def test_spark_parquet_round_trip(spark, tmp_path: Path) -> None:
     frame.write.parquet(target)
     back = spark.read.parquet(target)
     assert sorted(tuple(r) for r in back.collect()) == sorted(rows)
+
+
+def _doc(number: int, author: str, created: datetime, merged: datetime | None, **fields) -> dict:
+    doc = {
+        "_id": f"o/a#{number}",
+        "repository": "o/a",
+        "number": number,
+        "author_login": author,
+        "title": "Fix",
+        "body": "",
+        "created_at": created,
+        "merged_at": merged,
+        "additions": 1,
+        "deletions": 0,
+        "changed_files": 1,
+        "commits": 1,
+    }
+    doc.update(fields)
+    return {k: v for k, v in doc.items() if v is not ...}
+
+
+def _at(day: int, hour: int = 0, month: int = 1) -> datetime:
+    return datetime(2024, month, day, hour, tzinfo=UTC)
+
+
+HAND_MADE = [
+    # valid: o/a changes are 10, 4, 4, 6 -> median 5
+    _doc(1, "ann", _at(10, 10), _at(10, 12), additions=10),
+    _doc(2, "bob", _at(5), None, additions=0, deletions=4),
+    # opened before #1 although its number is higher: ann's first pull request
+    _doc(3, "ann", _at(1), _at(6), additions=2, deletions=2),  # merged Saturday 00:00
+    # the newer data-fetch field name
+    {**_doc(4, "x", _at(1, month=2), None, additions=6), "author": "ann", "author_login": ...},
+    # broken
+    _doc(5, "ann", _at(2), None, commits=...),
+    _doc(6, "bob", _at(3), None, additions=-3),
+    _doc(7, "bob", _at(4, 12), _at(4, 11)),
+    _doc(8, "ann", _at(5), None, additions="many"),
+]
+HAND_MADE_REASONS = {
+    "o/a#5": "missing commits",
+    "o/a#6": "negative additions",
+    "o/a#7": "merged_at before created_at",
+    "o/a#8": "missing additions",
+}
+
+
+@pytest.fixture(scope="module")
+def hand_made(platform) -> PreprocessSecret:
+    uri = f"mongodb://127.0.0.1:{platform.service('mongo').port}/"
+    database = f"t_hand_{uuid.uuid4().hex[:8]}"
+    with pymongo.MongoClient(uri) as client:
+        client[database]["pull_requests"].insert_many(
+            [{k: v for k, v in doc.items() if v is not ...} for doc in HAND_MADE]
+        )
+    yield PreprocessSecret(mongo_uri=uri, mongo_database=database, features_uri="unset")
+    with pymongo.MongoClient(uri) as client:
+        client.drop_database(database)
+
+
+TOLERANT = PreprocessJobSettings(max_quarantined_share=0.5, read_partitions=2)
+
+
+@pytest.fixture(scope="module")
+def hand_made_run(spark, hand_made, tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("hand-made")
+    secret = hand_made.model_copy(update={"features_uri": str(root)})
+    summary = PreprocessJob(spark, secret, TOLERANT).run()
+    return {"root": root, "summary": summary}
+
+
+def test_hand_computed_features_through_spark(hand_made_run) -> None:
+    frame = load_feature_dataset(str(hand_made_run["root"])).frame.set_index("number")
+    assert sorted(frame.index) == [1, 2, 3, 4]
+    assert frame.loc[4, "author"] == "ann"
+    # no look-ahead: ann's pull requests in creation order are #3, #1, #4
+    assert frame["author_prior_pull_requests"].to_dict() == {1: 1.0, 2: 0.0, 3: 0.0, 4: 2.0}
+    assert set(frame["repository_median_changes"]) == {5.0}
+    expected = {
+        (1, "log_hours_to_merge"): math.log(3),
+        (1, "log_author_prior_pull_requests"): math.log(2),
+        (1, "size_vs_repository"): math.log(11) - math.log(6),
+        (3, "log_hours_to_merge"): math.log(121),
+        (3, "merged_on_weekend"): 1.0,
+        (3, "merge_hour_cos"): 1.0,
+        (2, "churn_balance"): -1.0,
+        (4, "log_author_prior_pull_requests"): math.log(3),
+    }
+    for (number, name), value in expected.items():
+        assert frame.loc[number, name] == pytest.approx(value, abs=1e-12), (number, name)
+
+
+def test_broken_records_are_quarantined_with_their_reason(hand_made_run) -> None:
+    root, summary = hand_made_run["root"], hand_made_run["summary"]
+    assert summary["rows"] == 4 and summary["quarantined_rows"] == 4
+    quarantine = pq.read_table(root / summary["run_id"] / "quarantine").to_pandas()
+    assert dict(zip(quarantine["_id"], quarantine["quarantine_reason"], strict=True)) == (
+        HAND_MADE_REASONS
+    )
+    manifest = json.loads((root / summary["run_id"] / "manifest.json").read_text())
+    assert manifest["quarantine_reasons"] == {r: 1 for r in HAND_MADE_REASONS.values()}
+
+
+def test_too_many_quarantined_records_fail_and_publish_nothing(
+    spark, hand_made, hand_made_run
+) -> None:
+    root = hand_made_run["root"]
+    latest = (root / "LATEST").read_text()
+    secret = hand_made.model_copy(update={"features_uri": str(root)})
+    strict = PreprocessJobSettings(max_quarantined_share=0.25)
+    job = PreprocessJob(spark, secret, strict)
+    with pytest.raises(StageError, match=r"4 of 8 pull requests \(50.0%\).*0.25") as error:
+        job.run()
+    assert "negative additions" in str(error.value)
+    assert (root / "LATEST").read_text() == latest
+    assert not (root / job.run_id / "manifest.json").exists()
+    assert (root / job.run_id / "quarantine").is_dir()  # kept for inspection
+
+
+def test_a_run_killed_before_its_manifest_is_never_visible(
+    spark, hand_made, hand_made_run, monkeypatch
+) -> None:
+    root = hand_made_run["root"]
+    latest = (root / "LATEST").read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the manifest")
+
+    monkeypatch.setattr(job_module, "write_manifest", killed)
+    secret = hand_made.model_copy(update={"features_uri": str(root)})
+    job = PreprocessJob(spark, secret, TOLERANT)
+    with pytest.raises(KeyboardInterrupt):
+        job.run()
+    assert list((root / job.run_id / "features").rglob("*.parquet"))  # data was written
+    assert (root / "LATEST").read_text() == latest
+    assert load_feature_dataset(str(root)).run_id == latest
+    with pytest.raises(DatasetError, match="incomplete"):
+        load_feature_dataset(str(root), job.run_id)
+
+
+def test_s3_round_trip(spark, hand_made, hand_made_run, s3, platform) -> None:
+    """Published to a real S3 server (SeaweedFS) and read back: same rows, same hash."""
+    credentials = platform.s3_credentials()
+    s3_config = S3Config(
+        endpoint_url=f"http://127.0.0.1:{s3.port}",
+        access_key_id=credentials["access_key_id"],
+        secret_access_key=credentials["secret_access_key"],
+    )
+    uri = f"s3://features-{uuid.uuid4().hex[:8]}/pr-anomaly"
+    secret = hand_made.model_copy(
+        update={
+            "features_uri": uri,
+            "s3_endpoint_url": s3_config.endpoint_url,
+            "s3_access_key_id": s3_config.access_key_id,
+            "s3_secret_access_key": s3_config.secret_access_key,
+        }
+    )
+    summary = PreprocessJob(spark, secret, TOLERANT).run()
+    assert summary["features_path"].startswith(uri)
+    assert summary["content_hash"] == hand_made_run["summary"]["content_hash"]
+    remote = load_feature_dataset(uri, s3=s3_config)
+    assert remote.run_id == summary["run_id"]
+    local = load_feature_dataset(str(hand_made_run["root"]), hand_made_run["summary"]["run_id"])
+    pd.testing.assert_frame_equal(
+        remote.frame.sort_values("number").reset_index(drop=True),
+        local.frame.sort_values("number").reset_index(drop=True),
+    )
+    with pytest.raises(ValueError, match="no S3 connection"):
+        load_feature_dataset(uri)

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ml_pipeline.features import FEATURE_SPEC_VERSION
-from pipeline_common.storage import StorageLocation
+from pipeline_common.storage import S3Config, StorageLocation
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
@@ -28,10 +28,10 @@ class FeatureDataset:
     frame: pd.DataFrame
 
 
-def resolve_run_id(root: StorageLocation, run_id: str | None) -> str:
+def resolve_run_id(root: StorageLocation, run_id: str | None, s3: S3Config | None = None) -> str:
     if run_id:
         return run_id
-    filesystem = root.filesystem()
+    filesystem = root.filesystem(s3)
     try:
         with filesystem.open_input_stream(root.child(LATEST).path) as stream:
             return stream.read().decode().strip()
@@ -41,11 +41,16 @@ def resolve_run_id(root: StorageLocation, run_id: str | None) -> str:
         ) from None
 
 
-def load_feature_dataset(features_uri: str, run_id: str | None = None) -> FeatureDataset:
+def load_feature_dataset(
+    features_uri: str, run_id: str | None = None, s3: S3Config | None = None
+) -> FeatureDataset:
+    """The run ``run_id`` (default: the one LATEST names) under ``features_uri``; ``s3`` is
+    the connection when ``features_uri`` is ``s3://``. The ``repository`` column comes back
+    from the partition folders (``repository=<url-quoted>``)."""
     root = StorageLocation.parse(features_uri)
-    run_id = resolve_run_id(root, run_id)
+    run_id = resolve_run_id(root, run_id, s3)
     run_dir = root.child(run_id)
-    filesystem = run_dir.filesystem()
+    filesystem = run_dir.filesystem(s3)
     try:
         with filesystem.open_input_stream(run_dir.child(MANIFEST).path) as stream:
             manifest = json.loads(stream.read())
@@ -60,4 +65,7 @@ def load_feature_dataset(features_uri: str, run_id: str | None = None) -> Featur
             f"this code expects {FEATURE_SPEC_VERSION!r}: re-run spark-preprocess"
         )
     table = pq.read_table(run_dir.child(manifest["data_path"]).path, filesystem=filesystem)
-    return FeatureDataset(run_id=run_id, manifest=manifest, frame=table.to_pandas())
+    frame = table.to_pandas()
+    if "repository" in frame and isinstance(frame["repository"].dtype, pd.CategoricalDtype):
+        frame["repository"] = frame["repository"].astype(str)
+    return FeatureDataset(run_id=run_id, manifest=manifest, frame=frame)

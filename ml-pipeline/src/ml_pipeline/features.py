@@ -72,12 +72,94 @@ INPUT_COLUMNS = (
 )
 
 
+# Validation: a record that breaks one of these rules is quarantined with the first
+# broken rule as its reason (Spark evaluates the same rules, see preprocess/job.py).
+REQUIRED_COLUMNS = (
+    "repository",
+    "number",
+    "author",
+    "created_at",
+    "additions",
+    "deletions",
+    "changed_files",
+    "commits",
+)
+NON_NEGATIVE_COLUMNS = ("number", "additions", "deletions", "changed_files", "commits")
+MERGED_BEFORE_CREATED = "merged_at before created_at"
+
+
+def missing_reason(column: str) -> str:
+    return f"missing {column}"
+
+
+def negative_reason(column: str) -> str:
+    return f"negative {column}"
+
+
+def non_finite_reason(feature: str) -> str:
+    return f"non-finite {feature}"
+
+
 def feature_spec_document() -> dict:
     return {
         "version": FEATURE_SPEC_VERSION,
         "features": [asdict(f) for f in FEATURES],
         "context_columns": list(CONTEXT_COLUMNS),
+        "validation": {
+            "required": list(REQUIRED_COLUMNS),
+            "non_negative": list(NON_NEGATIVE_COLUMNS),
+            "ordering": MERGED_BEFORE_CREATED,
+            "features": "finite",
+        },
     }
+
+
+def input_problems(records: pd.DataFrame) -> pd.Series:
+    """The first validation rule each record breaks (None when it breaks none)."""
+    reasons = pd.Series(None, index=records.index, dtype="object")
+
+    def flag(mask: pd.Series, reason: str) -> None:
+        reasons.loc[mask & reasons.isna()] = reason
+
+    for column in REQUIRED_COLUMNS:
+        flag(records[column].isna(), missing_reason(column))
+    for column in NON_NEGATIVE_COLUMNS:
+        flag(pd.to_numeric(records[column], errors="coerce") < 0, negative_reason(column))
+    created = pd.to_datetime(records["created_at"], utc=True)
+    merged = pd.to_datetime(records["merged_at"], utc=True)
+    flag(merged < created, MERGED_BEFORE_CREATED)
+    return reasons.astype(object).where(reasons.notna(), None)
+
+
+def feature_problems(features: pd.DataFrame) -> pd.Series:
+    """``non-finite <feature>`` for the first feature that is NaN or infinite, else None."""
+    reasons = pd.Series(None, index=features.index, dtype="object")
+    for name in FEATURE_NAMES:
+        bad = ~np.isfinite(features[name].to_numpy(dtype="float64"))
+        reasons.loc[bad & reasons.isna().to_numpy()] = non_finite_reason(name)
+    return reasons.astype(object).where(reasons.notna(), None)
+
+
+def context_columns(records: pd.DataFrame) -> pd.DataFrame:
+    """The context columns over a snapshot, in pandas: the single-process reference of
+    what Spark's window functions compute (``preprocess.job.with_context``).
+
+    ``author_prior_pull_requests``: the author's pull requests in the repository ordered by
+    (created_at, number) before this one. ``repository_median_changes``: the median of
+    additions + deletions over the repository's pull requests in the snapshot.
+    """
+    created = pd.to_datetime(records["created_at"], utc=True)
+    order = records.assign(_created=created).sort_values(["_created", "number"], kind="stable")
+    prior = order.groupby(["repository", "author"], sort=False).cumcount()
+    changes = records["additions"].astype("float64") + records["deletions"].astype("float64")
+    median = changes.groupby(records["repository"]).transform("median")
+    return pd.DataFrame(
+        {
+            "author_prior_pull_requests": prior.reindex(records.index).astype("float64"),
+            "repository_median_changes": median.astype("float64"),
+        },
+        index=records.index,
+    )
 
 
 @dataclass(frozen=True)

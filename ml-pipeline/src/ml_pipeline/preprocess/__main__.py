@@ -1,8 +1,7 @@
-"""The Spark Operator's mainApplicationFile: the same job as the `spark-preprocess` script."""
+"""`python -m ml_pipeline.preprocess`, and the file the cluster's SparkApplication submits."""
 
 import sys
 
 from ml_pipeline.preprocess.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -15,21 +15,28 @@ def main(argv: list[str] | None = None) -> int:
         prog="spark-preprocess",
         description="Read pull requests from MongoDB with Spark, compute the features and "
         "publish them as Parquet under a new run id. Connections come from the stage's Vault "
-        "secret (VAULT_* variables); Spark from SPARK_MASTER, SPARK_JARS_DIR.",
+        "secret (VAULT_* variables); Spark from SPARK_MASTER, SPARK_JARS_DIR, "
+        "SPARK_DRIVER_MEMORY, SPARK_SHUFFLE_PARTITIONS; the job from PREPROCESS_READER "
+        "(partitioned|connector), PREPROCESS_READ_PARTITIONS, PREPROCESS_MAX_QUARANTINED_SHARE.",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
     def job() -> dict:
         from ml_pipeline.preprocess.job import PreprocessJob
-        from ml_pipeline.preprocess.settings import PreprocessSecret, PreprocessSettings
+        from ml_pipeline.preprocess.settings import (
+            PreprocessJobSettings,
+            PreprocessSecret,
+            PreprocessSettings,
+        )
         from ml_pipeline.preprocess.spark import build_spark_session
 
         settings = load_settings(PreprocessSettings)
+        job_settings = load_settings(PreprocessJobSettings)
         secret = load_stage_secret(PreprocessSecret)
         spark = build_spark_session(settings)
         try:
-            return PreprocessJob(spark, secret).run()
+            return PreprocessJob(spark, secret, job_settings).run()
         finally:
             spark.stop()
 

@@ -1,70 +1,125 @@
-"""PreprocessJob: MongoDB -> features (Spark) -> Parquet under a run id, then a manifest."""
+"""PreprocessJob: MongoDB -> validated features (Spark) -> Parquet under a run id, then a
+manifest, then LATEST.
+
+Flow: read the pull requests in parallel partitions; quarantine records that break the
+spec's input rules; compute the context columns over the valid ones with window functions
+(as of each pull request: no look-ahead); apply :func:`compute_features` per partition
+(``mapInPandas``, the same code serving runs); quarantine non-finite feature rows; write
+both data sets from the executors; fail if too much was quarantined; record statistics
+and a content hash in the manifest, written last; move LATEST. The data set is never
+collected to the driver, only aggregates and the list of files written.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ml_pipeline.datasets import LATEST, MANIFEST
 from ml_pipeline.features import (
     CONTEXT_COLUMNS,
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
+    INPUT_COLUMNS,
+    MERGED_BEFORE_CREATED,
+    NON_NEGATIVE_COLUMNS,
+    REQUIRED_COLUMNS,
     compute_features,
+    feature_problems,
+    feature_spec_document,
+    missing_reason,
+    negative_reason,
 )
-from ml_pipeline.preprocess.settings import PreprocessSecret
+from ml_pipeline.preprocess.mongo_source import FORMAT, READ_SCHEMA, PullRequestDataSource
+from ml_pipeline.preprocess.publish import publish_latest, write_manifest, write_parquet
+from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
+from pipeline_common.cli import StageError
 from pipeline_common.storage import StorageLocation
+
+__all__ = [
+    "PreprocessJob",
+    "build_features",
+    "publish_latest",
+    "split_quarantine",
+    "with_context",
+]
 
 log = logging.getLogger(__name__)
 
 # The connector cannot infer a schema from FerretDB ($sample is not implemented there),
 # and an explicit schema is better anyway: a renamed field fails here, not downstream.
-SOURCE_SCHEMA = (
-    "_id string, repository string, number long, author_login string, title string, body string, "
-    "created_at timestamp, updated_at timestamp, merged_at timestamp, "
-    "additions long, deletions long, changed_files long, commits long"
-)
+# Both author fields are read (data-fetch renamed author_login to author) and coalesced.
+CONNECTOR_SCHEMA = READ_SCHEMA.replace("author string", "author string, author_login string")
+READ_COLUMNS = [part.split()[0] for part in READ_SCHEMA.split(", ")]
+
 KEY_COLUMNS = ("repository", "number", "author", "created_at", "merged_at")
-RAW_COLUMNS = ("additions", "deletions", "changed_files", "commits")
-OUTPUT_SCHEMA = ", ".join(
+RAW_COLUMNS = tuple(c for c in INPUT_COLUMNS if c not in KEY_COLUMNS)
+PUBLISHED_COLUMNS = (*KEY_COLUMNS, *RAW_COLUMNS, *CONTEXT_COLUMNS, *FEATURE_NAMES)
+REASON = "quarantine_reason"
+_TYPES = dict(part.split() for part in READ_SCHEMA.split(", "))
+FEATURE_ROWS_SCHEMA = ", ".join(
     [
-        "repository string, number long, author string",
-        "created_at timestamp, merged_at timestamp",
-        *(f"{name} long" for name in RAW_COLUMNS),
+        "_id string",
+        *(f"{name} {_TYPES[name]}" for name in (*KEY_COLUMNS, *RAW_COLUMNS)),
         *(f"{name} double" for name in (*CONTEXT_COLUMNS, *FEATURE_NAMES)),
+        f"{REASON} string",
     ]
 )
+QUARANTINE_COLUMNS = (*READ_COLUMNS, REASON)
 
 
-def read_pull_requests(spark: SparkSession, secret: PreprocessSecret) -> DataFrame:
+def read_pull_requests(
+    spark: SparkSession, secret: PreprocessSecret, settings: PreprocessJobSettings
+) -> DataFrame:
+    """The pull requests as :data:`READ_SCHEMA` rows, from the reader ``settings`` names."""
+    uri = secret.mongo_uri.get_secret_value()
+    if settings.reader == "connector":
+        frame = (
+            spark.read.format("mongodb")
+            .schema(CONNECTOR_SCHEMA)
+            .option("connection.uri", uri)
+            .option("database", secret.mongo_database)
+            .option("collection", secret.mongo_collection)
+            # FerretDB lacks $collStats/$sample, which the sampling partitioners need.
+            .option(
+                "partitioner",
+                "com.mongodb.spark.sql.connector.read.partitioner.SinglePartitionPartitioner",
+            )
+            .load()
+        )
+        return frame.withColumn("author", F.coalesce("author", "author_login")).select(
+            *READ_COLUMNS
+        )
+    spark.dataSource.register(PullRequestDataSource)
     return (
-        spark.read.format("mongodb")
-        .schema(SOURCE_SCHEMA)
-        .option("connection.uri", secret.mongo_uri.get_secret_value())
+        spark.read.format(FORMAT)
+        .option("uri", uri)
         .option("database", secret.mongo_database)
         .option("collection", secret.mongo_collection)
-        # FerretDB lacks $collStats/$sample, which the sampling partitioners need.
-        .option(
-            "partitioner",
-            "com.mongodb.spark.sql.connector.read.partitioner.SinglePartitionPartitioner",
-        )
+        .option("partitions", str(settings.read_partitions))
         .load()
     )
 
 
-def _features_of_partition(batches):
-    for batch in batches:
-        features = compute_features(batch)
-        columns = [*KEY_COLUMNS, *RAW_COLUMNS, *CONTEXT_COLUMNS]
-        yield pd.concat([batch[columns], features], axis=1)
+def input_problem() -> Column:
+    """The spec's input rules (``features.input_problems``) as one Spark expression."""
+    checks = [(F.col(c).isNull(), missing_reason(c)) for c in REQUIRED_COLUMNS]
+    checks += [(F.col(c) < 0, negative_reason(c)) for c in NON_NEGATIVE_COLUMNS]
+    checks.append((F.col("merged_at") < F.col("created_at"), MERGED_BEFORE_CREATED))
+    reason = F.lit(None).cast("string")
+    for condition, text in reversed(checks):
+        reason = F.when(condition, F.lit(text)).otherwise(reason)
+    return reason
 
 
 def with_context(pull_requests: DataFrame) -> DataFrame:
@@ -80,56 +135,198 @@ def with_context(pull_requests: DataFrame) -> DataFrame:
     )
 
 
+def _features_of_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    columns = ["_id", *KEY_COLUMNS, *RAW_COLUMNS, *CONTEXT_COLUMNS]
+    for batch in batches:
+        features = compute_features(batch)
+        rows = pd.concat([batch[columns], features], axis=1)
+        rows[REASON] = feature_problems(features)
+        yield rows
+
+
 def build_features(pull_requests: DataFrame) -> DataFrame:
-    renamed = pull_requests.withColumnRenamed("author_login", "author")
-    return with_context(renamed).mapInPandas(_features_of_partition, schema=OUTPUT_SCHEMA)
+    """Every :data:`READ_SCHEMA` row with its context columns and features, and
+    ``quarantine_reason`` set (features null) where the row broke the spec."""
+    checked = pull_requests.withColumn(REASON, input_problem())
+    valid = checked.filter(F.col(REASON).isNull()).drop(REASON)
+    featured = with_context(valid).mapInPandas(_features_of_partition, FEATURE_ROWS_SCHEMA)
+    bad_input = checked.filter(F.col(REASON).isNotNull())
+    return featured.unionByName(bad_input, allowMissingColumns=True)
+
+
+def split_quarantine(rows: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(published rows, quarantined rows with their reason) of :func:`build_features`."""
+    published = rows.filter(F.col(REASON).isNull()).select(*PUBLISHED_COLUMNS)
+    quarantined = rows.filter(F.col(REASON).isNotNull()).select(*QUARANTINE_COLUMNS)
+    return published, quarantined
+
+
+def _content_sums(frame: DataFrame, prefix: str) -> list[Column]:
+    """Order-independent digest parts of a data set: its row count and the sums of two
+    independent 64-bit row hashes (a file layout or row order change leaves them equal)."""
+    columns = list(frame.columns)
+    return [
+        F.count(F.lit(1)).alias(f"{prefix}rows"),
+        F.sum(F.xxhash64(*columns).cast("decimal(38,0)")).cast("string").alias(f"{prefix}xx"),
+        F.sum(F.hash(*columns).cast("decimal(38,0)")).cast("string").alias(f"{prefix}h"),
+    ]
+
+
+def feature_statistics(published: DataFrame) -> tuple[dict[str, dict[str, float]], dict]:
+    """Per-column count/mean/stddev/min/max of the published features and context columns,
+    and the published rows' content sums, in one pass."""
+    numeric = [*CONTEXT_COLUMNS, *FEATURE_NAMES]
+    aggregates = [*_content_sums(published, "")]
+    for name in numeric:
+        aggregates += [
+            F.mean(name).alias(f"{name}__mean"),
+            F.stddev_pop(name).alias(f"{name}__stddev"),
+            F.min(name).alias(f"{name}__min"),
+            F.max(name).alias(f"{name}__max"),
+        ]
+    row = published.agg(*aggregates).first().asDict()
+    stats = {
+        name: {
+            stat: (None if row[f"{name}__{stat}"] is None else float(row[f"{name}__{stat}"]))
+            for stat in ("mean", "stddev", "min", "max")
+        }
+        for name in numeric
+    }
+    return stats, {k: row[k] for k in ("rows", "xx", "h")}
+
+
+def content_hash(document: dict) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 @dataclass
 class PreprocessJob:
     spark: SparkSession
     secret: PreprocessSecret
-    run_id: str = field(
-        default_factory=lambda: (
-            datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-        )
-    )
+    settings: PreprocessJobSettings = field(default_factory=PreprocessJobSettings)
+    run_id: str = field(default_factory=_new_run_id)
 
     def run(self) -> dict[str, Any]:
+        s3 = self.secret.s3()
         root = StorageLocation.parse(self.secret.features_uri)
+        if root.scheme == "s3" and s3 is None:
+            raise StageError(
+                f"features_uri {root.uri} is in S3 but the stage secret has no s3_endpoint_url/"
+                "s3_access_key_id/s3_secret_access_key: add them to the Vault secret"
+            )
         run_dir = root.child(self.run_id)
-        features = build_features(read_pull_requests(self.spark, self.secret))
-        data = run_dir.child("features")
-        features.write.mode("errorifexists").partitionBy("repository").parquet(data.spark_uri)
-        rows = self.spark.read.parquet(data.spark_uri).count()
+        source = f"mongodb:{self.secret.mongo_database}.{self.secret.mongo_collection}"
+
+        records = read_pull_requests(self.spark, self.secret, self.settings)
+        # read MongoDB once: every later step (two writes, statistics) starts from here
+        records = records.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            return self._publish(records, root, run_dir, source, s3)
+        finally:
+            records.unpersist()
+
+    def _publish(self, records, root, run_dir, source, s3) -> dict[str, Any]:
+        snapshot = records.agg(
+            *_content_sums(records, "input_"),
+            *(
+                F.date_format(agg("created_at"), "yyyy-MM-dd'T'HH:mm:ssXXX").alias(name)
+                for agg, name in ((F.min, "created_at_min"), (F.max, "created_at_max"))
+            ),
+        ).first()
+        total = snapshot["input_rows"]
+        if total == 0:
+            raise StageError(f"{source} holds no pull requests: run data-fetch first")
+
+        rows_with_reasons = build_features(records).persist(StorageLevel.MEMORY_AND_DISK)
+        published, quarantined = split_quarantine(rows_with_reasons)
+        try:
+            quarantine_files = write_parquet(
+                quarantined, run_dir.child("quarantine"), s3, sort_by=("_id",)
+            )
+            reasons = {
+                r[REASON]: r["count"]
+                for r in quarantined.groupBy(REASON).count().orderBy(REASON).collect()
+            }
+            quarantined_rows = sum(f["rows"] for f in quarantine_files)
+            share = quarantined_rows / total
+            limit = self.settings.max_quarantined_share
+            if share > limit:
+                raise StageError(
+                    f"{quarantined_rows} of {total} pull requests ({share:.1%}) broke the feature "
+                    f"spec, more than PREPROCESS_MAX_QUARANTINED_SHARE={limit}; reasons: "
+                    f"{reasons}. The rows and reasons are in {run_dir.child('quarantine').uri}; "
+                    "nothing was published: fix the source data or raise the limit"
+                )
+            feature_files = write_parquet(
+                published,
+                run_dir.child("features"),
+                s3,
+                partition_by="repository",
+                sort_by=("repository", "number"),
+            )
+            statistics, sums = feature_statistics(published)
+            quarantine_sums = quarantined.agg(*_content_sums(quarantined, "")).first().asDict()
+        finally:
+            rows_with_reasons.unpersist()
+
+        rows = sum(f["rows"] for f in feature_files)
+        schema = [{"name": f.name, "type": f.dataType.simpleString()} for f in published.schema]
         manifest = {
-            "run_id": self.run_id,
+            "run_id": run_dir.path.rsplit("/", 1)[-1],
             "created_at": datetime.now(UTC).isoformat(),
             "feature_spec_version": FEATURE_SPEC_VERSION,
+            "feature_spec": feature_spec_document(),
             "features": list(FEATURE_NAMES),
+            "schema": schema,
             "rows": rows,
+            "quarantined_rows": quarantined_rows,
+            "quarantine_reasons": reasons,
+            "max_quarantined_share": self.settings.max_quarantined_share,
             "data_path": "features",
-            "source": f"mongodb:{self.secret.mongo_database}.{self.secret.mongo_collection}",
+            "quarantine_path": "quarantine",
+            "partitioning": ["repository"],
+            "files": feature_files,
+            "quarantine_files": quarantine_files,
+            "statistics": statistics,
+            "source": source,
+            "input_snapshot": {
+                "source": source,
+                "reader": self.settings.reader,
+                "documents": total,
+                "created_at_min": snapshot["created_at_min"],
+                "created_at_max": snapshot["created_at_max"],
+                "content_hash": content_hash(
+                    {"rows": total, "xx": snapshot["input_xx"], "h": snapshot["input_h"]}
+                ),
+            },
+            # same input and spec -> same hash, whatever the partitioning or file layout
+            "content_hash": content_hash(
+                {
+                    "feature_spec_version": FEATURE_SPEC_VERSION,
+                    "schema": schema,
+                    "features": sums,
+                    "quarantine": quarantine_sums,
+                }
+            ),
         }
-        filesystem = run_dir.filesystem()
-        # The manifest is written last: a data set without one is incomplete.
-        with filesystem.open_output_stream(run_dir.child(MANIFEST).path) as out:
-            out.write(json.dumps(manifest, indent=2).encode())
-        publish_latest(root, self.run_id)
-        log.info("published features", extra={"run_id": self.run_id, "rows": rows})
+        # The manifest is written last: a run without one is incomplete and never read.
+        write_manifest(run_dir, s3, manifest)
+        publish_latest(root, manifest["run_id"], s3)
+        log.info(
+            "published features",
+            extra={"run_id": manifest["run_id"], "rows": rows, "quarantined": quarantined_rows},
+        )
         return {
             "stage": "spark-preprocess",
-            "run_id": self.run_id,
+            "run_id": manifest["run_id"],
             "rows": rows,
-            "features_path": data.uri,
-            "manifest": run_dir.child(MANIFEST).uri,
+            "quarantined_rows": quarantined_rows,
+            "content_hash": manifest["content_hash"],
+            "features_path": run_dir.child("features").uri,
+            "manifest": run_dir.child("manifest.json").uri,
         }
-
-
-def publish_latest(root: StorageLocation, run_id: str) -> None:
-    """Point LATEST at ``run_id``; a reader sees the old or the new id, never half."""
-    filesystem = root.filesystem()
-    tmp = root.child(f".{LATEST}.{uuid.uuid4().hex}")
-    with filesystem.open_output_stream(tmp.path) as out:
-        out.write(run_id.encode())
-    filesystem.move(tmp.path, root.child(LATEST).path)

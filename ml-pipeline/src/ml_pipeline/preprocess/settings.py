@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline_common.storage import S3Config
 
 
 class PreprocessSecret(BaseModel):
@@ -13,6 +17,22 @@ class PreprocessSecret(BaseModel):
     features_uri: str = Field(
         description="where feature data sets go: a path or s3://BUCKET/PREFIX"
     )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (needed when features_uri is s3://)"
+    )
+    s3_access_key_id: SecretStr | None = Field(default=None, description="S3 access key id")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key")
+    s3_region: str = Field(default="us-east-1", description="S3 region")
+
+    def s3(self) -> S3Config | None:
+        if not (self.s3_endpoint_url and self.s3_access_key_id and self.s3_secret_access_key):
+            return None
+        return S3Config(
+            endpoint_url=self.s3_endpoint_url,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=self.s3_secret_access_key,
+            region=self.s3_region,
+        )
 
 
 class PreprocessSettings(BaseSettings):
@@ -20,8 +40,36 @@ class PreprocessSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPARK_", extra="ignore")
 
-    master: str = Field(default="local[*]", description="Spark master URL")
+    master: str | None = Field(
+        default=None,
+        description="Spark master URL; unset: the one spark-submit gives (the cluster's "
+        "SparkApplication), else local[*]",
+    )
     jars_dir: str = Field(
         default=".tools/jars", description="folder of the connector jars (make setup fetches them)"
     )
     driver_memory: str = Field(default="1g", description="spark.driver.memory")
+    shuffle_partitions: int = Field(
+        default=4, ge=1, description="spark.sql.shuffle.partitions (about 2-3 x total cores)"
+    )
+
+
+class PreprocessJobSettings(BaseSettings):
+    """What the job does: how it reads MongoDB and how much bad input it tolerates."""
+
+    model_config = SettingsConfigDict(env_prefix="PREPROCESS_", extra="ignore")
+
+    reader: Literal["partitioned", "connector"] = Field(
+        default="partitioned",
+        description="partitioned: the Python Data Source reader (parallel); connector: the "
+        "MongoDB Spark connector (one partition against FerretDB)",
+    )
+    read_partitions: int = Field(
+        default=4, ge=1, description="partitions the partitioned reader plans"
+    )
+    max_quarantined_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="fail the run when more than this share of the records is quarantined",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -19,18 +20,29 @@ def build_spark_session(
         raise ConfigError(
             f"no connector jars in SPARK_JARS_DIR={jars_dir}: run `make setup` (Maven fetches them)"
         )
+    builder = SparkSession.builder.appName(app_name)
+    master = settings.master
+    if master is None and not submitted_by_spark_submit():
+        master = "local[*]"
+    if master is not None:
+        builder = builder.master(master)
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(settings.master)
-        .config("spark.jars", ",".join(jars))
+        builder.config("spark.jars", ",".join(jars))
         .config("spark.driver.memory", settings.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
     )
-    if settings.master.startswith("local"):
+    if master is not None and master.startswith("local"):
         builder = builder.config("spark.driver.host", "127.0.0.1").config(
             "spark.driver.bindAddress", "127.0.0.1"
         )
     return builder.getOrCreate()
+
+
+def submitted_by_spark_submit() -> bool:
+    """spark-submit (the Spark Operator in the cluster) starts the JVM first and hands the
+    Python driver its gateway; its master and resources then come from the submission."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ml_pipeline.evaluation import curves  # noqa: E402
+from ml_pipeline.evaluation import curves
 
 if TYPE_CHECKING:
     from ml_pipeline.training.job import Evaluation

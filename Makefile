@@ -17,7 +17,7 @@ PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup up down status run test lint validate promote format clean demo-anomaly bench-run
+.PHONY: help setup up down status run test lint validate promote format clean demo-anomaly bench-run bench-train
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -83,3 +83,6 @@ format: setup
 
 clean: down ## remove local state (keeps installs)
 	rm -rf .local
+
+bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: time per epoch and per 100k rows, test metrics
+	$(PY) -m ml_pipeline.training.bench

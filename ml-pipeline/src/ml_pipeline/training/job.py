@@ -297,7 +297,10 @@ class TrainingJob:
         except DatasetError as error:
             raise StageError(str(error)) from None
         weak_dir = Path(self.settings.weak_labels_dir) if self.settings.weak_labels_dir else None
-        outcome = train_and_evaluate(dataset.frame, self.settings, load_revert_labels(weak_dir))
+        weak_labels = load_revert_labels(weak_dir)
+        if not weak_labels:
+            log.info("no weak labels (*.reverts.json) in %r: injected anomalies only", weak_dir)
+        outcome = train_and_evaluate(dataset.frame, self.settings, weak_labels)
         scorer, evaluation = outcome.scorer, outcome.evaluation
         ae, forest = evaluation.metrics["autoencoder"], evaluation.metrics["isolation_forest"]
         ae_wins = ae["roc_auc"] > forest["roc_auc"]

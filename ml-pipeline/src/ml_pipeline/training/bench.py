@@ -109,10 +109,17 @@ def main() -> int:
     print(f"\n  {'test split':<18}" + "".join(f"{n:>15}" for n in names))
     for model, values in metrics.items():
         print(f"  {model:<18}" + "".join(f"{values[n]:>15.4f}" for n in names))
-    ratio = metrics["autoencoder"]["roc_auc"] / metrics["isolation_forest"]["roc_auc"]
-    print(f"\n  ROC AUC ratio autoencoder / IsolationForest: {ratio:.3f}")
-    if ratio <= 1:
-        print("  the autoencoder does NOT beat the IsolationForest baseline on this sample")
+    ratios = {
+        n: metrics["autoencoder"][n] / metrics["isolation_forest"][n]
+        for n in names
+        if metrics["isolation_forest"][n] > 0
+    }
+    print(
+        f"  {'ratio AE / IF':<18}" + "".join(f"{ratios.get(n, float('nan')):>15.3f}" for n in names)
+    )
+    behind = [n for n, r in ratios.items() if r < 1]
+    if behind:
+        print(f"  the autoencoder does NOT beat the IsolationForest on: {', '.join(behind)}")
     weak = outcome.evaluation.weak
     if weak:
         print("  weak labels (reverted pull requests in the test split):")

@@ -65,3 +65,25 @@ def test_revert_labels_mark_the_reverted_pull_requests(samples_dir) -> None:
     rows = pd.DataFrame({"repository": ["pallets/flask"] * 2, "number": [669, 670]})
     assert list(revert_labels(rows, labels)) == [1, 0]
     assert load_revert_labels(samples_dir / "missing") == {}
+
+
+def test_rows_published_with_merged_at_keep_real_merge_times() -> None:
+    from ml_pipeline.training.bench import sample_rows
+
+    rows = sample_rows().iloc[::25]
+    assert "merged_at" in rows
+    np.testing.assert_allclose(
+        compute_features(raw_inputs(rows)).to_numpy(), rows[list(FEATURE_NAMES)].to_numpy()
+    )
+    injected = inject_anomalies(rows, 80, seed=3)
+    np.testing.assert_allclose(
+        compute_features(raw_inputs(injected)).to_numpy(),
+        injected[list(FEATURE_NAMES)].to_numpy(),
+        atol=1e-9,
+    )
+    offhours = injected[injected["kind"] == "instant_offhours_merge"]
+    merged = pd.to_datetime(offhours["merged_at"], utc=True)
+    assert len(offhours) and (merged.dt.dayofweek >= 5).all()
+    assert merged.dt.hour.between(1, 4).all()
+    minutes = (merged - pd.to_datetime(offhours["created_at"], utc=True)).dt.total_seconds() / 60
+    assert minutes.between(1, 3).all()

@@ -93,3 +93,6 @@ bench-fetch: setup ## data-fetch: API requests per 1,000 PRs vs a naive REST cli
 
 bench-preprocess: setup ## spark-preprocess rows/s vs single-process pandas: real sample, 100k (1M extrapolated)
 	timeout 1800 $(PY) ml-pipeline/bench/bench_preprocess.py
+
+bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: time per epoch and per 100k rows, test metrics
+	$(PY) -m ml_pipeline.training.bench

@@ -1,10 +1,15 @@
-"""ml-training against a real MLflow server: the run is tracked, the model registered as
-'challenger', training is reproducible, and the registered pyfunc and the serving fast
-path give the same scores."""
+"""ml-training against a real MLflow server: the run is tracked, evaluated on the held-out
+test split (injected anomalies, IsolationForest beside it), gated, registered as
+'challenger'; training is reproducible, and the registered pyfunc and the serving fast path
+give the same scores."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -13,10 +18,21 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from ml_pipeline.anomalies import inject_anomalies
 from ml_pipeline.features import FEATURE_NAMES
-from ml_pipeline.training.job import CHALLENGER, TrainingJob
+from ml_pipeline.training.job import (
+    CHALLENGER,
+    CHAMPION,
+    TrainingJob,
+    evaluation_rows,
+    fit_scaler,
+    gate_decision,
+    time_split,
+    train_and_evaluate,
+)
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
 from model_serving.model_source import load_registered_model
+from pipeline_common.cli import StageError
 
 PER_FILE = 300  # 600 real pull requests
 
@@ -29,7 +45,16 @@ def records(read_samples) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def trained(platform, records, feature_rows, write_feature_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
-    write_feature_run(root, "run-600", feature_rows(records))
+    frame = feature_rows(records)
+    write_feature_run(root, "run-600", frame)
+    # A deliberately bad training set: the training period is full of the very anomalies the
+    # evaluation injects, so the model learns them as normal.
+    train, _, _ = time_split(frame)
+    dirty = inject_anomalies(train, len(train) // 3, seed=7).drop(columns="kind")
+    dirty["number"] += 100_000
+    write_feature_run(
+        root, "run-dirty", pd.concat([frame, dirty], ignore_index=True), publish=False
+    )
     secret = TrainingSecret(
         mlflow_tracking_uri=platform.service("mlflow").url,
         features_uri=str(root),
@@ -38,7 +63,13 @@ def trained(platform, records, feature_rows, write_feature_run, tmp_path_factory
     settings = TrainingSettings(max_epochs=5, experiment=f"test-{uuid.uuid4().hex[:8]}")
     first = TrainingJob(secret, settings).run()
     second = TrainingJob(secret, settings).run()
-    return {"secret": secret, "settings": settings, "first": first, "second": second}
+    return {
+        "secret": secret,
+        "settings": settings,
+        "first": first,
+        "second": second,
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +93,26 @@ def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> No
         assert all(np.isfinite(m.value) and m.value >= 0 for m in history)
     assert run.data.metrics["threshold"] == pytest.approx(result["threshold"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"feature_spec.json", "input_manifest.json"} <= artifacts
+    assert {
+        "feature_spec.json",
+        "input_manifest.json",
+        "scaler.json",
+        "threshold.json",
+        "feature_error_contributions.json",
+        "evaluation.json",
+        "gate.txt",
+        "plots",
+    } <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "error_histogram")}
+    assert len(run.data.tags["feature_manifest_sha256"]) == 64
+    for model in ("", "isolation_forest_"):
+        for metric in ("roc_auc", "pr_auc", "f1", "precision_at_k"):
+            assert 0 <= run.data.metrics[f"{model}test_{metric}"] <= 1
+    # the injected anomalies are found far better than by chance, by both models
+    assert run.data.metrics["test_roc_auc"] > 0.9
+    assert run.data.metrics["isolation_forest_test_roc_auc"] > 0.9
+    assert result["registered"] is True and result["gate"].startswith("passed")
 
 
 def test_each_run_registers_a_version_and_moves_challenger(trained, client) -> None:
@@ -80,6 +130,8 @@ def test_same_data_and_seed_give_the_same_model(trained) -> None:
     assert first["threshold"] > 0
     assert first["threshold"] == second["threshold"]
     assert first["epochs"] == second["epochs"]
+    assert first["test_roc_auc"] == second["test_roc_auc"]
+    assert first["isolation_forest_test_roc_auc"] == second["isolation_forest_test_roc_auc"]
 
 
 def test_pyfunc_and_serving_fast_path_score_alike(trained, records) -> None:
@@ -99,3 +151,138 @@ def test_pyfunc_and_serving_fast_path_score_alike(trained, records) -> None:
     assert list(predicted["is_anomaly"]) == list(fast["is_anomaly"])
     assert list(predicted["top_features"].map(list)) == list(fast["top_features"])
     assert all(set(top) <= set(FEATURE_NAMES) for top in fast["top_features"])
+
+
+# -- the quality gate ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gated(trained, client) -> dict[str, Any]:
+    """Promotion (not training) made version 1 the champion; then a bad and a good run."""
+    secret, settings = trained["secret"], trained["settings"]
+    client.set_registered_model_alias(secret.model_name, CHAMPION, "1")
+    bad = TrainingJob(secret, settings, "run-dirty").run()
+    lenient = settings.model_copy(update={"min_roc_auc": 0.5})
+    bad_vs_champion = TrainingJob(secret, lenient, "run-dirty").run()
+    good = TrainingJob(secret, settings, "run-600").run()
+    return {"bad": bad, "bad_vs_champion": bad_vs_champion, "good": good}
+
+
+def test_gate_refuses_a_bad_model_without_touching_the_aliases(trained, gated, client) -> None:
+    name = trained["secret"].model_name
+    bad = gated["bad"]
+    assert bad["registered"] is False and bad["model_version"] is None
+    assert bad["gate"].startswith("refused: ROC AUC") and "below the minimum" in bad["gate"]
+    assert bad["test_roc_auc"] < trained["settings"].min_roc_auc
+    # the run is still tracked, with the reason
+    run = client.get_run(bad["mlflow_run_id"])
+    assert run.data.tags["gate_registered"] == "false"
+    refused = gated["bad_vs_champion"]
+    assert refused["registered"] is False
+    assert "worse than champion version 1" in refused["gate"]
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+
+
+def test_gate_accepts_a_good_model_as_challenger_only(trained, gated, client) -> None:
+    name = trained["secret"].model_name
+    good = gated["good"]
+    assert good["registered"] is True and good["model_version"] == "3"
+    assert "champion version 1" in good["gate"]
+    assert client.get_model_version_by_alias(name, CHALLENGER).version == "3"
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+
+
+def test_gate_rule() -> None:
+    settings = TrainingSettings(min_roc_auc=0.8, champion_tolerance=0.02)
+    assert not gate_decision(0.79, settings).registered
+    assert gate_decision(0.81, settings).registered
+    assert gate_decision(0.90, settings, "4", 0.915).registered
+    refused = gate_decision(0.90, settings, "4", 0.93)
+    assert not refused.registered and "champion version 4" in refused.reason
+
+
+def test_pyfunc_loads_by_alias_in_a_fresh_process(trained, records, tmp_path) -> None:
+    secret = trained["secret"]
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records[:5]))
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[2])\n"
+        "out = model.predict(pd.DataFrame(json.load(open(sys.argv[3]))))\n"
+        "print(out.to_json(orient='records'))\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            secret.mlflow_tracking_uri,
+            f"models:/{secret.model_name}@{CHALLENGER}",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) == 5
+    for result in results:
+        assert set(result) >= {"score", "threshold", "is_anomaly", "top_features"}
+        assert result["score"] >= 0 and result["threshold"] == pytest.approx(
+            trained["second"]["threshold"]
+        )
+
+
+# -- data set errors (fail before anything reaches MLflow) -----------------------------------
+def _job(root: Path, run_id: str | None = None) -> TrainingJob:
+    secret = TrainingSecret(mlflow_tracking_uri="http://127.0.0.1:9", features_uri=str(root))
+    return TrainingJob(secret, TrainingSettings(max_epochs=1), run_id)
+
+
+def test_missing_data_set_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(StageError, match=r"no published feature data set.*run spark-preprocess"):
+        _job(tmp_path).run()
+
+
+def test_incomplete_data_set_is_a_clear_error(
+    tmp_path, records, feature_rows, write_feature_run
+) -> None:
+    frame = feature_rows(records[:100])
+    write_feature_run(tmp_path, "crashed", frame, with_manifest=False, publish=False)
+    with pytest.raises(StageError, match=r"crashed has no manifest\.json: it is incomplete"):
+        _job(tmp_path, "crashed").run()
+    write_feature_run(tmp_path, "partial", frame.drop(columns=["log_commits"]), publish=False)
+    with pytest.raises(StageError, match=r"lacks columns \['log_commits'\]"):
+        _job(tmp_path, "partial").run()
+    write_feature_run(tmp_path, "tiny", frame.head(5), publish=False)
+    with pytest.raises(StageError, match="5 rows, training needs at least"):
+        _job(tmp_path, "tiny").run()
+
+
+# -- pure: split, scaling, evaluation rows, determinism --------------------------------------
+def test_time_split_has_no_leakage(records, feature_rows) -> None:
+    frame = feature_rows(records)
+    train, valid, test = time_split(frame)
+    assert len(train) + len(valid) + len(test) == len(frame)
+    assert train["created_at"].max() <= valid["created_at"].min()
+    assert valid["created_at"].max() <= test["created_at"].min()
+    mean, _ = fit_scaler(train)
+    np.testing.assert_allclose(mean, train[list(FEATURE_NAMES)].mean().to_numpy())
+    assert not np.allclose(mean, frame[list(FEATURE_NAMES)].mean().to_numpy())
+    # injected anomalies are copies of test rows only: nothing of train/valid is evaluated
+    rows = evaluation_rows(test, TrainingSettings())
+    keys = set(zip(rows["repository"], rows["number"], strict=True))
+    assert keys <= set(zip(test["repository"], test["number"], strict=True))
+
+
+def test_fixed_seed_gives_the_same_metrics(records, feature_rows) -> None:
+    frame = feature_rows(records[::2])
+    settings = TrainingSettings(max_epochs=3)
+    first = train_and_evaluate(frame, settings, None)
+    second = train_and_evaluate(frame, settings, None)
+    assert first.evaluation.metrics == second.evaluation.metrics
+    assert first.scorer.threshold == second.scorer.threshold
+    assert first.history == second.history
+    other = train_and_evaluate(frame, settings.model_copy(update={"seed": 7}), None)
+    assert other.history != first.history

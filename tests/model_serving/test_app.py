@@ -253,8 +253,8 @@ def vector(scorer, record) -> dict[str, float]:
     """The record's features as the model computes them, context from its snapshot."""
     flat = {
         **record,
-        "repository": record["base"]["repo"]["full_name"],
-        "author": record["user"]["login"],
+        "repository": ((record.get("base") or {}).get("repo") or {}).get("full_name"),
+        "author": (record.get("user") or {}).get("login"),
     }
     frame = attach_context(pd.DataFrame([flat]), scorer.context)
     row = compute_features(frame).iloc[0]

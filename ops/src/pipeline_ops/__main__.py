@@ -97,6 +97,8 @@ def _print_run(summary: dict) -> None:
         print(f"  spark-preprocess {pre['rows']} feature rows in {pre['features_path']}")
     if train.get("skipped"):
         print("  ml-training      no new features: kept the last model")
+    elif not train.get("registered", True):
+        print(f"  ml-training      quality gate refused the model: {train.get('gate')}")
     else:
         print(
             f"  ml-training      model {train.get('model_name')} version "

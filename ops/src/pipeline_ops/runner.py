@@ -147,7 +147,11 @@ class PipelineRun:
                 training = run_stage(env, "ml-training", argv)
                 summary["ml-training"] = training
                 self._save_state(trained_on=features_run_id, training=training)
-                step.outcome = f"model version {training.get('model_version')}"
+                step.outcome = (
+                    f"model version {training['model_version']} registered as challenger"
+                    if training.get("registered", True)
+                    else f"not registered: {training.get('gate')}"
+                )
         with self.step("blue/green: analysis and promotion") as step:
             decision = self._promote(env)
             summary["promotion"] = decision.as_dict()

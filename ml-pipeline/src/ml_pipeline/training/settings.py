@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,12 +17,29 @@ class TrainingSecret(BaseModel):
 class TrainingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINING_", extra="ignore")
 
-    seed: int = Field(default=42, description="random seed")
+    seed: int = Field(default=42, description="random seed (model, batches, injection, baseline)")
     max_epochs: int = Field(default=40, ge=1, description="upper bound on epochs")
     batch_size: int = Field(default=256, ge=8, description="mini-batch size")
     learning_rate: float = Field(default=1e-2, gt=0, description="Adam learning rate")
     patience: int = Field(default=5, ge=1, description="epochs without validation gain")
+    hidden: int = Field(default=8, ge=1, description="autoencoder hidden layer width")
+    bottleneck: int = Field(default=3, ge=1, description="autoencoder bottleneck width")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="'auto': a CUDA GPU when present, else the CPU"
+    )
     threshold_quantile: float = Field(
         default=0.99, gt=0.5, lt=1, description="validation error quantile used as threshold"
+    )
+    injected_fraction: float = Field(
+        default=0.10, gt=0, le=1, description="injected anomalies per real test row"
+    )
+    weak_labels_dir: str = Field(
+        default="data/samples", description="directory of *.reverts.json weak labels (optional)"
+    )
+    min_roc_auc: float = Field(
+        default=0.80, ge=0, le=1, description="gate: minimum ROC AUC on injected anomalies"
+    )
+    champion_tolerance: float = Field(
+        default=0.02, ge=0, description="gate: largest allowed ROC AUC drop below the champion"
     )
     experiment: str = Field(default="pr-anomaly", description="MLflow experiment name")

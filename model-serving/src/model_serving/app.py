@@ -297,7 +297,11 @@ def create_app(
     max_batch: int = 1000,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch_wait_seconds: float = 0.001,
+    load_before_serving: bool = False,
 ) -> FastAPI:
+    """``load_before_serving``: with several workers on one socket, a worker that has not
+    loaded its model must not accept connections (its 503s would reach clients of a pod
+    that reports ready), so each worker loads before it starts serving."""
     metrics = ServingMetrics()
 
     def on_loaded(model: LoadedModel) -> None:
@@ -310,7 +314,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
+        if load_before_serving:
+            await asyncio.to_thread(holder.load)
+        else:
+            threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
         yield
 
     app = FastAPI(title="Pull-request anomaly scoring", version="1", lifespan=lifespan)

@@ -38,6 +38,7 @@ def build_app():
         max_batch=settings.max_batch,
         max_body_bytes=settings.max_body_bytes,
         batch_wait_seconds=settings.batch_wait_ms / 1000,
+        load_before_serving=settings.workers > 1,
     )
 
 

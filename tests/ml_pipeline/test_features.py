@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 
 import numpy as np
@@ -228,3 +230,31 @@ def test_context_columns_count_only_earlier_pull_requests() -> None:
     assert context["author_prior_pull_requests"].tolist() == [1.0, 0.0, 2.0, 0.0, 0.0]
     # o/a changes 30, 2, 10, 4 -> median 7; o/b alone: 2
     assert context["repository_median_changes"].tolist() == [7.0, 7.0, 7.0, 7.0, 2.0]
+
+
+def test_time_features_follow_the_utc_calendar_on_the_bundled_sample(samples_dir) -> None:
+    """The spec computes merge hour and weekday with epoch arithmetic; pandas' calendar is
+    the oracle, over every real pull request and the same moments shifted to other zones."""
+    records = []
+    for path in sorted(samples_dir.glob("*.prs.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            records += [json.loads(line) for line in lines]
+    frame = pd.DataFrame(records)
+    frame["author_prior_pull_requests"] = 0
+    frame["repository_median_changes"] = 0
+    merged = pd.to_datetime(frame["merged_at"], utc=True)
+    assert merged.notna().sum() > 1000
+    shifted = frame.assign(
+        merged_at=merged.dt.tz_convert("Asia/Kolkata").map(
+            lambda t: t.isoformat(), na_action="ignore"
+        )
+    )
+    angle = 2 * np.pi * (merged.dt.hour + merged.dt.minute / 60) / 24
+    hours = (merged - pd.to_datetime(frame["created_at"], utc=True)).dt.total_seconds() / 3600
+    for features in (compute_features(frame), compute_features(shifted)):
+        np.testing.assert_allclose(features["merge_hour_sin"], np.sin(angle).fillna(0), atol=1e-12)
+        np.testing.assert_allclose(features["merge_hour_cos"], np.cos(angle).fillna(0), atol=1e-12)
+        weekend = (merged.dt.dayofweek >= 5).astype(float)
+        np.testing.assert_array_equal(features["merged_on_weekend"], weekend)
+        expected_hours = np.log1p(hours.clip(lower=0).fillna(0))
+        np.testing.assert_allclose(features["log_hours_to_merge"], expected_hours, rtol=1e-12)

@@ -4,18 +4,26 @@ from the real MLflow registry."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from ml_pipeline.features import FEATURE_NAMES, attach_context, compute_features
-from model_serving.app import MicroBatcher, ModelHolder, PullRequestIn, create_app
+from ml_pipeline.features import (
+    FEATURE_NAMES,
+    FeatureContext,
+    attach_context,
+    compute_features,
+    feature_matrix,
+)
+from model_serving.app import MicroBatcher, ModelHolder, PullRequestIn, create_app, feature_inputs
 from model_serving.model_source import LoadedModel, load_model_uri
 
 MAX_BATCH = 5
@@ -374,3 +382,32 @@ def test_context_features_use_the_models_snapshot_unless_the_caller_sends_them(
     assert scores[0] != scores[1]
     bad = client.post("/v1/score", json={**record, "author_prior_pull_requests": -1})
     assert bad.status_code == 422 and "author_prior_pull_requests" in bad.text
+
+
+def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
+    """Train/serve skew check for serving: the request path (validated records -> arrays,
+    no pandas) and the frame path that Spark and the pyfunc use give the same features,
+    with the context filled from a real snapshot (some authors and repositories known)."""
+    flat = [
+        {**r, "repository": r["base"]["repo"]["full_name"], "author": r["user"]["login"]}
+        for r in serving_records
+    ]
+    context = FeatureContext.from_records(pd.DataFrame(flat[::2]))
+    parsed = [PullRequestIn.model_validate(r) for r in serving_records]
+
+    inputs = feature_inputs(parsed)
+    prior, median = context.fill(
+        [p.repository for p in parsed],
+        [p.author for p in parsed],
+        inputs.additions + inputs.deletions,
+        inputs.author_prior_pull_requests,
+        inputs.repository_median_changes,
+    )
+    fast = feature_matrix(
+        dataclasses.replace(
+            inputs, author_prior_pull_requests=prior, repository_median_changes=median
+        )
+    )
+    reference = compute_features(attach_context(pd.DataFrame(flat), context)).to_numpy()
+    assert (prior > 0).any() and (prior == 0).any()  # both known and new authors
+    np.testing.assert_allclose(fast, reference, rtol=1e-12, atol=1e-12)

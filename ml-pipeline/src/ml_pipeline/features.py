@@ -1,8 +1,10 @@
 """The feature definition: one spec, used by Spark preprocessing, training and serving.
 
-Pure pandas/numpy: Spark applies :func:`compute_features` to each partition
-(``mapInPandas``), the model applies it to raw records at scoring time, so training and
-serving cannot disagree. Bump ``FEATURE_SPEC_VERSION`` whenever a formula changes.
+The formulas live in one numpy function, :func:`feature_matrix`, over plain float arrays
+(:class:`FeatureInputs`). Spark applies it to each partition through :func:`compute_features`
+(``mapInPandas``); serving builds the arrays straight from the validated request, with no
+pandas on the request path. Training and serving therefore cannot disagree. Bump
+``FEATURE_SPEC_VERSION`` whenever a formula changes.
 
 Two features need more than the record itself: the author's history in the repository and
 the repository's typical size. They read two *context columns*. Preprocessing computes them
@@ -12,6 +14,7 @@ over the whole data set (as of each pull request, so no look-ahead); at scoring 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -186,6 +189,36 @@ class FeatureContext:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def fill(
+        self,
+        repositories: Sequence[object],
+        authors: Sequence[object],
+        own_changes: np.ndarray,
+        prior: np.ndarray,
+        median: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The context columns ``(prior, median)`` with their NaN entries filled from the
+        snapshot (a record that carries a value keeps it).
+
+        Unknown author: no earlier pull requests. Unknown repository: the record is its own
+        typical size, so ``size_vs_repository`` is 0 rather than a guess.
+        """
+        prior = np.asarray(prior, dtype=np.float64)
+        median = np.asarray(median, dtype=np.float64)
+        missing_prior = np.isnan(prior)
+        if missing_prior.any():
+            prior = prior.copy()
+            for row in np.flatnonzero(missing_prior):
+                repository_authors = self.author_pull_requests.get(str(repositories[row]), {})
+                prior[row] = repository_authors.get(str(authors[row]), 0)
+        missing_median = np.isnan(median)
+        if missing_median.any():
+            median = median.copy()
+            for row in np.flatnonzero(missing_median):
+                known = self.repository_median_changes.get(str(repositories[row]))
+                median[row] = own_changes[row] if known is None else known
+        return prior, median
+
     @classmethod
     def from_dict(cls, data: dict) -> FeatureContext:
         return cls(
@@ -198,73 +231,122 @@ class FeatureContext:
 
 
 def attach_context(records: pd.DataFrame, context: FeatureContext | None) -> pd.DataFrame:
-    """``records`` with the context columns filled where the record does not carry them.
-
-    Unknown author: no earlier pull requests. Unknown repository (or no context): the record
-    is its own typical size, so ``size_vs_repository`` is 0 rather than a guess.
-    """
-    context = context or FeatureContext()
+    """``records`` with the context columns filled where the record does not carry them
+    (see :meth:`FeatureContext.fill`)."""
     frame = records.copy()
-    for column in CONTEXT_COLUMNS:
-        if column not in frame:
-            frame[column] = np.nan
-    repositories = frame["repository"] if "repository" in frame else pd.Series("", frame.index)
-    authors = frame["author"] if "author" in frame else pd.Series("", frame.index)
-    prior = [
-        context.author_pull_requests.get(str(repo), {}).get(str(author), 0)
-        for repo, author in zip(repositories, authors, strict=True)
-    ]
-    own_changes = frame["additions"].astype("float64") + frame["deletions"].astype("float64")
-    medians = repositories.map(lambda repo: context.repository_median_changes.get(str(repo)))
-    frame["author_prior_pull_requests"] = (
-        frame["author_prior_pull_requests"]
-        .astype("float64")
-        .fillna(pd.Series(prior, frame.index, dtype="float64"))
+    nothing = np.full(len(frame), np.nan)
+    given = {c: frame[c].to_numpy(np.float64) if c in frame else nothing for c in CONTEXT_COLUMNS}
+    blank = [""] * len(frame)
+    repositories = frame["repository"].tolist() if "repository" in frame else blank
+    authors = frame["author"].tolist() if "author" in frame else blank
+    own_changes = frame["additions"].to_numpy(np.float64) + frame["deletions"].to_numpy(np.float64)
+    prior, median = (context or FeatureContext()).fill(
+        repositories, authors, own_changes, *given.values()
     )
-    frame["repository_median_changes"] = (
-        frame["repository_median_changes"]
-        .astype("float64")
-        .fillna(medians.astype("float64"))
-        .fillna(own_changes)
-    )
+    frame["author_prior_pull_requests"] = prior
+    frame["repository_median_changes"] = median
     return frame
 
 
+@dataclass(frozen=True)
+class FeatureInputs:
+    """What the spec reads from each record, one float64 array per column.
+
+    Times are seconds since the epoch (UTC), NaN when absent (an unmerged pull request has
+    no ``merged_seconds``); lengths count characters (code points).
+    """
+
+    additions: np.ndarray
+    deletions: np.ndarray
+    changed_files: np.ndarray
+    commits: np.ndarray
+    title_length: np.ndarray
+    body_length: np.ndarray
+    created_seconds: np.ndarray
+    merged_seconds: np.ndarray
+    author_prior_pull_requests: np.ndarray
+    repository_median_changes: np.ndarray
+
+    @classmethod
+    def from_frame(cls, records: pd.DataFrame) -> FeatureInputs:
+        """From a frame with the :data:`INPUT_COLUMNS` and :data:`CONTEXT_COLUMNS` (times as
+        ISO strings, datetimes or datetime64, any zone)."""
+
+        def number(column: str) -> np.ndarray:
+            return records[column].to_numpy(np.float64, na_value=np.nan)
+
+        def length(column: str) -> np.ndarray:
+            return number_of(records[column].fillna("").str.len())
+
+        def seconds(column: str) -> np.ndarray:
+            moments = pd.to_datetime(records[column], utc=True)
+            return number_of((moments - _EPOCH).dt.total_seconds())
+
+        return cls(
+            additions=number("additions"),
+            deletions=number("deletions"),
+            changed_files=number("changed_files"),
+            commits=number("commits"),
+            title_length=length("title"),
+            body_length=length("body"),
+            created_seconds=seconds("created_at"),
+            merged_seconds=seconds("merged_at"),
+            author_prior_pull_requests=number("author_prior_pull_requests"),
+            repository_median_changes=number("repository_median_changes"),
+        )
+
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+_SECONDS_PER_DAY = 86_400
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
+
+
+def number_of(values: pd.Series) -> np.ndarray:
+    return values.to_numpy(np.float64, na_value=np.nan)
+
+
+def _zero_where_nan(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(values), 0.0, values)
+
+
+def feature_matrix(inputs: FeatureInputs) -> np.ndarray:
+    """The spec's formulas: one row per record, columns in ``FEATURE_NAMES`` order."""
+    additions, deletions = inputs.additions, inputs.deletions
+    churn = additions + deletions
+    with np.errstate(invalid="ignore", divide="ignore"):
+        some_churn = churn > 0
+        churn_balance = np.where(
+            some_churn, (additions - deletions) / np.where(some_churn, churn, 1), 0.0
+        )
+        # An unmerged pull request has no merge time: its merge features are 0.
+        hours_to_merge = np.maximum((inputs.merged_seconds - inputs.created_seconds) / 3600, 0)
+        merged = inputs.merged_seconds
+        # hour + minute / 60 of the merge time in UTC (seconds do not count)
+        minute_of_day = np.floor(np.mod(merged, _SECONDS_PER_DAY) / 60)
+        angle = 2 * np.pi * (minute_of_day / 60) / 24
+        weekday = np.mod(np.floor(merged / _SECONDS_PER_DAY) + _EPOCH_WEEKDAY, 7)
+        columns = {
+            "log_additions": np.log1p(additions),
+            "log_deletions": np.log1p(deletions),
+            "log_changed_files": np.log1p(inputs.changed_files),
+            "log_commits": np.log1p(inputs.commits),
+            "churn_balance": churn_balance,
+            "log_hours_to_merge": np.log1p(_zero_where_nan(hours_to_merge)),
+            "log_title_length": np.log1p(inputs.title_length),
+            "log_body_length": np.log1p(inputs.body_length),
+            "merge_hour_sin": _zero_where_nan(np.sin(angle)),
+            "merge_hour_cos": _zero_where_nan(np.cos(angle)),
+            "merged_on_weekend": (weekday >= 5).astype(np.float64),
+            "log_author_prior_pull_requests": np.log1p(inputs.author_prior_pull_requests),
+            "size_vs_repository": np.log1p(churn) - np.log1p(inputs.repository_median_changes),
+        }
+    return np.column_stack([columns[name] for name in FEATURE_NAMES]).astype(np.float64)
+
+
 def compute_features(records: pd.DataFrame) -> pd.DataFrame:
-    """One row of features per record, in ``FEATURE_NAMES`` order (float64).
+    """:func:`feature_matrix` of a frame, as a frame with the records' index.
 
     ``records`` carries the :data:`INPUT_COLUMNS` and the :data:`CONTEXT_COLUMNS`.
     """
-    additions = records["additions"].astype("float64")
-    deletions = records["deletions"].astype("float64")
-    churn = additions + deletions
-    created = pd.to_datetime(records["created_at"], utc=True)
-    merged = pd.to_datetime(records["merged_at"], utc=True)
-    # An unmerged pull request has no merge time: its merge features are 0.
-    hours_to_merge = ((merged - created).dt.total_seconds() / 3600).clip(lower=0).fillna(0)
-    merge_hour = merged.dt.hour + merged.dt.minute / 60
-    angle = 2 * np.pi * merge_hour / 24
-    features = pd.DataFrame(
-        {
-            "log_additions": np.log1p(additions),
-            "log_deletions": np.log1p(deletions),
-            "log_changed_files": np.log1p(records["changed_files"].astype("float64")),
-            "log_commits": np.log1p(records["commits"].astype("float64")),
-            "churn_balance": np.where(
-                churn > 0, (additions - deletions) / churn.where(churn > 0, 1), 0.0
-            ),
-            "log_hours_to_merge": np.log1p(hours_to_merge),
-            "log_title_length": np.log1p(records["title"].fillna("").str.len().astype("float64")),
-            "log_body_length": np.log1p(records["body"].fillna("").str.len().astype("float64")),
-            "merge_hour_sin": np.sin(angle).fillna(0.0),
-            "merge_hour_cos": np.cos(angle).fillna(0.0),
-            "merged_on_weekend": (merged.dt.dayofweek >= 5).astype("float64"),
-            "log_author_prior_pull_requests": np.log1p(
-                records["author_prior_pull_requests"].astype("float64")
-            ),
-            "size_vs_repository": np.log1p(churn)
-            - np.log1p(records["repository_median_changes"].astype("float64")),
-        },
-        index=records.index,
-    )
-    return features[list(FEATURE_NAMES)].astype("float64")
+    matrix = feature_matrix(FeatureInputs.from_frame(records))
+    return pd.DataFrame(matrix, index=records.index, columns=list(FEATURE_NAMES))

@@ -6,7 +6,7 @@ Used by the MLflow pyfunc and by model-serving's fast path, so both give the sam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ from ml_pipeline.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     FeatureContext,
+    FeatureInputs,
     attach_context,
     compute_features,
+    feature_matrix,
 )
 from ml_pipeline.model import Autoencoder
 
@@ -48,15 +50,28 @@ class AnomalyScorer:
         errors = self.errors(features)
         scores = errors.mean(axis=1)
         top = np.argsort(-errors, axis=1)[:, :TOP_FEATURES]
+        # whole-array conversions to Python objects, not one numpy scalar at a time
+        names = np.asarray(self.feature_names, dtype=object)[top].tolist()
+        flags = (scores > self.threshold).tolist()
         return [
-            {
-                "score": float(score),
-                "threshold": self.threshold,
-                "is_anomaly": bool(score > self.threshold),
-                "top_features": [self.feature_names[i] for i in order],
-            }
-            for score, order in zip(scores, top, strict=True)
+            {"score": score, "threshold": self.threshold, "is_anomaly": flag, "top_features": top}
+            for score, flag, top in zip(scores.tolist(), flags, names, strict=True)
         ]
+
+    def score_inputs(
+        self, inputs: FeatureInputs, repositories: Sequence[object], authors: Sequence[object]
+    ) -> list[dict[str, Any]]:
+        """Score records given as feature inputs (no pandas): the fast path of serving.
+        Context values a record lacks come from the model's snapshot."""
+        prior, median = self.context.fill(
+            repositories,
+            authors,
+            inputs.additions + inputs.deletions,
+            inputs.author_prior_pull_requests,
+            inputs.repository_median_changes,
+        )
+        filled = replace(inputs, author_prior_pull_requests=prior, repository_median_changes=median)
+        return self.score_features(feature_matrix(filled))
 
     def score_records(
         self, records: Sequence[dict[str, Any]] | pd.DataFrame

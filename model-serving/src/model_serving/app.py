@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
@@ -20,7 +20,6 @@ from importlib.metadata import version as package_version
 from typing import Annotated, Any
 
 import numpy as np
-import pandas as pd
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,7 +35,7 @@ from pydantic import (
 )
 from starlette.responses import Response
 
-from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES, FEATURE_SPEC_VERSION
+from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureInputs
 from model_serving.metrics import MetricsMiddleware, ServingMetrics
 from model_serving.model_source import LoadedModel
 
@@ -169,31 +168,29 @@ class ModelHolder:
             log.error("model load failed: %s", self.error)
 
 
-def records_frame(records: list[PullRequestIn]) -> pd.DataFrame:
-    """The raw columns the feature spec reads, built column by column: timestamps become
-    datetime64 from epoch seconds, which is ~3x faster for 1,000 records than letting
-    pandas infer them from a list of dicts of datetime objects."""
+def feature_inputs(records: list[PullRequestIn]) -> FeatureInputs:
+    """The feature spec's input columns, straight from the validated records (no pandas)."""
 
-    def epoch_seconds(moment: datetime | None) -> float:
+    def column(values: Iterable[float | None]) -> np.ndarray:
+        return np.fromiter((np.nan if v is None else v for v in values), np.float64, len(records))
+
+    def epoch_seconds(moment: datetime | None) -> float | None:
         if moment is None:
-            return np.nan
+            return None
         return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
-    count = len(records)
-    columns: dict[str, Any] = {}
-    for name in ("number", "title", "body", "repository", "author"):
-        columns[name] = np.array([getattr(record, name) for record in records], dtype=object)
-    for name in CONTEXT_COLUMNS:  # NaN where the caller did not send it: the model fills it
-        values = (getattr(record, name) for record in records)
-        columns[name] = np.fromiter((np.nan if v is None else v for v in values), np.float64, count)
-    for name in ("additions", "deletions", "changed_files", "commits"):
-        columns[name] = np.fromiter((getattr(r, name) for r in records), np.int64, count)
-    for name in ("created_at", "merged_at"):
-        seconds = np.fromiter(
-            (epoch_seconds(getattr(record, name)) for record in records), np.float64, count
-        )
-        columns[name] = pd.to_datetime(seconds, unit="s", utc=True)
-    return pd.DataFrame(columns)
+    return FeatureInputs(
+        additions=column(r.additions for r in records),
+        deletions=column(r.deletions for r in records),
+        changed_files=column(r.changed_files for r in records),
+        commits=column(r.commits for r in records),
+        title_length=column(len(r.title) for r in records),
+        body_length=column(len(r.body or "") for r in records),
+        created_seconds=column(epoch_seconds(r.created_at) for r in records),
+        merged_seconds=column(epoch_seconds(r.merged_at) for r in records),
+        author_prior_pull_requests=column(r.author_prior_pull_requests for r in records),
+        repository_median_changes=column(r.repository_median_changes for r in records),
+    )
 
 
 class MicroBatcher:
@@ -202,8 +199,8 @@ class MicroBatcher:
     A request appends its records and awaits; the first one schedules a flush on the event
     loop ``wait_seconds`` later (1 ms by default), so the requests that arrive meanwhile
     join it. An idle service scores each request alone, 1 ms later; a loaded one amortises
-    the fixed per-call cost of the pandas feature computation (several ms, whatever the
-    row count) over all waiting requests. Scoring must be row-independent for this, which
+    the fixed per-call cost of scoring (array set-up, one forward pass) over all waiting
+    requests. Scoring must be row-independent for this, which
     the feature spec guarantees (context comes from the model's bundled snapshot, not from
     the other rows of a call).
     """
@@ -228,7 +225,9 @@ class MicroBatcher:
         pending, self._pending = self._pending, []
         rows = [record for records, _ in pending for record in records]
         try:
-            verdicts = self._holder.model.scorer.score_records(records_frame(rows))
+            verdicts = self._holder.model.scorer.score_inputs(
+                feature_inputs(rows), [r.repository for r in rows], [r.author for r in rows]
+            )
         except Exception as error:
             for _, future in pending:
                 if not future.done():

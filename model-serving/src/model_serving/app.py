@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -24,14 +25,14 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import (
+    AliasChoices,
+    AliasPath,
     BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
     create_model,
-    field_validator,
-    model_validator,
 )
 from starlette.responses import Response
 
@@ -51,6 +52,10 @@ def _service_version() -> str:
         return "0+unknown"
 
 
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 class PullRequestIn(BaseModel):
     """A GitHub REST-shaped pull request; fields the model does not use are ignored."""
 
@@ -64,38 +69,22 @@ class PullRequestIn(BaseModel):
     deletions: int = Field(ge=0, strict=True)
     changed_files: int = Field(ge=0, strict=True)
     commits: int = Field(ge=0, strict=True)
-    created_at: datetime
-    merged_at: datetime | None = None
-    # Where the pull request sits, for the spec's context features; taken from GitHub's
-    # `base.repo.full_name` and `user.login` when not given flat.
-    repository: str | None = None
-    author: str | None = None
+    # no pull request predates 1970; 2200 bounds typos such as 20240-01-01
+    created_at: datetime = Field(ge=_EARLIEST, lt=_LATEST)
+    merged_at: datetime | None = Field(default=None, ge=_EARLIEST, lt=_LATEST)
+    # Where the pull request sits, for the spec's context features: given flat or taken
+    # from GitHub's `base.repo.full_name` and `user.login` (aliases resolved in
+    # pydantic-core, no Python per record).
+    repository: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("repository", AliasPath("base", "repo", "full_name")),
+    )
+    author: str | None = Field(
+        default=None, validation_alias=AliasChoices("author", AliasPath("user", "login"))
+    )
     # Callers that know the context may send it; otherwise the model's snapshot fills it.
     author_prior_pull_requests: int | None = Field(default=None, ge=0, strict=True)
     repository_median_changes: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flatten_github_shape(cls, data: Any) -> Any:
-        if isinstance(data, dict) and (
-            data.get("repository") is None or data.get("author") is None
-        ):
-            data = dict(data)
-            base_repo = (data.get("base") or {}).get("repo") or {}
-            user = data.get("user") or {}
-            if data.get("repository") is None and isinstance(base_repo, dict):
-                data["repository"] = base_repo.get("full_name")
-            if data.get("author") is None and isinstance(user, dict):
-                data["author"] = user.get("login")
-        return data
-
-    @field_validator("created_at", "merged_at")
-    @classmethod
-    def _plausible_time(cls, moment: datetime | None) -> datetime | None:
-        # pandas' datetime64 range ends in 2262; no pull request is older than 1970
-        if moment is not None and not 1970 <= moment.year < 2200:
-            raise ValueError("must be a time between 1970 and 2200")
-        return moment
 
 
 _Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -169,28 +158,31 @@ class ModelHolder:
 
 
 def feature_inputs(records: list[PullRequestIn]) -> FeatureInputs:
-    """The feature spec's input columns, straight from the validated records (no pandas)."""
-
-    def column(values: Iterable[float | None]) -> np.ndarray:
-        return np.fromiter((np.nan if v is None else v for v in values), np.float64, len(records))
+    """The feature spec's input columns, straight from the validated records (no pandas):
+    one tuple per record in :class:`FeatureInputs` field order, None becoming NaN."""
 
     def epoch_seconds(moment: datetime | None) -> float | None:
         if moment is None:
             return None
         return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
-    return FeatureInputs(
-        additions=column(r.additions for r in records),
-        deletions=column(r.deletions for r in records),
-        changed_files=column(r.changed_files for r in records),
-        commits=column(r.commits for r in records),
-        title_length=column(len(r.title) for r in records),
-        body_length=column(len(r.body or "") for r in records),
-        created_seconds=column(epoch_seconds(r.created_at) for r in records),
-        merged_seconds=column(epoch_seconds(r.merged_at) for r in records),
-        author_prior_pull_requests=column(r.author_prior_pull_requests for r in records),
-        repository_median_changes=column(r.repository_median_changes for r in records),
-    )
+    rows = [
+        (
+            r.additions,
+            r.deletions,
+            r.changed_files,
+            r.commits,
+            len(r.title),
+            len(r.body or ""),
+            epoch_seconds(r.created_at),
+            epoch_seconds(r.merged_at),
+            r.author_prior_pull_requests,
+            r.repository_median_changes,
+        )
+        for r in records
+    ]
+    columns = np.array(rows, dtype=np.float64).reshape(len(records), len(fields(FeatureInputs)))
+    return FeatureInputs(*columns.T)
 
 
 class MicroBatcher:

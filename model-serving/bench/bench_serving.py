@@ -42,6 +42,8 @@ MODEL_FIELDS = (
     "commits",
     "created_at",
     "merged_at",
+    "repository",
+    "author",
 )
 
 
@@ -49,7 +51,11 @@ def sample_records() -> list[dict]:
     records = []
     for path in sorted((ROOT / "data" / "samples").glob("*.prs.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as lines:
-            records += [json.loads(line) for line in lines]
+            for line in lines:
+                record = json.loads(line)
+                record["repository"] = record["base"]["repo"]["full_name"]
+                record["author"] = (record.get("user") or {}).get("login")
+                records.append(record)
     # What a client sends: the fields the model reads (the same bytes to every server).
     return [{k: r.get(k) for k in MODEL_FIELDS} for r in records]
 
@@ -61,18 +67,20 @@ def register_model(tracking_uri: str, name: str, records: list[dict], workdir: P
     from mlflow import MlflowClient
 
     import ml_pipeline
-    from ml_pipeline.features import compute_features
+    from ml_pipeline.features import FeatureContext, attach_context, compute_features
     from ml_pipeline.scoring import AnomalyScorer
     from ml_pipeline.training.job import fit_autoencoder
     from ml_pipeline.training.pyfunc import SCORER_ARTIFACT, PullRequestAnomalyModel
     from ml_pipeline.training.settings import TrainingSettings
 
-    features = compute_features(pd.DataFrame(records[:2000])).to_numpy()
+    training = pd.DataFrame(records[:2000])
+    context = FeatureContext.from_records(training)
+    features = compute_features(attach_context(training, context)).to_numpy()
     mean, scale = features.mean(axis=0), features.std(axis=0)
     scale[scale == 0] = 1.0
     scaled = (features - mean) / scale
     model, _ = fit_autoencoder(scaled[:1600], scaled[1600:], TrainingSettings(max_epochs=10))
-    scorer = AnomalyScorer(model, mean, scale, threshold=0.0)
+    scorer = AnomalyScorer(model, mean, scale, threshold=0.0, context=context)
     scorer.threshold = float(np.quantile(scorer.errors(features[1600:]).mean(axis=1), 0.99))
     scorer_path = workdir / "scorer.pt"
     scorer.save(scorer_path)
@@ -154,10 +162,15 @@ def drive(port: int, path: str, bodies: list[str], workdir: Path, **options) -> 
     return json.loads(result.stdout)
 
 
+def batches(records: list[dict], size: int, count: int = 8) -> list[list[dict]]:
+    """Up to ``count`` disjoint batches of exactly ``size`` records (records/s = size x req/s)."""
+    return [records[i : i + size] for i in range(0, len(records) - size + 1, size)][:count]
+
+
 def ours_bodies(records: list[dict], size: int) -> list[str]:
     if size == 1:
         return [json.dumps(r) for r in records[:500]]
-    return [json.dumps(records[i : i + size]) for i in range(0, size * 8, size)]
+    return [json.dumps(batch) for batch in batches(records, size)]
 
 
 def mlflow_bodies(records: list[dict], size: int) -> list[str]:
@@ -174,7 +187,7 @@ def mlflow_bodies(records: list[dict], size: int) -> list[str]:
 
     if size == 1:
         return [split([r]) for r in records[:500]]
-    return [split(records[i : i + size]) for i in range(0, size * 8, size)]
+    return [split(batch) for batch in batches(records, size)]
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
-.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
+.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train image-sizes
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ clean: down ## remove local state (keeps installs)
 
 bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)
 	$(PY) model-serving/bench/bench_serving.py
+
+image-sizes: setup ## installed size of each image's packages, replayed from its Dockerfile (~20 s)
+	$(PY) -m pipeline_ops.image_sizes
 
 bench-fetch: setup ## data-fetch: API requests per 1,000 PRs vs a naive REST client; upsert throughput
 	$(PY) -u data-fetch/bench/bench_fetch.py

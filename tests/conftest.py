@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ml_pipeline
 from ml_pipeline.features import attach_context, compute_features
 from ml_pipeline.scoring import AnomalyScorer
 from ml_pipeline.training.job import fit_autoencoder
@@ -91,7 +90,7 @@ def scorer(serving_records) -> AnomalyScorer:
     scale[scale == 0] = 1.0
     scaled = (features - mean) / scale
     model, _ = fit_autoencoder(scaled[:300], scaled[300:], TrainingSettings(max_epochs=10))
-    scorer = AnomalyScorer(model, mean, scale, threshold=0.0)
+    scorer = AnomalyScorer(model.dense_network(), mean, scale, threshold=0.0)
     scorer.threshold = float(np.quantile(scorer.errors(features[300:]).mean(axis=1), 0.9))
     return scorer
 
@@ -104,21 +103,12 @@ def register_scorer(local_env, scorer, tmp_path_factory) -> Callable[[str], str]
     def register(name: str) -> str:
         import mlflow
 
-        from ml_pipeline.training.pyfunc import SCORER_ARTIFACT, PullRequestAnomalyModel
+        from ml_pipeline.training.pyfunc import log_scorer_model
 
-        scorer_path = tmp_path_factory.mktemp("scorer") / "scorer.pt"
-        scorer.save(scorer_path)
         mlflow.set_tracking_uri(local_env.platform.service("mlflow").url)
         mlflow.set_experiment("registered-for-tests")
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=PullRequestAnomalyModel(),
-                artifacts={SCORER_ARTIFACT: str(scorer_path)},
-                code_paths=[str(Path(ml_pipeline.__file__).parent)],
-                pip_requirements=["torch", "numpy", "pandas", "mlflow-skinny"],
-                registered_model_name=name,
-            )
+            info = log_scorer_model(scorer, tmp_path_factory.mktemp("scorer"), name)
         return str(info.registered_model_version)
 
     return register

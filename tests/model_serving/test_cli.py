@@ -6,6 +6,8 @@ import json
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -98,3 +100,16 @@ def test_two_workers_share_one_metrics_view(start_server, serving_records) -> No
         assert counted and float(counted.group(1)) == 20
     finally:
         assert server.stop() == 0
+
+
+def test_serving_runs_without_torch_installed() -> None:
+    """The serving image carries no torch: nothing on the serving path may import it."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
+        "import model_serving.cli, model_serving.app, model_serving.model_source\n"
+        "from ml_pipeline.training.pyfunc import PullRequestAnomalyModel\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

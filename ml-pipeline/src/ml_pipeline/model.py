@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ml_pipeline.scoring import DenseNetwork
+
 
 class Autoencoder(nn.Module):
     def __init__(self, n_features: int, hidden: int = 8, bottleneck: int = 3):
@@ -21,5 +23,16 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
-    def config(self) -> dict[str, int]:
-        return {"n_features": self.n_features, "hidden": self.hidden, "bottleneck": self.bottleneck}
+    def dense_network(self) -> DenseNetwork:
+        """The trained layers as arrays, for inference without torch."""
+        weights, biases, relu = [], [], []
+        for layer in [*self.encoder, *self.decoder]:
+            if isinstance(layer, nn.Linear):
+                weights.append(layer.weight.detach().cpu().numpy().T.copy())
+                biases.append(layer.bias.detach().cpu().numpy().copy())
+                relu.append(False)
+            elif isinstance(layer, nn.ReLU):
+                relu[-1] = True
+            else:
+                raise TypeError(f"no array form for {type(layer).__name__}")
+        return DenseNetwork(tuple(weights), tuple(biases), tuple(relu))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml_pipeline.scoring import AnomalyScorer
-from ml_pipeline.training.pyfunc import SCORER_ARTIFACT
+from ml_pipeline.training.pyfunc import find_scorer
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -56,9 +56,7 @@ def load_model_uri(tracking_uri: str, model_uri: str) -> LoadedModel:
             f"models:/{name}/{resolved.version}", dst_path=str(target)
         )
     )
-    # The pyfunc stores the scorer as an artifact; serving uses it directly (plain torch,
+    # The pyfunc stores the scorer as an artifact; serving uses it directly (numpy arrays,
     # no pyfunc/pandas round trip per request).
-    scorer_files = list((local / "artifacts").glob("*.pt")) or list(local.rglob("*.pt"))
-    if not scorer_files:
-        raise FileNotFoundError(f"{model_uri} has no {SCORER_ARTIFACT} artifact")
-    return LoadedModel(name, str(resolved.version), model_uri, AnomalyScorer.load(scorer_files[0]))
+    scorer = AnomalyScorer.load(find_scorer(local))
+    return LoadedModel(name, str(resolved.version), model_uri, scorer)

@@ -33,7 +33,7 @@ from ml_pipeline.features import (
 )
 from ml_pipeline.model import Autoencoder
 from ml_pipeline.scoring import AnomalyScorer
-from ml_pipeline.training.pyfunc import SCORER_ARTIFACT, PullRequestAnomalyModel
+from ml_pipeline.training.pyfunc import find_scorer, log_scorer_model
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
 from pipeline_common.cli import StageError
 
@@ -199,7 +199,7 @@ def train_and_evaluate(
     model, history = fit_autoencoder(scaled(train), scaled(valid), settings)
     # The context at the snapshot's end is what serving needs for pull requests after it.
     context = FeatureContext.from_records(frame)
-    scorer = AnomalyScorer(model, mean, scale, threshold=0.0, context=context)
+    scorer = AnomalyScorer(model.dense_network(), mean, scale, threshold=0.0, context=context)
     valid_scores = scorer.errors(valid[columns].to_numpy()).mean(axis=1)
     scorer.threshold = threshold_from_validation(valid_scores, settings.threshold_quantile)
 
@@ -326,7 +326,8 @@ class TrainingJob:
             mlflow.log_params(
                 {
                     **self.settings.model_dump(),
-                    **scorer.model.config(),
+                    "n_features": len(scorer.feature_names),
+                    "layer_units": scorer.network.shape(),
                     "feature_run_id": dataset.run_id,
                     "feature_manifest_sha256": manifest_hash,
                     "feature_spec_version": FEATURE_SPEC_VERSION,
@@ -351,16 +352,7 @@ class TrainingJob:
                 }
             )
             self._log_artifacts(Path(tmp), outcome, dataset.manifest)
-            scorer_path = Path(tmp) / "scorer.pt"
-            scorer.save(scorer_path)
-            package_dir = Path(__file__).resolve().parents[1]
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=PullRequestAnomalyModel(),
-                artifacts={SCORER_ARTIFACT: str(scorer_path)},
-                code_paths=[str(package_dir)],
-                pip_requirements=_pip_requirements(),
-            )
+            info = log_scorer_model(scorer, Path(tmp))
             decision = self._gate(client, ae["roc_auc"], evaluation)
             mlflow.set_tags({"gate_registered": str(decision.registered).lower()})
             mlflow.log_text(decision.reason, "gate.txt")
@@ -411,7 +403,7 @@ class TrainingJob:
         if version is not None:
             try:
                 champion_scorer = _download_scorer(self.secret.model_name, CHAMPION)
-            except ValueError as error:  # another feature spec: not comparable
+            except (ValueError, FileNotFoundError) as error:  # older spec or format
                 log.warning("champion version %s not comparable: %s", version, error)
             else:
                 scores = champion_scorer.errors(evaluation.features).mean(axis=1)
@@ -478,19 +470,10 @@ def _download_scorer(name: str, alias: str) -> AnomalyScorer:
         local = Path(
             mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=target)
         )
-        files = list((local / "artifacts").glob("*.pt")) or list(local.rglob("*.pt"))
-        if not files:
-            raise ValueError(f"models:/{name}@{alias} has no scorer artifact")
-        return AnomalyScorer.load(files[0])
+        return AnomalyScorer.load(find_scorer(local))
 
 
 def _manifest_hash(manifest: dict[str, Any]) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("torch", "numpy", "pandas", "mlflow-skinny")]

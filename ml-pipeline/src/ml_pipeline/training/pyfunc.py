@@ -1,16 +1,25 @@
-"""The MLflow pyfunc: raw GitHub-shaped pull requests (or ready features) in, verdicts out."""
+"""The MLflow pyfunc: raw GitHub-shaped pull requests (or ready features) in, verdicts out.
+
+The model is logged one way, :func:`log_scorer_model`: this pyfunc with the scorer file as
+its artifact. Model serving reads that file directly (:func:`find_scorer`).
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models.model import ModelInfo
 
 from ml_pipeline.features import FEATURE_NAMES
 from ml_pipeline.scoring import AnomalyScorer
 
 SCORER_ARTIFACT = "scorer"
+SCORER_FILE = "scorer.npz"
+# What scoring imports: numpy arrays, no torch.
+INFERENCE_PACKAGES = ("numpy", "pandas", "mlflow-skinny")
 
 
 class PullRequestAnomalyModel(mlflow.pyfunc.PythonModel):
@@ -23,3 +32,31 @@ class PullRequestAnomalyModel(mlflow.pyfunc.PythonModel):
         else:
             results = self.scorer.score_records(model_input)
         return pd.DataFrame(results)
+
+
+def log_scorer_model(
+    scorer: AnomalyScorer, workdir: Path, registered_model_name: str | None = None
+) -> ModelInfo:
+    """Log ``scorer`` as the pyfunc ``model`` of the active run (and register it when a
+    name is given)."""
+    scorer_path = workdir / SCORER_FILE
+    scorer.save(scorer_path)
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=PullRequestAnomalyModel(),
+        artifacts={SCORER_ARTIFACT: str(scorer_path)},
+        code_paths=[str(Path(__file__).resolve().parents[1])],
+        pip_requirements=[f"{name}=={version(name)}" for name in INFERENCE_PACKAGES],
+        registered_model_name=registered_model_name,
+    )
+
+
+def find_scorer(model_dir: Path) -> Path:
+    """The scorer file inside a downloaded model directory."""
+    found = sorted(model_dir.rglob(SCORER_FILE))
+    if not found:
+        raise FileNotFoundError(
+            f"{model_dir} has no {SCORER_FILE}: the model was not logged by this project's "
+            "ml-training (or by an older version of it): retrain"
+        )
+    return found[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -189,6 +190,14 @@ class FeatureContext:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @cached_property
+    def _pull_requests_by_author(self) -> dict[tuple[str, str], int]:
+        return {
+            (repository, author): count
+            for repository, authors in self.author_pull_requests.items()
+            for author, count in authors.items()
+        }
+
     def fill(
         self,
         repositories: Sequence[object],
@@ -205,18 +214,22 @@ class FeatureContext:
         """
         prior = np.asarray(prior, dtype=np.float64)
         median = np.asarray(median, dtype=np.float64)
-        missing_prior = np.isnan(prior)
+        missing_prior, missing_median = np.isnan(prior), np.isnan(median)
         if missing_prior.any():
-            prior = prior.copy()
-            for row in np.flatnonzero(missing_prior):
-                repository_authors = self.author_pull_requests.get(str(repositories[row]), {})
-                prior[row] = repository_authors.get(str(authors[row]), 0)
-        missing_median = np.isnan(median)
+            counts = self._pull_requests_by_author
+            known = np.fromiter(
+                (counts.get(key, 0) for key in zip(repositories, authors, strict=True)),
+                np.float64,
+                len(prior),
+            )
+            prior = np.where(missing_prior, known, prior)
         if missing_median.any():
-            median = median.copy()
-            for row in np.flatnonzero(missing_median):
-                known = self.repository_median_changes.get(str(repositories[row]))
-                median[row] = own_changes[row] if known is None else known
+            medians = self.repository_median_changes
+            known = np.fromiter(
+                (medians.get(r, np.nan) for r in repositories), np.float64, len(median)
+            )
+            # unknown repository: the record's own size
+            median = np.where(missing_median, np.where(np.isnan(known), own_changes, known), median)
         return prior, median
 
     @classmethod

@@ -20,8 +20,6 @@ _WORKER_LOG_LEVEL = "MODEL_SERVING_WORKER_LOG_LEVEL"
 
 def build_app():
     """The app of one server process: settings, Vault secret, model loader (runs per worker)."""
-    import torch
-
     from model_serving.app import create_app
     from model_serving.model_source import load_model_uri
     from model_serving.settings import ServingSecret, ServingSettings
@@ -30,8 +28,6 @@ def build_app():
         configure_logging(STAGE, os.environ[_WORKER_LOG_LEVEL])
     settings = load_settings(ServingSettings)
     secret = load_stage_secret(ServingSecret)
-    # One worker is one core: torch's own thread pool would fight the other workers.
-    torch.set_num_threads(settings.torch_threads)
     model_uri = settings.registry_uri(secret.model_name)
     return create_app(
         lambda: load_model_uri(secret.mlflow_tracking_uri, model_uri),
@@ -57,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    # One worker is one core: a BLAS thread pool per worker would fight the other workers.
+    # Set before numpy loads (here and in every worker process, which inherit it).
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
     def serve() -> None:
         import uvicorn

@@ -32,9 +32,6 @@ class ServingSettings(BaseSettings):
         description="how long the first waiting request holds a scoring call open for others",
     )
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
-    torch_threads: int = Field(
-        default=1, ge=1, description="torch intra-op threads per worker (one core each)"
-    )
     graceful_shutdown_seconds: float = Field(
         default=20, ge=0, description="time in-flight requests get to finish on SIGTERM"
     )

@@ -85,12 +85,16 @@ def measure(recipe: ImageRecipe, workdir: Path) -> dict[str, int]:
     python = ["--python", str(venv / "bin" / "python")]
     install = [uv, "pip", "install", "--quiet", "--no-deps", *python]
     subprocess.run([*install, "-r", lock], check=True)
-    subprocess.run([*install, *(PROJECT_ROOT / p for p in recipe.packages)], check=True)
+    # Built from copies, as the Dockerfile does (COPY to /src): setuptools would otherwise
+    # leave build/ directories in the working tree.
+    sources = [shutil.copytree(PROJECT_ROOT / p, workdir / "src" / p) for p in recipe.packages]
+    subprocess.run([*install, *sources], check=True)
     [site_packages] = (venv / "lib").glob("python*/site-packages")
     sizes = {"python": tree_bytes(site_packages), "jars": 0}
     if recipe.copies_jars:
         sizes["jars"] = tree_bytes(TOOLS_DIR / "jars")
     shutil.rmtree(venv)
+    shutil.rmtree(workdir / "src")
     return sizes
 
 

@@ -21,6 +21,7 @@ from ml_pipeline.features import (
     FEATURE_SPEC_VERSION,
     attach_context,
     compute_features,
+    context_columns,
 )
 from ml_pipeline.preprocess.job import publish_latest
 from pipeline_common.storage import StorageLocation
@@ -62,11 +63,8 @@ def _feature_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
         }
     )
     frame = pd.concat([raw.drop(columns=["user"]), keys[["repository", "author"]]], axis=1)
-    # the context columns as of each pull request, the way the Spark job defines them
-    ordered = frame.assign(created=keys["created_at"]).sort_values(["created", "number"])
-    frame["author_prior_pull_requests"] = ordered.groupby(["repository", "author"]).cumcount()
-    changes = frame["additions"] + frame["deletions"]
-    frame["repository_median_changes"] = changes.groupby(frame["repository"]).transform("median")
+    # the context columns as of each pull request: the single-process reference of Spark's
+    frame[list(CONTEXT_COLUMNS)] = context_columns(frame)
     context_frame = attach_context(frame, None)
     published = context_frame[
         ["additions", "deletions", "changed_files", "commits", *CONTEXT_COLUMNS]

@@ -228,8 +228,9 @@ def test_context_columns_count_only_earlier_pull_requests() -> None:
     context = context_columns(records)
     assert list(context.index) == [5, 6, 7, 8, 9]
     assert context["author_prior_pull_requests"].tolist() == [1.0, 0.0, 2.0, 0.0, 0.0]
-    # o/a changes 30, 2, 10, 4 -> median 7; o/b alone: 2
-    assert context["repository_median_changes"].tolist() == [7.0, 7.0, 7.0, 7.0, 2.0]
+    # o/a in creation order: #9 (2), #11 (4), #10 (30), #12 (10); each sees the earlier ones'
+    # median, the first its own size; o/b's only pull request: its own size
+    assert context["repository_median_changes"].tolist() == [3.0, 2.0, 4.0, 2.0, 2.0]
 
 
 def test_time_features_follow_the_utc_calendar_on_the_bundled_sample(samples_dir) -> None:

@@ -196,7 +196,7 @@ def _at(day: int, hour: int = 0, month: int = 1) -> datetime:
 
 
 HAND_MADE = [
-    # valid: o/a changes are 10, 4, 4, 6 -> median 5
+    # valid: o/a changes are 10, 4, 4, 6
     _doc(1, "ann", _at(10, 10), _at(10, 12), additions=10),
     _doc(2, "bob", _at(5), None, additions=0, deletions=4),
     # opened before #1 although its number is higher: ann's first pull request
@@ -247,11 +247,14 @@ def test_hand_computed_features_through_spark(hand_made_run) -> None:
     assert frame.loc[4, "author"] == "ann"
     # no look-ahead: ann's pull requests in creation order are #3, #1, #4
     assert frame["author_prior_pull_requests"].to_dict() == {1: 1.0, 2: 0.0, 3: 0.0, 4: 2.0}
-    assert set(frame["repository_median_changes"]) == {5.0}
+    # o/a in creation order: #3 (4), #2 (4), #1 (10), #4 (6): earlier medians 4, 4, 4 (and
+    # #3's own 4); the whole-snapshot median, 5, would leak later pull requests into each
+    assert frame["repository_median_changes"].to_dict() == {1: 4.0, 2: 4.0, 3: 4.0, 4: 4.0}
     expected = {
         (1, "log_hours_to_merge"): math.log(3),
         (1, "log_author_prior_pull_requests"): math.log(2),
-        (1, "size_vs_repository"): math.log(11) - math.log(6),
+        (1, "size_vs_repository"): math.log(11) - math.log(5),
+        (4, "size_vs_repository"): math.log(7) - math.log(5),
         (3, "log_hours_to_merge"): math.log(121),
         (3, "merged_on_weekend"): 1.0,
         (3, "merge_hour_cos"): 1.0,

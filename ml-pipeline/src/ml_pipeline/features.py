@@ -1,14 +1,17 @@
 """The feature definition: one spec, used by Spark preprocessing, training and serving.
 
 The formulas live in one numpy function, :func:`feature_matrix`, over plain float arrays
-(:class:`FeatureInputs`). Spark applies it to each partition through :func:`compute_features`
-(``mapInPandas``); serving builds the arrays straight from the validated request, with no
-pandas on the request path. Training and serving therefore cannot disagree. Bump
+(:class:`FeatureInputs`). Spark applies it to each repository's rows through
+:func:`compute_features` (``applyInPandas``); serving builds the arrays straight from the
+validated request, with no pandas on the request path. Training and serving therefore
+cannot disagree. Bump
 ``FEATURE_SPEC_VERSION`` whenever a formula changes.
 
 Two features need more than the record itself: the author's history in the repository and
 the repository's typical size. They read two *context columns*. Preprocessing computes them
-over the whole data set (as of each pull request, so no look-ahead); at scoring time
+as of each pull request, from the earlier ones only (no look-ahead: a training row never
+sees the test period, and a served pull request sees exactly what came before it); at
+scoring time
 :func:`attach_context` fills them from a :class:`FeatureContext` saved with the model.
 """
 
@@ -21,7 +24,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-FEATURE_SPEC_VERSION = "2"
+FEATURE_SPEC_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     ),
     FeatureSpec(
         "size_vs_repository",
-        "ln(1 + additions + deletions) - ln(1 + the repository's median additions + deletions)",
+        "ln(1 + additions + deletions) - ln(1 + median additions + deletions of the "
+        "repository's earlier pull requests; its own size when there are none)",
         "log ratio",
     ),
 )
@@ -145,18 +149,24 @@ def feature_problems(features: pd.DataFrame) -> pd.Series:
 
 
 def context_columns(records: pd.DataFrame) -> pd.DataFrame:
-    """The context columns over a snapshot, in pandas: the single-process reference of
-    what Spark's window functions compute (``preprocess.job.with_context``).
+    """The context columns of pull requests, as of each one (spark-preprocess applies this
+    to each repository's rows).
 
-    ``author_prior_pull_requests``: the author's pull requests in the repository ordered by
-    (created_at, number) before this one. ``repository_median_changes``: the median of
-    additions + deletions over the repository's pull requests in the snapshot.
+    Both look only at the pull requests of the same repository ordered by (created_at,
+    number) before this one. ``author_prior_pull_requests``: how many of them the author
+    opened. ``repository_median_changes``: the median of their additions + deletions (the
+    pull request's own when it is the repository's first).
     """
     created = pd.to_datetime(records["created_at"], utc=True)
-    order = records.assign(_created=created).sort_values(["_created", "number"], kind="stable")
-    prior = order.groupby(["repository", "author"], sort=False).cumcount()
     changes = records["additions"].astype("float64") + records["deletions"].astype("float64")
-    median = changes.groupby(records["repository"]).transform("median")
+    order = records.assign(_created=created, _changes=changes).sort_values(
+        ["_created", "number"], kind="stable"
+    )
+    prior = order.groupby(["repository", "author"], sort=False).cumcount()
+    earlier_median = order.groupby("repository", sort=False)["_changes"].transform(
+        lambda sizes: sizes.expanding().median().shift(1)
+    )
+    median = earlier_median.fillna(order["_changes"]).reindex(records.index)
     return pd.DataFrame(
         {
             "author_prior_pull_requests": prior.reindex(records.index).astype("float64"),
@@ -171,7 +181,8 @@ class FeatureContext:
     """The context columns' values at the end of a data snapshot, saved with the model.
 
     ``author_pull_requests[repository][author]`` counts the author's pull requests in the
-    snapshot, which is exactly "earlier pull requests" for a pull request created after it.
+    snapshot and ``repository_median_changes`` is the median over all of the repository's:
+    exactly "the earlier pull requests" for a pull request created after the snapshot.
     """
 
     repository_median_changes: dict[str, float] = field(default_factory=dict)

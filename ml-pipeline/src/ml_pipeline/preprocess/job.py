@@ -2,9 +2,9 @@
 manifest, then LATEST.
 
 Flow: read the pull requests in parallel partitions; quarantine records that break the
-spec's input rules; compute the context columns over the valid ones with window functions
-(as of each pull request: no look-ahead); apply :func:`compute_features` per partition
-(``mapInPandas``, the same code serving runs); quarantine non-finite feature rows; write
+spec's input rules; per repository (``applyInPandas``), compute the context columns as of
+each pull request (no look-ahead) and the features, with the same code serving runs
+(:func:`context_columns`, :func:`compute_features`); quarantine non-finite feature rows; write
 both data sets from the executors; fail if too much was quarantined; record statistics
 and a content hash in the manifest, written last; move LATEST. The data set is never
 collected to the driver, only aggregates and the list of files written.
@@ -16,14 +16,13 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ml_pipeline.features import (
@@ -35,6 +34,7 @@ from ml_pipeline.features import (
     NON_NEGATIVE_COLUMNS,
     REQUIRED_COLUMNS,
     compute_features,
+    context_columns,
     feature_problems,
     feature_spec_document,
     missing_reason,
@@ -51,7 +51,6 @@ __all__ = [
     "build_features",
     "publish_latest",
     "split_quarantine",
-    "with_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,34 +121,30 @@ def input_problem() -> Column:
     return reason
 
 
-def with_context(pull_requests: DataFrame) -> DataFrame:
-    """The context columns of the feature spec, as of each pull request (no look-ahead)."""
-    by_author = Window.partitionBy("repository", "author").orderBy("created_at", "number")
-    by_repository = Window.partitionBy("repository")
-    changes = F.col("additions") + F.col("deletions")
-    return pull_requests.withColumn(
-        "author_prior_pull_requests", (F.row_number().over(by_author) - 1).cast("double")
-    ).withColumn(
-        "repository_median_changes",
-        F.median(changes).over(by_repository).cast("double"),
-    )
-
-
-def _features_of_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    columns = ["_id", *KEY_COLUMNS, *RAW_COLUMNS, *CONTEXT_COLUMNS]
-    for batch in batches:
-        features = compute_features(batch)
-        rows = pd.concat([batch[columns], features], axis=1)
-        rows[REASON] = feature_problems(features)
-        yield rows
+def _features_of_repository(rows: pd.DataFrame) -> pd.DataFrame:
+    """One repository's valid pull requests -> context columns (as of each pull request,
+    from the earlier ones only) and features, with the same pandas/numpy code as the
+    single-process reference and serving."""
+    columns = ["_id", *KEY_COLUMNS, *RAW_COLUMNS]
+    with_context = pd.concat([rows, context_columns(rows)], axis=1)
+    features = compute_features(with_context)
+    out = pd.concat([with_context[[*columns, *CONTEXT_COLUMNS]], features], axis=1)
+    out[REASON] = feature_problems(features)
+    return out
 
 
 def build_features(pull_requests: DataFrame) -> DataFrame:
     """Every :data:`READ_SCHEMA` row with its context columns and features, and
-    ``quarantine_reason`` set (features null) where the row broke the spec."""
+    ``quarantine_reason`` set (features null) where the row broke the spec.
+
+    The context of a pull request is its repository's history before it, so the valid rows
+    are grouped by repository (``applyInPandas``: one repository's rows in one Python call;
+    Spark 4 allows no ordered window frame for an exact median)."""
     checked = pull_requests.withColumn(REASON, input_problem())
     valid = checked.filter(F.col(REASON).isNull()).drop(REASON)
-    featured = with_context(valid).mapInPandas(_features_of_partition, FEATURE_ROWS_SCHEMA)
+    featured = valid.groupBy("repository").applyInPandas(
+        _features_of_repository, FEATURE_ROWS_SCHEMA
+    )
     bad_input = checked.filter(F.col(REASON).isNotNull())
     return featured.unionByName(bad_input, allowMissingColumns=True)
 

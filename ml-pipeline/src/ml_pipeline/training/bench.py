@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 
 from ml_pipeline.anomalies import load_revert_labels
-from ml_pipeline.features import FEATURE_NAMES, compute_features
+from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES, compute_features, context_columns
 from ml_pipeline.training.job import (
     fit_autoencoder,
     fit_scaler,
@@ -55,10 +55,7 @@ def sample_rows(samples: Path = SAMPLES) -> pd.DataFrame:
             "body": [r.get("body") or "" for r in raw],
         }
     )
-    ordered = frame.sort_values(["created_at", "number"])
-    frame["author_prior_pull_requests"] = ordered.groupby(["repository", "author"]).cumcount()
-    changes = frame["additions"] + frame["deletions"]
-    frame["repository_median_changes"] = changes.groupby(frame["repository"]).transform("median")
+    frame[list(CONTEXT_COLUMNS)] = context_columns(frame)
     features = compute_features(frame)
     return pd.concat([frame.drop(columns=["title", "body"]), features], axis=1)
 

@@ -153,3 +153,38 @@ def test_a_challenger_failing_analysis_leaves_the_champion(
     assert "load-gate" in decision.reason
     assert (decision.champion_before, decision.champion_after) == (champion, champion)
     assert alias_version(mlflow_client, name, CHAMPION) == champion
+
+
+def test_a_champion_this_code_cannot_serve_does_not_block_the_challenger(
+    local_env, scorer, register_scorer, mlflow_client, serving_env, tmp_path, monkeypatch
+) -> None:
+    """An upgraded machine: the champion was trained on an older feature spec, which the
+    current model-serving refuses to load. Blue fails fast with the reason and green is
+    judged alone."""
+    import dataclasses
+
+    import mlflow
+
+    import pipeline_ops.promotion as promotion
+    from ml_pipeline.training.pyfunc import log_scorer_model
+
+    monkeypatch.setattr(promotion, "load_template", lambda: _attainable(load_template()))
+    name = f"{MODEL}-old-champion"
+    mlflow.set_tracking_uri(local_env.platform.service("mlflow").url)
+    with mlflow.start_run():
+        old = dataclasses.replace(scorer, feature_spec_version="2")
+        champion = str(log_scorer_model(old, tmp_path, name).registered_model_version)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, champion)
+    with pytest.raises(PromotionError, match="feature spec 2"):
+        start_serving("blue", f"models:/{name}/{champion}", serving_env, tmp_path, timeout=60)
+
+    challenger = register_scorer(name)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, challenger)
+    steps: list[str] = []
+    decision = blue_green(
+        mlflow_client, name, serving_env, tmp_path, gate_run_time="3s", on_step=steps.append
+    )
+    assert decision.promoted, decision.reason
+    assert "blue could not be served" in decision.reason
+    assert any(step.startswith("blue: not served") for step in steps)
+    assert alias_version(mlflow_client, name, CHAMPION) == challenger

@@ -97,9 +97,16 @@ def start_serving(
                 f"start; see {log_path}"
             )
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+            ready = requests.get(f"{url}/readyz", timeout=2)
+            if ready.status_code == 200:
                 return instance
-        except requests.RequestException:
+            detail = ready.json().get("detail")
+            if detail and detail != "model is loading":  # the load failed: it will not recover
+                instance.stop()
+                raise PromotionError(
+                    f"model-serving ({colour}, {model_uri}) cannot serve: {detail}"
+                )
+        except (requests.RequestException, ValueError):
             pass
         if time.monotonic() > deadline:
             instance.stop()
@@ -318,10 +325,20 @@ def blue_green(
             challenger, champion,
         )  # fmt: skip
     blue = green = None
+    blue_problem = ""
     try:
         if champion is not None:
             on_step(f"blue: serving champion v{champion}")
-            blue = start_serving("blue", f"models:/{model_name}/{champion}", serving_env, work_dir)
+            try:
+                blue = start_serving(
+                    "blue", f"models:/{model_name}/{champion}", serving_env, work_dir
+                )
+            except PromotionError as error:
+                # In the cluster blue runs the image it was deployed with; here it runs this
+                # code, which may not read an older champion (another feature spec): green
+                # is then judged on its own, as for a first model.
+                blue_problem = f" (blue could not be served: {error})"
+                on_step(f"blue: not served, green is judged alone{blue_problem}")
         on_step(f"green: serving challenger v{challenger}")
         green = start_serving("green", f"models:/{model_name}/{challenger}", serving_env, work_dir)
         on_step("analysis: readiness, model check, load gate against green")
@@ -341,7 +358,7 @@ def blue_green(
         reason = (
             "first model: promoted after passing analysis"
             if first
-            else f"v{challenger} passed analysis: promoted over v{champion}"
+            else f"v{challenger} passed analysis: promoted over v{champion}{blue_problem}"
         )
         return PromotionDecision(True, reason, champion, challenger, challenger, analysis,
                                  *_where(green if keep_serving else None))  # fmt: skip

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml_pipeline.features import FEATURE_SPEC_VERSION
 from pipeline_ops.local_env import LocalEnvironment
 from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, TOOLS_DIR
@@ -127,7 +128,8 @@ class PipelineRun:
             summary["data-fetch"] = fetch = run_stage(env, "data-fetch", [_bin("data-fetch")])
             step.outcome = _fetch_outcome(fetch)
         state = self._state()
-        snapshot = _input_snapshot(env)
+        # new formulas (another feature spec) mean new features, even with no new data
+        snapshot = {**_input_snapshot(env), "feature_spec_version": FEATURE_SPEC_VERSION}
         with self.step("spark-preprocess") as step:
             if state.get("preprocessed_snapshot") == snapshot and state.get("features_run_id"):
                 summary["spark-preprocess"] = {"skipped": True, "run_id": state["features_run_id"]}

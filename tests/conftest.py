@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_pipeline.features import attach_context, compute_features
+from ml_pipeline.feature_frames import attach_context, compute_features
 from ml_pipeline.scoring import AnomalyScorer
 from ml_pipeline.training.job import fit_autoencoder
 from ml_pipeline.training.settings import TrainingSettings

@@ -30,15 +30,14 @@ import pymongo
 
 from data_fetch.job import FetchJob
 from data_fetch.settings import FetchSecret
-from ml_pipeline.features import (
-    CONTEXT_COLUMNS,
-    FEATURE_NAMES,
+from ml_pipeline.feature_frames import (
     attach_context,
     compute_features,
     context_columns,
     feature_problems,
     input_problems,
 )
+from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES
 from ml_pipeline.preprocess.job import PUBLISHED_COLUMNS, READ_COLUMNS, PreprocessJob
 from ml_pipeline.preprocess.settings import (
     PreprocessJobSettings,

@@ -66,7 +66,8 @@ def register_model(tracking_uri: str, name: str, records: list[dict], workdir: P
     import pandas as pd
     from mlflow import MlflowClient
 
-    from ml_pipeline.features import FeatureContext, attach_context, compute_features
+    from ml_pipeline.feature_frames import attach_context, compute_features
+    from ml_pipeline.features import FeatureContext
     from ml_pipeline.scoring import AnomalyScorer
     from ml_pipeline.training.job import fit_autoencoder
     from ml_pipeline.training.pyfunc import log_scorer_model

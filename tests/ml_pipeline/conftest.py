@@ -15,14 +15,8 @@ import pandas as pd
 import pytest
 
 from ml_pipeline.datasets import MANIFEST
-from ml_pipeline.features import (
-    CONTEXT_COLUMNS,
-    FEATURE_NAMES,
-    FEATURE_SPEC_VERSION,
-    attach_context,
-    compute_features,
-    context_columns,
-)
+from ml_pipeline.feature_frames import attach_context, compute_features, context_columns
+from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES, FEATURE_SPEC_VERSION
 from ml_pipeline.preprocess.job import publish_latest
 from pipeline_common.storage import StorageLocation
 

@@ -13,7 +13,8 @@ from ml_pipeline.anomalies import (
     raw_inputs,
     revert_labels,
 )
-from ml_pipeline.features import FEATURE_NAMES, compute_features
+from ml_pipeline.feature_frames import compute_features
+from ml_pipeline.features import FEATURE_NAMES
 
 
 @pytest.fixture(scope="module")

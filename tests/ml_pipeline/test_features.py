@@ -10,18 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ml_pipeline.feature_frames import (
+    attach_context,
+    compute_features,
+    context_columns,
+    feature_problems,
+    input_problems,
+)
 from ml_pipeline.features import (
     CONTEXT_COLUMNS,
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     INPUT_COLUMNS,
     FeatureContext,
-    attach_context,
-    compute_features,
-    context_columns,
-    feature_problems,
     feature_spec_document,
-    input_problems,
 )
 
 

@@ -16,13 +16,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from ml_pipeline.features import (
-    FEATURE_NAMES,
-    FeatureContext,
-    attach_context,
-    compute_features,
-    feature_matrix,
-)
+from ml_pipeline.feature_frames import attach_context, compute_features
+from ml_pipeline.features import FEATURE_NAMES, FeatureContext, feature_matrix
 from model_serving.app import MicroBatcher, ModelHolder, PullRequestIn, create_app, feature_inputs
 from model_serving.model_source import LoadedModel, load_model_uri
 

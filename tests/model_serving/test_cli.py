@@ -102,14 +102,28 @@ def test_two_workers_share_one_metrics_view(start_server, serving_records) -> No
         assert server.stop() == 0
 
 
-def test_serving_runs_without_torch_installed() -> None:
-    """The serving image carries no torch: nothing on the serving path may import it."""
+def test_serving_scores_without_torch_or_pandas_installed(scorer, serving_records, tmp_path):
+    """The serving image carries neither torch nor pandas: the serving path loads a saved
+    scorer and scores raw pull requests with both imports blocked."""
+    scorer.save(tmp_path / "scorer.npz")
+    (tmp_path / "records.json").write_text(json.dumps(serving_records[:50]))
     code = (
-        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
-        "import model_serving.cli, model_serving.app, model_serving.model_source\n"
-        "from ml_pipeline.training.pyfunc import PullRequestAnomalyModel\n"
-        "print('ok')\n"
+        "import json, sys; sys.modules['torch'] = sys.modules['pandas'] = None\n"
+        "from pathlib import Path\n"
+        "import model_serving.cli, model_serving.model_source\n"
+        "from model_serving.app import PullRequestIn, feature_inputs\n"
+        "from ml_pipeline.scoring import AnomalyScorer, find_scorer\n"
+        "scorer = AnomalyScorer.load(find_scorer(Path(sys.argv[1])))\n"
+        "records = [PullRequestIn.model_validate(r) for r in json.load(open(sys.argv[2]))]\n"
+        "where = [r.repository for r in records], [r.author for r in records]\n"
+        "verdicts = scorer.score_inputs(feature_inputs(records), *where)\n"
+        "print(json.dumps([v['score'] for v in verdicts]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), str(tmp_path / "records.json")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    expected = [v["score"] for v in scorer.score_records(serving_records[:50])]
+    assert json.loads(result.stdout) == pytest.approx(expected, rel=1e-6)

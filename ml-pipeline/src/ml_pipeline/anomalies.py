@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES, compute_features
+from ml_pipeline.feature_frames import compute_features
+from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES
 
 KINDS = ("huge_dump", "mass_deletion", "instant_offhours_merge", "newcomer_bulk")
 

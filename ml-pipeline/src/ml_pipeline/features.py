@@ -1,18 +1,16 @@
 """The feature definition: one spec, used by Spark preprocessing, training and serving.
 
 The formulas live in one numpy function, :func:`feature_matrix`, over plain float arrays
-(:class:`FeatureInputs`). Spark applies it to each repository's rows through
-:func:`compute_features` (``applyInPandas``); serving builds the arrays straight from the
-validated request, with no pandas on the request path. Training and serving therefore
-cannot disagree. Bump
-``FEATURE_SPEC_VERSION`` whenever a formula changes.
+(:class:`FeatureInputs`). Spark, training and the pyfunc reach it from DataFrames through
+:mod:`ml_pipeline.feature_frames`; serving builds the arrays straight from the validated
+request, and this module imports no pandas, so neither does the serving image. Training and
+serving therefore cannot disagree. Bump ``FEATURE_SPEC_VERSION`` whenever a formula changes.
 
 Two features need more than the record itself: the author's history in the repository and
 the repository's typical size. They read two *context columns*. Preprocessing computes them
 as of each pull request, from the earlier ones only (no look-ahead: a training row never
 sees the test period, and a served pull request sees exactly what came before it); at
-scoring time
-:func:`attach_context` fills them from a :class:`FeatureContext` saved with the model.
+scoring time :meth:`FeatureContext.fill` fills them from the snapshot saved with the model.
 """
 
 from __future__ import annotations
@@ -20,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # frames come in from training; this module does not need pandas itself
+    import pandas as pd
 
 FEATURE_SPEC_VERSION = "3"
 
@@ -122,60 +123,6 @@ def feature_spec_document() -> dict:
     }
 
 
-def input_problems(records: pd.DataFrame) -> pd.Series:
-    """The first validation rule each record breaks (None when it breaks none)."""
-    reasons = pd.Series(None, index=records.index, dtype="object")
-
-    def flag(mask: pd.Series, reason: str) -> None:
-        reasons.loc[mask & reasons.isna()] = reason
-
-    for column in REQUIRED_COLUMNS:
-        flag(records[column].isna(), missing_reason(column))
-    for column in NON_NEGATIVE_COLUMNS:
-        flag(pd.to_numeric(records[column], errors="coerce") < 0, negative_reason(column))
-    created = pd.to_datetime(records["created_at"], utc=True)
-    merged = pd.to_datetime(records["merged_at"], utc=True)
-    flag(merged < created, MERGED_BEFORE_CREATED)
-    return reasons.astype(object).where(reasons.notna(), None)
-
-
-def feature_problems(features: pd.DataFrame) -> pd.Series:
-    """``non-finite <feature>`` for the first feature that is NaN or infinite, else None."""
-    reasons = pd.Series(None, index=features.index, dtype="object")
-    for name in FEATURE_NAMES:
-        bad = ~np.isfinite(features[name].to_numpy(dtype="float64"))
-        reasons.loc[bad & reasons.isna().to_numpy()] = non_finite_reason(name)
-    return reasons.astype(object).where(reasons.notna(), None)
-
-
-def context_columns(records: pd.DataFrame) -> pd.DataFrame:
-    """The context columns of pull requests, as of each one (spark-preprocess applies this
-    to each repository's rows).
-
-    Both look only at the pull requests of the same repository ordered by (created_at,
-    number) before this one. ``author_prior_pull_requests``: how many of them the author
-    opened. ``repository_median_changes``: the median of their additions + deletions (the
-    pull request's own when it is the repository's first).
-    """
-    created = pd.to_datetime(records["created_at"], utc=True)
-    changes = records["additions"].astype("float64") + records["deletions"].astype("float64")
-    order = records.assign(_created=created, _changes=changes).sort_values(
-        ["_created", "number"], kind="stable"
-    )
-    prior = order.groupby(["repository", "author"], sort=False).cumcount()
-    earlier_median = order.groupby("repository", sort=False)["_changes"].transform(
-        lambda sizes: sizes.expanding().median().shift(1)
-    )
-    median = earlier_median.fillna(order["_changes"]).reindex(records.index)
-    return pd.DataFrame(
-        {
-            "author_prior_pull_requests": prior.reindex(records.index).astype("float64"),
-            "repository_median_changes": median.astype("float64"),
-        },
-        index=records.index,
-    )
-
-
 @dataclass(frozen=True)
 class FeatureContext:
     """The context columns' values at the end of a data snapshot, saved with the model.
@@ -254,24 +201,6 @@ class FeatureContext:
         )
 
 
-def attach_context(records: pd.DataFrame, context: FeatureContext | None) -> pd.DataFrame:
-    """``records`` with the context columns filled where the record does not carry them
-    (see :meth:`FeatureContext.fill`)."""
-    frame = records.copy()
-    nothing = np.full(len(frame), np.nan)
-    given = {c: frame[c].to_numpy(np.float64) if c in frame else nothing for c in CONTEXT_COLUMNS}
-    blank = [""] * len(frame)
-    repositories = frame["repository"].tolist() if "repository" in frame else blank
-    authors = frame["author"].tolist() if "author" in frame else blank
-    own_changes = frame["additions"].to_numpy(np.float64) + frame["deletions"].to_numpy(np.float64)
-    prior, median = (context or FeatureContext()).fill(
-        repositories, authors, own_changes, *given.values()
-    )
-    frame["author_prior_pull_requests"] = prior
-    frame["repository_median_changes"] = median
-    return frame
-
-
 @dataclass(frozen=True)
 class FeatureInputs:
     """What the spec reads from each record, one float64 array per column.
@@ -291,42 +220,9 @@ class FeatureInputs:
     author_prior_pull_requests: np.ndarray
     repository_median_changes: np.ndarray
 
-    @classmethod
-    def from_frame(cls, records: pd.DataFrame) -> FeatureInputs:
-        """From a frame with the :data:`INPUT_COLUMNS` and :data:`CONTEXT_COLUMNS` (times as
-        ISO strings, datetimes or datetime64, any zone)."""
 
-        def number(column: str) -> np.ndarray:
-            return records[column].to_numpy(np.float64, na_value=np.nan)
-
-        def length(column: str) -> np.ndarray:
-            return number_of(records[column].fillna("").str.len())
-
-        def seconds(column: str) -> np.ndarray:
-            moments = pd.to_datetime(records[column], utc=True)
-            return number_of((moments - _EPOCH).dt.total_seconds())
-
-        return cls(
-            additions=number("additions"),
-            deletions=number("deletions"),
-            changed_files=number("changed_files"),
-            commits=number("commits"),
-            title_length=length("title"),
-            body_length=length("body"),
-            created_seconds=seconds("created_at"),
-            merged_seconds=seconds("merged_at"),
-            author_prior_pull_requests=number("author_prior_pull_requests"),
-            repository_median_changes=number("repository_median_changes"),
-        )
-
-
-_EPOCH = pd.Timestamp(0, tz="UTC")
 _SECONDS_PER_DAY = 86_400
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
-
-
-def number_of(values: pd.Series) -> np.ndarray:
-    return values.to_numpy(np.float64, na_value=np.nan)
 
 
 def _zero_where_nan(values: np.ndarray) -> np.ndarray:
@@ -365,12 +261,3 @@ def feature_matrix(inputs: FeatureInputs) -> np.ndarray:
             "size_vs_repository": np.log1p(churn) - np.log1p(inputs.repository_median_changes),
         }
     return np.column_stack([columns[name] for name in FEATURE_NAMES]).astype(np.float64)
-
-
-def compute_features(records: pd.DataFrame) -> pd.DataFrame:
-    """:func:`feature_matrix` of a frame, as a frame with the records' index.
-
-    ``records`` carries the :data:`INPUT_COLUMNS` and the :data:`CONTEXT_COLUMNS`.
-    """
-    matrix = feature_matrix(FeatureInputs.from_frame(records))
-    return pd.DataFrame(matrix, index=records.index, columns=list(FEATURE_NAMES))

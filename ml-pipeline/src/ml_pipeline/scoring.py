@@ -3,7 +3,8 @@
 Used by training (threshold, evaluation), the MLflow pyfunc and model-serving's fast path,
 so all give the same answer. Inference needs numpy only: the trained autoencoder is kept
 as its layers' arrays (:class:`DenseNetwork`), which runs a 13-feature row about 5x faster
-than the torch module and keeps torch out of the serving image.
+than the torch module and keeps torch out of the serving image. Pandas is only imported by
+:meth:`AnomalyScorer.score_records` (the DataFrame path), which serving does not use.
 """
 
 from __future__ import annotations
@@ -12,22 +13,23 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ml_pipeline.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     FeatureContext,
     FeatureInputs,
-    attach_context,
-    compute_features,
     feature_matrix,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 TOP_FEATURES = 3
+SCORER_FILE = "scorer.npz"
 
 
 SCORER_FORMAT = "dense-autoencoder-npz/1"
@@ -102,6 +104,10 @@ class AnomalyScorer:
     def score_records(
         self, records: Sequence[dict[str, Any]] | pd.DataFrame
     ) -> list[dict[str, Any]]:
+        import pandas as pd
+
+        from ml_pipeline.feature_frames import attach_context, compute_features
+
         frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
         return self.score_features(compute_features(attach_context(frame, self.context)).to_numpy())
 
@@ -153,3 +159,14 @@ class AnomalyScorer:
                 feature_spec_version=header["feature_spec_version"],
                 context=FeatureContext.from_dict(header["context"]),
             )
+
+
+def find_scorer(model_dir: Path) -> Path:
+    """The scorer file inside a downloaded model directory."""
+    found = sorted(model_dir.rglob(SCORER_FILE))
+    if not found:
+        raise FileNotFoundError(
+            f"{model_dir} has no {SCORER_FILE}: the model was not logged by this project's "
+            "ml-training (or by an older version of it): retrain"
+        )
+    return found[0]

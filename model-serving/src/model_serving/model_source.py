@@ -7,8 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml_pipeline.scoring import AnomalyScorer
-from ml_pipeline.training.pyfunc import find_scorer
+from ml_pipeline.scoring import AnomalyScorer, find_scorer
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 

@@ -25,6 +25,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ml_pipeline.feature_frames import compute_features, context_columns, feature_problems
 from ml_pipeline.features import (
     CONTEXT_COLUMNS,
     FEATURE_NAMES,
@@ -33,9 +34,6 @@ from ml_pipeline.features import (
     MERGED_BEFORE_CREATED,
     NON_NEGATIVE_COLUMNS,
     REQUIRED_COLUMNS,
-    compute_features,
-    context_columns,
-    feature_problems,
     feature_spec_document,
     missing_reason,
     negative_reason,

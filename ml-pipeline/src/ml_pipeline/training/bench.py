@@ -21,7 +21,8 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 
 from ml_pipeline.anomalies import load_revert_labels
-from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES, compute_features, context_columns
+from ml_pipeline.feature_frames import compute_features, context_columns
+from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES
 from ml_pipeline.training.job import (
     fit_autoencoder,
     fit_scaler,

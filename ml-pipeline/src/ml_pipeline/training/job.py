@@ -32,8 +32,8 @@ from ml_pipeline.features import (
     feature_spec_document,
 )
 from ml_pipeline.model import Autoencoder
-from ml_pipeline.scoring import AnomalyScorer
-from ml_pipeline.training.pyfunc import find_scorer, log_scorer_model
+from ml_pipeline.scoring import AnomalyScorer, find_scorer
+from ml_pipeline.training.pyfunc import log_scorer_model
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
 from pipeline_common.cli import StageError
 

@@ -1,7 +1,7 @@
 """The MLflow pyfunc: raw GitHub-shaped pull requests (or ready features) in, verdicts out.
 
 The model is logged one way, :func:`log_scorer_model`: this pyfunc with the scorer file as
-its artifact. Model serving reads that file directly (:func:`find_scorer`).
+its artifact. Model serving reads that file directly (:func:`ml_pipeline.scoring.find_scorer`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import pandas as pd
 from mlflow.models.model import ModelInfo
 
 from ml_pipeline.features import FEATURE_NAMES
-from ml_pipeline.scoring import AnomalyScorer
+from ml_pipeline.scoring import SCORER_FILE, AnomalyScorer
 
 SCORER_ARTIFACT = "scorer"
-SCORER_FILE = "scorer.npz"
 # What scoring imports: numpy arrays, no torch.
 INFERENCE_PACKAGES = ("numpy", "pandas", "mlflow-skinny")
 
@@ -49,14 +48,3 @@ def log_scorer_model(
         pip_requirements=[f"{name}=={version(name)}" for name in INFERENCE_PACKAGES],
         registered_model_name=registered_model_name,
     )
-
-
-def find_scorer(model_dir: Path) -> Path:
-    """The scorer file inside a downloaded model directory."""
-    found = sorted(model_dir.rglob(SCORER_FILE))
-    if not found:
-        raise FileNotFoundError(
-            f"{model_dir} has no {SCORER_FILE}: the model was not logged by this project's "
-            "ml-training (or by an older version of it): retrain"
-        )
-    return found[0]

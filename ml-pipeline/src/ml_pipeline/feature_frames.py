@@ -103,7 +103,7 @@ def inputs_of_frame(records: pd.DataFrame) -> FeatureInputs:
     ISO strings, datetimes or datetime64, any zone)."""
 
     def number(column: str) -> np.ndarray:
-        return records[column].to_numpy(np.float64, na_value=np.nan)
+        return number_of(records[column])
 
     def length(column: str) -> np.ndarray:
         return number_of(records[column].fillna("").str.len())

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 TOP_FEATURES = 3
 SCORER_FILE = "scorer.npz"
-
-
 SCORER_FORMAT = "dense-autoencoder-npz/1"
 
 
@@ -79,11 +77,11 @@ class AnomalyScorer:
         scores = errors.mean(axis=1)
         top = np.argsort(-errors, axis=1)[:, :TOP_FEATURES]
         # whole-array conversions to Python objects, not one numpy scalar at a time
-        names = np.asarray(self.feature_names, dtype=object)[top].tolist()
+        top_names = np.asarray(self.feature_names, dtype=object)[top].tolist()
         flags = (scores > self.threshold).tolist()
         return [
-            {"score": score, "threshold": self.threshold, "is_anomaly": flag, "top_features": top}
-            for score, flag, top in zip(scores.tolist(), flags, names, strict=True)
+            {"score": score, "threshold": self.threshold, "is_anomaly": flag, "top_features": names}
+            for score, flag, names in zip(scores.tolist(), flags, top_names, strict=True)
         ]
 
     def score_inputs(

@@ -43,6 +43,8 @@ from model_serving.model_source import LoadedModel
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+# /readyz's 503 detail while the model loads; any other detail is the load's error
+MODEL_LOADING = "model is loading"
 
 
 def _service_version() -> str:
@@ -322,7 +324,7 @@ def create_app(
 
     def loaded_model() -> LoadedModel:
         if holder.model is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="model is loading")
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=MODEL_LOADING)
         return holder.model
 
     def check_batch_size(count: int) -> None:
@@ -339,7 +341,7 @@ def create_app(
     @app.get("/readyz", responses={503: {"description": "model not loaded (yet)"}})
     async def readyz() -> dict[str, str]:
         if holder.model is None:
-            detail = holder.error or "model is loading"
+            detail = holder.error or MODEL_LOADING
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail)
         return {"status": "ready", "model_version": holder.model.version}
 

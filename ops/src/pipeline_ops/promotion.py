@@ -25,6 +25,7 @@ from typing import Any
 import requests
 import yaml
 
+from model_serving.app import MODEL_LOADING
 from pipeline_ops.localstack import free_port
 from pipeline_ops.paths import PROJECT_ROOT
 
@@ -101,7 +102,7 @@ def start_serving(
             if ready.status_code == 200:
                 return instance
             detail = ready.json().get("detail")
-            if detail and detail != "model is loading":  # the load failed: it will not recover
+            if detail and detail != MODEL_LOADING:  # the load failed: it will not recover
                 instance.stop()
                 raise PromotionError(
                     f"model-serving ({colour}, {model_uri}) cannot serve: {detail}"

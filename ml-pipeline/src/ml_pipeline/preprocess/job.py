@@ -123,10 +123,10 @@ def _features_of_repository(rows: pd.DataFrame) -> pd.DataFrame:
     """One repository's valid pull requests -> context columns (as of each pull request,
     from the earlier ones only) and features, with the same pandas/numpy code as the
     single-process reference and serving."""
-    columns = ["_id", *KEY_COLUMNS, *RAW_COLUMNS]
     with_context = pd.concat([rows, context_columns(rows)], axis=1)
     features = compute_features(with_context)
-    out = pd.concat([with_context[[*columns, *CONTEXT_COLUMNS]], features], axis=1)
+    columns = ["_id", *KEY_COLUMNS, *RAW_COLUMNS, *CONTEXT_COLUMNS]
+    out = pd.concat([with_context[columns], features], axis=1)
     out[REASON] = feature_problems(features)
     return out
 

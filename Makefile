@@ -18,7 +18,8 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
-.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train image-sizes
+.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
+.PHONY: engine-up engine-down engine-status images image-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -88,8 +89,20 @@ clean: down ## remove local state (keeps installs)
 bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)
 	$(PY) model-serving/bench/bench_serving.py
 
-image-sizes: setup ## installed size of each image's packages, replayed from its Dockerfile (~20 s)
-	$(PY) -m pipeline_ops.image_sizes
+engine-up: setup ## install (once, Debian packages) and start the project's Docker engine
+	$(PY) -m pipeline_ops.images engine-up
+
+engine-down: ## stop the engine by pid; remove its bridge and iptables chains; restore sysctls
+	@test -x $(PY) && $(PY) -m pipeline_ops.images engine-down || true
+
+engine-status: ## the engine's pid, socket and health
+	$(PY) -m pipeline_ops.images engine-status
+
+images: setup ## build the five images on local bases (debootstrap), tagged with the commit; size table
+	$(PY) -m pipeline_ops.images build
+
+image-test: images ## run every image as its manifest runs it, against the real local platform
+	$(PY) -m pipeline_ops.images test
 
 bench-fetch: setup ## data-fetch: API requests per 1,000 PRs vs a naive REST client; upsert throughput
 	$(PY) -u data-fetch/bench/bench_fetch.py

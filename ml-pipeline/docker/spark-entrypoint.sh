@@ -19,17 +19,30 @@ require() {
   done
 }
 
+# Driver and executor pods run with a read-only root: Spark's working directory (where an
+# executor copies the files and jars it fetches) must be writable, so it is below /tmp, the
+# pods' emptyDir. The connector jars are in the image: they go on the class path of the
+# driver and of every executor, and nothing is fetched (SPARK_JARS_DIR).
+work_dir() {
+  mkdir -p "${SPARK_WORK_DIR:-/tmp/spark-work}"
+  cd "${SPARK_WORK_DIR:-/tmp/spark-work}"
+}
+
 case "${1:-}" in
   driver)
     shift
+    work_dir
     # The operator already chose cluster mode: inside the driver pod Spark runs in client mode.
     exec "${SPARK_HOME}/bin/spark-submit" \
       --deploy-mode client \
       --conf "spark.driver.bindAddress=${SPARK_DRIVER_BIND_ADDRESS:-0.0.0.0}" \
+      ${SPARK_JARS_DIR:+--conf "spark.driver.extraClassPath=${SPARK_JARS_DIR}/*"} \
+      ${SPARK_JARS_DIR:+--conf "spark.executor.extraClassPath=${SPARK_JARS_DIR}/*"} \
       "$@"
     ;;
   executor)
     shift
+    work_dir
     require SPARK_DRIVER_URL SPARK_EXECUTOR_ID SPARK_EXECUTOR_CORES SPARK_APPLICATION_ID \
       SPARK_EXECUTOR_POD_IP SPARK_EXECUTOR_MEMORY
     # The driver passes JVM options as SPARK_JAVA_OPT_0, _1, ... in order.

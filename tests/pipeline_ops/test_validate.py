@@ -178,7 +178,8 @@ def test_no_latest_fails_on_a_latest_image_tag(repo: Path):
 
 
 def test_no_latest_fails_on_an_untagged_base_image(repo: Path):
+    """The base is a build argument's default (what the workflows build)."""
     dockerfile = repo / "data-fetch/Dockerfile"
-    base = re.search(r"^FROM (python:\S+)", dockerfile.read_text(), re.M).group(1)
-    _edit(dockerfile, f"FROM {base}", "FROM python")
+    base = re.search(r"^ARG PYTHON_IMAGE=(python:\S+)", dockerfile.read_text(), re.M).group(1)
+    _edit(dockerfile, f"ARG PYTHON_IMAGE={base}", "ARG PYTHON_IMAGE=python")
     _fails(repo, "no-latest-tags", "FROM python is not pinned")

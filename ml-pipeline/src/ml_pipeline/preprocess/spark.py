@@ -26,9 +26,15 @@ def build_spark_session(
         master = "local[*]"
     if master is not None:
         builder = builder.master(master)
+    if not submitted_by_spark_submit():
+        # Spark starts here: the connector jars join the class path at launch. Under
+        # spark-submit (the cluster's driver pod) the JVM already runs, with the jars on the
+        # class path of the driver and of the executors (the image's entrypoint); listing
+        # them in spark.jars too would make every executor copy them into its working
+        # directory.
+        builder = builder.config("spark.jars", ",".join(jars))
     builder = (
-        builder.config("spark.jars", ",".join(jars))
-        .config("spark.driver.memory", settings.driver_memory)
+        builder.config("spark.driver.memory", settings.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")

@@ -272,11 +272,15 @@ def no_latest_tags(tree: RepoTree) -> list[str]:
             problems.append(f"container {container['name']}: image {image} is not pinned")
     for dockerfile in tree.dockerfiles():
         stages = set()
+        defaults: dict[str, str] = {}  # build arguments as the workflows leave them
         for line in _instructions(dockerfile):
             words = _instruction_words(line)
+            if words and words[0].upper() == "ARG" and "=" in words[1]:
+                name, _, value = words[1].partition("=")
+                defaults[name] = _expand_args(value, defaults)
             if not words or words[0].upper() != "FROM":
                 continue
-            image = next(w for w in words[1:] if not w.startswith("--"))
+            image = _expand_args(next(w for w in words[1:] if not w.startswith("--")), defaults)
             if len(words) >= 4 and words[-2].upper() == "AS":
                 stages.add(words[-1])
             if image in stages or "@sha256:" in image:
@@ -422,6 +426,10 @@ def _glob_regex(pattern: str) -> str:
     parts = re.split(r"(\*\*/?|\*|\?)", pattern)
     translate = {"**": ".*", "**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}
     return "".join(translate.get(part, re.escape(part)) for part in parts)
+
+
+def _expand_args(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: values.get(m[1], m[0]), text)
 
 
 def _instructions(dockerfile: Path) -> Iterator[str]:

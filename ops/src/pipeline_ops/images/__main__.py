@@ -1,0 +1,74 @@
+"""`python -m pipeline_ops.images`: the container engine, the local bases, the five images
+and their container tests (`make engine-up`, `make engine-down`, `make images`,
+`make image-test`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+from pipeline_ops.images.engine import ContainerEngine, EngineError, SystemEngine
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline_ops.images", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("engine-up", help="install (once) and start the Docker engine")
+    commands.add_parser("engine-down", help="stop the engine and undo its host changes")
+    commands.add_parser("engine-status", help="show the engine's pid, socket and health")
+    commands.add_parser("env", help="print the exports that point a docker client at it")
+    build = commands.add_parser("build", help="build the images with local bases; print a table")
+    build.add_argument("images", nargs="*", help="only these (default: all five)")
+    test = commands.add_parser("test", help="test images as containers, the way manifests run them")
+    test.add_argument("stages", nargs="*", help="only these (default: all five, in order)")
+    test.add_argument(
+        "--image", action="append", default=[], metavar="NAME=REF",
+        help="test this image reference instead of the locally built one (CI)",
+    )  # fmt: skip
+    test.add_argument(
+        "--engine", choices=("project", "default"), default="project",
+        help="project: the engine of `make engine-up` (default); default: the one the docker "
+        "client reaches already (a CI runner's)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    # A stopped run (SIGTERM) still stops the platform and containers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    engine = (
+        SystemEngine() if getattr(args, "engine", "project") == "default" else ContainerEngine()
+    )
+    try:
+        if args.command == "engine-up":
+            engine.up()
+            print(json.dumps(engine.status(), indent=2))
+        elif args.command == "engine-down":
+            stopped = engine.down()
+            print("engine stopped" if stopped else "no engine was running; host cleaned")
+        elif args.command == "engine-status":
+            status = engine.status()
+            print(json.dumps(status, indent=2))
+            return 0 if status["answers"] else 1
+        elif args.command == "env":
+            for name, value in engine.env().items():
+                print(f"export {name}={value}")
+        elif args.command == "build":
+            from pipeline_ops.images.build import build_images, print_table
+
+            print_table(build_images(engine, args.images or None))
+        elif args.command == "test":
+            from pipeline_ops.images.container_test import run_image_tests
+
+            return run_image_tests(
+                engine, args.stages or None, dict(i.split("=", 1) for i in args.image)
+            )
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -76,7 +76,7 @@ validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomiz
 promote: ## open the staging -> main pull request carrying staging's image digests
 	gh workflow run promote.yml
 
-test: setup lint validate ## lint, validate, then the whole test suite against real local servers
+test: setup lint validate images ## lint, validate, build the images, then the whole test suite against real local servers
 	$(PY) -m pytest
 
 format: setup

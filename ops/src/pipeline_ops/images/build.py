@@ -132,13 +132,13 @@ def build_images(engine: ContainerEngine, names: list[str] | None = None) -> lis
 
 
 def remove_older_tags(engine: ContainerEngine, name: str, keep: set[str]) -> None:
-    """Earlier commits' images of ``name`` go (each training image is gigabytes); the layer
-    cache of the current one stays."""
+    """Earlier commits' images of ``name`` go (each training image is gigabytes). Nothing is
+    pruned: the install stages' images are untagged, and they are the layer cache that
+    makes the next build quick."""
     listed = engine.docker("image", "ls", "--format", "{{.Tag}}", name).stdout.split()
     old = [f"{name}:{t}" for t in listed if t not in keep and t != "<none>"]
     if old:
         engine.docker("image", "rm", *old, check=False)
-    engine.docker("image", "prune", "--force", check=False)
 
 
 def built_images() -> dict[str, BuiltImage]:

@@ -45,6 +45,7 @@ from pipeline_ops.images.engine import ContainerEngine, EngineError
 from pipeline_ops.local_env import MODEL_NAME, LocalEnvironment
 from pipeline_ops.localstack import LocalPlatform, free_port
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, SAMPLES_DIR
+from pipeline_ops.validate.checks import walk_nodes
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +103,6 @@ def _documents() -> Iterator[dict[str, Any]]:
         yield from (d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict))
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 def _memory_mb(quantity: str) -> int:
     units = {
         "Ki": 1 / 1024,
@@ -146,7 +137,7 @@ def manifest_policy(image: str, spark_role: str = "driver") -> RunPolicy:
     """How argo-apps/base runs ``image``: its pod template, or for a Spark application the
     driver's or executors' part of it."""
     for document in _documents():
-        for node in _walk(document):
+        for node in walk_nodes(document):
             if node.get("image") == image and "driver" in node and "executor" in node:
                 role = node[spark_role]
                 pod, container = role.get("podSecurityContext", {}), role.get("securityContext", {})
@@ -388,7 +379,7 @@ def check_spark_preprocess(bench: ImageTestBench) -> str:
 
 def _main_application_file() -> str:
     for document in _documents():
-        for node in _walk(document):
+        for node in walk_nodes(document):
             if node.get("image") == "spark-preprocess" and "mainApplicationFile" in node:
                 return str(node["mainApplicationFile"])
     raise ImageTestError("no SparkApplication template for spark-preprocess in argo-apps/base")
@@ -444,10 +435,14 @@ def check_spark_kubernetes_shape(bench: ImageTestBench, executors: int = 2) -> s
         executor_ids.append(started.stdout.strip())
     exit_code = _wait_for_driver(bench, driver_id, executor_ids, timeout=900)
     driver_log = bench.logs(driver_id)
-    executor_logs = [bench.engine.docker("logs", e, check=False).stderr for e in executor_ids]
+    executor_logs = [
+        f"{_exit_state(bench, e)}\n{bench.engine.docker('logs', e, check=False).stderr}"
+        for e in executor_ids
+    ]
     bench.engine.docker("rm", "--force", master.stdout.strip(), *executor_ids, check=False)
     detail = "\n".join(
-        f"--- executor {i + 1}\n{log[-1500:]}" for i, log in enumerate(executor_logs)
+        f"--- executor {i + 1} {log.splitlines()[0]}\n{log[-1500:]}"
+        for i, log in enumerate(executor_logs)
     )
     _expect(exit_code == 0, f"the driver: {exit_code}:\n{driver_log}\n{detail}")
     working = [i + 1 for i, log in enumerate(executor_logs) if "Running task" in log]
@@ -472,7 +467,7 @@ def _spark_module_options(bench: ImageTestBench) -> list[str]:
 
 def _spark_role(image: str, role: str) -> dict[str, Any]:
     for document in _documents():
-        for node in _walk(document):
+        for node in walk_nodes(document):
             if node.get("image") == image and role in node:
                 return node[role]
     raise ImageTestError(f"no Spark {role} for {image}")
@@ -492,6 +487,11 @@ def _wait_for_application(bench: ImageTestBench, master_ui: int, driver: str) ->
             )
         time.sleep(1)
     raise ImageTestError(f"the driver registered no application in 180 s:\n{bench.logs(driver)}")
+
+
+def _exit_state(bench: ImageTestBench, container: str) -> str:
+    state = json.loads(bench.engine.docker("inspect", container).stdout)[0]["State"]
+    return f"(exit code {state['ExitCode']}, out of memory: {state['OOMKilled']})"
 
 
 def _wait_for_driver(

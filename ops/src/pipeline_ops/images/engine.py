@@ -33,6 +33,9 @@ BRIDGE_ADDRESS = "198.18.0.1/24"
 ADDRESS_POOL = "base=198.18.16.0/20,size=24"
 ENGINE_NETWORK_PREFIX = "198.18."
 BRIDGE = "docker0"
+# Every container's cgroup lives below this one: a killed engine's containers are found and
+# stopped through it (their shims may be gone, but their processes are not).
+CGROUP_PARENT = "pr-anomaly-engine"
 # What Docker changes on the host and `down` puts back.
 RECORDED_SYSCTLS = ("net.ipv4.ip_forward",)
 PACKAGES = {  # command -> Debian package
@@ -162,6 +165,7 @@ class ContainerEngine:
             "--ip=127.0.0.1",
             "--storage-driver=overlay2",
             "--exec-opt=native.cgroupdriver=cgroupfs",
+            f"--cgroup-parent=/{CGROUP_PARENT}",
             "--log-level=warn",
         ]
         self.log_file.touch(mode=0o600)
@@ -230,6 +234,7 @@ class ContainerEngine:
             log.info("killing leftover engine process %s", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        remove_cgroups(CGROUP_PARENT)
         for mount_point in mounts_below(self.home):
             subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
         remove_docker_iptables()
@@ -293,6 +298,38 @@ def processes_mentioning(path: Path) -> list[int]:
             if needle in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
     return found
+
+
+def remove_cgroups(parent: str) -> None:
+    """Kill every process left in a cgroup below ``parent`` (any controller), then remove
+    those cgroups, deepest first."""
+    groups = sorted(
+        (g for g in Path("/sys/fs/cgroup").glob(f"*/{parent}") if g.is_dir()),
+        key=str,
+    )
+    for group in groups:
+        for procs in group.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+    for group in groups:
+        children = [d for d in group.rglob("*") if d.is_dir()]
+        for folder in sorted(children, key=lambda d: -len(d.parts)):
+            _rmdir_when_empty(folder)
+        _rmdir_when_empty(group)
+
+
+def _rmdir_when_empty(folder: Path, attempts: int = 20) -> None:
+    for _ in range(attempts):  # a killed process leaves its cgroup a moment later
+        try:
+            folder.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    log.warning("could not remove cgroup %s", folder)
 
 
 def mounts_below(path: Path) -> list[str]:

@@ -328,19 +328,20 @@ def _reference(entry: dict[str, Any]) -> str:
     return entry.get("newName", entry["name"])
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in a parsed manifest, depth first."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk_nodes(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from walk_nodes(value)
 
 
 def _containers(objects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for obj in objects:
-        for node in _walk(obj):
+        for node in walk_nodes(obj):
             for key in ("containers", "initContainers"):
                 if isinstance(node.get(key), list):
                     yield from (c for c in node[key] if isinstance(c, dict) and "image" in c)
@@ -353,7 +354,7 @@ def _containers(objects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def _service_accounts(obj: dict[str, Any]) -> Iterator[str]:
-    for node in _walk(obj):
+    for node in walk_nodes(obj):
         if "containers" in node and node.get("serviceAccountName"):
             yield node["serviceAccountName"]
     if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
@@ -368,7 +369,7 @@ def _service_accounts(obj: dict[str, Any]) -> Iterator[str]:
 def _main_env(obj: dict[str, Any]) -> list[dict[str, Any]]:
     if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
         return obj["spec"].get("template", obj["spec"]).get("driver", {}).get("env", [])
-    for node in _walk(obj):
+    for node in walk_nodes(obj):
         if isinstance(node.get("containers"), list) and node["containers"]:
             return node["containers"][0].get("env", [])
     return []

@@ -32,13 +32,21 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     create_model,
+    field_validator,
 )
 from starlette.responses import Response
 
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureInputs
+from ml_pipeline.features import (
+    FEATURE_NAMES,
+    FEATURE_SPEC_VERSION,
+    MERGED_BEFORE_CREATED,
+    FeatureInputs,
+)
 from model_serving.metrics import MetricsMiddleware, ServingMetrics
 from model_serving.model_source import LoadedModel
+from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +62,11 @@ def _service_version() -> str:
         return "0+unknown"
 
 
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# strict: JSON true or "12" is not a count (data-fetch quarantines such records too);
+# bounded by the limits every stage shares, so a count the feature spec cannot represent is
+# this request's 422, never an error in the micro-batch it would share with others
+_Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+_Time = Annotated[datetime, Field(ge=EARLIEST_TIME, lt=LATEST_TIME)]
 
 
 class PullRequestIn(BaseModel):
@@ -63,17 +74,15 @@ class PullRequestIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    number: int | None = Field(default=None, ge=1)
+    number: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     title: str = ""
     body: str | None = ""
-    # strict: JSON true or "12" is not a count (data-fetch quarantines such records too)
-    additions: int = Field(ge=0, strict=True)
-    deletions: int = Field(ge=0, strict=True)
-    changed_files: int = Field(ge=0, strict=True)
-    commits: int = Field(ge=0, strict=True)
-    # no pull request predates 1970; 2200 bounds typos such as 20240-01-01
-    created_at: datetime = Field(ge=_EARLIEST, lt=_LATEST)
-    merged_at: datetime | None = Field(default=None, ge=_EARLIEST, lt=_LATEST)
+    additions: _Count
+    deletions: _Count
+    changed_files: _Count
+    commits: _Count
+    created_at: _Time
+    merged_at: _Time | None = None
     # Where the pull request sits, for the spec's context features: given flat or taken
     # from GitHub's `base.repo.full_name` and `user.login` (aliases resolved in
     # pydantic-core, no Python per record).
@@ -85,8 +94,19 @@ class PullRequestIn(BaseModel):
         default=None, validation_alias=AliasChoices("author", AliasPath("user", "login"))
     )
     # Callers that know the context may send it; otherwise the model's snapshot fills it.
-    author_prior_pull_requests: int | None = Field(default=None, ge=0, strict=True)
-    repository_median_changes: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    author_prior_pull_requests: _Count | None = None
+    repository_median_changes: float | None = Field(
+        default=None, ge=0, le=2 * MAX_COUNT, allow_inf_nan=False
+    )
+
+    @field_validator("merged_at")
+    @classmethod
+    def _merged_after_creation(cls, merged: datetime | None, info: ValidationInfo):
+        """The rule preprocessing quarantines by: the model never saw such a record."""
+        created = info.data.get("created_at")
+        if merged is not None and created is not None and _utc(merged) < _utc(created):
+            raise ValueError(f"{MERGED_BEFORE_CREATED} ({created.isoformat()})")
+        return merged
 
 
 _Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -159,14 +179,17 @@ class ModelHolder:
             log.error("model load failed: %s", self.error)
 
 
+def _utc(moment: datetime) -> datetime:
+    """A time without a zone is UTC (GitHub writes every time in UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def feature_inputs(records: list[PullRequestIn]) -> FeatureInputs:
     """The feature spec's input columns, straight from the validated records (no pandas):
     one tuple per record in :class:`FeatureInputs` field order, None becoming NaN."""
 
     def epoch_seconds(moment: datetime | None) -> float | None:
-        if moment is None:
-            return None
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        return None if moment is None else _utc(moment).timestamp()
 
     rows = [
         (
@@ -219,13 +242,19 @@ class MicroBatcher:
         pending, self._pending = self._pending, []
         rows = [record for records, _ in pending for record in records]
         try:
-            verdicts = self._holder.model.scorer.score_inputs(
-                feature_inputs(rows), [r.repository for r in rows], [r.author for r in rows]
-            )
-        except Exception as error:
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(error)
+            verdicts = self._score(rows)
+        except Exception:
+            # Whatever one request carries must not fail the requests it was batched with:
+            # each is scored on its own, and only the one that fails gets the error.
+            for records, future in pending:
+                try:
+                    result = self._score_alone(records)
+                except UnscorableRecordError as error:
+                    if not future.done():
+                        future.set_exception(error)
+                else:
+                    if not future.done():
+                        future.set_result(result)
             return
         start = 0
         for records, future in pending:
@@ -233,9 +262,48 @@ class MicroBatcher:
                 future.set_result(verdicts[start : start + len(records)])
             start += len(records)
 
+    def _score(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
+        return self._holder.model.scorer.score_inputs(
+            feature_inputs(records), [r.repository for r in records], [r.author for r in records]
+        )
+
+    def _score_alone(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
+        """One request's verdicts, or :class:`UnscorableRecordError` naming its first record
+        that cannot be scored."""
+        try:
+            return self._score(records)
+        except Exception as error:
+            for index, record in enumerate(records):
+                try:
+                    self._score([record])
+                except Exception as record_error:
+                    raise UnscorableRecordError(index, record_error) from None
+            raise UnscorableRecordError(None, error) from None
+
+
+class UnscorableRecordError(Exception):
+    """A record that passed validation but could not be scored: its request's 422."""
+
+    def __init__(self, index: int | None, error: Exception):
+        self.index = index
+        self.problem = f"cannot be scored: {type(error).__name__}: {error}"
+        super().__init__(self.problem)
+
+    def detail(self, is_list: bool) -> list[dict[str, Any]]:
+        where = ("body", self.index) if is_list and self.index is not None else ("body",)
+        return [{"loc": list(where), "msg": self.problem, "type": "unscorable"}]
+
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) a declared or streamed size over ``limit``."""
+    """The JSON request body, refusing (415) one not declared JSON and (413) a declared or
+    streamed size over ``limit``."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail=f"the body must be JSON sent with Content-Type: application/json, not "
+            f"{media_type[:100] or 'no content type'}",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body of {declared} bytes; the maximum is {limit}")
@@ -370,11 +438,16 @@ def create_app(
     async def score(request: Request) -> Response:
         """Score one raw GitHub pull request (an object) or a batch (a list of them)."""
         model = loaded_model()
-        records, _ = parse_body(await read_body(request, max_body_bytes), _ONE_RECORD, _RECORDS)
+        body = await read_body(request, max_body_bytes)
+        records, is_list = parse_body(body, _ONE_RECORD, _RECORDS)
         check_batch_size(len(records))
         if not records:
             return _json({"results": []})
-        verdicts = await batcher.score(records)
+        try:
+            verdicts = await batcher.score(records)
+        except UnscorableRecordError as error:
+            log.warning("refused a request: record %s %s", error.index, error.problem)
+            return _json({"detail": error.detail(is_list)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
         flagged = 0
         for record, verdict in zip(records, verdicts, strict=True):
             verdict["number"] = record.number

@@ -367,7 +367,9 @@ def test_requests_scored_together_get_their_own_verdicts(model, serving_records)
     requests = [serving_records[i : i + size] for i, size in ((0, 1), (1, 4), (5, 1), (6, 3))]
 
     async def together():
-        parsed = [[PullRequestIn.model_validate(r) for r in sent] for sent in requests]
+        parsed = [
+            [PullRequestIn.model_validate_json(json.dumps(r)) for r in sent] for sent in requests
+        ]
         return await asyncio.gather(*(batcher.score(records) for records in parsed))
 
     answers = asyncio.run(together())
@@ -401,7 +403,7 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
         for r in serving_records
     ]
     context = FeatureContext.from_records(pd.DataFrame(flat[::2]))
-    parsed = [PullRequestIn.model_validate(r) for r in serving_records]
+    parsed = [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records]
 
     inputs = feature_inputs(parsed)
     prior, median = context.fill(
@@ -446,8 +448,11 @@ def test_one_unscorable_record_fails_only_its_own_request(model, serving_records
     holder = ModelHolder(lambda: model, lambda _: None)
     holder.load()
     batcher = MicroBatcher(holder)
-    good = [[PullRequestIn.model_validate(r) for r in serving_records[i : i + 3]] for i in (0, 3)]
-    fields = PullRequestIn.model_validate(serving_records[6]).model_dump()
+    good = [
+        [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records[i : i + 3]]
+        for i in (0, 3)
+    ]
+    fields = PullRequestIn.model_validate_json(json.dumps(serving_records[6])).model_dump()
     poisoned = [good[0][0], PullRequestIn.model_construct(**{**fields, "additions": 10**400})]
 
     async def together():

@@ -66,37 +66,60 @@ def _service_version() -> str:
 # bounded by the limits every stage shares, so a count the feature spec cannot represent is
 # this request's 422, never an error in the micro-batch it would share with others
 _Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
-_Time = Annotated[datetime, Field(ge=EARLIEST_TIME, lt=LATEST_TIME)]
+# strict: RFC 3339 text only, as the document says (not a number of seconds)
+_Time = Annotated[datetime, Field(ge=EARLIEST_TIME, lt=LATEST_TIME, strict=True)]
+
+
+def _document_github_aliases(schema: dict[str, Any]) -> None:
+    """The GitHub fields read by aliases (resolved in pydantic-core, so they are not in the
+    generated schema), documented where a client or a generator reads them. Described, not
+    typed: they are read only when the flat field is absent, and ignored otherwise."""
+    schema["properties"]["base"] = {
+        "description": "GitHub's base: base.repo.full_name is read as repository when "
+        "repository is absent",
+        "examples": [{"repo": {"full_name": "pallets/flask"}}],
+    }
+    schema["properties"]["user"] = {
+        "description": "GitHub's user: user.login is read as author when author is absent",
+        "examples": [{"login": "octocat"}],
+    }
 
 
 class PullRequestIn(BaseModel):
-    """A GitHub REST-shaped pull request; fields the model does not use are ignored."""
+    """A GitHub REST-shaped pull request; fields the model does not use are ignored. Counts
+    are at most 2**53 and times between 1970-01-01 and 2200-01-01 (UTC when no zone is
+    given): the limits every stage shares."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_document_github_aliases)
 
-    number: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    number: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
     title: str = ""
     body: str | None = ""
     additions: _Count
     deletions: _Count
     changed_files: _Count
     commits: _Count
-    created_at: _Time
-    merged_at: _Time | None = None
+    created_at: _Time = Field(description="RFC 3339, from 1970-01-01 to before 2200-01-01")
+    merged_at: _Time | None = Field(default=None, description="as created_at, and not before it")
     # Where the pull request sits, for the spec's context features: given flat or taken
     # from GitHub's `base.repo.full_name` and `user.login` (aliases resolved in
     # pydantic-core, no Python per record).
     repository: str | None = Field(
         default=None,
         validation_alias=AliasChoices("repository", AliasPath("base", "repo", "full_name")),
+        description="owner/name; or GitHub's base.repo.full_name",
     )
     author: str | None = Field(
-        default=None, validation_alias=AliasChoices("author", AliasPath("user", "login"))
+        default=None,
+        validation_alias=AliasChoices("author", AliasPath("user", "login")),
+        description="the author's login; or GitHub's user.login",
     )
     # Callers that know the context may send it; otherwise the model's snapshot fills it.
     author_prior_pull_requests: _Count | None = None
+    # below the largest count, exclusive: every number under 2**53 is exact as a float, so
+    # an integer past the bound cannot round down into it
     repository_median_changes: float | None = Field(
-        default=None, ge=0, le=2 * MAX_COUNT, allow_inf_nan=False
+        default=None, ge=0, lt=MAX_COUNT, allow_inf_nan=False, strict=True
     )
 
     @field_validator("merged_at")
@@ -137,6 +160,20 @@ class ScoreResponse(BaseModel):
 
 class FeatureScoreResponse(BaseModel):
     results: list[Verdict]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class InvalidField(BaseModel):
+    loc: list[str | int] = Field(description='where: ["body", index, field] in a list')
+    msg: str
+    type: str
+
+
+class InvalidInput(BaseModel):
+    detail: list[InvalidField]
 
 
 class VersionInfo(BaseModel):
@@ -335,21 +372,37 @@ def _json(content: Any, status_code: int = 200) -> Response:
     return Response(_JSON.dump_json(content), status_code, media_type="application/json")
 
 
-def _raw_body_doc(adapter_one: TypeAdapter, adapter_many: TypeAdapter) -> dict[str, Any]:
+def _raw_body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body's OpenAPI: one ``model`` or a list of them (the schema itself is
+    added to the document's components by :func:`_with_request_schemas`)."""
+    one = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": {
-                        "anyOf": [
-                            adapter_one.json_schema(ref_template="#/components/schemas/{model}"),
-                            adapter_many.json_schema(ref_template="#/components/schemas/{model}"),
-                        ]
-                    }
-                }
+                "application/json": {"schema": {"anyOf": [one, {"type": "array", "items": one}]}}
             },
         }
+    }
+
+
+def _with_request_schemas(document: dict[str, Any], *models: type[BaseModel]) -> dict[str, Any]:
+    """``document`` with the request models among its schemas: the bodies are read by
+    pydantic from bytes, not by FastAPI, so FastAPI does not know about them."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return document
+
+
+def _scoring_responses(what: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        413: {"model": Problem, "description": f"too many {what} or too large a body"},
+        415: {"model": Problem, "description": "the body is not declared JSON"},
+        422: {"model": InvalidInput, "description": "invalid input; `loc` names the field"},
+        503: {"model": Problem, "description": "the model is not loaded (yet)"},
     }
 
 
@@ -406,7 +459,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "model not loaded (yet)"}})
+    @app.get("/readyz", responses={503: {"model": Problem, "description": "model not loaded"}})
     async def readyz() -> dict[str, str]:
         if holder.model is None:
             detail = holder.error or MODEL_LOADING
@@ -432,8 +485,8 @@ def create_app(
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
-        openapi_extra=_raw_body_doc(_ONE_RECORD, _RECORDS),
-        responses={413: {"description": "too many records or too large a body"}},
+        openapi_extra=_raw_body_doc(PullRequestIn),
+        responses=_scoring_responses("records"),
     )
     async def score(request: Request) -> Response:
         """Score one raw GitHub pull request (an object) or a batch (a list of them)."""
@@ -460,8 +513,8 @@ def create_app(
     @app.post(
         "/v1/score/features",
         response_model=FeatureScoreResponse,
-        openapi_extra=_raw_body_doc(_ONE_VECTOR, _VECTORS),
-        responses={413: {"description": "too many vectors or too large a body"}},
+        openapi_extra=_raw_body_doc(FeatureVector),
+        responses=_scoring_responses("vectors"),
     )
     async def score_features(request: Request) -> Response:
         """Score ready feature vectors (objects keyed by feature name), one or a list."""
@@ -479,4 +532,11 @@ def create_app(
         metrics.observe_scores("features", len(verdicts), sum(v["is_anomaly"] for v in verdicts))
         return _json({"results": verdicts})
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            app.openapi_schema = _with_request_schemas(document, PullRequestIn, FeatureVector)
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -10,13 +10,10 @@ import os
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pymongo
 import pytest
 
 from data_fetch.cli import replay_files
@@ -48,19 +45,6 @@ def replay(tmp_path: Path, real_prs: list[dict[str, Any]]) -> Path:
     return _write_replay(
         tmp_path / "prs.jsonl", [*real_prs, negative], extra_lines=["", '{"number": 1,']
     )
-
-
-@pytest.fixture
-def database(local_env: LocalEnvironment) -> Iterator[tuple[FetchSecret, pymongo.MongoClient]]:
-    """A database of its own for each test, dropped afterwards."""
-    uri = local_env.stage_secrets()["data-fetch"]["mongo_uri"]
-    name = f"t_fetch_{uuid.uuid4().hex[:10]}"
-    client = pymongo.MongoClient(uri, tz_aware=True)
-    try:
-        yield FetchSecret(mongo_uri=uri, mongo_database=name), client
-    finally:
-        client.drop_database(name)
-        client.close()
 
 
 def _run(secret: FetchSecret, *files: Path, **options: Any) -> dict[str, Any]:

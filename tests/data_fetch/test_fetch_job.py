@@ -229,3 +229,16 @@ def test_replay_paths_are_checked_before_anything_runs(tmp_path: Path, replay: P
     with pytest.raises(ConfigError, match=r"no \.jsonl or \.jsonl\.gz files"):
         replay_files([empty])
     assert replay_files([tmp_path]) == [replay]  # a folder: its .jsonl files
+
+
+@pytest.mark.parametrize("secret_path", ["", "secret"])
+def test_cli_with_an_unusable_secret_path_exits_2_at_start_naming_it(
+    local_env: LocalEnvironment, replay: Path, secret_path: str
+):
+    env = {**local_env.stage_env("data-fetch"), "VAULT_SECRET_PATH": secret_path}
+
+    result = _command(env, "--replay-path", str(replay))
+
+    assert result.returncode == 2, result.stderr
+    assert "VAULT_SECRET_PATH" in result.stderr and "MOUNT/PATH" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,13 +10,10 @@ import os
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pymongo
 import pytest
 
 from data_fetch.cli import replay_files
@@ -48,19 +45,6 @@ def replay(tmp_path: Path, real_prs: list[dict[str, Any]]) -> Path:
     return _write_replay(
         tmp_path / "prs.jsonl", [*real_prs, negative], extra_lines=["", '{"number": 1,']
     )
-
-
-@pytest.fixture
-def database(local_env: LocalEnvironment) -> Iterator[tuple[FetchSecret, pymongo.MongoClient]]:
-    """A database of its own for each test, dropped afterwards."""
-    uri = local_env.stage_secrets()["data-fetch"]["mongo_uri"]
-    name = f"t_fetch_{uuid.uuid4().hex[:10]}"
-    client = pymongo.MongoClient(uri, tz_aware=True)
-    try:
-        yield FetchSecret(mongo_uri=uri, mongo_database=name), client
-    finally:
-        client.drop_database(name)
-        client.close()
 
 
 def _run(secret: FetchSecret, *files: Path, **options: Any) -> dict[str, Any]:
@@ -245,3 +229,16 @@ def test_replay_paths_are_checked_before_anything_runs(tmp_path: Path, replay: P
     with pytest.raises(ConfigError, match=r"no \.jsonl or \.jsonl\.gz files"):
         replay_files([empty])
     assert replay_files([tmp_path]) == [replay]  # a folder: its .jsonl files
+
+
+@pytest.mark.parametrize("secret_path", ["", "secret"])
+def test_cli_with_an_unusable_secret_path_exits_2_at_start_naming_it(
+    local_env: LocalEnvironment, replay: Path, secret_path: str
+):
+    env = {**local_env.stage_env("data-fetch"), "VAULT_SECRET_PATH": secret_path}
+
+    result = _command(env, "--replay-path", str(replay))
+
+    assert result.returncode == 2, result.stderr
+    assert "VAULT_SECRET_PATH" in result.stderr and "MOUNT/PATH" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -46,18 +46,6 @@ def github(samples: dict[str, list[dict[str, Any]]]) -> Iterator[GitHubReplaySer
         yield server
 
 
-@pytest.fixture
-def database(local_env: LocalEnvironment) -> Iterator[tuple[FetchSecret, pymongo.MongoClient]]:
-    uri = local_env.stage_secrets()["data-fetch"]["mongo_uri"]
-    name = f"t_github_{uuid.uuid4().hex[:10]}"
-    client = pymongo.MongoClient(uri, tz_aware=True)
-    try:
-        yield FetchSecret(mongo_uri=uri, mongo_database=name, github_token=TOKEN), client
-    finally:
-        client.drop_database(name)
-        client.close()
-
-
 def _client(server: GitHubReplayServer, **retry: Any) -> GitHubClient:
     policy = RetryPolicy(**{"base_delay": 0.01, "max_delay": 0.05, **retry})
     return GitHubClient(server.url, SecretStr(TOKEN), retry=policy)

@@ -52,3 +52,27 @@ def test_the_driver_role_submits_the_application_in_client_mode(tmp_path: Path) 
     assert "deploy-mode client" in result.stdout
     assert "bind 127.0.0.1" in result.stdout
     assert "rows 7" in result.stdout
+
+
+def test_a_local_session_started_by_hand_runs_its_python_workers_in_this_environment(tmp_path):
+    """As README's `env` command runs the stage: no PYSPARK_PYTHON, and a PATH whose first
+    python3 lacks this project. Spark's Python workers must still import ml_pipeline."""
+    jars = Path(__file__).resolve().parents[2] / ".tools" / "jars"
+    code = (
+        "from ml_pipeline.preprocess.settings import PreprocessSettings\n"
+        "from ml_pipeline.preprocess.spark import build_spark_session\n"
+        f"spark = build_spark_session(PreprocessSettings(jars_dir={str(jars)!r}))\n"
+        "def spec(_):\n"
+        "    from ml_pipeline.features import FEATURE_SPEC_VERSION\n"
+        "    return [FEATURE_SPEC_VERSION]\n"
+        "print('workers read spec', spark.sparkContext.parallelize([0], 1).map(spec).first())\n"
+        "spark.stop()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_"))}
+    env["PATH"] = "/usr/bin:/bin"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "SPARK_LOCAL_IP": "127.0.0.1"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "workers read spec" in result.stdout

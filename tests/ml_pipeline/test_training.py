@@ -6,6 +6,7 @@ give the same scores."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -29,6 +30,7 @@ from ml_pipeline.training.job import (
     gate_decision,
     time_split,
     train_and_evaluate,
+    untrustworthy_reason,
 )
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
 from model_serving.model_source import load_registered_model
@@ -286,3 +288,44 @@ def test_fixed_seed_gives_the_same_metrics(records, feature_rows) -> None:
     assert first.history == second.history
     other = train_and_evaluate(frame, settings.model_copy(update={"seed": 7}), None)
     assert other.history != first.history
+
+
+# -- the gate refuses degenerate models --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("rows", "reason"),
+    [
+        (lambda frame: frame.head(40), r"the train split has 28 rows, fewer than "),
+        (
+            lambda frame: pd.concat([frame.head(1)] * 300, ignore_index=True).assign(
+                number=range(1, 301)
+            ),
+            r"the train split has 1 distinct feature rows among its 210",
+        ),
+    ],
+    ids=["40 rows", "one row 300 times"],
+)
+def test_the_gate_refuses_a_model_of_too_little_or_degenerate_data(
+    trained, client, feature_rows, records, write_feature_run, rows, reason
+) -> None:
+    run_id = f"run-degenerate-{uuid.uuid4().hex[:6]}"
+    write_feature_run(trained["root"], run_id, rows(feature_rows(records)), publish=False)
+
+    result = TrainingJob(trained["secret"], trained["settings"], run_id).run()
+
+    assert result["registered"] is False and result["model_version"] is None
+    assert re.search(reason, result["gate"]), result["gate"]
+    assert "TRAINING_MIN_SPLIT_ROWS=50" in result["gate"]
+    run = client.get_run(result["mlflow_run_id"])  # the reason is in the run
+    assert run.data.tags["gate"] == result["gate"]
+    assert run.data.tags["gate_registered"] == "false"
+
+
+def test_the_gate_refuses_an_insane_threshold(records, feature_rows) -> None:
+    settings = TrainingSettings(max_epochs=2)
+    outcome = train_and_evaluate(feature_rows(records), settings, None)
+    assert untrustworthy_reason(outcome, settings) is None
+    for threshold in (1058.0, 2.6e15, float("nan"), 0.0):
+        outcome.scorer.threshold = threshold
+        reason = untrustworthy_reason(outcome, settings)
+        assert reason is not None and "outside (0, TRAINING_MAX_THRESHOLD=25]" in reason
+        assert not gate_decision(0.99, settings, untrustworthy=reason).registered

@@ -17,9 +17,22 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ml_pipeline.feature_frames import attach_context, compute_features
-from ml_pipeline.features import FEATURE_NAMES, FeatureContext, feature_matrix
-from model_serving.app import MicroBatcher, ModelHolder, PullRequestIn, create_app, feature_inputs
+from ml_pipeline.features import (
+    FEATURE_NAMES,
+    MERGED_BEFORE_CREATED,
+    FeatureContext,
+    feature_matrix,
+)
+from model_serving.app import (
+    MicroBatcher,
+    ModelHolder,
+    PullRequestIn,
+    UnscorableRecordError,
+    create_app,
+    feature_inputs,
+)
 from model_serving.model_source import LoadedModel, load_model_uri
+from pipeline_common.limits import MAX_COUNT
 
 MAX_BATCH = 5
 MAX_BODY_BYTES = 64 * 1024
@@ -354,7 +367,9 @@ def test_requests_scored_together_get_their_own_verdicts(model, serving_records)
     requests = [serving_records[i : i + size] for i, size in ((0, 1), (1, 4), (5, 1), (6, 3))]
 
     async def together():
-        parsed = [[PullRequestIn.model_validate(r) for r in sent] for sent in requests]
+        parsed = [
+            [PullRequestIn.model_validate_json(json.dumps(r)) for r in sent] for sent in requests
+        ]
         return await asyncio.gather(*(batcher.score(records) for records in parsed))
 
     answers = asyncio.run(together())
@@ -388,7 +403,7 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
         for r in serving_records
     ]
     context = FeatureContext.from_records(pd.DataFrame(flat[::2]))
-    parsed = [PullRequestIn.model_validate(r) for r in serving_records]
+    parsed = [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records]
 
     inputs = feature_inputs(parsed)
     prior, median = context.fill(
@@ -406,3 +421,78 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
     reference = compute_features(attach_context(pd.DataFrame(flat), context)).to_numpy()
     assert (prior > 0).any() and (prior == 0).any()  # both known and new authors
     np.testing.assert_allclose(fast, reference, rtol=1e-12, atol=1e-12)
+
+
+# -- hostile input: one bad request never hurts another -------------------------------------
+COUNTS = ("additions", "deletions", "changed_files", "commits", "author_prior_pull_requests")
+
+
+@pytest.mark.parametrize("field", COUNTS)
+@pytest.mark.parametrize("value", [10**400, MAX_COUNT + 1], ids=["10**400", "MAX_COUNT+1"])
+def test_a_count_past_the_shared_limit_is_422_naming_the_field(client, record, field, value):
+    """10**400 is a valid JSON integer: it must be refused by validation, before it joins
+    a micro-batch, with the limit in the message."""
+    body = json.dumps({**record, field: 0}).replace(f'"{field}": 0', f'"{field}": {value}')
+    response = client.post("/v1/score", content=body, headers=JSON)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert f"{MAX_COUNT}" in error["msg"]
+    assert client.post("/v1/score", json={**record, field: MAX_COUNT}).status_code == 200
+
+
+def test_one_unscorable_record_fails_only_its_own_request(model, serving_records) -> None:
+    """Whatever gets past validation and breaks scoring (here a count built without
+    validation) fails its own request with the record's position; the requests batched with
+    it are scored as if it had never come."""
+    holder = ModelHolder(lambda: model, lambda _: None)
+    holder.load()
+    batcher = MicroBatcher(holder)
+    good = [
+        [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records[i : i + 3]]
+        for i in (0, 3)
+    ]
+    fields = PullRequestIn.model_validate_json(json.dumps(serving_records[6])).model_dump()
+    poisoned = [good[0][0], PullRequestIn.model_construct(**{**fields, "additions": 10**400})]
+
+    async def together():
+        requests = (good[0], poisoned, good[1])
+        return await asyncio.gather(*(batcher.score(r) for r in requests), return_exceptions=True)
+
+    first, failed, second = asyncio.run(together())
+    assert isinstance(failed, UnscorableRecordError)
+    assert failed.index == 1 and "OverflowError" in failed.problem
+    for sent, answer in ((serving_records[0:3], first), (serving_records[3:6], second)):
+        alone = model.scorer.score_records(sent)
+        assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
+
+
+@pytest.mark.parametrize("value", [1e20, 3.5e38, 1e300])
+def test_a_feature_beyond_float32_still_gets_a_finite_score_and_is_flagged(
+    client, vector, value
+) -> None:
+    response = client.post("/v1/score/features", json={**vector, "log_additions": value})
+    assert response.status_code == 200, response.text
+    [verdict] = response.json()["results"]
+    assert isinstance(verdict["score"], float) and np.isfinite(verdict["score"])
+    assert verdict["is_anomaly"] is True
+    assert verdict["top_features"][0] == "log_additions"
+
+
+def test_merged_before_created_is_422_as_preprocessing_quarantines_it(client, record) -> None:
+    early = {**record, "created_at": "2024-05-02T10:00:00Z", "merged_at": "2024-05-01T10:00:00Z"}
+    response = client.post("/v1/score", json=[record, early])
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", 1, "merged_at"]
+    assert MERGED_BEFORE_CREATED in error["msg"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_that_is_not_declared_json_is_415(client, record, content_type) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = client.post("/v1/score", content=json.dumps(record), headers=headers)
+    assert response.status_code == 415, response.text
+    assert "application/json" in response.json()["detail"]
+    charset = {"content-type": "application/json; charset=utf-8"}
+    assert client.post("/v1/score", content=json.dumps(record), headers=charset).status_code == 200

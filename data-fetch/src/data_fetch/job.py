@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -250,23 +250,32 @@ class FetchJob:
         run = RunCounts(pages=1)
         records: list[PullRequestRecord] = []
         kept: list[Any] = []
+        page_index: dict[int, int] = {}  # id(payload) -> its index in the page
+
+        def quarantine(index: int | None, payload: Any, reason: str) -> None:
+            run.quarantined += 1
+            line = line_numbers[index] if line_numbers and index is not None else None
+            extra = {"source": source, "reason": reason, **({"line": line} if line else {})}
+            log.warning("quarantined a record", extra=extra)
+            if not self.dry_run:
+                where = f"{source}:{line}" if line else source
+                store.quarantine_payload(payload, reason, where, self.run_id)
+
         for index, payload in enumerate(payloads):
             run.fetched += 1
             try:
                 rest = graphql_to_rest(payload) if shape == "graphql" else payload
                 records.append(normalize_rest_pull_request(rest, repository=repository))
                 kept.append(payload)
+                page_index[id(payload)] = index
             except InvalidRecordError as error:
-                run.quarantined += 1
-                where = f"{source}:{line_numbers[index]}" if line_numbers else source
-                extra = {"source": source, "reason": error.reason}
-                if line_numbers:
-                    extra["line"] = line_numbers[index]
-                log.warning("quarantined a record", extra=extra)
-                if not self.dry_run:
-                    store.quarantine_payload(payload, error.reason, where, self.run_id)
+                quarantine(index, payload, error.reason)
         if records and not self.dry_run:
-            run.writes.add(store.upsert(records, kept))
+            written = store.upsert(records, kept)
+            for refused in written.refused:
+                quarantine(page_index.get(id(refused.payload)), refused.payload, refused.reason)
+            written.refused = []
+            run.writes.add(written)
         return run
 
     def _account(self, state: FetchState, page: RunCounts, *runs: RunCounts) -> None:
@@ -284,8 +293,14 @@ def _updated_at(payload: Any, shape: str) -> datetime | None:
 
 
 def _newest_updated_at(payloads: list[Any], shape: str) -> datetime | None:
+    """The newest ``updated_at`` of a page, but never past the present: a high-water mark
+    in the future (one record's clock or data error) would make every later pass stop
+    before the real updates. The present is the last whole second before now, since GitHub
+    stamps whole seconds and a later update within this one would carry the same stamp."""
     stamps = [t for t in (_updated_at(p, shape) for p in payloads) if t is not None]
-    return max(stamps, default=None)
+    newest = max(stamps, default=None)
+    present = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    return newest and min(newest, present)
 
 
 def _above_floor(payloads: list[Any], shape: str, floor: datetime | None) -> tuple[list[Any], bool]:

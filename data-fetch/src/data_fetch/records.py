@@ -6,10 +6,12 @@ Pure logic: no I/O. A payload that cannot become a valid record raises
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_CLOCK_SKEW, MAX_COUNT
 
 SCHEMA_VERSION = 1
 
@@ -22,33 +24,40 @@ class InvalidRecordError(ValueError):
         self.reason = reason
 
 
+_TIMES = ("created_at", "updated_at", "closed_at", "merged_at")
+# Counts and times within the limits every stage shares (pipeline_common.limits), so a
+# stored record is one spark-preprocess and model-serving can also represent.
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Time = Annotated[datetime, Field(ge=EARLIEST_TIME, lt=LATEST_TIME)]
+
+
 class PullRequestRecord(BaseModel):
     """One pull request, normalised. Optional counts are None when the source lacks them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     repository: str = Field(pattern=r"^[^/\s]+/[^/\s]+$")
-    number: int = Field(gt=0)
+    number: int = Field(gt=0, le=MAX_COUNT)
     title: str
     body: str = ""
     state: str
     author: str | None = None
     author_association: str | None = None
-    created_at: datetime
-    updated_at: datetime
-    closed_at: datetime | None = None
-    merged_at: datetime | None = None
-    additions: int = Field(ge=0)
-    deletions: int = Field(ge=0)
-    changed_files: int = Field(ge=0)
-    commits: int = Field(ge=0)
-    comments: int | None = Field(default=None, ge=0)
-    review_comments: int | None = Field(default=None, ge=0)
+    created_at: Time
+    updated_at: Time
+    closed_at: Time | None = None
+    merged_at: Time | None = None
+    additions: Count
+    deletions: Count
+    changed_files: Count
+    commits: Count
+    comments: Count | None = None
+    review_comments: Count | None = None
     labels: tuple[str, ...] = ()
     assignees: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
-    @field_validator("created_at", "updated_at", "closed_at", "merged_at")
+    @field_validator(*_TIMES)
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
@@ -66,9 +75,25 @@ _STRICT_INTS = (
 
 
 def normalize_rest_pull_request(
-    raw: dict[str, Any], repository: str | None = None
+    raw: dict[str, Any], repository: str | None = None, *, now: datetime | None = None
 ) -> PullRequestRecord:
-    """Build a record from a GitHub REST-shaped pull request (or the bundled sample)."""
+    """Build a record from a GitHub REST-shaped pull request (or the bundled sample).
+
+    ``now`` (default: the clock) is when it was fetched: a pull request cannot have changed
+    after that, and one that claims to would, stored, win over every real update of it."""
+    record = _normalize(raw, repository)
+    latest = (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
+    for name in _TIMES:
+        value = getattr(record, name)
+        if value is not None and value > latest:
+            raise InvalidRecordError(
+                f"{name} {value.isoformat()} is in the future (fetched at "
+                f"{latest - MAX_CLOCK_SKEW:%Y-%m-%dT%H:%M:%SZ}): fix the source's clock or data"
+            )
+    return record
+
+
+def _normalize(raw: dict[str, Any], repository: str | None) -> PullRequestRecord:
     if not isinstance(raw, dict):
         raise InvalidRecordError(f"payload is a {type(raw).__name__}, not a JSON object")
     repo = repository or _dig(raw, "base", "repo", "full_name")
@@ -111,11 +136,13 @@ def normalize_rest_pull_request(
         raise InvalidRecordError(problems) from None
 
 
-def normalize_graphql_pull_request(node: Any, repository: str) -> PullRequestRecord:
+def normalize_graphql_pull_request(
+    node: Any, repository: str, *, now: datetime | None = None
+) -> PullRequestRecord:
     """Build a record from a node of the GraphQL ``pullRequests`` connection (see
     ``github.PULL_REQUESTS_QUERY``), through its REST shape so both sources share one set
     of rules. ``review_comments`` counts review threads: GraphQL has no cheaper total."""
-    return normalize_rest_pull_request(graphql_to_rest(node), repository=repository)
+    return normalize_rest_pull_request(graphql_to_rest(node), repository=repository, now=now)
 
 
 def graphql_to_rest(node: Any) -> Any:

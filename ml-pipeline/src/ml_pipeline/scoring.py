@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 TOP_FEATURES = 3
 SCORER_FILE = "scorer.npz"
 SCORER_FORMAT = "dense-autoencoder-npz/1"
+LARGEST_ERROR = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,23 @@ class AnomalyScorer:
     context: FeatureContext = field(default_factory=FeatureContext)
 
     def errors(self, features: np.ndarray) -> np.ndarray:
-        """Squared reconstruction error per feature, shape (rows, features)."""
-        scaled = ((np.asarray(features, dtype=np.float32) - self.mean) / self.scale).astype(
-            np.float32
-        )
-        return (self.network(scaled) - scaled) ** 2
+        """Squared reconstruction error per feature, shape (rows, features), always finite.
+
+        The network computes in float32: a feature beyond its range (about 3.4e38), or one
+        whose error is, overflows to infinity or NaN. Such a row is as far from ordinary as
+        this model can tell, so its error is float32's largest rather than a NaN that would
+        compare as "not anomalous"."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = ((np.asarray(features, dtype=np.float32) - self.mean) / self.scale).astype(
+                np.float32
+            )
+            errors = (self.network(scaled) - scaled) ** 2
+        return np.nan_to_num(errors, nan=LARGEST_ERROR, posinf=LARGEST_ERROR)
 
     def score_features(self, features: np.ndarray) -> list[dict[str, Any]]:
         errors = self.errors(features)
-        scores = errors.mean(axis=1)
+        # float64: the mean of float32-largest errors would overflow a float32 sum
+        scores = errors.mean(axis=1, dtype=np.float64)
         top = np.argsort(-errors, axis=1)[:, :TOP_FEATURES]
         # whole-array conversions to Python objects, not one numpy scalar at a time
         top_names = np.asarray(self.feature_names, dtype=object)[top].tolist()

@@ -32,13 +32,21 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     create_model,
+    field_validator,
 )
 from starlette.responses import Response
 
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureInputs
+from ml_pipeline.features import (
+    FEATURE_NAMES,
+    FEATURE_SPEC_VERSION,
+    MERGED_BEFORE_CREATED,
+    FeatureInputs,
+)
 from model_serving.metrics import MetricsMiddleware, ServingMetrics
 from model_serving.model_source import LoadedModel
+from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
 
 log = logging.getLogger(__name__)
 
@@ -54,39 +62,74 @@ def _service_version() -> str:
         return "0+unknown"
 
 
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# strict: JSON true or "12" is not a count (data-fetch quarantines such records too);
+# bounded by the limits every stage shares, so a count the feature spec cannot represent is
+# this request's 422, never an error in the micro-batch it would share with others
+_Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+# strict: RFC 3339 text only, as the document says (not a number of seconds)
+_Time = Annotated[datetime, Field(ge=EARLIEST_TIME, lt=LATEST_TIME, strict=True)]
+
+
+def _document_github_aliases(schema: dict[str, Any]) -> None:
+    """The GitHub fields read by aliases (resolved in pydantic-core, so they are not in the
+    generated schema), documented where a client or a generator reads them. Described, not
+    typed: they are read only when the flat field is absent, and ignored otherwise."""
+    schema["properties"]["base"] = {
+        "description": "GitHub's base: base.repo.full_name is read as repository when "
+        "repository is absent",
+        "examples": [{"repo": {"full_name": "pallets/flask"}}],
+    }
+    schema["properties"]["user"] = {
+        "description": "GitHub's user: user.login is read as author when author is absent",
+        "examples": [{"login": "octocat"}],
+    }
 
 
 class PullRequestIn(BaseModel):
-    """A GitHub REST-shaped pull request; fields the model does not use are ignored."""
+    """A GitHub REST-shaped pull request; fields the model does not use are ignored. Counts
+    are at most 2**53 and times between 1970-01-01 and 2200-01-01 (UTC when no zone is
+    given): the limits every stage shares."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_document_github_aliases)
 
-    number: int | None = Field(default=None, ge=1)
+    number: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
     title: str = ""
     body: str | None = ""
-    # strict: JSON true or "12" is not a count (data-fetch quarantines such records too)
-    additions: int = Field(ge=0, strict=True)
-    deletions: int = Field(ge=0, strict=True)
-    changed_files: int = Field(ge=0, strict=True)
-    commits: int = Field(ge=0, strict=True)
-    # no pull request predates 1970; 2200 bounds typos such as 20240-01-01
-    created_at: datetime = Field(ge=_EARLIEST, lt=_LATEST)
-    merged_at: datetime | None = Field(default=None, ge=_EARLIEST, lt=_LATEST)
+    additions: _Count
+    deletions: _Count
+    changed_files: _Count
+    commits: _Count
+    created_at: _Time = Field(description="RFC 3339, from 1970-01-01 to before 2200-01-01")
+    merged_at: _Time | None = Field(default=None, description="as created_at, and not before it")
     # Where the pull request sits, for the spec's context features: given flat or taken
     # from GitHub's `base.repo.full_name` and `user.login` (aliases resolved in
     # pydantic-core, no Python per record).
     repository: str | None = Field(
         default=None,
         validation_alias=AliasChoices("repository", AliasPath("base", "repo", "full_name")),
+        description="owner/name; or GitHub's base.repo.full_name",
     )
     author: str | None = Field(
-        default=None, validation_alias=AliasChoices("author", AliasPath("user", "login"))
+        default=None,
+        validation_alias=AliasChoices("author", AliasPath("user", "login")),
+        description="the author's login; or GitHub's user.login",
     )
     # Callers that know the context may send it; otherwise the model's snapshot fills it.
-    author_prior_pull_requests: int | None = Field(default=None, ge=0, strict=True)
-    repository_median_changes: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    author_prior_pull_requests: _Count | None = None
+    # below the largest count, exclusive: every number under 2**53 is exact as a float, so
+    # an integer past the bound cannot round down into it
+    repository_median_changes: float | None = Field(
+        default=None, ge=0, lt=MAX_COUNT, allow_inf_nan=False, strict=True
+    )
+
+    @field_validator("merged_at")
+    @classmethod
+    def _merged_after_creation(cls, merged: datetime | None, info: ValidationInfo):
+        """The rule preprocessing quarantines by: the model never saw such a record."""
+        created = info.data.get("created_at")
+        if merged is not None and created is not None and _utc(merged) < _utc(created):
+            raise ValueError(f"{MERGED_BEFORE_CREATED} ({created.isoformat()})")
+        return merged
 
 
 _Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -117,6 +160,20 @@ class ScoreResponse(BaseModel):
 
 class FeatureScoreResponse(BaseModel):
     results: list[Verdict]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class InvalidField(BaseModel):
+    loc: list[str | int] = Field(description='where: ["body", index, field] in a list')
+    msg: str
+    type: str
+
+
+class InvalidInput(BaseModel):
+    detail: list[InvalidField]
 
 
 class VersionInfo(BaseModel):
@@ -159,14 +216,17 @@ class ModelHolder:
             log.error("model load failed: %s", self.error)
 
 
+def _utc(moment: datetime) -> datetime:
+    """A time without a zone is UTC (GitHub writes every time in UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def feature_inputs(records: list[PullRequestIn]) -> FeatureInputs:
     """The feature spec's input columns, straight from the validated records (no pandas):
     one tuple per record in :class:`FeatureInputs` field order, None becoming NaN."""
 
     def epoch_seconds(moment: datetime | None) -> float | None:
-        if moment is None:
-            return None
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        return None if moment is None else _utc(moment).timestamp()
 
     rows = [
         (
@@ -219,13 +279,19 @@ class MicroBatcher:
         pending, self._pending = self._pending, []
         rows = [record for records, _ in pending for record in records]
         try:
-            verdicts = self._holder.model.scorer.score_inputs(
-                feature_inputs(rows), [r.repository for r in rows], [r.author for r in rows]
-            )
-        except Exception as error:
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(error)
+            verdicts = self._score(rows)
+        except Exception:
+            # Whatever one request carries must not fail the requests it was batched with:
+            # each is scored on its own, and only the one that fails gets the error.
+            for records, future in pending:
+                try:
+                    result = self._score_alone(records)
+                except UnscorableRecordError as error:
+                    if not future.done():
+                        future.set_exception(error)
+                else:
+                    if not future.done():
+                        future.set_result(result)
             return
         start = 0
         for records, future in pending:
@@ -233,9 +299,48 @@ class MicroBatcher:
                 future.set_result(verdicts[start : start + len(records)])
             start += len(records)
 
+    def _score(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
+        return self._holder.model.scorer.score_inputs(
+            feature_inputs(records), [r.repository for r in records], [r.author for r in records]
+        )
+
+    def _score_alone(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
+        """One request's verdicts, or :class:`UnscorableRecordError` naming its first record
+        that cannot be scored."""
+        try:
+            return self._score(records)
+        except Exception as error:
+            for index, record in enumerate(records):
+                try:
+                    self._score([record])
+                except Exception as record_error:
+                    raise UnscorableRecordError(index, record_error) from None
+            raise UnscorableRecordError(None, error) from None
+
+
+class UnscorableRecordError(Exception):
+    """A record that passed validation but could not be scored: its request's 422."""
+
+    def __init__(self, index: int | None, error: Exception):
+        self.index = index
+        self.problem = f"cannot be scored: {type(error).__name__}: {error}"
+        super().__init__(self.problem)
+
+    def detail(self, is_list: bool) -> list[dict[str, Any]]:
+        where = ("body", self.index) if is_list and self.index is not None else ("body",)
+        return [{"loc": list(where), "msg": self.problem, "type": "unscorable"}]
+
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) a declared or streamed size over ``limit``."""
+    """The JSON request body, refusing (415) one not declared JSON and (413) a declared or
+    streamed size over ``limit``."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail=f"the body must be JSON sent with Content-Type: application/json, not "
+            f"{media_type[:100] or 'no content type'}",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body of {declared} bytes; the maximum is {limit}")
@@ -267,21 +372,37 @@ def _json(content: Any, status_code: int = 200) -> Response:
     return Response(_JSON.dump_json(content), status_code, media_type="application/json")
 
 
-def _raw_body_doc(adapter_one: TypeAdapter, adapter_many: TypeAdapter) -> dict[str, Any]:
+def _raw_body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body's OpenAPI: one ``model`` or a list of them (the schema itself is
+    added to the document's components by :func:`_with_request_schemas`)."""
+    one = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": {
-                        "anyOf": [
-                            adapter_one.json_schema(ref_template="#/components/schemas/{model}"),
-                            adapter_many.json_schema(ref_template="#/components/schemas/{model}"),
-                        ]
-                    }
-                }
+                "application/json": {"schema": {"anyOf": [one, {"type": "array", "items": one}]}}
             },
         }
+    }
+
+
+def _with_request_schemas(document: dict[str, Any], *models: type[BaseModel]) -> dict[str, Any]:
+    """``document`` with the request models among its schemas: the bodies are read by
+    pydantic from bytes, not by FastAPI, so FastAPI does not know about them."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return document
+
+
+def _scoring_responses(what: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        413: {"model": Problem, "description": f"too many {what} or too large a body"},
+        415: {"model": Problem, "description": "the body is not declared JSON"},
+        422: {"model": InvalidInput, "description": "invalid input; `loc` names the field"},
+        503: {"model": Problem, "description": "the model is not loaded (yet)"},
     }
 
 
@@ -338,7 +459,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "model not loaded (yet)"}})
+    @app.get("/readyz", responses={503: {"model": Problem, "description": "model not loaded"}})
     async def readyz() -> dict[str, str]:
         if holder.model is None:
             detail = holder.error or MODEL_LOADING
@@ -364,17 +485,22 @@ def create_app(
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
-        openapi_extra=_raw_body_doc(_ONE_RECORD, _RECORDS),
-        responses={413: {"description": "too many records or too large a body"}},
+        openapi_extra=_raw_body_doc(PullRequestIn),
+        responses=_scoring_responses("records"),
     )
     async def score(request: Request) -> Response:
         """Score one raw GitHub pull request (an object) or a batch (a list of them)."""
         model = loaded_model()
-        records, _ = parse_body(await read_body(request, max_body_bytes), _ONE_RECORD, _RECORDS)
+        body = await read_body(request, max_body_bytes)
+        records, is_list = parse_body(body, _ONE_RECORD, _RECORDS)
         check_batch_size(len(records))
         if not records:
             return _json({"results": []})
-        verdicts = await batcher.score(records)
+        try:
+            verdicts = await batcher.score(records)
+        except UnscorableRecordError as error:
+            log.warning("refused a request: record %s %s", error.index, error.problem)
+            return _json({"detail": error.detail(is_list)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
         flagged = 0
         for record, verdict in zip(records, verdicts, strict=True):
             verdict["number"] = record.number
@@ -387,8 +513,8 @@ def create_app(
     @app.post(
         "/v1/score/features",
         response_model=FeatureScoreResponse,
-        openapi_extra=_raw_body_doc(_ONE_VECTOR, _VECTORS),
-        responses={413: {"description": "too many vectors or too large a body"}},
+        openapi_extra=_raw_body_doc(FeatureVector),
+        responses=_scoring_responses("vectors"),
     )
     async def score_features(request: Request) -> Response:
         """Score ready feature vectors (objects keyed by feature name), one or a list."""
@@ -406,4 +532,11 @@ def create_app(
         metrics.observe_scores("features", len(verdicts), sum(v["is_anomaly"] for v in verdicts))
         return _json({"results": verdicts})
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            app.openapi_schema = _with_request_schemas(document, PullRequestIn, FeatureVector)
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

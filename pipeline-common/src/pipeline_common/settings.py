@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
@@ -77,6 +77,15 @@ def parse_secret(cls: type[ModelT], values: Mapping[str, Any], *, where: str) ->
         raise ConfigError(_describe_errors(error, cls, source=f"Vault secret {where}")) from None
 
 
+def secret_path_parts(value: str) -> list[str]:
+    """``secret/mlops/data-fetch`` or its API form ``secret/data/mlops/data-fetch`` as
+    [mount, *path]."""
+    parts = [p for p in value.strip().strip("/").split("/") if p]
+    if len(parts) >= 3 and parts[1] == "data":
+        parts = [parts[0], *parts[2:]]
+    return parts
+
+
 AuthMethod = Literal["kubernetes", "jwt", "approle", "token"]
 
 
@@ -98,6 +107,16 @@ class VaultSettings(BaseSettings):
     secret_path: str = Field(
         description="KV v2 path of this stage's secret, e.g. secret/mlops/data-fetch"
     )
+
+    @field_validator("secret_path")
+    @classmethod
+    def _mount_and_path(cls, value: str) -> str:
+        """Checked at start, before any login: an empty or one-part path is a setting to
+        fix, not a Vault failure."""
+        if len(secret_path_parts(value)) < 2:
+            raise ValueError("must be MOUNT/PATH, e.g. secret/mlops/data-fetch")
+        return value
+
     token_file: str = Field(
         default=DEFAULT_SA_TOKEN_FILE,
         description="file holding the service-account JWT for kubernetes/jwt auth",

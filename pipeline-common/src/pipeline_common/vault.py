@@ -23,7 +23,13 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
-from pipeline_common.settings import ModelT, VaultSettings, load_settings, parse_secret
+from pipeline_common.settings import (
+    ModelT,
+    VaultSettings,
+    load_settings,
+    parse_secret,
+    secret_path_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +88,7 @@ class SecretPath:
     @classmethod
     def parse(cls, value: str) -> SecretPath:
         """``secret/mlops/data-fetch`` or its API form ``secret/data/mlops/data-fetch``."""
-        parts = [p for p in value.strip().strip("/").split("/") if p]
-        if len(parts) >= 3 and parts[1] == "data":
-            parts = [parts[0], *parts[2:]]
+        parts = secret_path_parts(value)
         if len(parts) < 2:
             raise VaultError(
                 f"VAULT_SECRET_PATH={value!r} must be MOUNT/PATH, e.g. secret/mlops/data-fetch"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -45,6 +46,11 @@ def build_spark_session(
         builder = builder.config("spark.driver.host", "127.0.0.1").config(
             "spark.driver.bindAddress", "127.0.0.1"
         )
+        # Python workers must run the driver's interpreter, the one this project is
+        # installed in, not whatever `python3` is first on PATH. PySpark reads only the
+        # environment for it (not a conf), so the stage sets it; a PYSPARK_PYTHON given wins.
+        if not os.environ.get("PYSPARK_PYTHON"):
+            os.environ["PYSPARK_PYTHON"] = sys.executable
     return builder.getOrCreate()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,7 @@ class Outcome:
     history: list[dict[str, float]]
     evaluation: Evaluation
     sizes: dict[str, int]
+    distinct: dict[str, int]  # distinct feature rows per split
 
 
 def evaluation_rows(test: pd.DataFrame, settings: TrainingSettings) -> pd.DataFrame:
@@ -232,8 +234,10 @@ def train_and_evaluate(
                 weak[f"{name}_revert_roc_auc"] = weak_metrics["roc_auc"]
                 weak[f"{name}_revert_pr_auc"] = weak_metrics["pr_auc"]
     evaluation = Evaluation(rows, labels, scores, thresholds, metrics, weak)
-    sizes = {"train": len(train), "valid": len(valid), "test": len(test), "injected": k}
-    return Outcome(scorer, history, evaluation, sizes)
+    splits = {"train": train, "valid": valid, "test": test}
+    sizes = {**{name: len(part) for name, part in splits.items()}, "injected": k}
+    distinct = {name: len(part[columns].drop_duplicates()) for name, part in splits.items()}
+    return Outcome(scorer, history, evaluation, sizes, distinct)
 
 
 @dataclass(frozen=True)
@@ -244,14 +248,48 @@ class GateDecision:
     champion_roc_auc: float | None = None
 
 
+def untrustworthy_reason(outcome: Outcome, settings: TrainingSettings) -> str | None:
+    """Why a model cannot be registered whatever its ROC AUC, or None: it was trained or
+    evaluated on too few or degenerate rows (its threshold and metrics then mean nothing),
+    or its threshold is not sane (one far above the validation errors flags nothing)."""
+    least = settings.min_split_rows
+    for split in ("train", "valid", "test"):
+        rows, distinct = outcome.sizes[split], outcome.distinct[split]
+        if rows < least:
+            return (
+                f"refused: the {split} split has {rows} rows, fewer than "
+                f"TRAINING_MIN_SPLIT_ROWS={least}: fetch more pull requests and re-run "
+                "spark-preprocess"
+            )
+        if distinct < least:
+            return (
+                f"refused: the {split} split has {distinct} distinct feature rows among its "
+                f"{rows}, fewer than TRAINING_MIN_SPLIT_ROWS={least}: the data are degenerate "
+                "(the same records repeated?); fix the source data"
+            )
+    threshold = outcome.scorer.threshold
+    if not (math.isfinite(threshold) and 0 < threshold <= settings.max_threshold):
+        return (
+            f"refused: threshold {threshold:.6g} is outside (0, TRAINING_MAX_THRESHOLD="
+            f"{settings.max_threshold:g}]: the validation rows are nothing like the training "
+            "rows, so the model would flag nothing; check the feature data"
+        )
+    return None
+
+
 def gate_decision(
     roc_auc: float,
     settings: TrainingSettings,
     champion_version: str | None = None,
     champion_roc_auc: float | None = None,
+    untrustworthy: str | None = None,
 ) -> GateDecision:
-    """Register only if ROC AUC on the injected anomalies reaches ``min_roc_auc`` and is not
-    below the champion's (scored on the same rows) by more than ``champion_tolerance``."""
+    """Register only if the model is trustworthy (``untrustworthy`` is None, see
+    :func:`untrustworthy_reason`), its ROC AUC on the injected anomalies reaches
+    ``min_roc_auc`` and is not below the champion's (scored on the same rows) by more than
+    ``champion_tolerance``."""
+    if untrustworthy is not None:
+        return GateDecision(False, untrustworthy, champion_version, champion_roc_auc)
     if roc_auc < settings.min_roc_auc:
         return GateDecision(
             False,
@@ -335,6 +373,7 @@ class TrainingJob:
                     "threshold_rule": f"quantile {self.settings.threshold_quantile} of "
                     "validation reconstruction errors",
                     **{f"rows_{name}": size for name, size in outcome.sizes.items()},
+                    **{f"distinct_rows_{name}": n for name, n in outcome.distinct.items()},
                 }
             )
             for entry in outcome.history:
@@ -353,8 +392,12 @@ class TrainingJob:
             )
             self._log_artifacts(Path(tmp), outcome, dataset.manifest)
             info = log_scorer_model(scorer, Path(tmp))
-            decision = self._gate(client, ae["roc_auc"], evaluation)
-            mlflow.set_tags({"gate_registered": str(decision.registered).lower()})
+            decision = self._gate(
+                client, ae["roc_auc"], evaluation, untrustworthy_reason(outcome, self.settings)
+            )
+            mlflow.set_tags(
+                {"gate_registered": str(decision.registered).lower(), "gate": decision.reason}
+            )
             mlflow.log_text(decision.reason, "gate.txt")
             if decision.champion_roc_auc is not None:
                 mlflow.log_metric("champion_test_roc_auc", decision.champion_roc_auc)
@@ -393,7 +436,13 @@ class TrainingJob:
                 "isolation_forest_test_roc_auc": forest["roc_auc"],
             }
 
-    def _gate(self, client: MlflowClient, roc_auc: float, evaluation: Evaluation) -> GateDecision:
+    def _gate(
+        self,
+        client: MlflowClient,
+        roc_auc: float,
+        evaluation: Evaluation,
+        untrustworthy: str | None,
+    ) -> GateDecision:
         version, champion_auc = None, None
         try:
             champion = client.get_model_version_by_alias(self.secret.model_name, CHAMPION)
@@ -410,7 +459,7 @@ class TrainingJob:
                 champion_auc = detection_metrics(
                     evaluation.labels, scores, champion_scorer.threshold, 1
                 )["roc_auc"]
-        return gate_decision(roc_auc, self.settings, version, champion_auc)
+        return gate_decision(roc_auc, self.settings, version, champion_auc, untrustworthy)
 
     def _log_artifacts(self, tmp: Path, outcome: Outcome, manifest: dict[str, Any]) -> None:
         scorer, evaluation = outcome.scorer, outcome.evaluation

@@ -42,4 +42,16 @@ class TrainingSettings(BaseSettings):
     champion_tolerance: float = Field(
         default=0.02, ge=0, description="gate: largest allowed ROC AUC drop below the champion"
     )
+    min_split_rows: int = Field(
+        default=50,
+        ge=1,
+        description="gate: fewest rows, and distinct feature rows, in each of train, "
+        "validation and test",
+    )
+    max_threshold: float = Field(
+        default=25.0,
+        gt=0,
+        description="gate: largest sane threshold (mean squared error over standardised "
+        "features; about 1 is the error of predicting the training mean)",
+    )
     experiment: str = Field(default="pr-anomaly", description="MLflow experiment name")

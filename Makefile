@@ -18,6 +18,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
+.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train image-sizes
 
 help: ## list targets
@@ -71,6 +72,12 @@ lint: setup ## ruff
 
 validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters)
 	$(PY) -m pipeline_ops.validate
+
+cluster-binaries: ## build the local cluster's binaries once per version (Go module proxy; cached outside the clone)
+	ops/scripts/build-cluster-binaries.sh
+
+cluster-packages: ## install the cluster's Debian packages (containerd, runc, CNI plugins, iptables, openssl) if missing
+	ops/scripts/install-cluster-packages.sh
 
 promote: ## open the staging -> main pull request carrying staging's image digests
 	gh workflow run promote.yml

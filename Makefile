@@ -79,6 +79,22 @@ cluster-binaries: ## build the local cluster's binaries once per version (Go mod
 cluster-packages: ## install the cluster's Debian packages (containerd, runc, CNI plugins, iptables, openssl) if missing
 	ops/scripts/install-cluster-packages.sh
 
+# What cluster-up runs (the other binaries of ops/cluster/binaries.tsv are for later steps).
+CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause
+
+cluster-up: setup cluster-packages ## start the single-node Kubernetes (state, logs, kubeconfig in .local/cluster)
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)
+	$(PY) -m pipeline_ops.cluster up
+
+cluster-status: ## show every cluster component, its pid, health and log
+	$(PY) -m pipeline_ops.cluster status
+
+cluster-down: ## stop the cluster by pid and undo its host changes (interfaces, iptables, mounts, sysctls)
+	@test -x $(PY) && $(PY) -m pipeline_ops.cluster down || true
+
+cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
+	@$(PY) -m pipeline_ops.cluster env
+
 promote: ## open the staging -> main pull request carrying staging's image digests
 	gh workflow run promote.yml
 

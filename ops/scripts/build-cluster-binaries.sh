@@ -31,8 +31,10 @@ ldflags_for() { # name version how -> -s -w and the -X flags that make the binar
     echo "$flags"
 }
 
-build_one() { # name version how package
-    local name="$1" version="$2" how="$3" package="$4"
+build_one() { # name version how package runs
+    local name="$1" version="$2" how="$3" package="$4" runs="$5" cgo
+    cgo="$(go env CGO_ENABLED)"
+    [[ "$runs" == static ]] && cgo=0
     local out="$bin_dir/$name-$version"
     if [[ -x "$out" ]]; then
         echo "cluster binary $name $version: cached ($out)"
@@ -45,13 +47,11 @@ build_one() { # name version how package
     if [[ "$how" == install ]]; then
         local gobin
         gobin="$(mktemp -d)"
-        GOBIN="$gobin" nice -n 19 go install -trimpath -ldflags "$ldflags" "$package@$version"
+        CGO_ENABLED="$cgo" GOBIN="$gobin" nice -n 19 go install -trimpath -ldflags "$ldflags" "$package@$version"
         mv "$gobin/$(basename "$package")" "$tmp"
         rmdir "$gobin"
     else
-        # The pause program runs alone in an image FROM scratch: it must be static.
-        (cd "$here/cluster/go/$how" && CGO_ENABLED="$([[ $name == pause ]] && echo 0 || go env CGO_ENABLED)" \
-            nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp" "$package")
+        (cd "$here/cluster/go/$how" && CGO_ENABLED="$cgo" nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp" "$package")
     fi
     mv "$tmp" "$out"
     ended=$(date +%s)
@@ -61,7 +61,7 @@ build_one() { # name version how package
 }
 
 found=0
-while IFS=$'\t' read -r name version how package; do
+while IFS=$'\t' read -r name version how package runs; do
     [[ -z "$name" || "$name" == \#* ]] && continue
     if [[ $# -gt 0 ]]; then
         wanted=0
@@ -69,7 +69,7 @@ while IFS=$'\t' read -r name version how package; do
         [[ $wanted == 1 ]] || continue
     fi
     found=$((found + 1))
-    build_one "$name" "$version" "$how" "$package"
+    build_one "$name" "$version" "$how" "$package" "$runs"
 done <"$table"
 if [[ $# -gt 0 && $found -ne $# ]]; then
     echo "build-cluster-binaries.sh: unknown name among: $* (see $table)" >&2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline_ops.localstack import LocalPlatform, PlatformError, _proc_start_ticks, free_port
+from pipeline_ops.localstack import LocalPlatform, PlatformError, free_port, proc_start_ticks
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def local(tmp_path: Path) -> Iterator[LocalPlatform]:
 
 def _gone(pid: int) -> bool:
     """True when no process has this pid (a zombie counts as gone: it runs nothing)."""
-    return _proc_start_ticks(pid) is None
+    return proc_start_ticks(pid) is None
 
 
 def _record(local: LocalPlatform, name: str, pid: int, start_ticks: int | None) -> None:
@@ -106,7 +106,7 @@ def test_down_stops_by_pid_and_the_process_is_gone(local: LocalPlatform):
 
 def test_dead_pid_in_state_file_is_dropped(local: LocalPlatform):
     finished = subprocess.Popen(["true"])
-    ticks = _proc_start_ticks(finished.pid)
+    ticks = proc_start_ticks(finished.pid)
     finished.wait()
     _record(local, "vault", finished.pid, ticks)
 
@@ -117,7 +117,7 @@ def test_dead_pid_in_state_file_is_dropped(local: LocalPlatform):
 
 def test_recycled_pid_is_not_trusted_nor_stopped(local: LocalPlatform, bystander: subprocess.Popen):
     """The recorded pid now belongs to another program (other start time)."""
-    real_ticks = _proc_start_ticks(bystander.pid)
+    real_ticks = proc_start_ticks(bystander.pid)
     assert real_ticks is not None
     _record(local, "vault", bystander.pid, real_ticks - 1)
 
@@ -132,7 +132,7 @@ def test_recycled_pid_is_not_trusted_nor_stopped(local: LocalPlatform, bystander
 def test_up_replaces_a_stale_record_with_a_real_server(
     local: LocalPlatform, bystander: subprocess.Popen
 ):
-    _record(local, "vault", bystander.pid, (_proc_start_ticks(bystander.pid) or 0) + 1)
+    _record(local, "vault", bystander.pid, (proc_start_ticks(bystander.pid) or 0) + 1)
 
     started = local.up(["vault"])["vault"]
 

@@ -87,7 +87,7 @@ class RunningService:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _proc_start_ticks(pid: int) -> int | None:
+def proc_start_ticks(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (None if gone or a zombie): with the pid it
     identifies one process, so a recycled pid is never mistaken for our server."""
     try:
@@ -100,7 +100,7 @@ def _proc_start_ticks(pid: int) -> int | None:
 
 
 def _pid_alive(svc: RunningService) -> bool:
-    return svc.start_ticks is not None and _proc_start_ticks(svc.pid) == svc.start_ticks
+    return svc.start_ticks is not None and proc_start_ticks(svc.pid) == svc.start_ticks
 
 
 class LocalPlatform:
@@ -235,7 +235,7 @@ class LocalPlatform:
                 env=env, cwd=data_dir, start_new_session=True,
             )  # fmt: skip
         return RunningService(
-            name, process.pid, ports, command, str(log_file), _proc_start_ticks(process.pid)
+            name, process.pid, ports, command, str(log_file), proc_start_ticks(process.pid)
         )
 
     def s3_credentials(self) -> dict[str, str]:
@@ -299,7 +299,7 @@ class LocalPlatform:
                 "%s (pid %s) ignored SIGTERM for %ss; killing it", svc.name, svc.pid, timeout
             )
             os.killpg(svc.pid, signal.SIGKILL)
-        _reap(svc.pid)
+        reap(svc.pid)
         log.info("stopped %s (pid %s)", svc.name, svc.pid)
 
     def status(self) -> dict[str, dict[str, object]]:
@@ -314,7 +314,7 @@ class LocalPlatform:
         }
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 

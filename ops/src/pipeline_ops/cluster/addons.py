@@ -1,0 +1,147 @@
+"""What runs inside the cluster: CoreDNS (the cluster's DNS at 198.19.128.10).
+
+CoreDNS answers for ``cluster.local`` and reverse zones only: no ``forward``, so no query
+leaves the machine. It listens on 1053 as an unprivileged user; the Service maps 53 to it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.images import ScratchImage
+from pipeline_ops.cluster.layout import CLUSTER_DOMAIN, DNS_SERVICE_IP, Layout, binary
+
+PAUSE = ScratchImage("pr-anomaly.local/pause", "pause")
+COREDNS = ScratchImage("pr-anomaly.local/coredns", "coredns")
+
+COREFILE = f""".:1053 {{
+    errors
+    health :8080
+    ready :8181
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }}
+    cache 30
+    reload
+}}
+"""
+
+
+def kubectl(layout: Layout, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    command = [str(binary("kubectl")), "--kubeconfig", str(layout.kubeconfig), *args]
+    try:
+        result = subprocess.run(
+            command, input=stdin, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ClusterError(f"kubectl {' '.join(args)} timed out after {timeout:.0f}s") from error
+    if result.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+def _coredns_objects() -> list[dict]:
+    labels = {"k8s-app": "kube-dns"}
+    meta = {"name": "coredns", "namespace": "kube-system"}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": COREFILE}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {**meta, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": "coredns",
+                        "dnsPolicy": "Default",
+                        "priorityClassName": "system-cluster-critical",
+                        "containers": [
+                            {
+                                "name": "coredns",
+                                "image": COREDNS.ref,
+                                "imagePullPolicy": "Never",
+                                "args": ["-conf", "/etc/coredns/Corefile"],
+                                "ports": [
+                                    {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"},
+                                ],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/ready", "port": 8181},
+                                    "periodSeconds": 2,
+                                },
+                                "livenessProbe": {
+                                    "httpGet": {"path": "/health", "port": 8080},
+                                    "initialDelaySeconds": 10,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "30Mi"},
+                                    "limits": {"memory": "170Mi"},
+                                },
+                                "securityContext": {
+                                    "runAsNonRoot": True,
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                },
+                                "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+                            }
+                        ],
+                        "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+            "spec": {
+                "selector": labels,
+                "clusterIP": DNS_SERVICE_IP,
+                "ports": [
+                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
+                ],
+            },
+        },
+    ]
+
+
+def apply_coredns(layout: Layout) -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": _coredns_objects()})
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)

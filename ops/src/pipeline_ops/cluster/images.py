@@ -1,0 +1,112 @@
+"""Images made here, FROM scratch, from one static binary: no registry can be pulled from.
+
+An image is an OCI image layout in a tar (one uncompressed layer holding the binary), named
+with containerd's ``io.containerd.image.name`` annotation, and imported into the cluster's
+containerd (namespace k8s.io, where the CRI looks) with ``ctr images import``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+from dataclasses import dataclass
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.layout import Layout, binaries, binary
+
+
+@dataclass(frozen=True)
+class ScratchImage:
+    name: str  # repository, e.g. pr-anomaly.local/pause
+    binary: str  # a name in ops/cluster/binaries.tsv, built static
+    entrypoint: tuple[str, ...] = ()
+    user: str = "65534"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{binaries()[self.binary].version}"
+
+
+def _blob(blobs: dict[str, bytes], data: bytes) -> dict[str, object]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs[digest] = data
+    return {"digest": digest, "size": len(data)}
+
+
+def oci_archive(image: ScratchImage) -> bytes:
+    source = binary(image.binary)
+    target = "/" + image.binary
+    layer_buf = io.BytesIO()
+    with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
+        info = tarfile.TarInfo(target.lstrip("/"))
+        info.size, info.mode, info.mtime = source.stat().st_size, 0o755, 0
+        with source.open("rb") as content:
+            layer.addfile(info, content)
+    layer_bytes = layer_buf.getvalue()
+    blobs: dict[str, bytes] = {}
+    layer_desc = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        **_blob(blobs, layer_bytes),
+    }
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": [target, *image.entrypoint], "User": image.user},
+        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+    }
+    config_desc = {
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        **_blob(blobs, json.dumps(config).encode()),
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc,
+        "layers": [layer_desc],
+    }
+    manifest_desc = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **_blob(blobs, json.dumps(manifest).encode()),
+        "platform": {"architecture": "amd64", "os": "linux"},
+        "annotations": {
+            "io.containerd.image.name": image.ref,
+            "org.opencontainers.image.ref.name": image.ref.rsplit(":", 1)[1],
+        },
+    }
+    index = {"schemaVersion": 2, "manifests": [manifest_desc]}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        files = {
+            "oci-layout": json.dumps({"imageLayoutVersion": "1.0.0"}).encode(),
+            "index.json": json.dumps(index).encode(),
+            **{f"blobs/sha256/{d.split(':')[1]}": data for d, data in blobs.items()},
+        }
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def ctr(layout: Layout, *args: str, stdin: bytes | None = None) -> str:
+    result = subprocess.run(
+        ["ctr", "--address", str(layout.containerd_socket), "--namespace", "k8s.io", *args],
+        input=stdin, capture_output=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise ClusterError(f"ctr {' '.join(args)} failed: {result.stderr.decode()[-2000:]}")
+    return result.stdout.decode()
+
+
+def ensure_imported(layout: Layout, images: list[ScratchImage]) -> list[str]:
+    """Import the images the cluster's containerd does not have yet; their refs."""
+    present = set(ctr(layout, "images", "list", "--quiet").split())
+    imported = []
+    for image in images:
+        if image.ref not in present:
+            ctr(layout, "images", "import", "-", stdin=oci_archive(image))
+            imported.append(image.ref)
+    return imported

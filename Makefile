@@ -18,7 +18,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
-.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env
+.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train image-sizes
 
 help: ## list targets
@@ -91,6 +91,10 @@ cluster-status: ## show every cluster component, its pid, health and log
 
 cluster-down: ## stop the cluster by pid and undo its host changes (interfaces, iptables, mounts, sysctls)
 	@test -x $(PY) && $(PY) -m pipeline_ops.cluster down || true
+
+cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): a pod resolves a Service by DNS
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
+	$(PY) -m pytest -m cluster
 
 cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
 	@$(PY) -m pipeline_ops.cluster env

@@ -1,0 +1,75 @@
+// Command smoke is what the cluster tests run inside pods:
+//
+//	smoke serve PORT   answer every HTTP request with this pod's hostname
+//	smoke get URL      resolve URL's host (cluster DNS), GET it, print the body; exit 1 on failure
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+)
+
+func main() {
+	if len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT | smoke get URL")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "serve":
+		hostname, _ := os.Hostname()
+		http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintln(w, hostname)
+		})
+		fmt.Println("serving on :" + os.Args[2])
+		if err := http.ListenAndServe(":"+os.Args[2], nil); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	case "get":
+		if err := get(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown command", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+func get(raw string) error {
+	target, err := url.Parse(raw)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	addresses, err := net.DefaultResolver.LookupHost(ctx, target.Hostname())
+	if err != nil {
+		return fmt.Errorf("resolve %s: %w", target.Hostname(), err)
+	}
+	fmt.Printf("resolved %s to %v\n", target.Hostname(), addresses)
+	request, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
+	if err != nil {
+		return err
+	}
+	response, err := http.DefaultClient.Do(request)
+	if err != nil {
+		return err
+	}
+	defer response.Body.Close()
+	body, err := io.ReadAll(response.Body)
+	if err != nil {
+		return err
+	}
+	if response.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", raw, response.Status)
+	}
+	fmt.Printf("GET %s: %s", raw, body)
+	return nil
+}

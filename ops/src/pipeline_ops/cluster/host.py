@@ -80,6 +80,12 @@ class Host:
     # -- prepare -----------------------------------------------------------------------
     def prepare(self) -> None:
         record = self._load()
+        if record is None and Path(f"/sys/class/net/{BRIDGE}").exists():
+            raise ClusterError(
+                f"host: the bridge {BRIDGE} exists but this state directory did not make it: "
+                "another cluster (another clone?) runs on this machine; stop it with its own "
+                "`make cluster-down`"
+            )
         if record is None:
             record = {
                 "br_netfilter_loaded_by_us": False,
@@ -129,28 +135,31 @@ class Host:
 
     # -- restore -----------------------------------------------------------------------
     def restore(self) -> list[str]:
-        """Undo everything; what was undone, for the log. Safe to run twice."""
+        """Undo everything; what was undone, for the log. Safe to run twice. Without a
+        record this state directory changed nothing on the host (the record is written
+        before the first change), so nothing is touched."""
         record = self._load()
+        if record is None:
+            return []
         done: list[str] = []
         done += self._remove_iptables(record)
         done += self._unmount()
         done += self._remove_links()
         done += self._remove_cgroups()
-        if record is not None:
-            for name, value in record.get("sysctls", {}).items():
-                if value is not None and read_sysctl(name) != value:
-                    with contextlib.suppress(OSError):
-                        _sysctl_path(name).write_text(value)
-                        done.append(f"sysctl {name}={value}")
-            loaded_by_us = record.get("br_netfilter_loaded_by_us")
-            if loaded_by_us and _run("modprobe", "-r", "br_netfilter", check=False).returncode == 0:
-                done.append("unloaded br_netfilter")
-            self.record_file.unlink()
+        for name, value in record.get("sysctls", {}).items():
+            if value is not None and read_sysctl(name) != value:
+                with contextlib.suppress(OSError):
+                    _sysctl_path(name).write_text(value)
+                    done.append(f"sysctl {name}={value}")
+        loaded_by_us = record.get("br_netfilter_loaded_by_us")
+        if loaded_by_us and _run("modprobe", "-r", "br_netfilter", check=False).returncode == 0:
+            done.append("unloaded br_netfilter")
+        self.record_file.unlink()
         return done
 
-    def _remove_iptables(self, record: dict | None) -> list[str]:
+    def _remove_iptables(self, record: dict) -> list[str]:
         done = []
-        before = (record or {}).get("chains_before", {})
+        before = record.get("chains_before", {})
         for tool in ("iptables", "ip6tables"):
             for table in TABLES:
                 existing = set(before.get(f"{tool}/{table}", []))

@@ -324,7 +324,8 @@ class Cluster:
             self._remove_containers()
         if self.processes.stop("containerd"):
             stopped.append("containerd")
-        self._kill_leftover_pod_processes()
+        if self.host.record_file.exists():  # this run changed the host: it may have pods
+            self._kill_leftover_pod_processes()
         for line in self.host.restore():
             log.info("undone: %s", line)
         for relative in RUN_STATE:

@@ -1,7 +1,8 @@
 // Command smoke is what the cluster tests run inside pods:
 //
 //	smoke serve PORT   answer every HTTP request with this pod's hostname
-//	smoke get URL      resolve URL's host (cluster DNS), GET it, print the body; exit 1 on failure
+//	smoke get URL      resolve URL's host (cluster DNS), GET it (retrying refused connections
+//	                   for up to 20 s), print the body; exit 1 on failure
 package main
 
 import (
@@ -54,13 +55,22 @@ func get(raw string) error {
 		return fmt.Errorf("resolve %s: %w", target.Hostname(), err)
 	}
 	fmt.Printf("resolved %s to %v\n", target.Hostname(), addresses)
-	request, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
-	if err != nil {
-		return err
-	}
-	response, err := http.DefaultClient.Do(request)
-	if err != nil {
-		return err
+	// A new Service's rules reach kube-proxy a moment after its endpoints exist: retry
+	// refused connections until the deadline, as any client of a fresh Service would.
+	var response *http.Response
+	for attempt := 1; ; attempt++ {
+		request, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
+		if err != nil {
+			return err
+		}
+		response, err = http.DefaultClient.Do(request)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("GET %s after %d attempts: %w", raw, attempt, err)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 	defer response.Body.Close()
 	body, err := io.ReadAll(response.Body)

@@ -114,6 +114,7 @@ def cni(layout: Layout) -> Path:
         ],
     }
     path = layout.dir("cni") / "net.d" / "10-pr-anomaly.conflist"
+    path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(conf, indent=2))
     return path
 

@@ -63,6 +63,11 @@ def _chains(tool: str, table: str) -> set[str]:
     return {line[1:].split()[0] for line in out.splitlines() if line.startswith(":")}
 
 
+def _nft_tables() -> list[tuple[str, str]]:
+    out = _run("nft", "list", "tables", check=False).stdout
+    return [tuple(line.split()[1:3]) for line in out.splitlines() if line.startswith("table ")]
+
+
 class Host:
     def __init__(self, layout: Layout):
         self.layout = layout
@@ -95,6 +100,7 @@ class Host:
                     for table in TABLES
                 },
             }
+            record["nft_tables_before"] = _nft_tables()
             if not Path("/proc/sys/net/bridge").exists():
                 _run("modprobe", "br_netfilter")
                 record["br_netfilter_loaded_by_us"] = True
@@ -180,6 +186,19 @@ class Host:
                     _run(tool, "-t", table, "-X", chain, check=False)
                 if ours:
                     done.append(f"{tool} -t {table}: removed {len(ours)} chains")
+        # iptables-nft leaves the (now empty) tables kube-proxy made it create: drop those
+        # that were not there before and hold nothing.
+        tools = {"ip": "iptables", "ip6": "ip6tables"}
+        for family, table in set(_nft_tables()) - {
+            tuple(t) for t in record.get("nft_tables_before", [])
+        }:
+            if family not in tools or "nft_tables_before" not in record:
+                continue
+            saved = _run(f"{tools[family]}-save", "-t", table, check=False).stdout.splitlines()
+            builtin = all(not line.startswith(":") or line[1:].split()[1] != "-" for line in saved)
+            if builtin and not any(line.startswith("-A ") for line in saved):
+                _run("nft", "delete", "table", family, table, check=False)
+                done.append(f"nft delete table {family} {table}")
         return done
 
     def _unmount(self) -> list[str]:

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +45,6 @@ from pipeline_ops.cluster.processes import Processes
 from pipeline_ops.localstack import free_port
 
 log = logging.getLogger(__name__)
-urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 ORDER = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
@@ -57,8 +57,12 @@ RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports"
 
 
 def _get(url: str, **kwargs) -> requests.Response | None:
+    """GET for a health check. The controller-manager and scheduler serve /healthz on
+    127.0.0.1 with certificates they sign themselves, hence verify=False for those two."""
     try:
-        return requests.get(url, timeout=2, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            return requests.get(url, timeout=2, **kwargs)
     except requests.RequestException:
         return None
 
@@ -229,6 +233,8 @@ class Cluster:
                 f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
                 f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
                 f"--kubelet-certificate-authority={pki.ca}",
+                # the node's name resolves nowhere: reach the kubelet on the bridge address
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-account-key-file={pki.dir / 'service-account.pub'}",
                 f"--service-account-signing-key-file={pki.key('service-account')}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

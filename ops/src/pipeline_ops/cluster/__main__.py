@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_status(cluster: Cluster) -> None:
     status = cluster.status()
+    _, phase = cluster.processes.load()
+    if phase not in (None, "up"):
+        print(f"a cluster-up did not finish (phase {phase}); the next `make cluster-up` cleans up")
     if not any(info.get("running") for info in status.values()):
         print("the cluster is not running; start it with `make cluster-up`")
         return

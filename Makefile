@@ -80,7 +80,8 @@ cluster-packages: ## install the cluster's Debian packages (containerd, runc, CN
 	ops/scripts/install-cluster-packages.sh
 
 # What cluster-up runs (the other binaries of ops/cluster/binaries.tsv are for later steps).
-CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause
+CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause \
+	rollouts-controller kubectl-argo-rollouts
 
 cluster-up: setup cluster-packages ## start the single-node Kubernetes (state, logs, kubeconfig in .local/cluster)
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)

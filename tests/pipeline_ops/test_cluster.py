@@ -1,4 +1,5 @@
-"""The real single-node Kubernetes (`make cluster-up`): a pod resolves a Service by DNS.
+"""The real single-node Kubernetes (`make cluster-up`): a pod resolves a Service by DNS; a
+blue/green Rollout goes to preview, pauses, and is promoted with the kubectl plugin.
 
 One cluster for the module, from the project's state directory: reused if it is already
 up (left up afterwards), else started here and stopped at the end. Selected with
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -118,3 +120,98 @@ def test_a_pod_resolves_a_service_by_dns(cluster: Cluster, namespace: str) -> No
         "jsonpath={.items[0].metadata.name}",
     )  # fmt: skip
     assert logs.strip().endswith(server_pod)
+
+
+def _selector_hash(cluster: Cluster, namespace: str, service: str) -> str:
+    return kubectl(
+        cluster.layout, "-n", namespace, "get", "service", service, "-o",
+        "jsonpath={.spec.selector.rollouts-pod-template-hash}",
+    )  # fmt: skip
+
+
+def _rollout(cluster: Cluster, namespace: str) -> dict:
+    return json.loads(
+        kubectl(cluster.layout, "-n", namespace, "get", "rollout", "web", "-o", "json")
+    )
+
+
+def _wait_rollout(cluster: Cluster, namespace: str, done, what: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rollout = _rollout(cluster, namespace)
+        if done(rollout):
+            return rollout
+        time.sleep(0.5)
+    raise AssertionError(f"rollout not {what} after {timeout}s: {rollout.get('status')}")
+
+
+def test_a_blue_green_rollout_pauses_on_preview_and_promotes_with_the_plugin(
+    cluster: Cluster, namespace: str
+) -> None:
+    labels = {"app": "web"}
+    services = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+        for name in ("web-active", "web-preview")
+    ]
+    rollout = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [_container("web", ["serve", "8080"])]},
+            },
+            "strategy": {
+                "blueGreen": {
+                    "activeService": "web-active",
+                    "previewService": "web-preview",
+                    "autoPromotionEnabled": False,
+                    "scaleDownDelaySeconds": 5,
+                }
+            },
+        },
+    }
+    for manifest in (*services, rollout):
+        kubectl(cluster.layout, "apply", "-f", "-", stdin=json.dumps(manifest))
+
+    def healthy(r: dict) -> bool:
+        status = r.get("status", {})
+        return status.get("phase") == "Healthy" and bool(status.get("stableRS"))
+
+    blue = _wait_rollout(cluster, namespace, healthy, "Healthy")["status"]["stableRS"]
+    assert _selector_hash(cluster, namespace, "web-active") == blue
+
+    # green: a new pod template; it must come up behind the preview service and wait.
+    rollout["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "COLOR", "value": "green"}
+    ]
+    kubectl(cluster.layout, "apply", "-f", "-", stdin=json.dumps(rollout))
+    paused = _wait_rollout(
+        cluster, namespace,
+        lambda r: r.get("status", {}).get("phase") == "Paused"
+        and r["status"].get("currentPodHash") != blue
+        and _selector_hash(cluster, namespace, "web-preview") == r["status"]["currentPodHash"],
+        "Paused with green on preview",
+    )  # fmt: skip
+    green = paused["status"]["currentPodHash"]
+    assert _selector_hash(cluster, namespace, "web-active") == blue
+
+    plugin = cluster.layout.root / "bin" / "kubectl-argo-rollouts"
+    result = subprocess.run(
+        [str(plugin), "--kubeconfig", str(cluster.layout.kubeconfig), "-n", namespace,
+         "promote", "web"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _wait_rollout(
+        cluster, namespace, lambda r: healthy(r) and r["status"]["stableRS"] == green, "promoted"
+    )
+    assert _selector_hash(cluster, namespace, "web-active") == green

@@ -1,4 +1,5 @@
-"""What runs inside the cluster: CoreDNS (the cluster's DNS at 198.19.128.10).
+"""What runs inside the cluster: CoreDNS (the cluster's DNS at 198.19.128.10) and the Argo
+Rollouts controller (from the install manifest its Go module ships, with our image).
 
 CoreDNS answers for ``cluster.local`` and reverse zones only: no ``forward``, so no query
 leaves the machine. It listens on 1053 as an unprivileged user; the Service maps 53 to it.
@@ -8,13 +9,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.images import ScratchImage
-from pipeline_ops.cluster.layout import CLUSTER_DOMAIN, DNS_SERVICE_IP, Layout, binary
+from pipeline_ops.cluster.layout import CLUSTER_DOMAIN, DNS_SERVICE_IP, Layout, binaries, binary
 
 PAUSE = ScratchImage("pr-anomaly.local/pause", "pause")
 COREDNS = ScratchImage("pr-anomaly.local/coredns", "coredns")
+ARGO_ROLLOUTS = ScratchImage("pr-anomaly.local/argo-rollouts", "rollouts-controller")
+ARGO_ROLLOUTS_MODULE = "github.com/argoproj/argo-rollouts"
+IMAGES = (PAUSE, COREDNS, ARGO_ROLLOUTS)
+# What `status` reports beside the processes: name -> (namespace, deployment).
+DEPLOYMENTS = {
+    "coredns": ("kube-system", "coredns"),
+    "argo-rollouts": ("argo-rollouts", "argo-rollouts"),
+}
 
 COREFILE = f""".:1053 {{
     errors
@@ -145,3 +155,44 @@ def _coredns_objects() -> list[dict]:
 def apply_coredns(layout: Layout) -> None:
     manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": _coredns_objects()})
     kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+
+
+def module_dir(module: str, version: str) -> Path:
+    """The source of a Go module (install manifests, CRDs), from the Go module cache."""
+    result = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"go mod download {module}@{version} failed: {result.stderr[-1500:]}")
+    return Path(json.loads(result.stdout)["Dir"])
+
+
+def apply_argo_rollouts(layout: Layout, timeout: float) -> None:
+    version = binaries()[ARGO_ROLLOUTS.binary].version
+    manifest = (
+        module_dir(ARGO_ROLLOUTS_MODULE, version) / "manifests" / "install.yaml"
+    ).read_text()
+    upstream_image = "image: quay.io/argoproj/argo-rollouts:latest"
+    if upstream_image not in manifest:
+        raise ClusterError(f"argo-rollouts: {upstream_image!r} not in its install.yaml")
+    manifest = manifest.replace(upstream_image, f"image: {ARGO_ROLLOUTS.ref}").replace(
+        "imagePullPolicy: Always", "imagePullPolicy: Never"
+    )
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "argo-rollouts"}}
+    kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(namespace))
+    kubectl(
+        layout, "-n", "argo-rollouts", "apply", "--server-side", "--force-conflicts", "-f", "-",
+        stdin=manifest,
+    )  # fmt: skip
+    wait_rolled_out(layout, "argo-rollouts", "argo-rollouts", timeout)
+
+
+def wait_rolled_out(layout: Layout, namespace: str, deployment: str, timeout: float) -> None:
+    try:
+        kubectl(
+            layout, "-n", namespace, "rollout", "status", f"deployment/{deployment}",
+            f"--timeout={int(timeout)}s", timeout=timeout + 10,
+        )  # fmt: skip
+    except ClusterError as error:
+        pods = kubectl(layout, "-n", namespace, "describe", "pods")
+        raise ClusterError(f"{deployment} did not become ready: {error}\n{pods[-2500:]}") from error

@@ -51,7 +51,8 @@ ORDER = (
     "kubelet", "kube-proxy",
 )  # fmt: skip
 HOST_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                 "kubelet", "kube-proxy", "kubectl", "pause", "coredns")  # fmt: skip
+                 "kubelet", "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller",
+                 "kubectl-argo-rollouts")  # fmt: skip
 # Wiped by down: what one run of the cluster holds. Kept: pki, the containerd image store.
 RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports")
 
@@ -169,6 +170,7 @@ class Cluster:
         for name in ORDER:
             step(name, lambda name=name: self._start(name, timeout))
         step("coredns", lambda: self._coredns(timeout))
+        step("argo-rollouts", lambda: addons.apply_argo_rollouts(self.layout, timeout))
         self._link_tools()
         self.processes.set_phase("up")
         timings["total"] = round(time.monotonic() - started, 1)
@@ -179,7 +181,7 @@ class Cluster:
         proc = self.processes.start(name, command, env=env)
         self.processes.wait(proc, lambda: self._healthy(name), timeout)
         if name == "containerd":
-            imported = images.ensure_imported(self.layout, [addons.PAUSE, addons.COREDNS])
+            imported = images.ensure_imported(self.layout, list(addons.IMAGES))
             if imported:
                 log.info("imported images %s", ", ".join(imported))
         if name == "kubelet":
@@ -197,16 +199,7 @@ class Cluster:
 
     def _coredns(self, timeout: float) -> None:
         addons.apply_coredns(self.layout)
-        try:
-            addons.kubectl(
-                self.layout, "-n", "kube-system", "rollout", "status", "deployment/coredns",
-                f"--timeout={int(timeout)}s", timeout=timeout + 10,
-            )  # fmt: skip
-        except ClusterError as error:
-            pods = addons.kubectl(
-                self.layout, "-n", "kube-system", "describe", "pods", "-l", "k8s-app=kube-dns"
-            )
-            raise ClusterError(f"coredns did not become ready: {error}\n{pods[-2500:]}") from error
+        addons.wait_rolled_out(self.layout, "kube-system", "coredns", timeout)
 
     def _command(self, name: str) -> tuple[list[str], dict[str, str] | None]:
         layout, pki, ports = self.layout, self.pki, self._ports()
@@ -303,14 +296,15 @@ class Cluster:
             }
         if phase == "up" and out["kube-apiserver"]["healthy"]:
             out["node"] = {"healthy": self._node_ready()}
-            try:
-                ready = addons.kubectl(
-                    self.layout, "-n", "kube-system", "get", "deployment", "coredns", "-o",
-                    "jsonpath={.status.readyReplicas}", timeout=10,
-                )  # fmt: skip
-            except ClusterError:
-                ready = ""
-            out["coredns"] = {"healthy": ready.strip() not in ("", "0")}
+            for name, (namespace, deployment) in addons.DEPLOYMENTS.items():
+                try:
+                    ready = addons.kubectl(
+                        self.layout, "-n", namespace, "get", "deployment", deployment, "-o",
+                        "jsonpath={.status.readyReplicas}", timeout=10,
+                    )  # fmt: skip
+                except ClusterError:
+                    ready = ""
+                out[name] = {"healthy": ready.strip() not in ("", "0")}
         return out
 
     # -- down ------------------------------------------------------------------------------

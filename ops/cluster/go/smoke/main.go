@@ -1,8 +1,8 @@
 // Command smoke is what the cluster tests run inside pods:
 //
 //	smoke serve PORT   answer every HTTP request with this pod's hostname
-//	smoke get URL      resolve URL's host (cluster DNS), GET it (retrying refused connections
-//	                   for up to 20 s), print the body; exit 1 on failure
+//	smoke get URL      resolve URL's host (cluster DNS), GET it (retrying failed connections
+//	                   for up to 30 s), print the body; exit 1 on failure
 package main
 
 import (
@@ -48,7 +48,7 @@ func get(raw string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	addresses, err := net.DefaultResolver.LookupHost(ctx, target.Hostname())
 	if err != nil {
@@ -56,15 +56,17 @@ func get(raw string) error {
 	}
 	fmt.Printf("resolved %s to %v\n", target.Hostname(), addresses)
 	// A new Service's rules reach kube-proxy a moment after its endpoints exist: retry
-	// refused connections until the deadline, as any client of a fresh Service would.
+	// (each attempt at most 2 s) until the deadline, as any client of a fresh Service would.
+	client := &http.Client{Timeout: 2 * time.Second}
 	var response *http.Response
 	for attempt := 1; ; attempt++ {
 		request, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
 		if err != nil {
 			return err
 		}
-		response, err = http.DefaultClient.Do(request)
+		response, err = client.Do(request)
 		if err == nil {
+			fmt.Printf("connected after %d attempts\n", attempt)
 			break
 		}
 		if ctx.Err() != nil {

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline_ops.cluster import images
 from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.cluster.host import nft_queue_supported
 from pipeline_ops.cluster.launcher import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -62,7 +63,8 @@ def _container(name: str, args: list[str]) -> dict:
     }
 
 
-def test_a_pod_resolves_a_service_by_dns(cluster: Cluster, namespace: str) -> None:
+def _echo_server(cluster: Cluster, namespace: str) -> None:
+    """Deployment `echo` (answers with its pod's name) behind Service `echo` (80 -> 8080)."""
     labels = {"app": "echo"}
     server = {
         "apiVersion": "apps/v1",
@@ -88,15 +90,17 @@ def test_a_pod_resolves_a_service_by_dns(cluster: Cluster, namespace: str) -> No
         cluster.layout, "-n", namespace, "rollout", "status", "deployment/echo", "--timeout=90s",
         timeout=100,
     )  # fmt: skip
-    host = f"echo.{namespace}.svc.cluster.local"
+
+
+def _run_client(
+    cluster: Cluster, namespace: str, name: str, args: list[str], labels: dict | None = None
+) -> tuple[str, str]:
+    """Run a `smoke` pod to completion: its phase and logs."""
     client = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "client", "namespace": namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [_container("client", ["get", f"http://{host}/"])],
-        },
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "spec": {"restartPolicy": "Never", "containers": [_container("client", args)]},
     }
     kubectl(cluster.layout, "apply", "-f", "-", stdin=json.dumps(client))
     deadline = time.monotonic() + 90
@@ -104,10 +108,22 @@ def test_a_pod_resolves_a_service_by_dns(cluster: Cluster, namespace: str) -> No
     while time.monotonic() < deadline and phase not in ("Succeeded", "Failed"):
         time.sleep(0.5)
         phase = kubectl(
-            cluster.layout, "-n", namespace, "get", "pod", "client", "-o",
-            "jsonpath={.status.phase}",
-        )  # fmt: skip
-    logs = kubectl(cluster.layout, "-n", namespace, "logs", "client")
+            cluster.layout, "-n", namespace, "get", "pod", name, "-o", "jsonpath={.status.phase}"
+        )
+    return phase, kubectl(cluster.layout, "-n", namespace, "logs", name)
+
+
+def _echo_pod(cluster: Cluster, namespace: str) -> str:
+    return kubectl(
+        cluster.layout, "-n", namespace, "get", "pods", "-l", "app=echo", "-o",
+        "jsonpath={.items[0].metadata.name}",
+    )  # fmt: skip
+
+
+def test_a_pod_resolves_a_service_by_dns(cluster: Cluster, namespace: str) -> None:
+    _echo_server(cluster, namespace)
+    host = f"echo.{namespace}.svc.cluster.local"
+    phase, logs = _run_client(cluster, namespace, "client", ["get", f"http://{host}/"])
     assert phase == "Succeeded", logs
     cluster_ip = kubectl(
         cluster.layout, "-n", namespace, "get", "service", "echo", "-o",
@@ -115,11 +131,31 @@ def test_a_pod_resolves_a_service_by_dns(cluster: Cluster, namespace: str) -> No
     )  # fmt: skip
     assert cluster_ip.startswith("198.19.")
     assert f"resolved {host} to [{cluster_ip}]" in logs
-    server_pod = kubectl(
-        cluster.layout, "-n", namespace, "get", "pods", "-l", "app=echo", "-o",
-        "jsonpath={.items[0].metadata.name}",
-    )  # fmt: skip
-    assert logs.strip().endswith(server_pod)
+    assert logs.strip().endswith(_echo_pod(cluster, namespace))
+
+
+def test_a_network_policy_denies_what_it_should(cluster: Cluster, namespace: str) -> None:
+    if not nft_queue_supported():
+        pytest.skip("this kernel lacks nftables' queue expression: kube-network-policies can't")
+    _echo_server(cluster, namespace)
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "echo-from-allowed-only", "namespace": namespace},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "echo"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "allowed"}}}]}],
+        },
+    }
+    kubectl(cluster.layout, "apply", "-f", "-", stdin=json.dumps(policy))
+    url = f"http://echo.{namespace}.svc.cluster.local/"
+    phase, logs = _run_client(cluster, namespace, "allowed", ["get", url], {"role": "allowed"})
+    assert phase == "Succeeded", logs
+    assert logs.strip().endswith(_echo_pod(cluster, namespace))
+    phase, logs = _run_client(cluster, namespace, "denied", ["get", url, "8"])
+    assert phase == "Failed", logs
+    assert "resolved" in logs  # DNS is not what failed: the connection was denied
 
 
 def _selector_hash(cluster: Cluster, namespace: str, service: str) -> str:

@@ -1,8 +1,8 @@
 // Command smoke is what the cluster tests run inside pods:
 //
 //	smoke serve PORT   answer every HTTP request with this pod's hostname
-//	smoke get URL      resolve URL's host (cluster DNS), GET it (retrying failed connections
-//	                   for up to 30 s), print the body; exit 1 on failure
+//	smoke get URL [S]  resolve URL's host (cluster DNS), GET it (retrying failed connections
+//	                   for up to S seconds, default 30), print the body; exit 1 on failure
 package main
 
 import (
@@ -13,12 +13,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"time"
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT | smoke get URL")
+	if len(os.Args) < 3 || len(os.Args) > 4 {
+		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT | smoke get URL [SECONDS]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -33,7 +34,16 @@ func main() {
 			os.Exit(1)
 		}
 	case "get":
-		if err := get(os.Args[2]); err != nil {
+		deadline := 30 * time.Second
+		if len(os.Args) == 4 {
+			seconds, err := strconv.Atoi(os.Args[3])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "SECONDS:", err)
+				os.Exit(2)
+			}
+			deadline = time.Duration(seconds) * time.Second
+		}
+		if err := get(os.Args[2], deadline); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -43,12 +53,12 @@ func main() {
 	}
 }
 
-func get(raw string) error {
+func get(raw string, deadline time.Duration) error {
 	target, err := url.Parse(raw)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
 	addresses, err := net.DefaultResolver.LookupHost(ctx, target.Hostname())
 	if err != nil {

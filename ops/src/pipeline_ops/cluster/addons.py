@@ -1,5 +1,8 @@
-"""What runs inside the cluster: CoreDNS (the cluster's DNS at 198.19.128.10) and the Argo
-Rollouts controller (from the install manifest its Go module ships, with our image).
+"""What runs inside the cluster: CoreDNS (the cluster's DNS at 198.19.128.10), the Argo
+Rollouts controller (from the install manifest its Go module ships, with our image), and
+kube-network-policies (NetworkPolicy enforcement with nftables and nfqueue: the bridge CNI
+enforces none), a host-network DaemonSet without upstream's hostPath mounts (NRI is off:
+containerd 1.6 has none), so it creates nothing on the host outside its nftables table.
 
 CoreDNS answers for ``cluster.local`` and reverse zones only: no ``forward``, so no query
 leaves the machine. It listens on 1053 as an unprivileged user; the Service maps 53 to it.
@@ -19,7 +22,8 @@ PAUSE = ScratchImage("pr-anomaly.local/pause", "pause")
 COREDNS = ScratchImage("pr-anomaly.local/coredns", "coredns")
 ARGO_ROLLOUTS = ScratchImage("pr-anomaly.local/argo-rollouts", "rollouts-controller")
 ARGO_ROLLOUTS_MODULE = "github.com/argoproj/argo-rollouts"
-IMAGES = (PAUSE, COREDNS, ARGO_ROLLOUTS)
+NETWORK_POLICIES = ScratchImage("pr-anomaly.local/kube-network-policies", "kube-network-policies")
+IMAGES = (PAUSE, COREDNS, ARGO_ROLLOUTS, NETWORK_POLICIES)
 # What `status` reports beside the processes: name -> (namespace, deployment).
 DEPLOYMENTS = {
     "coredns": ("kube-system", "coredns"),
@@ -196,3 +200,97 @@ def wait_rolled_out(layout: Layout, namespace: str, deployment: str, timeout: fl
     except ClusterError as error:
         pods = kubectl(layout, "-n", namespace, "describe", "pods")
         raise ClusterError(f"{deployment} did not become ready: {error}\n{pods[-2500:]}") from error
+
+
+def _network_policies_objects(metrics_port: int) -> list[dict]:
+    name = "kube-network-policies"
+    meta = {"name": name, "namespace": "kube-system"}
+    labels = {"app": name}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "namespaces", "nodes"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["networking.k8s.io"],
+                    "resources": ["networkpolicies"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "kube-system"}],
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {**meta, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "hostNetwork": True,
+                        "serviceAccountName": name,
+                        "priorityClassName": "system-node-critical",
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [
+                            {
+                                "name": name,
+                                "image": NETWORK_POLICIES.ref,
+                                "imagePullPolicy": "Never",
+                                "args": [
+                                    "--hostname-override=$(NODE_NAME)",
+                                    "--disable-nri",
+                                    "--nfqueue-id=98",
+                                    f"--metrics-bind-address=127.0.0.1:{metrics_port}",
+                                    "--v=1",
+                                ],
+                                "env": [
+                                    {
+                                        "name": "NODE_NAME",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+                                    }
+                                ],
+                                "securityContext": {
+                                    "privileged": True,
+                                    "runAsUser": 0,
+                                    "runAsNonRoot": False,
+                                },
+                                "resources": {"requests": {"cpu": "50m", "memory": "50Mi"}},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+    ]
+
+
+def apply_network_policies(layout: Layout, metrics_port: int, timeout: float) -> None:
+    items = _network_policies_objects(metrics_port)
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+    try:
+        kubectl(
+            layout, "-n", "kube-system", "rollout", "status", "daemonset/kube-network-policies",
+            f"--timeout={int(timeout)}s", timeout=timeout + 10,
+        )  # fmt: skip
+    except ClusterError as error:
+        pods = kubectl(layout, "-n", "kube-system", "logs", "daemonset/kube-network-policies")
+        raise ClusterError(f"kube-network-policies not ready: {error}\n{pods[-2500:]}") from error

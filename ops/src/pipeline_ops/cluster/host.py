@@ -25,6 +25,10 @@ from pathlib import Path
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import BRIDGE, BRIDGE_IP, RULE_COMMENT, Layout
 
+# Owned by the kube-network-policies pod; named here so that `down` removes it even when the
+# pod had no time to (host.py must not import addons, which needs the cluster running).
+NETWORK_POLICIES_TABLE = ("inet", "kube-network-policies")
+
 log = logging.getLogger(__name__)
 
 # Set by us (forwarding, bridged traffic through iptables for Services) or by kubelet and
@@ -66,6 +70,20 @@ def _chains(tool: str, table: str) -> set[str]:
 def _nft_tables() -> list[tuple[str, str]]:
     out = _run("nft", "list", "tables", check=False).stdout
     return [tuple(line.split()[1:3]) for line in out.splitlines() if line.startswith("table ")]
+
+
+def nft_queue_supported() -> bool:
+    """Whether the kernel has nftables' ``queue`` expression, which kube-network-policies
+    needs to hand packets to its nfqueue. Probed in a throw-away table, deleted at once.
+    (This VM's kernel has none: its rules fail with ENOENT.)"""
+    table = ("inet", "pr_anomaly_probe")
+    _run("nft", "add", "table", *table, check=False)
+    try:
+        _run("nft", "add", "chain", *table, "probe", check=False)
+        return _run("nft", "add", "rule", *table, "probe", "queue", "num", "98", "bypass",
+                    check=False).returncode == 0  # fmt: skip
+    finally:
+        _run("nft", "delete", "table", *table, check=False)
 
 
 class Host:
@@ -199,6 +217,11 @@ class Host:
             if builtin and not any(line.startswith("-A ") for line in saved):
                 _run("nft", "delete", "table", family, table, check=False)
                 done.append(f"nft delete table {family} {table}")
+        # The table kube-network-policies (a pod with the host's network) keeps its rules in.
+        family, name = NETWORK_POLICIES_TABLE
+        if (family, name) in set(_nft_tables()):
+            _run("nft", "delete", "table", family, name, check=False)
+            done.append(f"nft delete table {family} {name}")
         return done
 
     def _unmount(self) -> list[str]:

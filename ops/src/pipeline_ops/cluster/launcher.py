@@ -29,7 +29,7 @@ import requests
 import urllib3
 
 from pipeline_ops.cluster import ClusterError, addons, configs, images
-from pipeline_ops.cluster.host import Host
+from pipeline_ops.cluster.host import Host, nft_queue_supported
 from pipeline_ops.cluster.layout import (
     APISERVER_PORT,
     BRIDGE_IP,
@@ -52,7 +52,7 @@ ORDER = (
 )  # fmt: skip
 HOST_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
                  "kubelet", "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller",
-                 "kubectl-argo-rollouts")  # fmt: skip
+                 "kubectl-argo-rollouts", "kube-network-policies")  # fmt: skip
 # Wiped by down: what one run of the cluster holds. Kept: pki, the containerd image store.
 RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports")
 
@@ -86,7 +86,8 @@ class Cluster:
         ports = {
             name: free_port()
             for name in ("etcd", "etcd-peer", "kube-controller-manager", "kube-scheduler",
-                         "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics")
+                         "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics",
+                         "kube-network-policies-metrics")
         }  # fmt: skip
         path.write_text("".join(f"{k}={v}\n" for k, v in ports.items()))
         return ports
@@ -171,6 +172,18 @@ class Cluster:
             step(name, lambda name=name: self._start(name, timeout))
         step("coredns", lambda: self._coredns(timeout))
         step("argo-rollouts", lambda: addons.apply_argo_rollouts(self.layout, timeout))
+        if nft_queue_supported():
+            step(
+                "kube-network-policies",
+                lambda: addons.apply_network_policies(
+                    self.layout, self._ports()["kube-network-policies-metrics"], timeout
+                ),
+            )
+        else:
+            log.warning(
+                "NetworkPolicies are NOT enforced: this kernel lacks nftables' queue expression, "
+                "which kube-network-policies needs (its rules fail with ENOENT)"
+            )
         self._link_tools()
         self.processes.set_phase("up")
         timings["total"] = round(time.monotonic() - started, 1)

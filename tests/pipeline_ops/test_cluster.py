@@ -1,5 +1,6 @@
 """The real single-node Kubernetes (`make cluster-up`): a pod resolves a Service by DNS; a
-blue/green Rollout goes to preview, pauses, and is promoted with the kubectl plugin.
+blue/green Rollout goes to preview, pauses, and is promoted with the kubectl plugin; the
+kubelet pulls an image pushed to the cluster's registry, by digest.
 
 One cluster for the module, from the project's state directory: reused if it is already
 up (left up afterwards), else started here and stopped at the end. Selected with
@@ -20,6 +21,7 @@ from pipeline_ops.cluster import images
 from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.host import nft_queue_supported
 from pipeline_ops.cluster.launcher import Cluster
+from pipeline_ops.cluster.layout import REGISTRY
 
 pytestmark = pytest.mark.cluster
 
@@ -53,11 +55,11 @@ def namespace(cluster: Cluster) -> Iterator[str]:
         kubectl(cluster.layout, "delete", "namespace", name, "--wait=false")
 
 
-def _container(name: str, args: list[str]) -> dict:
+def _container(name: str, args: list[str], image: str | None = None) -> dict:
     return {
         "name": name,
-        "image": SMOKE.ref,
-        "imagePullPolicy": "Never",
+        "image": image or SMOKE.ref,
+        "imagePullPolicy": "Always" if image else "Never",
         "args": args,
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
     }
@@ -93,14 +95,19 @@ def _echo_server(cluster: Cluster, namespace: str) -> None:
 
 
 def _run_client(
-    cluster: Cluster, namespace: str, name: str, args: list[str], labels: dict | None = None
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    args: list[str],
+    labels: dict | None = None,
+    image: str | None = None,
 ) -> tuple[str, str]:
     """Run a `smoke` pod to completion: its phase and logs."""
     client = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
-        "spec": {"restartPolicy": "Never", "containers": [_container("client", args)]},
+        "spec": {"restartPolicy": "Never", "containers": [_container("client", args, image)]},
     }
     kubectl(cluster.layout, "apply", "-f", "-", stdin=json.dumps(client))
     deadline = time.monotonic() + 90
@@ -132,6 +139,22 @@ def test_a_pod_resolves_a_service_by_dns(cluster: Cluster, namespace: str) -> No
     assert cluster_ip.startswith("198.19.")
     assert f"resolved {host} to [{cluster_ip}]" in logs
     assert logs.strip().endswith(_echo_pod(cluster, namespace))
+
+
+def test_the_kubelet_pulls_an_image_pushed_to_the_registry_by_digest(
+    cluster: Cluster, namespace: str
+) -> None:
+    reference = images.push(SMOKE, REGISTRY)
+    assert "@sha256:" in reference
+    _echo_server(cluster, namespace)
+    url = f"http://echo.{namespace}.svc.cluster.local/"
+    phase, logs = _run_client(cluster, namespace, "pulled", ["get", url], image=reference)
+    assert phase == "Succeeded", logs
+    image_id = kubectl(
+        cluster.layout, "-n", namespace, "get", "pod", "pulled", "-o",
+        "jsonpath={.status.containerStatuses[0].imageID}",
+    )  # fmt: skip
+    assert image_id == reference
 
 
 def test_a_network_policy_denies_what_it_should(cluster: Cluster, namespace: str) -> None:

@@ -22,6 +22,7 @@ from pipeline_ops.cluster.layout import (
     KUBELET_PORT,
     NODE_NAME,
     NODE_POD_CIDR,
+    REGISTRY,
     Layout,
 )
 
@@ -80,6 +81,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "{runc()}"
         SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{REGISTRY}"]
+    endpoint = ["http://{REGISTRY}"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin_dir()}"
     conf_dir = "{cni_conf}"
@@ -188,4 +191,19 @@ def kube_proxy(layout: Layout, healthz_port: int, metrics_port: int) -> Path:
     }  # fmt: skip
     path = layout.dir("kube-proxy") / "config.json"
     path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def registry(layout: Layout) -> Path:
+    """distribution's configuration: filesystem storage under ``.local/cluster/registry``
+    (kept across runs, like the containerd image store), loopback only."""
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(layout.dir("registry") / "data")},
+                    "delete": {"enabled": True}},
+        "http": {"addr": REGISTRY},
+    }  # fmt: skip
+    path = layout.dir("registry") / "config.json"
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path

@@ -1,5 +1,6 @@
 """Images made here, FROM scratch, from one static binary: no registry can be pulled from.
 
+``push`` puts the same image into the cluster's registry, from which the kubelet pulls it.
 An image is an OCI image layout in a tar (one uncompressed layer holding the binary), named
 with containerd's ``io.containerd.image.name`` annotation, and imported into the cluster's
 containerd (namespace k8s.io, where the CRI looks) with ``ctr images import``.
@@ -13,6 +14,9 @@ import json
 import subprocess
 import tarfile
 from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import requests
 
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import Layout, binaries, binary
@@ -30,13 +34,17 @@ class ScratchImage:
         return f"{self.name}:{binaries()[self.binary].version}"
 
 
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
 def _blob(blobs: dict[str, bytes], data: bytes) -> dict[str, object]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     blobs[digest] = data
     return {"digest": digest, "size": len(data)}
 
 
-def oci_archive(image: ScratchImage) -> bytes:
+def _manifest(image: ScratchImage) -> tuple[dict[str, bytes], bytes]:
+    """The image's blobs (layer, config) and its manifest."""
     source = binary(image.binary)
     target = "/" + image.binary
     layer_buf = io.BytesIO()
@@ -63,13 +71,18 @@ def oci_archive(image: ScratchImage) -> bytes:
     }
     manifest = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": MANIFEST_TYPE,
         "config": config_desc,
         "layers": [layer_desc],
     }
+    return blobs, json.dumps(manifest).encode()
+
+
+def oci_archive(image: ScratchImage) -> bytes:
+    blobs, manifest = _manifest(image)
     manifest_desc = {
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        **_blob(blobs, json.dumps(manifest).encode()),
+        "mediaType": MANIFEST_TYPE,
+        **_blob(blobs, manifest),
         "platform": {"architecture": "amd64", "os": "linux"},
         "annotations": {
             "io.containerd.image.name": image.ref,
@@ -110,3 +123,31 @@ def ensure_imported(layout: Layout, images: list[ScratchImage]) -> list[str]:
             ctr(layout, "images", "import", "-", stdin=oci_archive(image))
             imported.append(image.ref)
     return imported
+
+
+def push(image: ScratchImage, registry: str) -> str:
+    """Push the image to a registry over its HTTP API (what ``docker push`` does); the
+    reference by digest, ``REGISTRY/NAME@sha256:...``, as production manifests pin it."""
+    blobs, manifest = _manifest(image)
+    repository = image.name.split("/", 1)[1]
+    base = f"http://{registry}/v2/{repository}"
+    try:
+        for digest, data in blobs.items():
+            if requests.head(f"{base}/blobs/{digest}", timeout=10).status_code == 200:
+                continue
+            started = requests.post(f"{base}/blobs/uploads/", timeout=10)
+            started.raise_for_status()
+            location = urljoin(base, started.headers["Location"])
+            separator = "&" if "?" in location else "?"
+            requests.put(
+                f"{location}{separator}digest={digest}", data=data, timeout=60,
+                headers={"Content-Type": "application/octet-stream"},
+            ).raise_for_status()  # fmt: skip
+        tag = image.ref.rsplit(":", 1)[1]
+        requests.put(
+            f"{base}/manifests/{tag}", data=manifest, headers={"Content-Type": MANIFEST_TYPE},
+            timeout=10,
+        ).raise_for_status()  # fmt: skip
+    except requests.RequestException as error:
+        raise ClusterError(f"push of {image.ref} to {registry} failed: {error}") from error
+    return f"{registry}/{repository}@sha256:{hashlib.sha256(manifest).hexdigest()}"

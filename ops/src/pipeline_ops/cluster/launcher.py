@@ -36,6 +36,7 @@ from pipeline_ops.cluster.layout import (
     CLUSTER_CIDR,
     KUBELET_PORT,
     NODE_NAME,
+    REGISTRY,
     SERVICE_CIDR,
     Layout,
     binary,
@@ -47,12 +48,12 @@ from pipeline_ops.localstack import free_port
 log = logging.getLogger(__name__)
 
 ORDER = (
-    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
+    "registry", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
     "kubelet", "kube-proxy",
 )  # fmt: skip
 HOST_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
                  "kubelet", "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller",
-                 "kubectl-argo-rollouts", "kube-network-policies")  # fmt: skip
+                 "kubectl-argo-rollouts", "kube-network-policies", "registry")  # fmt: skip
 # Wiped by down: what one run of the cluster holds. Kept: pki, the containerd image store.
 RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports")
 
@@ -108,6 +109,7 @@ class Cluster:
                 _get(f"https://127.0.0.1:{ports['kube-scheduler']}/healthz", verify=False)
             ),
             "containerd": self._containerd_ok,
+            "registry": lambda: _ok(_get(f"http://{REGISTRY}/v2/")),
             "kubelet": lambda: _ok(_get(f"http://127.0.0.1:{ports['kubelet-healthz']}/healthz")),
             "kube-proxy": lambda: _ok(
                 _get(f"http://127.0.0.1:{ports['kube-proxy-healthz']}/healthz")
@@ -168,6 +170,8 @@ class Cluster:
         step("host", self.host.prepare)
         self._check_port_free(BRIDGE_IP, APISERVER_PORT, "kube-apiserver")
         self._check_port_free(BRIDGE_IP, KUBELET_PORT, "kubelet")
+        host, port = REGISTRY.split(":")
+        self._check_port_free(host, int(port), "registry")
         for name in ORDER:
             step(name, lambda name=name: self._start(name, timeout))
         step("coredns", lambda: self._coredns(timeout))
@@ -265,6 +269,8 @@ class Cluster:
                     "--use-service-account-credentials=true",
                 ]  # fmt: skip
             return command, None
+        if name == "registry":
+            return [str(binary(name)), "serve", str(configs.registry(layout))], None
         if name == "containerd":
             configs.cni(layout)  # before containerd's CRI looks for it
             return ["containerd", "--config", str(configs.containerd(layout)),
@@ -330,7 +336,7 @@ class Cluster:
                 stopped.append(name)
         if {"kube-apiserver", "kubelet"} <= alive.keys():
             self._delete_pods()
-        for name in ("kubelet", "kube-proxy", "kube-apiserver", "etcd"):
+        for name in ("kubelet", "kube-proxy", "kube-apiserver", "etcd", "registry"):
             if self.processes.stop(name):
                 stopped.append(name)
         if "containerd" in alive:

@@ -27,6 +27,9 @@ DNS_SERVICE_IP = "198.19.128.10"
 CLUSTER_DOMAIN = "cluster.local"
 APISERVER_PORT = 6443
 KUBELET_PORT = 10250
+# The cluster's image registry (distribution), on loopback: docker pushes to it as a trusted
+# localhost registry, and containerd (on the host's network) pulls from it over plain HTTP.
+REGISTRY = "127.0.0.1:5000"
 # Distinguishes the rules this cluster adds to chains it does not own (DOCKER-USER).
 RULE_COMMENT = "pr-anomaly-cluster"
 

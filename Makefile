@@ -110,7 +110,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-clean: down ## remove local state (keeps installs)
+clean: down cluster-down ## remove local state (keeps installs and the binaries cache)
 	rm -rf .local
 
 bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)

@@ -20,6 +20,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
 .PHONY: engine-up engine-down engine-status images image-test
+.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +74,33 @@ lint: setup ## ruff
 validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters)
 	$(PY) -m pipeline_ops.validate
 
+cluster-binaries: ## build the local cluster's binaries once per version (Go module proxy; cached outside the clone)
+	ops/scripts/build-cluster-binaries.sh
+
+cluster-packages: ## install the cluster's Debian packages (containerd, runc, CNI plugins, iptables, openssl) if missing
+	ops/scripts/install-cluster-packages.sh
+
+# What cluster-up runs (the other binaries of ops/cluster/binaries.tsv are for later steps).
+CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause \
+	rollouts-controller kubectl-argo-rollouts kube-network-policies registry
+
+cluster-up: setup cluster-packages ## start the single-node Kubernetes (state, logs, kubeconfig in .local/cluster)
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)
+	$(PY) -m pipeline_ops.cluster up
+
+cluster-status: ## show every cluster component, its pid, health and log
+	$(PY) -m pipeline_ops.cluster status
+
+cluster-down: ## stop the cluster by pid and undo its host changes (interfaces, iptables, mounts, sysctls)
+	@test -x $(PY) && $(PY) -m pipeline_ops.cluster down || true
+
+cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): a pod resolves a Service by DNS
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
+	$(PY) -m pytest -m cluster
+
+cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
+	@$(PY) -m pipeline_ops.cluster env
+
 promote: ## open the staging -> main pull request carrying staging's image digests
 	gh workflow run promote.yml
 
@@ -83,7 +111,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-clean: down ## remove local state (keeps installs)
+clean: down cluster-down ## remove local state (keeps installs and the binaries cache)
 	rm -rf .local
 
 bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)

@@ -299,7 +299,7 @@ class LocalPlatform:
                 "%s (pid %s) ignored SIGTERM for %ss; killing it", svc.name, svc.pid, timeout
             )
             os.killpg(svc.pid, signal.SIGKILL)
-        _reap(svc.pid)
+        reap(svc.pid)
         log.info("stopped %s (pid %s)", svc.name, svc.pid)
 
     def status(self) -> dict[str, dict[str, object]]:
@@ -314,7 +314,7 @@ class LocalPlatform:
         }
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 

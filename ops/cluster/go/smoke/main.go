@@ -1,0 +1,97 @@
+// Command smoke is what the cluster tests run inside pods:
+//
+//	smoke serve PORT   answer every HTTP request with this pod's hostname
+//	smoke get URL [S]  resolve URL's host (cluster DNS), GET it (retrying failed connections
+//	                   for up to S seconds, default 30), print the body; exit 1 on failure
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 3 || len(os.Args) > 4 {
+		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT | smoke get URL [SECONDS]")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "serve":
+		hostname, _ := os.Hostname()
+		http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintln(w, hostname)
+		})
+		fmt.Println("serving on :" + os.Args[2])
+		if err := http.ListenAndServe(":"+os.Args[2], nil); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	case "get":
+		deadline := 30 * time.Second
+		if len(os.Args) == 4 {
+			seconds, err := strconv.Atoi(os.Args[3])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "SECONDS:", err)
+				os.Exit(2)
+			}
+			deadline = time.Duration(seconds) * time.Second
+		}
+		if err := get(os.Args[2], deadline); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown command", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+func get(raw string, deadline time.Duration) error {
+	target, err := url.Parse(raw)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	addresses, err := net.DefaultResolver.LookupHost(ctx, target.Hostname())
+	if err != nil {
+		return fmt.Errorf("resolve %s: %w", target.Hostname(), err)
+	}
+	fmt.Printf("resolved %s to %v\n", target.Hostname(), addresses)
+	// A new Service's rules reach kube-proxy a moment after its endpoints exist: retry
+	// (each attempt at most 2 s) until the deadline, as any client of a fresh Service would.
+	client := &http.Client{Timeout: 2 * time.Second}
+	var response *http.Response
+	for attempt := 1; ; attempt++ {
+		request, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
+		if err != nil {
+			return err
+		}
+		response, err = client.Do(request)
+		if err == nil {
+			fmt.Printf("connected after %d attempts\n", attempt)
+			break
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("GET %s after %d attempts: %w", raw, attempt, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	defer response.Body.Close()
+	body, err := io.ReadAll(response.Body)
+	if err != nil {
+		return err
+	}
+	if response.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", raw, response.Status)
+	}
+	fmt.Printf("GET %s: %s", raw, body)
+	return nil
+}

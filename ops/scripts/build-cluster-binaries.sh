@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Build the local cluster's binaries (ops/cluster/binaries.tsv) from the Go module proxy, once
+# per version, into a cache outside the clone so that another clone or CI reuses them:
+#   ${PR_ANOMALY_CACHE:-$HOME/.cache/pr-anomaly}/cluster/bin/<name>-<version>
+# A binary already in the cache is not rebuilt. Each build's wall time is appended to
+# build-times.tsv beside the binaries. Builds run at the lowest CPU priority (nice 19).
+# Usage: build-cluster-binaries.sh [NAME...]   (no name: all of them)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+table="$here/cluster/binaries.tsv"
+bin_dir="${PR_ANOMALY_CACHE:-$HOME/.cache/pr-anomaly}/cluster/bin"
+mkdir -p "$bin_dir"
+
+ldflags_for() { # name version how -> -s -w and the -X flags that make the binary report its release
+    local name="$1" version="$2" how="$3" flags="-s -w" pkg minor
+    case "$how" in
+    kubernetes)
+        minor="${version#v1.}"
+        minor="${minor%%.*}"
+        for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+            flags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+            flags+=" -X $pkg.gitTreeState=clean"
+        done
+        ;;
+    argo-rollouts) pkg=github.com/argoproj/argo-rollouts/utils/version ;;
+    argo-cd) pkg=github.com/argoproj/argo-cd/v3/common ;;
+    esac
+    case "$how" in
+    argo-rollouts | argo-cd) flags+=" -X $pkg.version=${version#v} -X $pkg.gitTreeState=clean" ;;
+    esac
+    echo "$flags"
+}
+
+build_one() { # name version how package runs
+    local name="$1" version="$2" how="$3" package="$4" runs="$5" cgo
+    cgo="$(go env CGO_ENABLED)"
+    [[ "$runs" == static ]] && cgo=0
+    local out="$bin_dir/$name-$version"
+    if [[ -x "$out" ]]; then
+        echo "cluster binary $name $version: cached ($out)"
+        return
+    fi
+    local tmp="$out.tmp.$$" started ended ldflags
+    ldflags="$(ldflags_for "$name" "$version" "$how")"
+    echo "cluster binary $name $version: building from $package ($how) ..."
+    started=$(date +%s)
+    if [[ "$how" == install ]]; then
+        local gobin
+        gobin="$(mktemp -d)"
+        CGO_ENABLED="$cgo" GOBIN="$gobin" nice -n 19 go install -trimpath -ldflags "$ldflags" "$package@$version"
+        mv "$gobin/$(basename "$package")" "$tmp"
+        rmdir "$gobin"
+    else
+        (cd "$here/cluster/go/$how" && CGO_ENABLED="$cgo" nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp" "$package")
+    fi
+    mv "$tmp" "$out"
+    ended=$(date +%s)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$version" "$((ended - started))" "$(stat -c %s "$out")" \
+        "$(date -u +%FT%TZ)" >>"$bin_dir/build-times.tsv"
+    echo "cluster binary $name $version: built in $((ended - started)) s, $(du -h "$out" | cut -f1)"
+}
+
+found=0
+while IFS=$'\t' read -r name version how package runs; do
+    [[ -z "$name" || "$name" == \#* ]] && continue
+    if [[ $# -gt 0 ]]; then
+        wanted=0
+        for arg in "$@"; do [[ "$arg" == "$name" ]] && wanted=1; done
+        [[ $wanted == 1 ]] || continue
+    fi
+    found=$((found + 1))
+    build_one "$name" "$version" "$how" "$package" "$runs"
+done <"$table"
+if [[ $# -gt 0 && $found -ne $# ]]; then
+    echo "build-cluster-binaries.sh: unknown name among: $* (see $table)" >&2
+    exit 2
+fi

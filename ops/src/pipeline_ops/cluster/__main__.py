@@ -1,0 +1,65 @@
+"""`python -m pipeline_ops.cluster up|status|down|env` (what `make cluster-*` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.launcher import Cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline_ops.cluster")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start the single-node cluster (or clean up and restart)")
+    commands.add_parser("status", help="show every component, its pid, health and log")
+    commands.add_parser("down", help="stop everything by pid and undo the host changes")
+    commands.add_parser("env", help="print the exports to use the cluster by hand")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cluster = Cluster()
+    try:
+        if args.command == "up":
+            timings = cluster.up()
+            if timings:
+                print(f"cluster up in {timings['total']:.1f}s")
+            _print_status(cluster)
+            _print_env(cluster)
+        elif args.command == "status":
+            _print_status(cluster)
+        elif args.command == "down":
+            stopped = cluster.down()
+            print("stopped: " + (", ".join(stopped) or "nothing was running"))
+        elif args.command == "env":
+            _print_env(cluster)
+    except ClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_status(cluster: Cluster) -> None:
+    status = cluster.status()
+    _, phase = cluster.processes.load()
+    if phase not in (None, "up"):
+        print(f"a cluster-up did not finish (phase {phase}); the next `make cluster-up` cleans up")
+    if not any(info.get("running") for info in status.values()):
+        print("the cluster is not running; start it with `make cluster-up`")
+        return
+    for name, info in status.items():
+        health = "healthy" if info["healthy"] else "NOT healthy"
+        pid = f"pid {info['pid']}" if info.get("pid") else ""
+        log_file = f"log {info['log']}" if info.get("log") else ""
+        print(f"{name:24} {pid:10} {health:12} {log_file}")
+
+
+def _print_env(cluster: Cluster) -> None:
+    layout = cluster.layout
+    print(f"export KUBECONFIG={layout.kubeconfig}")
+    print(f'export PATH="{layout.root / "bin"}:$PATH"')
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""What runs inside the cluster: CoreDNS (the cluster's DNS at 198.19.128.10), the Argo
+Rollouts controller (from the install manifest its Go module ships, with our image), and
+kube-network-policies (NetworkPolicy enforcement with nftables and nfqueue: the bridge CNI
+enforces none), a host-network DaemonSet without upstream's hostPath mounts (NRI is off:
+containerd 1.6 has none), so it creates nothing on the host outside its nftables table.
+
+CoreDNS answers for ``cluster.local`` and reverse zones only: no ``forward``, so no query
+leaves the machine. It listens on 1053 as an unprivileged user; the Service maps 53 to it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.images import ScratchImage
+from pipeline_ops.cluster.layout import CLUSTER_DOMAIN, DNS_SERVICE_IP, Layout, binaries, binary
+
+PAUSE = ScratchImage("pr-anomaly.local/pause", "pause")
+COREDNS = ScratchImage("pr-anomaly.local/coredns", "coredns")
+ARGO_ROLLOUTS = ScratchImage("pr-anomaly.local/argo-rollouts", "rollouts-controller")
+ARGO_ROLLOUTS_MODULE = "github.com/argoproj/argo-rollouts"
+NETWORK_POLICIES = ScratchImage("pr-anomaly.local/kube-network-policies", "kube-network-policies")
+IMAGES = (PAUSE, COREDNS, ARGO_ROLLOUTS, NETWORK_POLICIES)
+# What `status` reports beside the processes: name -> (namespace, deployment).
+DEPLOYMENTS = {
+    "coredns": ("kube-system", "coredns"),
+    "argo-rollouts": ("argo-rollouts", "argo-rollouts"),
+}
+
+COREFILE = f""".:1053 {{
+    errors
+    health :8080
+    ready :8181
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }}
+    cache 30
+    reload
+}}
+"""
+
+
+def kubectl(layout: Layout, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    command = [str(binary("kubectl")), "--kubeconfig", str(layout.kubeconfig), *args]
+    try:
+        result = subprocess.run(
+            command, input=stdin, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ClusterError(f"kubectl {' '.join(args)} timed out after {timeout:.0f}s") from error
+    if result.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+def _coredns_objects() -> list[dict]:
+    labels = {"k8s-app": "kube-dns"}
+    meta = {"name": "coredns", "namespace": "kube-system"}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": COREFILE}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {**meta, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": "coredns",
+                        "dnsPolicy": "Default",
+                        "priorityClassName": "system-cluster-critical",
+                        "containers": [
+                            {
+                                "name": "coredns",
+                                "image": COREDNS.ref,
+                                "imagePullPolicy": "Never",
+                                "args": ["-conf", "/etc/coredns/Corefile"],
+                                "ports": [
+                                    {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"},
+                                ],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/ready", "port": 8181},
+                                    "periodSeconds": 2,
+                                },
+                                "livenessProbe": {
+                                    "httpGet": {"path": "/health", "port": 8080},
+                                    "initialDelaySeconds": 10,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "30Mi"},
+                                    "limits": {"memory": "170Mi"},
+                                },
+                                "securityContext": {
+                                    "runAsNonRoot": True,
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                },
+                                "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+                            }
+                        ],
+                        "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+            "spec": {
+                "selector": labels,
+                "clusterIP": DNS_SERVICE_IP,
+                "ports": [
+                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
+                ],
+            },
+        },
+    ]
+
+
+def apply_coredns(layout: Layout) -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": _coredns_objects()})
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+
+
+def module_dir(module: str, version: str) -> Path:
+    """The source of a Go module (install manifests, CRDs), from the Go module cache."""
+    result = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"go mod download {module}@{version} failed: {result.stderr[-1500:]}")
+    return Path(json.loads(result.stdout)["Dir"])
+
+
+def apply_argo_rollouts(layout: Layout, timeout: float) -> None:
+    version = binaries()[ARGO_ROLLOUTS.binary].version
+    manifest = (
+        module_dir(ARGO_ROLLOUTS_MODULE, version) / "manifests" / "install.yaml"
+    ).read_text()
+    upstream_image = "image: quay.io/argoproj/argo-rollouts:latest"
+    if upstream_image not in manifest:
+        raise ClusterError(f"argo-rollouts: {upstream_image!r} not in its install.yaml")
+    manifest = manifest.replace(upstream_image, f"image: {ARGO_ROLLOUTS.ref}").replace(
+        "imagePullPolicy: Always", "imagePullPolicy: Never"
+    )
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "argo-rollouts"}}
+    kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(namespace))
+    kubectl(
+        layout, "-n", "argo-rollouts", "apply", "--server-side", "--force-conflicts", "-f", "-",
+        stdin=manifest,
+    )  # fmt: skip
+    wait_rolled_out(layout, "argo-rollouts", "argo-rollouts", timeout)
+
+
+def wait_rolled_out(layout: Layout, namespace: str, deployment: str, timeout: float) -> None:
+    try:
+        kubectl(
+            layout, "-n", namespace, "rollout", "status", f"deployment/{deployment}",
+            f"--timeout={int(timeout)}s", timeout=timeout + 10,
+        )  # fmt: skip
+    except ClusterError as error:
+        pods = kubectl(layout, "-n", namespace, "describe", "pods")
+        raise ClusterError(f"{deployment} did not become ready: {error}\n{pods[-2500:]}") from error
+
+
+def _network_policies_objects(metrics_port: int) -> list[dict]:
+    name = "kube-network-policies"
+    meta = {"name": name, "namespace": "kube-system"}
+    labels = {"app": name}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "namespaces", "nodes"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["networking.k8s.io"],
+                    "resources": ["networkpolicies"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "kube-system"}],
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {**meta, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "hostNetwork": True,
+                        "serviceAccountName": name,
+                        "priorityClassName": "system-node-critical",
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [
+                            {
+                                "name": name,
+                                "image": NETWORK_POLICIES.ref,
+                                "imagePullPolicy": "Never",
+                                "args": [
+                                    "--hostname-override=$(NODE_NAME)",
+                                    "--disable-nri",
+                                    "--nfqueue-id=98",
+                                    f"--metrics-bind-address=127.0.0.1:{metrics_port}",
+                                    "--v=1",
+                                ],
+                                "env": [
+                                    {
+                                        "name": "NODE_NAME",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+                                    }
+                                ],
+                                "securityContext": {
+                                    "privileged": True,
+                                    "runAsUser": 0,
+                                    "runAsNonRoot": False,
+                                },
+                                "resources": {"requests": {"cpu": "50m", "memory": "50Mi"}},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+    ]
+
+
+def apply_network_policies(layout: Layout, metrics_port: int, timeout: float) -> None:
+    items = _network_policies_objects(metrics_port)
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+    try:
+        kubectl(
+            layout, "-n", "kube-system", "rollout", "status", "daemonset/kube-network-policies",
+            f"--timeout={int(timeout)}s", timeout=timeout + 10,
+        )  # fmt: skip
+    except ClusterError as error:
+        pods = kubectl(layout, "-n", "kube-system", "logs", "daemonset/kube-network-policies")
+        raise ClusterError(f"kube-network-policies not ready: {error}\n{pods[-2500:]}") from error

@@ -1,0 +1,104 @@
+"""Where everything is: pinned binaries, networks, ports and the state directory.
+
+The cluster owns 198.19.0.0/16 and nothing else (the Docker engine has 198.18.0.0/16):
+pods 198.19.0.0/17 with this node's bridge 198.19.0.1/24, Services 198.19.128.0/20.
+Host servers bind 127.0.0.1, or the bridge address where pods must reach them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT
+
+BINARIES_TABLE = PROJECT_ROOT / "ops" / "cluster" / "binaries.tsv"
+
+NODE_NAME = "pr-anomaly"
+CLUSTER_CIDR = "198.19.0.0/17"
+NODE_POD_CIDR = "198.19.0.0/24"
+BRIDGE = "pra-cni0"
+BRIDGE_IP = "198.19.0.1"
+SERVICE_CIDR = "198.19.128.0/20"
+KUBERNETES_SERVICE_IP = "198.19.128.1"
+DNS_SERVICE_IP = "198.19.128.10"
+CLUSTER_DOMAIN = "cluster.local"
+APISERVER_PORT = 6443
+KUBELET_PORT = 10250
+# The cluster's image registry (distribution), on loopback: docker pushes to it as a trusted
+# localhost registry, and containerd (on the host's network) pulls from it over plain HTTP.
+REGISTRY = "127.0.0.1:5000"
+# Distinguishes the rules this cluster adds to chains it does not own (DOCKER-USER).
+RULE_COMMENT = "pr-anomaly-cluster"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PR_ANOMALY_CACHE", Path.home() / ".cache" / "pr-anomaly"))
+
+
+@dataclass(frozen=True)
+class Binary:
+    name: str
+    version: str
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "cluster" / "bin" / f"{self.name}-{self.version}"
+
+
+def binaries() -> dict[str, Binary]:
+    rows = (
+        line.split("\t")
+        for line in BINARIES_TABLE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    return {row[0]: Binary(row[0], row[1]) for row in rows}
+
+
+def binary(name: str) -> Path:
+    path = binaries()[name].path
+    if not path.exists():
+        raise ClusterError(f"{name}: {path} is not built; run `make cluster-binaries`")
+    return path
+
+
+class Layout:
+    """The cluster's files under one state directory (default ``.local/cluster``)."""
+
+    def __init__(self, state_dir: Path | None = None):
+        self.root = Path(state_dir or LOCAL_DIR / "cluster").absolute()
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin's kubeconfig: what `make cluster-env` points KUBECONFIG at."""
+        return self.root / "kubeconfig"
+
+    def component_kubeconfig(self, name: str) -> Path:
+        return self.pki / f"{name}.kubeconfig"
+
+    def dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.root / "containerd" / "containerd.sock"
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://{BRIDGE_IP}:{APISERVER_PORT}"

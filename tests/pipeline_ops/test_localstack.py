@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import hvac
 import pytest
 import requests
 
@@ -187,3 +188,14 @@ def test_the_dev_server_does_not_write_the_home_token_file(
 
     assert not (home / ".vault-token").exists()
     assert os.stat(local.vault_root_token_file).st_mode & 0o077 == 0
+
+
+def test_the_root_token_is_not_in_the_process_list(local: LocalPlatform):
+    """Any user can read a process's arguments (`ps`); the token goes by environment."""
+    vault = local.up(["vault"])["vault"]
+
+    arguments = Path(f"/proc/{vault.pid}/cmdline").read_bytes()
+
+    assert local.vault_root_token().encode() not in arguments
+    client = hvac.Client(url=vault.url, token=local.vault_root_token())
+    assert client.is_authenticated()

@@ -185,7 +185,6 @@ class LocalPlatform:
             command = [
                 _venv_bin("bao"), "server", "-dev",
                 f"-dev-listen-address=127.0.0.1:{port}",
-                f"-dev-root-token-id={self.vault_root_token()}",
                 # Without this the dev server writes its root token to ~/.vault-token,
                 # where every hvac client without an explicit token would pick it up.
                 "-dev-no-store-token",
@@ -193,6 +192,9 @@ class LocalPlatform:
             # The dev server keeps everything in memory: each start is a fresh Vault,
             # which the bootstrap then configures.
             env.pop("VAULT_TOKEN", None)
+            # From the environment, not the command line: any user can read another
+            # process's arguments, not its environment.
+            env["BAO_DEV_ROOT_TOKEN_ID"] = self.vault_root_token()
         elif name == "mongo":
             ferretdb = TOOLS_DIR / "bin" / "ferretdb"
             if not ferretdb.exists():

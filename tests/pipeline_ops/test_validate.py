@@ -91,8 +91,8 @@ def test_actionlint_fails_on_an_unknown_job_dependency(repo: Path):
 def test_zizmor_fails_on_template_injection(repo: Path):
     _edit(
         repo / ".github/workflows/stage-image.yml",
-        'run: bash -euo pipefail -c "$IMAGE_TEST"',
-        'run: echo "${{ github.event.pull_request.title }}"',
+        "run: |\n          make setup\n",
+        'run: |\n          echo "${{ github.event.pull_request.title }}"\n',
     )
     _fails(repo, "zizmor", "template-injection")
 

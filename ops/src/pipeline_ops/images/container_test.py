@@ -420,21 +420,28 @@ def check_spark_kubernetes_shape(bench: ImageTestBench, executors: int = 2) -> s
     executor_heap_mb = _memory_mb(str(_spark_role(image, "executor")["memory"]))
     executor_ids = []
     for number in range(1, executors + 1):
+        # Each pod has an address of its own: one loopback address per executor (sharing
+        # one would make Spark read another executor's shuffle files as host-local disk).
+        address = f"127.0.0.{10 + number}"
         started = bench.docker_run(
             image, ["executor"], policy=policy, detach=True,
             env={
                 "SPARK_DRIVER_URL": f"spark://CoarseGrainedScheduler@127.0.0.1:{driver_port}",
                 "SPARK_EXECUTOR_ID": str(number), "SPARK_EXECUTOR_CORES": "1",
-                "SPARK_APPLICATION_ID": app_id, "SPARK_EXECUTOR_POD_IP": "127.0.0.1",
-                "SPARK_EXECUTOR_MEMORY": f"{executor_heap_mb}m",
-                "SPARK_LOCAL_IP": "127.0.0.1",
+                "SPARK_APPLICATION_ID": app_id, "SPARK_EXECUTOR_POD_IP": address,
+                "SPARK_EXECUTOR_MEMORY": f"{executor_heap_mb}m", "SPARK_LOCAL_IP": address,
                 **java_options,
             },
         )  # fmt: skip
         _expect(started.returncode == 0, f"executor {number} did not start", started)
         executor_ids.append(started.stdout.strip())
     exit_code = _wait_for_driver(bench, driver_id, executor_ids, timeout=900)
-    driver_log = bench.logs(driver_id)
+    full_log = bench.engine.docker("logs", driver_id, check=False)
+    (bench.work_dir / "spark-driver.log").write_text(full_log.stdout + full_log.stderr)
+    errors = [
+        line for line in full_log.stderr.splitlines() if " ERROR " in line or "Error:" in line
+    ]
+    driver_log = "\n".join(errors[:20]) + "\n" + bench.logs(driver_id)
     executor_logs = [
         f"{_exit_state(bench, e)}\n{bench.engine.docker('logs', e, check=False).stderr}"
         for e in executor_ids
@@ -449,7 +456,7 @@ def check_spark_kubernetes_shape(bench: ImageTestBench, executors: int = 2) -> s
     _expect(
         len(working) == executors, f"only executors {working} of {executors} ran tasks:\n{detail}"
     )
-    summary = ContainerResult(0, driver_log, "").summary()
+    summary = ContainerResult(0, full_log.stdout, "").summary()
     return f"driver + {executors} executors (read-only roots) published run {summary.get('run_id')}"
 
 
@@ -500,6 +507,7 @@ def _wait_for_driver(
     """The driver's exit code; or why it cannot finish (every executor gone while it waits
     for them, as when executors cannot start)."""
     deadline = time.monotonic() + timeout
+    executors_gone_at = None
     while time.monotonic() < deadline:
         state = json.loads(bench.engine.docker("inspect", driver).stdout)[0]["State"]
         if not state["Running"]:
@@ -508,8 +516,12 @@ def _wait_for_driver(
             e for e in executors
             if json.loads(bench.engine.docker("inspect", e).stdout)[0]["State"]["Running"]
         ]  # fmt: skip
-        if not alive:
-            return "still running, with every executor gone"
+        if alive:
+            executors_gone_at = None
+        elif executors_gone_at is None:
+            executors_gone_at = time.monotonic()  # a finishing driver stops them first
+        elif time.monotonic() - executors_gone_at > 60:
+            return "still running a minute after every executor was gone"
         time.sleep(2)
     return f"still running after {timeout:.0f} s"
 

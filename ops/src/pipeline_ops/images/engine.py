@@ -230,6 +230,9 @@ class ContainerEngine:
         """Remove whatever an engine under this home left: its containerd and shims, mounts
         below the data and exec roots, the bridge, Docker's iptables chains; then put the
         recorded host settings back."""
+        if state:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(state.pid, os.WNOHANG)  # a killed child of ours: reap it
         for pid in processes_mentioning(self.home):
             log.info("killing leftover engine process %s", pid)
             with contextlib.suppress(ProcessLookupError):
@@ -247,8 +250,10 @@ class ContainerEngine:
                 restore_sysctl(name, value)
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()
+        # dockerd refuses to start while its pid file names a live process, and a killed
+        # dockerd leaves it behind: its pid may since belong to any other program.
+        for stale in (self.socket, self.home / "docker.pid"):
+            stale.unlink(missing_ok=True)
 
     def status(self) -> dict[str, object]:
         state = self.running()

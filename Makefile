@@ -104,8 +104,8 @@ cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubect
 promote: ## open the staging -> main pull request carrying staging's image digests
 	gh workflow run promote.yml
 
-test: setup lint validate images ## lint, validate, build the images, then the whole test suite against real local servers
-	$(PY) -m pytest
+test: setup lint validate ## lint, validate, build the images, then the whole test suite against real local servers
+	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest'
 
 format: setup
 	$(VENV)/bin/ruff format .

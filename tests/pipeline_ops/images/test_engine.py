@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -78,3 +79,24 @@ def test_stopping_the_engine_restores_the_host(engine: ContainerEngine) -> None:
     assert not processes_mentioning(engine.home)
     assert engine.down() is False  # a second stop is harmless
     engine.up()  # for whatever runs next
+
+
+def test_a_command_run_with_the_engine_leaves_it_as_it_found_it(engine: ContainerEngine) -> None:
+    def with_engine(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline_ops.images", "with-engine", "--", *command],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **engine.env()},
+        )
+
+    engine.down()
+    stopped = with_engine("docker", "version", "--format", "{{.Server.Version}}")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip(), "the command ran with the engine answering"
+    assert engine.running() is None and not link_exists(BRIDGE), "and it was stopped after"
+
+    running = engine.up()
+    failing = with_engine("sh", "-c", "exit 3")
+    assert failing.returncode == 3, "the command's exit code is passed on"
+    assert engine.running() == running, "an engine that was running before is left running"

@@ -1,6 +1,6 @@
 """`python -m pipeline_ops.images`: the container engine, the local bases, the five images
 and their container tests (`make engine-up`, `make engine-down`, `make images`,
-`make image-test`)."""
+`make image-test`; `make test` runs inside `with-engine`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import signal
+import subprocess
 import sys
 
 from pipeline_ops.images.engine import ContainerEngine, EngineError, SystemEngine
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         help="project: the engine of `make engine-up` (default); default: the one the docker "
         "client reaches already (a CI runner's)",
     )  # fmt: skip
+    with_engine = commands.add_parser(
+        "with-engine",
+        help="run a command with the engine up; stop it afterwards if it was not running before",
+    )
+    with_engine.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
     # A stopped run (SIGTERM) still stops the platform and containers it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline_ops.images.build import build_images, print_table
 
             print_table(build_images(engine, args.images or None))
+        elif args.command == "with-engine":
+            return run_with_engine(engine, args.argv)
         elif args.command == "test":
             from pipeline_ops.images.container_test import run_image_tests
 
@@ -68,6 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_with_engine(engine: ContainerEngine | SystemEngine, argv: list[str]) -> int:
+    """The engine for one command (`make test`): started if needed, and then stopped again,
+    also when the command fails or is stopped, so the host is left as it was found."""
+    command = argv[1:] if argv[:1] == ["--"] else argv
+    if not command:
+        raise SystemExit("with-engine needs a command: with-engine -- COMMAND [ARGS...]")
+    started_here = engine.running() is None
+    engine.up()
+    try:
+        return subprocess.run(command, check=False).returncode
+    finally:
+        if started_here:
+            engine.down()
+            logging.info("stopped the engine this command started")
 
 
 if __name__ == "__main__":

@@ -240,6 +240,11 @@ class ContainerEngine:
         remove_cgroups(CGROUP_PARENT)
         for mount_point in mounts_below(self.home):
             subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
+        # The exec root is runtime state of processes that are gone now. Left in place, the
+        # next containerd tries to restore every dead task in it, one by one, and on a busy
+        # machine overruns dockerd's 15 s wait for containerd ("timeout waiting for
+        # containerd to start").
+        shutil.rmtree(self.exec_root, ignore_errors=True)
         remove_docker_iptables()
         bridge_existed = state.bridge_existed if state else False
         if not bridge_existed and link_exists(BRIDGE):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from ml_pipeline.preprocess import job as job_module
 from ml_pipeline.preprocess.job import PreprocessJob
 from ml_pipeline.preprocess.mongo_source import FORMAT, PullRequestDataSource, plan_partitions
+from ml_pipeline.preprocess.publish import new_run_id
 from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
 from pipeline_common.cli import StageError
 from pipeline_common.storage import S3Config
@@ -207,13 +208,13 @@ HAND_MADE = [
     _doc(5, "ann", _at(2), None, commits=...),
     _doc(6, "bob", _at(3), None, additions=-3),
     _doc(7, "bob", _at(4, 12), _at(4, 11)),
-    _doc(8, "ann", _at(5), None, additions="many"),
+    _doc(8, "ann", _at(5), datetime(2300, 1, 1, tzinfo=UTC), additions="many"),
 ]
 HAND_MADE_REASONS = {
     "o/a#5": "missing commits",
     "o/a#6": "negative additions",
     "o/a#7": "merged_at before created_at",
-    "o/a#8": "missing additions",
+    "o/a#8": "merged_at is outside 1970-2200; additions is not an integer",
 }
 
 
@@ -276,6 +277,18 @@ def test_broken_records_are_quarantined_with_their_reason(hand_made_run) -> None
     assert manifest["quarantine_reasons"] == {r: 1 for r in HAND_MADE_REASONS.values()}
 
 
+def test_a_quarantined_record_keeps_the_values_it_was_quarantined_for(hand_made_run) -> None:
+    root, summary = hand_made_run["root"], hand_made_run["summary"]
+    quarantine = pq.read_table(root / summary["run_id"] / "quarantine").to_pandas()
+    raw = dict(zip(quarantine["_id"], quarantine["raw_values"], strict=True))
+    assert json.loads(raw["o/a#8"]) == {
+        "additions": "many",
+        "merged_at": "2300-01-01 00:00:00+00:00",
+    }
+    assert raw["o/a#6"] is None  # a negative count is a value Spark holds: it is in its column
+    assert quarantine.set_index("_id").loc["o/a#6", "additions"] == -3
+
+
 def test_too_many_quarantined_records_fail_and_publish_nothing(
     spark, hand_made, hand_made_run
 ) -> None:
@@ -292,16 +305,17 @@ def test_too_many_quarantined_records_fail_and_publish_nothing(
     assert (root / job.run_id / "quarantine").is_dir()  # kept for inspection
 
 
+def _killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed before the manifest")
+
+
 def test_a_run_killed_before_its_manifest_is_never_visible(
     spark, hand_made, hand_made_run, monkeypatch
 ) -> None:
     root = hand_made_run["root"]
     latest = (root / "LATEST").read_text()
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed before the manifest")
-
-    monkeypatch.setattr(job_module, "write_manifest", killed)
+    monkeypatch.setattr(job_module, "write_manifest", _killed)
     secret = hand_made.model_copy(update={"features_uri": str(root)})
     job = PreprocessJob(spark, secret, TOLERANT)
     with pytest.raises(KeyboardInterrupt):
@@ -311,6 +325,40 @@ def test_a_run_killed_before_its_manifest_is_never_visible(
     assert load_feature_dataset(str(root)).run_id == latest
     with pytest.raises(DatasetError, match="incomplete"):
         load_feature_dataset(str(root), job.run_id)
+
+
+def test_a_published_run_removes_runs_killed_mid_way_and_keeps_the_rest(
+    spark, hand_made, tmp_path, monkeypatch
+) -> None:
+    secret = hand_made.model_copy(update={"features_uri": str(tmp_path)})
+    minutes_ago = datetime.now(UTC) - timedelta(minutes=5)
+    refused = PreprocessJob(
+        spark, secret, PreprocessJobSettings(max_quarantined_share=0.1), new_run_id(minutes_ago)
+    )
+    with pytest.raises(StageError, match="PREPROCESS_MAX_QUARANTINED_SHARE"):
+        refused.run()
+    assert json.loads((tmp_path / refused.run_id / "refused.json").read_text())[
+        "quarantine_reasons"
+    ] == {r: 1 for r in HAND_MADE_REASONS.values()}
+    with monkeypatch.context() as patched:
+        patched.setattr(job_module, "write_manifest", _killed)
+        killed = PreprocessJob(spark, secret, TOLERANT, new_run_id(minutes_ago))
+        with pytest.raises(KeyboardInterrupt):
+            killed.run()
+    (tmp_path / "notes").mkdir()  # not a run's folder
+
+    within_grace = PreprocessJob(spark, secret, TOLERANT).run()
+    assert within_grace["removed_abandoned_runs"] == []
+    assert (tmp_path / killed.run_id / "features").is_dir(), "5 minutes: perhaps still running"
+
+    settings = TOLERANT.model_copy(update={"abandoned_after_minutes": 1})
+    published = PreprocessJob(spark, secret, settings).run()
+
+    assert published["removed_abandoned_runs"] == [killed.run_id]
+    assert not (tmp_path / killed.run_id).exists()
+    kept = {path.name for path in tmp_path.iterdir()}
+    assert {refused.run_id, within_grace["run_id"], published["run_id"], "notes"} <= kept
+    assert load_feature_dataset(str(tmp_path)).run_id == published["run_id"]
 
 
 def test_s3_round_trip(spark, hand_made, hand_made_run, s3, platform) -> None:

@@ -15,9 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -38,8 +37,23 @@ from ml_pipeline.features import (
     missing_reason,
     negative_reason,
 )
-from ml_pipeline.preprocess.mongo_source import FORMAT, READ_SCHEMA, PullRequestDataSource
-from ml_pipeline.preprocess.publish import publish_latest, write_manifest, write_parquet
+from ml_pipeline.preprocess.mongo_source import (
+    DOCUMENT_SCHEMA,
+    FORMAT,
+    RAW_VALUES,
+    READ_PROBLEM,
+    READ_SCHEMA,
+    PullRequestDataSource,
+)
+from ml_pipeline.preprocess.publish import (
+    REFUSED,
+    new_run_id,
+    publish_latest,
+    remove_abandoned_runs,
+    run_started_at,
+    write_manifest,
+    write_parquet,
+)
 from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
 from pipeline_common.cli import StageError
 from pipeline_common.storage import StorageLocation
@@ -56,7 +70,8 @@ log = logging.getLogger(__name__)
 # The connector cannot infer a schema from FerretDB ($sample is not implemented there),
 # and an explicit schema is better anyway: a renamed field fails here, not downstream.
 # Both author fields are read (data-fetch renamed author_login to author) and coalesced.
-CONNECTOR_SCHEMA = READ_SCHEMA.replace("author string", "author string, author_login string")
+# The connector reads a field of the wrong type as null: it reports no read problems.
+CONNECTOR_SCHEMA = DOCUMENT_SCHEMA.replace("author string", "author string, author_login string")
 READ_COLUMNS = [part.split()[0] for part in READ_SCHEMA.split(", ")]
 
 KEY_COLUMNS = ("repository", "number", "author", "created_at", "merged_at")
@@ -94,8 +109,11 @@ def read_pull_requests(
             )
             .load()
         )
-        return frame.withColumn("author", F.coalesce("author", "author_login")).select(
-            *READ_COLUMNS
+        return (
+            frame.withColumn("author", F.coalesce("author", "author_login"))
+            .withColumn(READ_PROBLEM, F.lit(None).cast("string"))
+            .withColumn(RAW_VALUES, F.lit(None).cast("string"))
+            .select(*READ_COLUMNS)
         )
     spark.dataSource.register(PullRequestDataSource)
     return (
@@ -109,13 +127,15 @@ def read_pull_requests(
 
 
 def input_problem() -> Column:
-    """The spec's input rules (``features.input_problems``) as one Spark expression."""
-    checks = [(F.col(c).isNull(), missing_reason(c)) for c in REQUIRED_COLUMNS]
-    checks += [(F.col(c) < 0, negative_reason(c)) for c in NON_NEGATIVE_COLUMNS]
-    checks.append((F.col("merged_at") < F.col("created_at"), MERGED_BEFORE_CREATED))
+    """The reader's problems first (a field it read as null was not missing), then the
+    spec's input rules (``features.input_problems``), as one Spark expression."""
+    checks = [(F.col(READ_PROBLEM).isNotNull(), F.col(READ_PROBLEM))]
+    checks += [(F.col(c).isNull(), F.lit(missing_reason(c))) for c in REQUIRED_COLUMNS]
+    checks += [(F.col(c) < 0, F.lit(negative_reason(c))) for c in NON_NEGATIVE_COLUMNS]
+    checks.append((F.col("merged_at") < F.col("created_at"), F.lit(MERGED_BEFORE_CREATED)))
     reason = F.lit(None).cast("string")
     for condition, text in reversed(checks):
-        reason = F.when(condition, F.lit(text)).otherwise(reason)
+        reason = F.when(condition, text).otherwise(reason)
     return reason
 
 
@@ -193,16 +213,12 @@ def content_hash(document: dict) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
 @dataclass
 class PreprocessJob:
     spark: SparkSession
     secret: PreprocessSecret
     settings: PreprocessJobSettings = field(default_factory=PreprocessJobSettings)
-    run_id: str = field(default_factory=_new_run_id)
+    run_id: str = field(default_factory=new_run_id)
 
     def run(self) -> dict[str, Any]:
         s3 = self.secret.s3()
@@ -249,6 +265,17 @@ class PreprocessJob:
             share = quarantined_rows / total
             limit = self.settings.max_quarantined_share
             if share > limit:
+                refusal = {
+                    "run_id": self.run_id,
+                    "refused_at": datetime.now(UTC).isoformat(),
+                    "documents": total,
+                    "quarantined_rows": quarantined_rows,
+                    "quarantine_reasons": reasons,
+                    "max_quarantined_share": limit,
+                    "quarantine_path": "quarantine",
+                    "quarantine_files": quarantine_files,
+                }
+                write_manifest(run_dir, s3, refusal, name=REFUSED)
                 raise StageError(
                     f"{quarantined_rows} of {total} pull requests ({share:.1%}) broke the feature "
                     f"spec, more than PREPROCESS_MAX_QUARANTINED_SHARE={limit}; reasons: "
@@ -310,6 +337,9 @@ class PreprocessJob:
         # The manifest is written last: a run without one is incomplete and never read.
         write_manifest(run_dir, s3, manifest)
         publish_latest(root, manifest["run_id"], s3)
+        grace = timedelta(minutes=self.settings.abandoned_after_minutes)
+        started = run_started_at(self.run_id) or datetime.now(UTC)
+        abandoned = remove_abandoned_runs(root, s3, started - grace)
         log.info(
             "published features",
             extra={"run_id": manifest["run_id"], "rows": rows, "quarantined": quarantined_rows},
@@ -322,4 +352,5 @@ class PreprocessJob:
             "content_hash": manifest["content_hash"],
             "features_path": run_dir.child("features").uri,
             "manifest": run_dir.child("manifest.json").uri,
+            "removed_abandoned_runs": abandoned,
         }

@@ -16,40 +16,32 @@ collection: see the README's benchmark for what that costs.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 from pyspark.sql.types import StructType
 
+from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
+
 FORMAT = "pull_requests_mongo"
 
-# Read schema: `author` is coalesced from `author` and the older `author_login`.
-READ_SCHEMA = (
+# The document's fields: `author` is coalesced from `author` and the older `author_login`.
+DOCUMENT_SCHEMA = (
     "_id string, repository string, number long, author string, title string, body string, "
     "created_at timestamp, merged_at timestamp, "
     "additions long, deletions long, changed_files long, commits long"
 )
-_PROJECTION = {
-    name: 1
-    for name in (
-        "repository",
-        "number",
-        "author",
-        "author_login",
-        "title",
-        "body",
-        "created_at",
-        "merged_at",
-        "additions",
-        "deletions",
-        "changed_files",
-        "commits",
-    )
-}
-_INTEGER_FIELDS = ("number", "additions", "deletions", "changed_files", "commits")
+# What the reader found wrong with a document's fields (a wrong type, a count or time
+# outside pipeline_common.limits), and those fields' original values as JSON: such a field
+# is read as null, and the quarantined row still shows what the database held.
+READ_PROBLEM = "read_problem"
+RAW_VALUES = "raw_values"
+READ_SCHEMA = f"{DOCUMENT_SCHEMA}, {READ_PROBLEM} string, {RAW_VALUES} string"
 
 
 @dataclass(frozen=True)
@@ -94,37 +86,71 @@ def plan_partitions(counts: dict[str | None, int], partitions: int) -> list[dict
     return filters or [{}]
 
 
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
+def _integer(value: Any) -> tuple[int | None, str | None]:
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None  # wrong type: read as missing, so validation quarantines the record
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None, "is not an integer"
+    if value > MAX_COUNT:  # negative ones are the input rules' to quarantine
+        return None, f"is above the largest count accepted ({MAX_COUNT})"
+    return value, None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def _text(value: Any) -> tuple[str | None, str | None]:
+    return (value, None) if isinstance(value, str) else (None, "is not a string")
+
+
+def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
+    if not isinstance(value, datetime):
+        return None, "is not a date"
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        return None, f"is outside {EARLIEST_TIME:%Y}-{LATEST_TIME:%Y}"
+    return value, None
+
+
+_COUNTS = ("additions", "deletions", "changed_files", "commits")
+# Each field read, and how its value is checked and converted.
+_FIELD_TYPES = {
+    "repository": _text,
+    "number": _integer,
+    "author": _text,
+    "author_login": _text,
+    "title": _text,
+    "body": _text,
+    "created_at": _timestamp,
+    "merged_at": _timestamp,
+    **{name: _integer for name in _COUNTS},
+}
+_PROJECTION = dict.fromkeys(_FIELD_TYPES, 1)
 
 
 def document_row(doc: dict[str, Any]) -> tuple:
-    from datetime import datetime
-
-    def timestamp(name: str):
-        value = doc.get(name)
-        return value if isinstance(value, datetime) else None
-
+    """One document as a :data:`READ_SCHEMA` row. A field of the wrong type, or out of
+    range, is read as null and named in ``read_problem``, its value kept in ``raw_values``."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    for name, convert in _FIELD_TYPES.items():
+        original = doc.get(name)
+        if original is None:
+            values[name] = None
+            continue
+        values[name], problem = convert(original)
+        if problem:
+            problems.append(f"{name} {problem}")
+            raw[name] = original
     return (
         str(doc["_id"]),
-        _text(doc.get("repository")),
-        _integer(doc.get("number")),
-        _text(doc.get("author")) or _text(doc.get("author_login")),
-        _text(doc.get("title")),
-        _text(doc.get("body")),
-        timestamp("created_at"),
-        timestamp("merged_at"),
-        *(_integer(doc.get(name)) for name in _INTEGER_FIELDS[1:]),
+        values["repository"],
+        values["number"],
+        values["author"] or values["author_login"],
+        values["title"],
+        values["body"],
+        values["created_at"],
+        values["merged_at"],
+        *(values[name] for name in _COUNTS),
+        "; ".join(problems) or None,
+        json.dumps(raw, default=str, sort_keys=True) if raw else None,
     )
 
 

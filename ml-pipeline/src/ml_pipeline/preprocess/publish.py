@@ -1,4 +1,5 @@
-"""Writing a run: Parquet from the executors, then the manifest, then LATEST.
+"""Writing a run: Parquet from the executors, then the manifest, then LATEST; then the
+folders of runs that were killed mid-way are removed.
 
 The executors write their own rows with pyarrow straight to the store (a local directory
 or S3), partitioned by repository the way Spark names it (``repository=<url-quoted>/``).
@@ -10,13 +11,17 @@ instead of adding a copy. Nothing under a run is read before its manifest exists
 from __future__ import annotations
 
 import json
+import logging
+import re
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 
@@ -24,6 +29,25 @@ from ml_pipeline.datasets import LATEST, MANIFEST
 from pipeline_common.storage import S3Config, StorageLocation
 
 WRITTEN_SCHEMA = "path string, rows long"
+# A run that stopped because too much was quarantined: kept, with why, for inspection.
+REFUSED = "refused.json"
+RUN_ID_FORMAT = "%Y%m%dT%H%M%SZ"
+_RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{6}$")
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run's folder name: when it started, so folders sort by start, and a random tail."""
+    return (now or datetime.now(UTC)).strftime(RUN_ID_FORMAT) + "-" + uuid.uuid4().hex[:6]
+
+
+def run_started_at(run_id: str) -> datetime | None:
+    """When the run ``run_id`` started; None for a folder that is not a run's."""
+    match = _RUN_ID.match(run_id)
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), RUN_ID_FORMAT).replace(tzinfo=UTC)
 
 
 def write_parquet(
@@ -67,9 +91,38 @@ def write_parquet(
     return sorted(({"path": r.path, "rows": r.rows} for r in written), key=lambda f: f["path"])
 
 
-def write_manifest(run_dir: StorageLocation, s3: S3Config | None, manifest: dict) -> None:
-    with run_dir.filesystem(s3).open_output_stream(run_dir.child(MANIFEST).path) as out:
+def write_manifest(
+    run_dir: StorageLocation, s3: S3Config | None, manifest: dict, name: str = MANIFEST
+) -> None:
+    with run_dir.filesystem(s3).open_output_stream(run_dir.child(name).path) as out:
         out.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def remove_abandoned_runs(
+    root: StorageLocation, s3: S3Config | None, started_before: datetime
+) -> list[str]:
+    """Delete the folders of runs that started before ``started_before`` and have neither a
+    manifest nor a refusal record: runs killed mid-way, never read by anyone. Returns their
+    ids."""
+    filesystem = root.filesystem(s3)
+    try:
+        entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root.path))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        started = run_started_at(entry.base_name)
+        if entry.type != pyarrow.fs.FileType.Directory or not started:
+            continue
+        if started >= started_before:
+            continue
+        markers = filesystem.get_file_info([f"{entry.path}/{MANIFEST}", f"{entry.path}/{REFUSED}"])
+        if any(marker.type != pyarrow.fs.FileType.NotFound for marker in markers):
+            continue
+        filesystem.delete_dir(entry.path)
+        log.info("removed abandoned run", extra={"run_id": entry.base_name})
+        removed.append(entry.base_name)
+    return sorted(removed)
 
 
 def publish_latest(root: StorageLocation, run_id: str, s3: S3Config | None = None) -> None:

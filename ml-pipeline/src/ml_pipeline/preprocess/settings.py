@@ -73,3 +73,10 @@ class PreprocessJobSettings(BaseSettings):
         le=1,
         description="fail the run when more than this share of the records is quarantined",
     )
+    abandoned_after_minutes: float = Field(
+        default=60,
+        ge=0,
+        description="a published run removes the folders of earlier runs that have neither a "
+        "manifest nor a refusal record and started at least this long before it (runs killed "
+        "mid-way; a run takes minutes, and the grace keeps a run started by hand meanwhile)",
+    )

@@ -11,7 +11,7 @@ FERRETDB_VERSION := v1.24.2
 UV_VERSION := 0.13.9
 KUSTOMIZE_VERSION := v5.8.1
 ACTIONLINT_VERSION := v1.7.12
-PACKAGES := pipeline-common ops data-fetch ml-pipeline model-serving
+PACKAGES := pipeline-common pipeline-contracts ops data-fetch ml-pipeline model-serving
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
 export PYSPARK_PYTHON := $(abspath $(PY))
@@ -67,9 +67,11 @@ demo-anomaly: setup ## score real and unusual pull requests with the champion, s
 bench-run: setup ## wall time of `make run` per step, fresh and re-run, in a temporary state dir
 	$(PY) -m pipeline_ops.bench_run
 
-lint: setup ## ruff
+lint: setup ## ruff, the import layers (import-linter), types (mypy --strict: pipeline-common, pipeline-contracts)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy --strict pipeline-common/src pipeline-contracts/src
 
 validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters)
 	$(PY) -m pipeline_ops.validate

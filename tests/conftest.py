@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 from ml_pipeline.feature_frames import attach_context, compute_features
-from ml_pipeline.scoring import AnomalyScorer
-from ml_pipeline.training.job import fit_autoencoder
 from ml_pipeline.training.settings import TrainingSettings
+from ml_pipeline.training.steps import fit_autoencoder
+from pipeline_contracts.scorer import AnomalyScorer
 from pipeline_ops.local_env import LocalEnvironment
 from pipeline_ops.localstack import LocalPlatform
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from pipeline_contracts.registry import ModelReference
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -66,15 +68,14 @@ def register_model(tracking_uri: str, name: str, records: list[dict], workdir: P
     import pandas as pd
     from mlflow import MlflowClient
 
-    from ml_pipeline.feature_frames import attach_context, compute_features
-    from ml_pipeline.features import FeatureContext
-    from ml_pipeline.scoring import AnomalyScorer
-    from ml_pipeline.training.job import fit_autoencoder
+    from ml_pipeline.feature_frames import attach_context, compute_features, feature_context
     from ml_pipeline.training.pyfunc import log_scorer_model
     from ml_pipeline.training.settings import TrainingSettings
+    from ml_pipeline.training.steps import fit_autoencoder
+    from pipeline_contracts.scorer import AnomalyScorer
 
     training = pd.DataFrame(records[:2000])
-    context = FeatureContext.from_records(training)
+    context = feature_context(training)
     features = compute_features(attach_context(training, context)).to_numpy()
     mean, scale = features.mean(axis=0), features.std(axis=0)
     scale[scale == 0] = 1.0
@@ -87,7 +88,7 @@ def register_model(tracking_uri: str, name: str, records: list[dict], workdir: P
     with mlflow.start_run():
         info = log_scorer_model(scorer, workdir, name)
     MlflowClient().set_registered_model_alias(name, ALIAS, info.registered_model_version)
-    return f"models:/{name}@{ALIAS}"
+    return ModelReference.at_alias(name, ALIAS).uri
 
 
 class Server:

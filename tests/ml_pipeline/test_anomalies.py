@@ -14,7 +14,7 @@ from ml_pipeline.anomalies import (
     revert_labels,
 )
 from ml_pipeline.feature_frames import compute_features
-from ml_pipeline.features import FEATURE_NAMES
+from pipeline_contracts.features import FEATURE_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ml_pipeline.datasets import DatasetError, load_feature_dataset
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
+from pipeline_contracts.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import pytest
 from data_fetch.job import FetchJob
 from data_fetch.settings import FetchSecret
 from ml_pipeline.datasets import DatasetError, load_feature_dataset
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from ml_pipeline.preprocess import job as job_module
 from ml_pipeline.preprocess.job import PreprocessJob
 from ml_pipeline.preprocess.mongo_source import FORMAT, PullRequestDataSource, plan_partitions
@@ -30,6 +29,7 @@ from ml_pipeline.preprocess.publish import new_run_id
 from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
 from pipeline_common.cli import StageError
 from pipeline_common.storage import S3Config
+from pipeline_contracts.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
 
 PER_FILE = 15
 

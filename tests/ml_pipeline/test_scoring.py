@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ml_pipeline.features import FEATURE_NAMES, FeatureContext
 from ml_pipeline.model import Autoencoder
-from ml_pipeline.scoring import AnomalyScorer
+from pipeline_contracts.features import FEATURE_NAMES, FeatureContext
+from pipeline_contracts.scorer import AnomalyScorer
 
 
 @pytest.fixture

@@ -20,21 +20,14 @@ import pytest
 from mlflow import MlflowClient
 
 from ml_pipeline.anomalies import inject_anomalies
-from ml_pipeline.features import FEATURE_NAMES
-from ml_pipeline.training.job import (
-    CHALLENGER,
-    CHAMPION,
-    TrainingJob,
-    evaluation_rows,
-    fit_scaler,
-    gate_decision,
-    time_split,
-    train_and_evaluate,
-    untrustworthy_reason,
-)
+from ml_pipeline.feature_frames import score_frame
+from ml_pipeline.training.gate import gate_decision, untrustworthy_reason
+from ml_pipeline.training.job import TrainingJob
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
-from model_serving.model_source import load_registered_model
+from ml_pipeline.training.steps import evaluation_rows, fit_scaler, time_split, train_and_evaluate
 from pipeline_common.cli import StageError
+from pipeline_contracts.features import FEATURE_NAMES
+from pipeline_contracts.registry import CHALLENGER, CHAMPION, ModelReference, download_scorer
 
 PER_FILE = 300  # 600 real pull requests
 
@@ -140,13 +133,14 @@ def test_pyfunc_and_serving_fast_path_score_alike(trained, records) -> None:
     secret, result = trained["secret"], trained["second"]
     raw = pd.DataFrame(records[::10])  # GitHub-shaped: nested user/base, labels, ...
     mlflow.set_tracking_uri(secret.mlflow_tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{secret.model_name}@{CHALLENGER}")
+    challenger = ModelReference.at_alias(secret.model_name, CHALLENGER)
+    pyfunc = mlflow.pyfunc.load_model(challenger.uri)
     predicted = pyfunc.predict(raw)
 
-    loaded = load_registered_model(secret.mlflow_tracking_uri, secret.model_name, CHALLENGER)
-    assert loaded.version == result["model_version"]
-    assert loaded.scorer.threshold == pytest.approx(result["threshold"])
-    fast = pd.DataFrame(loaded.scorer.score_records(raw))
+    version, scorer = download_scorer(secret.mlflow_tracking_uri, challenger)
+    assert version == result["model_version"]
+    assert scorer.threshold == pytest.approx(result["threshold"])
+    fast = pd.DataFrame(score_frame(scorer, raw))
 
     assert len(predicted) == len(fast) == len(raw)
     np.testing.assert_allclose(predicted["score"], fast["score"], rtol=1e-6)

@@ -16,12 +16,11 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from ml_pipeline.feature_frames import attach_context, compute_features
-from ml_pipeline.features import (
-    FEATURE_NAMES,
-    MERGED_BEFORE_CREATED,
-    FeatureContext,
-    feature_matrix,
+from ml_pipeline.feature_frames import (
+    attach_context,
+    compute_features,
+    feature_context,
+    score_frame,
 )
 from model_serving.app import (
     MicroBatcher,
@@ -31,8 +30,14 @@ from model_serving.app import (
     create_app,
     feature_inputs,
 )
-from model_serving.model_source import LoadedModel, load_model_uri
+from model_serving.model_source import LoadedModel, load_model
 from pipeline_common.limits import MAX_COUNT
+from pipeline_contracts.features import (
+    FEATURE_NAMES,
+    MERGED_BEFORE_CREATED,
+    feature_matrix,
+)
+from pipeline_contracts.registry import ModelReference
 
 MAX_BATCH = 5
 MAX_BODY_BYTES = 64 * 1024
@@ -65,7 +70,9 @@ def assert_no_stack_trace(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def model(registered_model) -> LoadedModel:
-    return load_model_uri(registered_model["tracking_uri"], registered_model["uri"])
+    return load_model(
+        registered_model["tracking_uri"], ModelReference.parse(registered_model["uri"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +151,7 @@ def test_single_record_gets_one_verdict(client, record, scorer, model) -> None:
     assert response.status_code == 200, response.text
     [verdict] = response.json()["results"]
     assert set(verdict) == VERDICT_KEYS
-    expected = scorer.score_records([record])[0]
+    expected = score_frame(scorer, [record])[0]
     assert verdict["score"] == pytest.approx(expected["score"], rel=1e-5)
     assert verdict["threshold"] == pytest.approx(scorer.threshold)
     assert verdict["is_anomaly"] == (verdict["score"] > verdict["threshold"])
@@ -160,7 +167,7 @@ def test_a_list_gets_one_verdict_per_record_in_order(client, serving_records, sc
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["number"] for r in results] == [r["number"] for r in batch]
-    expected = scorer.score_records(batch)
+    expected = score_frame(scorer, batch)
     assert [r["score"] for r in results] == pytest.approx([e["score"] for e in expected], 1e-5)
     assert client.post("/v1/score", json=[]).json() == {"results": []}
 
@@ -374,7 +381,7 @@ def test_requests_scored_together_get_their_own_verdicts(model, serving_records)
 
     answers = asyncio.run(together())
     for sent, answer in zip(requests, answers, strict=True):
-        alone = model.scorer.score_records(sent)
+        alone = score_frame(model.scorer, sent)
         assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
 
 
@@ -402,7 +409,7 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
         {**r, "repository": r["base"]["repo"]["full_name"], "author": r["user"]["login"]}
         for r in serving_records
     ]
-    context = FeatureContext.from_records(pd.DataFrame(flat[::2]))
+    context = feature_context(pd.DataFrame(flat[::2]))
     parsed = [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records]
 
     inputs = feature_inputs(parsed)
@@ -463,7 +470,7 @@ def test_one_unscorable_record_fails_only_its_own_request(model, serving_records
     assert isinstance(failed, UnscorableRecordError)
     assert failed.index == 1 and "OverflowError" in failed.problem
     for sent, answer in ((serving_records[0:3], first), (serving_records[3:6], second)):
-        alone = model.scorer.score_records(sent)
+        alone = score_frame(model.scorer, sent)
         assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from pipeline_contracts.registry import ModelReference
 from pipeline_ops.promotion import (
     CHALLENGER,
     CHAMPION,
@@ -56,7 +57,10 @@ def serving_env(local_env) -> dict[str, str]:
 def green(register_scorer, serving_env, tmp_path_factory):
     version = register_scorer(MODEL)
     instance = start_serving(
-        "green", f"models:/{MODEL}/{version}", serving_env, tmp_path_factory.mktemp("green")
+        "green",
+        ModelReference.at_version(MODEL, version),
+        serving_env,
+        tmp_path_factory.mktemp("green"),
     )
     yield version, instance
     instance.stop()
@@ -176,7 +180,9 @@ def test_a_champion_this_code_cannot_serve_does_not_block_the_challenger(
         champion = str(log_scorer_model(old, tmp_path, name).registered_model_version)
     mlflow_client.set_registered_model_alias(name, CHAMPION, champion)
     with pytest.raises(PromotionError, match="feature spec 2"):
-        start_serving("blue", f"models:/{name}/{champion}", serving_env, tmp_path, timeout=60)
+        start_serving(
+            "blue", ModelReference.at_version(name, champion), serving_env, tmp_path, timeout=60
+        )
 
     challenger = register_scorer(name)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, challenger)

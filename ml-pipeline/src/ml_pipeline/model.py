@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ml_pipeline.scoring import DenseNetwork
+from pipeline_contracts.scorer import DenseNetwork
 
 
 class Autoencoder(nn.Module):

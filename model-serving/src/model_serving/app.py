@@ -38,21 +38,20 @@ from pydantic import (
 )
 from starlette.responses import Response
 
-from ml_pipeline.features import (
+from model_serving.metrics import MetricsMiddleware, ServingMetrics
+from model_serving.model_source import LoadedModel
+from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
+from pipeline_contracts.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     MERGED_BEFORE_CREATED,
     FeatureInputs,
 )
-from model_serving.metrics import MetricsMiddleware, ServingMetrics
-from model_serving.model_source import LoadedModel
-from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
+from pipeline_contracts.readiness import MODEL_LOADING, READY
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-# /readyz's 503 detail while the model loads; any other detail is the load's error
-MODEL_LOADING = "model is loading"
 
 
 def _service_version() -> str:
@@ -464,7 +463,7 @@ def create_app(
         if holder.model is None:
             detail = holder.error or MODEL_LOADING
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail)
-        return {"status": "ready", "model_version": holder.model.version}
+        return {"status": READY, "model_version": holder.model.version}
 
     @app.get("/version")
     async def version() -> VersionInfo:

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from pipeline_contracts.registry import CHAMPION, ModelReference
 from pipeline_ops.local_env import LocalEnvironment
 from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform, PlatformError
 
@@ -132,9 +133,8 @@ def _demo(platform: LocalPlatform) -> int:
 
     env = LocalEnvironment(platform)
     model_name = env.stage_secrets()["model-serving"]["model_name"]
-    with serving_url(
-        stage_process_env(env, "model-serving"), f"models:/{model_name}@champion"
-    ) as url:
+    champion = ModelReference.at_alias(model_name, CHAMPION)
+    with serving_url(stage_process_env(env, "model-serving"), champion) as url:
         score_and_show(url)
     return 0
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from pipeline_contracts.registry import ModelReference
 from pipeline_ops.paths import LOCAL_DIR, SAMPLES_DIR
 
 
@@ -49,7 +50,7 @@ def unusual_pull_requests(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def serving_url(env: dict[str, str], model_uri: str) -> Iterator[str]:
+def serving_url(env: dict[str, str], model: ModelReference) -> Iterator[str]:
     """The URL `make run --keep-serving` left running, or a temporary champion service."""
     from pipeline_ops.promotion import start_serving
 
@@ -63,7 +64,7 @@ def serving_url(env: dict[str, str], model_uri: str) -> Iterator[str]:
                 return
         except requests.RequestException:
             pass
-    instance = start_serving("demo", model_uri, env, LOCAL_DIR / "pipeline" / "serving")
+    instance = start_serving("demo", model, env, LOCAL_DIR / "pipeline" / "serving")
     try:
         yield instance.url
     finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml_pipeline.features import FEATURE_SPEC_VERSION
+from pipeline_contracts.features import FEATURE_SPEC_VERSION
 from pipeline_ops.local_env import LocalEnvironment
 from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, TOOLS_DIR

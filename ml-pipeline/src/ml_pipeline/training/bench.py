@@ -22,15 +22,15 @@ from sklearn.ensemble import IsolationForest
 
 from ml_pipeline.anomalies import load_revert_labels
 from ml_pipeline.feature_frames import compute_features, context_columns
-from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES
-from ml_pipeline.training.job import (
+from ml_pipeline.training.settings import TrainingSettings
+from ml_pipeline.training.steps import (
     fit_autoencoder,
     fit_scaler,
     pick_device,
     time_split,
     train_and_evaluate,
 )
-from ml_pipeline.training.settings import TrainingSettings
+from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES
 
 SAMPLES = Path(__file__).resolve().parents[4] / "data" / "samples"
 

@@ -15,7 +15,7 @@ import numpy as np
 from ml_pipeline.evaluation import curves
 
 if TYPE_CHECKING:
-    from ml_pipeline.training.job import Evaluation
+    from ml_pipeline.training.steps import Evaluation
 
 
 def write_plots(directory: Path, evaluation: Evaluation) -> list[Path]:

@@ -5,13 +5,15 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline_contracts.registry import DEFAULT_MODEL_NAME
+
 
 class TrainingSecret(BaseModel):
     """Keys of the ml-training Vault secret."""
 
     mlflow_tracking_uri: str = Field(description="MLflow tracking server URL")
     features_uri: str = Field(description="root of the published feature data sets")
-    model_name: str = Field(default="pr-anomaly", description="registered model name")
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="registered model name")
 
 
 class TrainingSettings(BaseSettings):
@@ -54,4 +56,4 @@ class TrainingSettings(BaseSettings):
         description="gate: largest sane threshold (mean squared error over standardised "
         "features; about 1 is the error of predicting the training mean)",
     )
-    experiment: str = Field(default="pr-anomaly", description="MLflow experiment name")
+    experiment: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow experiment name")

@@ -1,10 +1,11 @@
-"""Scoring: features -> scaled -> reconstruction error per feature -> score and verdict.
+"""The scorer: features -> scaled -> reconstruction error per feature -> score and verdict,
+and its file format (``scorer.npz``).
 
 Used by training (threshold, evaluation), the MLflow pyfunc and model-serving's fast path,
 so all give the same answer. Inference needs numpy only: the trained autoencoder is kept
 as its layers' arrays (:class:`DenseNetwork`), which runs a 13-feature row about 5x faster
-than the torch module and keeps torch out of the serving image. Pandas is only imported by
-:meth:`AnomalyScorer.score_records` (the DataFrame path), which serving does not use.
+than the torch module and keeps torch out of the serving image. DataFrames are scored by
+``ml_pipeline.feature_frames.score_frame``, which serving does not use.
 """
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ml_pipeline.features import (
+from pipeline_contracts.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     FeatureContext,
     FeatureInputs,
     feature_matrix,
 )
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 TOP_FEATURES = 3
 SCORER_FILE = "scorer.npz"
@@ -78,7 +76,8 @@ class AnomalyScorer:
                 np.float32
             )
             errors = (self.network(scaled) - scaled) ** 2
-        return np.nan_to_num(errors, nan=LARGEST_ERROR, posinf=LARGEST_ERROR)
+        finite: np.ndarray = np.nan_to_num(errors, nan=LARGEST_ERROR, posinf=LARGEST_ERROR)
+        return finite
 
     def score_features(self, features: np.ndarray) -> list[dict[str, Any]]:
         errors = self.errors(features)
@@ -108,16 +107,6 @@ class AnomalyScorer:
         filled = replace(inputs, author_prior_pull_requests=prior, repository_median_changes=median)
         return self.score_features(feature_matrix(filled))
 
-    def score_records(
-        self, records: Sequence[dict[str, Any]] | pd.DataFrame
-    ) -> list[dict[str, Any]]:
-        import pandas as pd
-
-        from ml_pipeline.feature_frames import attach_context, compute_features
-
-        frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
-        return self.score_features(compute_features(attach_context(frame, self.context)).to_numpy())
-
     # -- persistence: one .npz of plain arrays and a JSON header, loadable without pickle --
     def save(self, path: Path) -> None:
         header = {
@@ -135,7 +124,7 @@ class AnomalyScorer:
             **{f"bias_{i}": b for i, b in enumerate(self.network.biases)},
         }
         with open(path, "wb") as file:  # a file object: np.savez would append ".npz"
-            np.savez(file, header=np.array(json.dumps(header)), **arrays)
+            np.savez(file, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> AnomalyScorer:

@@ -22,7 +22,7 @@ from ml_pipeline.training.settings import TrainingSettings
 from ml_pipeline.training.steps import fit_autoencoder
 from pipeline_contracts.scorer import AnomalyScorer
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 
 @pytest.fixture(scope="session")

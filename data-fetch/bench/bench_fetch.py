@@ -30,7 +30,7 @@ from data_fetch.records import normalize_rest_pull_request
 from data_fetch.settings import FetchSecret
 from data_fetch.store import PullRequestStore, WriteCounts, pull_request_document
 from pipeline_ops.github_replay_server import GitHubReplayServer, load_samples
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = PROJECT_ROOT / "data" / "samples"

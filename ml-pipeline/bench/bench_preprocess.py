@@ -46,7 +46,7 @@ from ml_pipeline.preprocess.settings import (
 from ml_pipeline.preprocess.spark import build_spark_session
 from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES
 from pipeline_contracts.pull_requests import LEGACY_AUTHOR_FIELD, PULL_REQUEST_COLUMNS
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECTION = dict.fromkeys([*(c.name for c in PULL_REQUEST_COLUMNS), LEGACY_AUTHOR_FIELD], 1)

@@ -34,7 +34,7 @@ from pipeline_common.vault import (
     read_stage_secret,
 )
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import free_port
+from pipeline_ops.local_platform import free_port
 from pipeline_ops.vault_bootstrap import bootstrap_vault
 
 PLANTED = "sup3r-s3cret-value"

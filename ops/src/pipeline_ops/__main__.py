@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 from pipeline_contracts.registry import CHAMPION, ModelReference
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform, PlatformError
+from pipeline_ops.local_platform import DEFAULT_SERVICES, LocalPlatform, PlatformError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,16 +113,14 @@ def _print_run(summary: dict) -> None:
 
 
 def _stop_kept_serving() -> list[str]:
-    from pipeline_ops.paths import LOCAL_DIR
+    from pipeline_ops.pipeline_state import PipelineState
     from pipeline_ops.promotion import stop_kept_serving
 
-    state_path = LOCAL_DIR / "pipeline" / "state.json"
-    if not state_path.exists():
+    state = PipelineState()
+    if not state.path.exists():
         return []
-    state = json.loads(state_path.read_text())
-    stopped = stop_kept_serving(state.get("active_pid"))
+    stopped = stop_kept_serving(state.read().get("active_pid"))
     state.update(active_url=None, active_pid=None)
-    state_path.write_text(json.dumps(state, indent=2))
     return ["model-serving"] if stopped else []
 
 

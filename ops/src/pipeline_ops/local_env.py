@@ -14,7 +14,7 @@ from pathlib import Path
 import hvac
 
 from pipeline_contracts.registry import DEFAULT_MODEL_NAME
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR
 from pipeline_ops.vault_bootstrap import LocalIdentities, VaultLayout, bootstrap_vault
 

@@ -21,7 +21,7 @@ from pipeline_ops.images.engine import (
     processes_mentioning,
     read_sysctl,
 )
-from pipeline_ops.localstack import proc_start_ticks
+from pipeline_ops.local_platform import proc_start_ticks
 
 pytestmark = pytest.mark.images
 

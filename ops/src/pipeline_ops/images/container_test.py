@@ -43,7 +43,7 @@ import yaml
 from pipeline_ops.images.build import IMAGE_ORDER, built_images
 from pipeline_ops.images.engine import ContainerEngine, EngineError
 from pipeline_ops.local_env import MODEL_NAME, LocalEnvironment
-from pipeline_ops.localstack import LocalPlatform, free_port
+from pipeline_ops.local_platform import LocalPlatform, free_port
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, SAMPLES_DIR
 from pipeline_ops.validate.checks import walk_nodes
 
@@ -638,9 +638,9 @@ def _host_stage(bench: ImageTestBench, stage: str) -> None:
     """Produce a stage's output with the host's own command (a stage tested alone)."""
     import sys
 
-    from pipeline_ops.runner import run_stage
+    from pipeline_ops.runner import run_stage_process
 
-    run_stage(bench.env, stage, [str(Path(sys.executable).parent / stage)])
+    run_stage_process(bench.env, stage, [str(Path(sys.executable).parent / stage)])
 
 
 def stage_checks(

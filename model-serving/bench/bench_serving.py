@@ -245,20 +245,36 @@ def main() -> int:
         measure("ours batch 1000", ours, "/v1/score", ours_bodies(records, 1000), connections=2)
         half = results["ours single"]["rps"] / 2
         measure(
-            "ours single @ half capacity", ours, "/v1/score", single, mode="open", rate=half,
+            "ours single @ half capacity",
+            ours,
+            "/v1/score",
+            single,
+            mode="open",
+            rate=half,
             connections=64,
-        )  # fmt: skip
+        )
         ours.stop()
 
         print("mlflow models serve --env-manager local, 1 worker")
         mlflow_server = run_server(
             "mlflow",
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--workers", "1", "--host", "127.0.0.1"],
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "--workers",
+                "1",
+                "--host",
+                "127.0.0.1",
+            ],
             {"MLFLOW_TRACKING_URI": tracking_uri},
             "/invocations",
             mlflow_bodies(records, 1)[0],
-        )  # fmt: skip
+        )
         path = "/invocations"
         measure("mlflow single", mlflow_server, path, mlflow_bodies(records, 1), connections=16)
         measure("mlflow batch 100", mlflow_server, path, mlflow_bodies(records, 100), connections=4)

@@ -45,7 +45,8 @@ def test_refuses_another_feature_spec_version(tmp_path: Path, frame, write_featu
         load_feature_dataset(str(tmp_path))
     message = str(error.value)
     assert "run-old" in message
-    assert repr(other) in message and repr(FEATURE_SPEC_VERSION) in message
+    assert repr(other) in message
+    assert repr(FEATURE_SPEC_VERSION) in message
 
 
 def test_refuses_a_root_without_latest(tmp_path: Path, frame, write_feature_run) -> None:

@@ -129,7 +129,8 @@ def test_spec_document_lists_every_feature() -> None:
     assert document["version"] == FEATURE_SPEC_VERSION
     assert [f["name"] for f in document["features"]] == list(FEATURE_NAMES)
     for feature in document["features"]:
-        assert feature["formula"].strip() and feature["unit"].strip(), feature["name"]
+        assert feature["formula"].strip(), feature["name"]
+        assert feature["unit"].strip(), feature["name"]
 
 
 def _raw(repository: str, author: str, additions: int, deletions: int) -> dict:

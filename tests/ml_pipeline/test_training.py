@@ -107,7 +107,8 @@ def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> No
     # the injected anomalies are found far better than by chance, by both models
     assert run.data.metrics["test_roc_auc"] > 0.9
     assert run.data.metrics["isolation_forest_test_roc_auc"] > 0.9
-    assert result["registered"] is True and result["gate"].startswith("passed")
+    assert result["registered"] is True
+    assert result["gate"].startswith("passed")
 
 
 def test_each_run_registers_a_version_and_moves_challenger(trained, client) -> None:
@@ -165,8 +166,10 @@ def gated(trained, client) -> dict[str, Any]:
 def test_gate_refuses_a_bad_model_without_touching_the_aliases(trained, gated, client) -> None:
     name = trained["secret"].model_name
     bad = gated["bad"]
-    assert bad["registered"] is False and bad["model_version"] is None
-    assert bad["gate"].startswith("refused: ROC AUC") and "below the minimum" in bad["gate"]
+    assert bad["registered"] is False
+    assert bad["model_version"] is None
+    assert bad["gate"].startswith("refused: ROC AUC")
+    assert "below the minimum" in bad["gate"]
     assert bad["test_roc_auc"] < trained["settings"].min_roc_auc
     # the run is still tracked, with the reason
     run = client.get_run(bad["mlflow_run_id"])
@@ -180,7 +183,8 @@ def test_gate_refuses_a_bad_model_without_touching_the_aliases(trained, gated, c
 def test_gate_accepts_a_good_model_as_challenger_only(trained, gated, client) -> None:
     name = trained["secret"].model_name
     good = gated["good"]
-    assert good["registered"] is True and good["model_version"] == "3"
+    assert good["registered"] is True
+    assert good["model_version"] == "3"
     assert "champion version 1" in good["gate"]
     assert client.get_model_version_by_alias(name, CHALLENGER).version == "3"
     assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
@@ -192,7 +196,8 @@ def test_gate_rule() -> None:
     assert gate_decision(0.81, settings).registered
     assert gate_decision(0.90, settings, "4", 0.915).registered
     refused = gate_decision(0.90, settings, "4", 0.93)
-    assert not refused.registered and "champion version 4" in refused.reason
+    assert not refused.registered
+    assert "champion version 4" in refused.reason
 
 
 def test_pyfunc_loads_by_alias_in_a_fresh_process(trained, records, tmp_path) -> None:
@@ -225,9 +230,8 @@ def test_pyfunc_loads_by_alias_in_a_fresh_process(trained, records, tmp_path) ->
     assert len(results) == 5
     for result in results:
         assert set(result) >= {"score", "threshold", "is_anomaly", "top_features"}
-        assert result["score"] >= 0 and result["threshold"] == pytest.approx(
-            trained["second"]["threshold"]
-        )
+        assert result["score"] >= 0
+        assert result["threshold"] == pytest.approx(trained["second"]["threshold"])
 
 
 # -- data set errors (fail before anything reaches MLflow) -----------------------------------
@@ -306,7 +310,8 @@ def test_the_gate_refuses_a_model_of_too_little_or_degenerate_data(
 
     result = TrainingJob(trained["secret"], trained["settings"], run_id).run()
 
-    assert result["registered"] is False and result["model_version"] is None
+    assert result["registered"] is False
+    assert result["model_version"] is None
     assert re.search(reason, result["gate"]), result["gate"]
     assert "TRAINING_MIN_SPLIT_ROWS=50" in result["gate"]
     run = client.get_run(result["mlflow_run_id"])  # the reason is in the run
@@ -321,5 +326,6 @@ def test_the_gate_refuses_an_insane_threshold(records, feature_rows) -> None:
     for threshold in (1058.0, 2.6e15, float("nan"), 0.0):
         outcome.scorer.threshold = threshold
         reason = untrustworthy_reason(outcome, settings)
-        assert reason is not None and "outside (0, TRAINING_MAX_THRESHOLD=25]" in reason
+        assert reason is not None
+        assert "outside (0, TRAINING_MAX_THRESHOLD=25]" in reason
         assert not gate_decision(0.99, settings, untrustworthy=reason).registered

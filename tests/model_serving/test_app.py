@@ -398,7 +398,8 @@ def test_context_features_use_the_models_snapshot_unless_the_caller_sends_them(
     ]
     assert scores[0] != scores[1]
     bad = client.post("/v1/score", json={**record, "author_prior_pull_requests": -1})
-    assert bad.status_code == 422 and "author_prior_pull_requests" in bad.text
+    assert bad.status_code == 422
+    assert "author_prior_pull_requests" in bad.text
 
 
 def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
@@ -426,7 +427,8 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
         )
     )
     reference = compute_features(attach_context(pd.DataFrame(flat), context)).to_numpy()
-    assert (prior > 0).any() and (prior == 0).any()  # both known and new authors
+    assert (prior > 0).any()
+    assert (prior == 0).any()
     np.testing.assert_allclose(fast, reference, rtol=1e-12, atol=1e-12)
 
 
@@ -468,7 +470,8 @@ def test_one_unscorable_record_fails_only_its_own_request(model, serving_records
 
     first, failed, second = asyncio.run(together())
     assert isinstance(failed, UnscorableRecordError)
-    assert failed.index == 1 and "OverflowError" in failed.problem
+    assert failed.index == 1
+    assert "OverflowError" in failed.problem
     for sent, answer in ((serving_records[0:3], first), (serving_records[3:6], second)):
         alone = score_frame(model.scorer, sent)
         assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
@@ -481,7 +484,8 @@ def test_a_feature_beyond_float32_still_gets_a_finite_score_and_is_flagged(
     response = client.post("/v1/score/features", json={**vector, "log_additions": value})
     assert response.status_code == 200, response.text
     [verdict] = response.json()["results"]
-    assert isinstance(verdict["score"], float) and np.isfinite(verdict["score"])
+    assert isinstance(verdict["score"], float)
+    assert np.isfinite(verdict["score"])
     assert verdict["is_anomaly"] is True
     assert verdict["top_features"][0] == "log_additions"
 

@@ -99,7 +99,8 @@ def test_two_workers_share_one_metrics_view(start_server, serving_records) -> No
         counted = re.search(
             r'model_serving_scored_records_total\{input="pull_request"\} (\S+)', metrics
         )
-        assert counted and float(counted.group(1)) == 20
+        assert counted
+        assert float(counted.group(1)) == 20
     finally:
         assert server.stop() == 0
 

@@ -32,7 +32,8 @@ def test_a_healthy_service_passes_the_gate(served, tmp_path: Path) -> None:
     assert report["passed"] is True
     assert {c["name"] for c in report["checks"]} == {"error_ratio", "p95_ms", "p99_ms", "rps"}
     total = report["measured"]["total"]
-    assert total["requests"] > 25 and total["failures"] == 0
+    assert total["requests"] > 25
+    assert total["failures"] == 0
     assert total["p50_ms"] <= total["p95_ms"] <= total["p99_ms"] <= total["max_ms"]
     assert set(report["measured"]["endpoints"]) == {"POST /v1/score [1]", "POST /v1/score [10]"}
     markdown = (tmp_path / "report.md").read_text()

@@ -76,13 +76,18 @@ def _attainable(template: dict) -> dict:
 def test_analysis_passes_on_a_healthy_preview(green, serving_env, tmp_path: Path) -> None:
     _, instance = green
     result = run_analysis(
-        instance.url, MODEL, tmp_path, run_time="4s", template=_attainable(load_template()),
+        instance.url,
+        MODEL,
+        tmp_path,
+        run_time="4s",
+        template=_attainable(load_template()),
         env=serving_env,
-    )  # fmt: skip
+    )
     assert result.passed, result.failures()
     gate = next(m for m in result.metrics if m.name == "load-gate")
     assert gate.data  # the load gate's own report, with its figures
-    assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
+    assert (tmp_path / "report.json").exists()
+    assert (tmp_path / "report.md").exists()
 
 
 def test_analysis_fails_on_an_impossible_latency_target(green, serving_env, tmp_path) -> None:
@@ -135,7 +140,8 @@ def test_first_model_is_promoted_then_a_rerun_changes_nothing(
         requests.get(f"{decision.active_url}/healthz", timeout=2)
 
     again = blue_green(mlflow_client, name, serving_env, tmp_path, gate_run_time="4s")
-    assert not again.promoted and "already champion" in again.reason
+    assert not again.promoted
+    assert "already champion" in again.reason
     assert alias_version(mlflow_client, name, CHAMPION) == version
 
 

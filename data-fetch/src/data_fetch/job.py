@@ -188,9 +188,12 @@ class FetchJob:
             self.client,
             repository,
             cursor,
-            lambda item: floor is None or _updated_at(item, "rest") is None
-            or _updated_at(item, "rest") > floor,
-        )  # fmt: skip
+            lambda item: (
+                floor is None
+                or _updated_at(item, "rest") is None
+                or _updated_at(item, "rest") > floor
+            ),
+        )
 
     # -- replay ----------------------------------------------------------------------------
     def _replay_file(
@@ -221,9 +224,13 @@ class FetchJob:
                     states[key].reset_counts()
                 state = states[key]
                 written = self._write_page(
-                    store, [p for _, p in lines], "rest", None, source,
+                    store,
+                    [p for _, p in lines],
+                    "rest",
+                    None,
+                    source,
                     line_numbers=[n for n, _ in lines],
-                )  # fmt: skip
+                )
                 newest = _newest_updated_at([p for _, p in lines], "rest")
                 if newest and (state.high_water_mark is None or newest > state.high_water_mark):
                     state.high_water_mark = newest

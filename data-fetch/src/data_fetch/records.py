@@ -70,8 +70,14 @@ class PullRequestRecord(BaseModel):
 
 
 _STRICT_INTS = (
-    "number", "additions", "deletions", "changed_files", "commits", "comments", "review_comments",
-)  # fmt: skip
+    "number",
+    "additions",
+    "deletions",
+    "changed_files",
+    "commits",
+    "comments",
+    "review_comments",
+)
 
 
 def normalize_rest_pull_request(

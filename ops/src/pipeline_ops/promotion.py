@@ -320,9 +320,12 @@ def blue_green(
         return PromotionDecision(False, "no challenger is registered", champion, None, champion)
     if challenger == champion:
         return PromotionDecision(
-            False, f"version {champion} is already champion: nothing to promote", champion,
-            challenger, champion,
-        )  # fmt: skip
+            False,
+            f"version {champion} is already champion: nothing to promote",
+            champion,
+            challenger,
+            champion,
+        )
     blue = green = None
     blue_problem = ""
     try:
@@ -344,16 +347,20 @@ def blue_green(
         )
         on_step("analysis: readiness, model check, load gate against green")
         analysis = run_analysis(
-            green.url, model_name, work_dir / "load-gate", run_time=gate_run_time,
+            green.url,
+            model_name,
+            work_dir / "load-gate",
+            run_time=gate_run_time,
             env=serving_env,
-        )  # fmt: skip
+        )
         version_check = _version_check(green.url, challenger)
         analysis.metrics.append(version_check)
         if not analysis.passed:
             reason = "analysis failed: " + "; ".join(analysis.failures())
             kept = blue if blue and keep_serving else None
-            return PromotionDecision(False, reason, champion, challenger, champion, analysis,
-                                     *_where(kept))  # fmt: skip
+            return PromotionDecision(
+                False, reason, champion, challenger, champion, analysis, *_where(kept)
+            )
         client.set_registered_model_alias(model_name, CHAMPION, challenger)
         first = champion is None
         reason = (
@@ -361,8 +368,15 @@ def blue_green(
             if first
             else f"v{challenger} passed analysis: promoted over v{champion}{blue_problem}"
         )
-        return PromotionDecision(True, reason, champion, challenger, challenger, analysis,
-                                 *_where(green if keep_serving else None))  # fmt: skip
+        return PromotionDecision(
+            True,
+            reason,
+            champion,
+            challenger,
+            challenger,
+            analysis,
+            *_where(green if keep_serving else None),
+        )
     finally:
         _stop_unless_kept(blue, green, keep_serving, client, model_name)
 

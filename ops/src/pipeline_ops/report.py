@@ -171,10 +171,13 @@ def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[st
         rows=_scalars(gate.get("measured", {}).get("total", {})),
     )
     gate_section.rows += [
-        (f"service level {c['name']}", f"{fmt(c['measured'])} (limit {fmt(c['limit'])}) "
-         + ("pass" if c["passed"] else "FAIL"))
+        (
+            f"service level {c['name']}",
+            f"{fmt(c['measured'])} (limit {fmt(c['limit'])}) "
+            + ("pass" if c["passed"] else "FAIL"),
+        )
         for c in gate.get("checks", [])
-    ]  # fmt: skip
+    ]
     paths = report.write(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return paths

@@ -30,7 +30,7 @@ setup: $(VENV)/.installed $(TOOLS)/bin/ferretdb $(TOOLS)/jars/.fetched $(TOOLS)/
 $(VENV)/.installed: requirements/dev.txt $(PACKAGE_FILES)
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
-	$(UV) pip install --quiet --python $(PY) -r requirements/dev.txt
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements/dev.txt
 	$(UV) pip install --quiet --python $(PY) --no-deps $(foreach p,$(PACKAGES),-e $(p))
 	touch $@
 
@@ -140,5 +140,5 @@ bench-fetch: setup ## data-fetch: API requests per 1,000 PRs vs a naive REST cli
 bench-preprocess: setup ## spark-preprocess rows/s vs single-process pandas: real sample, 100k (1M extrapolated)
 	timeout 1800 $(PY) ml-pipeline/bench/bench_preprocess.py
 
-bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: time per epoch and per 100k rows, test metrics
+bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: rolling-origin backtest, time split, 100k-row epoch
 	$(PY) -m ml_pipeline.training.bench

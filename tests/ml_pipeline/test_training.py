@@ -96,10 +96,13 @@ def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> No
         "feature_error_contributions.json",
         "evaluation.json",
         "gate.txt",
+        "backtest.json",
         "plots",
     } <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "error_histogram")}
+    assert plots == {
+        f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "error_histogram", "backtest")
+    }
     assert len(run.data.tags["feature_manifest_sha256"]) == 64
     for model in ("", "isolation_forest_"):
         for metric in ("roc_auc", "pr_auc", "f1", "precision_at_k"):
@@ -329,3 +332,20 @@ def test_the_gate_refuses_an_insane_threshold(records, feature_rows) -> None:
         assert reason is not None
         assert "outside (0, TRAINING_MAX_THRESHOLD=25]" in reason
         assert not gate_decision(0.99, settings, untrustworthy=reason).registered
+
+
+def test_the_backtest_is_logged_fold_by_fold_and_its_newest_fold_is_the_gates(
+    trained, client
+) -> None:
+    result = trained["first"]
+    run_id = result["mlflow_run_id"]
+    backtest = client.download_artifacts(run_id, "backtest.json")
+    document = json.loads(Path(backtest).read_text())
+    folds = document["folds"]
+    assert [f["fold"] for f in folds] == list(range(1, trained["settings"].backtest_folds + 1))
+    assert folds[-1]["autoencoder_roc_auc"] == pytest.approx(result["test_roc_auc"])
+    assert result["backtest"]["folds"] == len(folds)
+    for model in ("autoencoder", "isolation_forest"):
+        history = client.get_metric_history(run_id, f"backtest_{model}_roc_auc")
+        assert sorted(m.step for m in history) == [f["fold"] for f in folds]
+    assert set(result["seconds"]) >= {"load", "backtest", "mlflow_logging"}

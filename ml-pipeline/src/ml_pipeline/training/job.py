@@ -20,10 +20,17 @@ from mlflow import MlflowClient
 
 from ml_pipeline.anomalies import load_revert_labels
 from ml_pipeline.datasets import DatasetError, load_feature_dataset
+from ml_pipeline.training.backtest import run_backtest
 from ml_pipeline.training.gate import champion_on_the_same_rows, gate_decision, untrustworthy_reason
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
-from ml_pipeline.training.steps import check_frame, train_and_evaluate
-from ml_pipeline.training.tracking import log_gate, log_training, register_challenger
+from ml_pipeline.training.steps import check_frame
+from ml_pipeline.training.tracking import (
+    StepTimer,
+    log_backtest,
+    log_gate,
+    log_training,
+    register_challenger,
+)
 from pipeline_common.cli import StageError
 from pipeline_contracts.registry import CHALLENGER, CHAMPION
 
@@ -37,16 +44,22 @@ class TrainingJob:
     features_run_id: str | None = None
 
     def run(self) -> dict[str, Any]:
-        try:
-            dataset = load_feature_dataset(self.secret.features_uri, self.features_run_id)
-            check_frame(dataset.frame, dataset.run_id)
-        except DatasetError as error:
-            raise StageError(str(error)) from None
-        weak_dir = Path(self.settings.weak_labels_dir) if self.settings.weak_labels_dir else None
-        weak_labels = load_revert_labels(weak_dir)
+        timer = StepTimer()
+        with timer("load"):
+            try:
+                dataset = load_feature_dataset(self.secret.features_uri, self.features_run_id)
+                check_frame(dataset.frame, dataset.run_id)
+            except DatasetError as error:
+                raise StageError(str(error)) from None
+            weak_dir = (
+                Path(self.settings.weak_labels_dir) if self.settings.weak_labels_dir else None
+            )
+            weak_labels = load_revert_labels(weak_dir)
         if not weak_labels:
             log.info("no weak labels (*.reverts.json) in %r: injected anomalies only", weak_dir)
-        outcome = train_and_evaluate(dataset.frame, self.settings, weak_labels)
+        with timer("backtest"):  # its newest fold is the model to register
+            backtest = run_backtest(dataset.frame, self.settings, weak_labels)
+        outcome = backtest.newest.outcome
         scorer, evaluation = outcome.scorer, outcome.evaluation
         ae, forest = evaluation.metrics["autoencoder"], evaluation.metrics["isolation_forest"]
         log.info(
@@ -63,10 +76,13 @@ class TrainingJob:
         client = MlflowClient()
         name = self.secret.model_name
         with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
-            info = log_training(
-                self.settings, dataset, _manifest_hash(dataset.manifest), outcome, Path(tmp)
-            )
-            champion_version, champion_auc = champion_on_the_same_rows(client, name, evaluation)
+            with timer("mlflow_logging"):
+                info = log_training(
+                    self.settings, dataset, _manifest_hash(dataset.manifest), outcome, Path(tmp)
+                )
+                log_backtest(backtest, Path(tmp))
+            with timer("champion_comparison"):
+                champion_version, champion_auc = champion_on_the_same_rows(client, name, evaluation)
             decision = gate_decision(
                 ae["roc_auc"],
                 self.settings,
@@ -77,7 +93,8 @@ class TrainingJob:
             log_gate(decision)
             version = None
             if decision.registered:
-                version = register_challenger(client, name, info)
+                with timer("registration"):
+                    version = register_challenger(client, name, info)
                 log.info(
                     "gate %s; registered %s version %s as '%s'",
                     decision.reason,
@@ -106,6 +123,8 @@ class TrainingJob:
                 "threshold": scorer.threshold,
                 "test_roc_auc": ae["roc_auc"],
                 "isolation_forest_test_roc_auc": forest["roc_auc"],
+                "backtest": backtest.summary(),
+                "seconds": timer.seconds,
             }
 
 

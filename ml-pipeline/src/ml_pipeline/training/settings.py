@@ -26,6 +26,17 @@ class TrainingSettings(BaseSettings):
     patience: int = Field(default=5, ge=1, description="epochs without validation gain")
     hidden: int = Field(default=8, ge=1, description="autoencoder hidden layer width")
     bottleneck: int = Field(default=3, ge=1, description="autoencoder bottleneck width")
+    threads: int = Field(
+        default=1, ge=1, description="torch intra-op threads (the network is too small to share)"
+    )
+    baseline_trees: int = Field(default=200, ge=1, description="IsolationForest baseline: trees")
+    backtest_folds: int = Field(
+        default=3,
+        ge=1,
+        le=4,
+        description="rolling-origin folds: each trains on the past and tests the next 15 % of "
+        "the rows by time; the newest is the registered model's test split",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="'auto': a CUDA GPU when present, else the CPU"
     )

@@ -6,6 +6,9 @@ per-feature error contributions, plots), the model, the gate's verdict, the regi
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.models.model import ModelInfo
 
 from ml_pipeline.datasets import FeatureDataset
+from ml_pipeline.training.backtest import Backtest
 from ml_pipeline.training.gate import GateDecision
 from ml_pipeline.training.pyfunc import log_scorer_model
 from ml_pipeline.training.settings import TrainingSettings
@@ -22,6 +26,21 @@ from pipeline_contracts.features import FEATURE_SPEC_VERSION, feature_spec_docum
 from pipeline_contracts.registry import CHALLENGER
 
 log = logging.getLogger(__name__)
+
+
+class StepTimer:
+    """Wall seconds per named step of a run (``with timer("fit"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
 
 
 def log_training(
@@ -72,6 +91,32 @@ def log_training(
     )
     _log_artifacts(settings, tmp, outcome, dataset.manifest)
     return log_scorer_model(scorer, tmp)
+
+
+def log_backtest(backtest: Backtest, tmp: Path) -> None:
+    """The rolling-origin backtest: its table (a fold per row, both models), per-kind AUCs
+    and per-repository false-positive rates, each fold's figures as metrics, a plot."""
+    mlflow.log_dict(
+        {
+            "summary": backtest.summary(),
+            "folds": backtest.table(),
+            "per_kind_roc_auc": {f.number: f.per_kind for f in backtest.folds},
+            "false_positive_rate_by_repository": {
+                f.number: f.false_positive_rates for f in backtest.folds
+            },
+        },
+        "backtest.json",
+    )
+    for fold in backtest.folds:
+        for model, metrics in fold.outcome.evaluation.metrics.items():
+            mlflow.log_metrics(
+                {f"backtest_{model}_{k}": v for k, v in metrics.items()}, step=fold.number
+            )
+    try:
+        from ml_pipeline.training.plots import write_backtest_plot
+    except ImportError:
+        return
+    mlflow.log_artifact(str(write_backtest_plot(tmp / "plots", backtest)), "plots")
 
 
 def log_gate(decision: GateDecision) -> None:

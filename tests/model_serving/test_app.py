@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from ml_pipeline.feature_frames import (
@@ -32,12 +34,14 @@ from model_serving.app import (
 )
 from model_serving.model_source import LoadedModel, load_model
 from pipeline_common.limits import MAX_COUNT
+from pipeline_contracts.drift import DRIFT_ALERT_PSI
 from pipeline_contracts.features import (
     FEATURE_NAMES,
     MERGED_BEFORE_CREATED,
     feature_matrix,
 )
 from pipeline_contracts.registry import ModelReference
+from pipeline_ops.paths import PROJECT_ROOT
 
 MAX_BATCH = 5
 MAX_BODY_BYTES = 64 * 1024
@@ -507,3 +511,41 @@ def test_a_body_that_is_not_declared_json_is_415(client, record, content_type) -
     assert "application/json" in response.json()["detail"]
     charset = {"content-type": "application/json; charset=utf-8"}
     assert client.post("/v1/score", content=json.dumps(record), headers=charset).status_code == 200
+
+
+def _drift(client: TestClient) -> dict[str, float]:
+    text = client.get("/metrics").text
+    found = re.findall(r'^model_serving_feature_drift_psi\{feature="(\w+)"\} (\S+)$', text, re.M)
+    return {feature: float(value) for feature, value in found}
+
+
+@pytest.mark.parametrize("shift", [1, 50])
+def test_the_drift_metric_rises_for_shifted_records_only(model, serving_records, shift) -> None:
+    """The window holds the last 1,000 records scored: ordinary pull requests stay below the
+    alert level, the same ones with 50 times the additions rise past it in log_additions."""
+    records = [
+        {**r, "additions": r["additions"] * shift, "deletions": r["deletions"]}
+        for r in serving_records[:1000]
+    ]
+    with TestClient(create_app(lambda: model)) as fresh:
+        assert wait_ready(fresh).status_code == 200
+        assert _drift(fresh) == {}  # nothing scored yet
+        for start in range(0, len(records), 100):
+            assert fresh.post("/v1/score", json=records[start : start + 100]).status_code == 200
+        drift = _drift(fresh)
+    assert set(drift) == set(FEATURE_NAMES)
+    if shift == 1:
+        assert max(drift.values()) < DRIFT_ALERT_PSI, drift
+    else:
+        assert drift["log_additions"] > DRIFT_ALERT_PSI, drift
+        assert drift["log_commits"] < 0.1, drift  # what did not change does not drift
+
+
+def test_the_alert_rule_watches_the_exported_metric_at_the_contract_level() -> None:
+    manifest = yaml.safe_load(
+        (PROJECT_ROOT / "argo-apps/base/model-serving-alert-rules.yaml").read_text()
+    )
+    rules = yaml.safe_load(manifest["data"]["model-serving.rules.yml"])
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if "drift" in r["alert"].lower()]
+    assert "model_serving_feature_drift_psi" in rule["expr"]
+    assert f"> {DRIFT_ALERT_PSI}" in rule["expr"]

@@ -258,9 +258,15 @@ class MicroBatcher:
     the other rows of a call).
     """
 
-    def __init__(self, holder: ModelHolder, wait_seconds: float = 0.001):
+    def __init__(
+        self,
+        holder: ModelHolder,
+        wait_seconds: float = 0.001,
+        on_features: Callable[[np.ndarray], None] = lambda features: None,
+    ):
         self._holder = holder
         self._wait = wait_seconds
+        self._on_features = on_features  # each scored call's feature matrix (drift)
         self._pending: list[tuple[list[PullRequestIn], asyncio.Future]] = []
         self._scheduled = False
 
@@ -299,9 +305,13 @@ class MicroBatcher:
             start += len(records)
 
     def _score(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
-        return self._holder.model.scorer.score_inputs(
+        scorer = self._holder.model.scorer
+        features = scorer.features_of(
             feature_inputs(records), [r.repository for r in records], [r.author for r in records]
         )
+        verdicts = scorer.score_features(features)
+        self._on_features(features)
+        return verdicts
 
     def _score_alone(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
         """One request's verdicts, or :class:`UnscorableRecordError` naming its first record
@@ -523,7 +533,9 @@ async def score_features(request: Request, state: ServingState, model: Model) ->
         return _json({"results": []})
     names = model.scorer.feature_names
     matrix = np.array([[getattr(v, n) for n in names] for v in vectors], dtype=np.float64)
-    return state.respond(model, "features", model.scorer.score_features(matrix))
+    verdicts = model.scorer.score_features(matrix)
+    state.metrics.observe_features(matrix)
+    return state.respond(model, "features", verdicts)
 
 
 def create_app(
@@ -542,6 +554,7 @@ def create_app(
         metrics.model_info.labels(
             model.name, model.version, model.uri, model.scorer.feature_spec_version
         ).set(1)
+        metrics.watch_drift(model.scorer)
 
     holder = ModelHolder(loader, on_loaded)
 
@@ -554,9 +567,8 @@ def create_app(
         yield
 
     app = FastAPI(title="Pull-request anomaly scoring", version="1", lifespan=lifespan)
-    app.state.serving = Serving(
-        holder, MicroBatcher(holder, batch_wait_seconds), metrics, max_batch, max_body_bytes
-    )
+    batcher = MicroBatcher(holder, batch_wait_seconds, metrics.observe_features)
+    app.state.serving = Serving(holder, batcher, metrics, max_batch, max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.include_router(probes)

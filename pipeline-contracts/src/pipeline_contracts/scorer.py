@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline_contracts.drift import FeatureReference
 from pipeline_contracts.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
@@ -63,6 +64,8 @@ class AnomalyScorer:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_spec_version: str = FEATURE_SPEC_VERSION
     context: FeatureContext = field(default_factory=FeatureContext)
+    # each feature's training distribution, for drift (absent in older scorer files)
+    reference: dict[str, FeatureReference] = field(default_factory=dict)
 
     def errors(self, features: np.ndarray) -> np.ndarray:
         """Squared reconstruction error per feature, shape (rows, features), always finite.
@@ -92,11 +95,11 @@ class AnomalyScorer:
             for score, flag, names in zip(scores.tolist(), flags, top_names, strict=True)
         ]
 
-    def score_inputs(
+    def features_of(
         self, inputs: FeatureInputs, repositories: Sequence[object], authors: Sequence[object]
-    ) -> list[dict[str, Any]]:
-        """Score records given as feature inputs (no pandas): the fast path of serving.
-        Context values a record lacks come from the model's snapshot."""
+    ) -> np.ndarray:
+        """The feature matrix of records given as feature inputs (no pandas): the fast path
+        of serving. Context values a record lacks come from the model's snapshot."""
         prior, median = self.context.fill(
             repositories,
             authors,
@@ -105,7 +108,12 @@ class AnomalyScorer:
             inputs.repository_median_changes,
         )
         filled = replace(inputs, author_prior_pull_requests=prior, repository_median_changes=median)
-        return self.score_features(feature_matrix(filled))
+        return feature_matrix(filled)
+
+    def score_inputs(
+        self, inputs: FeatureInputs, repositories: Sequence[object], authors: Sequence[object]
+    ) -> list[dict[str, Any]]:
+        return self.score_features(self.features_of(inputs, repositories, authors))
 
     # -- persistence: one .npz of plain arrays and a JSON header, loadable without pickle --
     def save(self, path: Path) -> None:
@@ -116,6 +124,7 @@ class AnomalyScorer:
             "feature_names": list(self.feature_names),
             "feature_spec_version": self.feature_spec_version,
             "context": self.context.to_dict(),
+            "reference": {name: ref.to_dict() for name, ref in self.reference.items()},
         }
         arrays = {
             "mean": self.mean.astype(np.float32),
@@ -154,6 +163,10 @@ class AnomalyScorer:
                 feature_names=tuple(header["feature_names"]),
                 feature_spec_version=header["feature_spec_version"],
                 context=FeatureContext.from_dict(header["context"]),
+                reference={
+                    name: FeatureReference.from_dict(ref)
+                    for name, ref in header.get("reference", {}).items()
+                },
             )
 
 

@@ -25,7 +25,10 @@ class TrainingSettings(BaseSettings):
     learning_rate: float = Field(default=1e-2, gt=0, description="Adam learning rate")
     patience: int = Field(default=5, ge=1, description="epochs without validation gain")
     hidden: int = Field(default=8, ge=1, description="autoencoder hidden layer width")
-    bottleneck: int = Field(default=3, ge=1, description="autoencoder bottleneck width")
+    # 2, not 3: in the rolling-origin backtest a tighter bottleneck reconstructs ordinary
+    # pull requests as well and anomalies worse (ROC AUC 0.9938 against 0.9608 in the newest
+    # fold, ahead of the IsolationForest in every fold; see README, ml-training).
+    bottleneck: int = Field(default=2, ge=1, description="autoencoder bottleneck width")
     threads: int = Field(
         default=1, ge=1, description="torch intra-op threads (the network is too small to share)"
     )

@@ -22,6 +22,7 @@ from ml_pipeline.evaluation import detection_metrics, threshold_from_validation
 from ml_pipeline.feature_frames import feature_context
 from ml_pipeline.model import Autoencoder
 from ml_pipeline.training.settings import TrainingSettings
+from pipeline_contracts.drift import reference_distribution
 from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES
 from pipeline_contracts.pull_requests import REQUIRED_COLUMNS
 from pipeline_contracts.scorer import AnomalyScorer
@@ -86,7 +87,7 @@ def fit_autoencoder(train: np.ndarray, valid: np.ndarray, settings: TrainingSett
 
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """Torch's intra-op threads for a block. The network is tiny (13-8-3-8-13): splitting
+    """Torch's intra-op threads for a block. The network is tiny (13-8-2-8-13): splitting
     its matrix products across threads costs more than it saves, and on a busy machine the
     threads' spin-waits cost 75x (7.1 s against 0.095 s an epoch, measured on 2 cores)."""
     before = torch.get_num_threads()
@@ -210,7 +211,11 @@ def fit_and_evaluate(
     model, history = fit_autoencoder(scaled(train), scaled(valid), settings)
     # The context at the snapshot's end is what serving needs for pull requests after it.
     context = feature_context(frame)
-    scorer = AnomalyScorer(model.dense_network(), mean, scale, threshold=0.0, context=context)
+    # Each feature's training distribution: serving measures drift against it.
+    reference = reference_distribution(train[columns].to_numpy(dtype=float), FEATURE_NAMES)
+    scorer = AnomalyScorer(
+        model.dense_network(), mean, scale, threshold=0.0, context=context, reference=reference
+    )
     valid_scores = scorer.errors(valid[columns].to_numpy()).mean(axis=1)
     scorer.threshold = threshold_from_validation(valid_scores, settings.threshold_quantile)
 

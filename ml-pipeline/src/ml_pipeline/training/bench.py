@@ -108,11 +108,12 @@ def main() -> int:
             f"{value:.2f} s ({value / baseline:.2f}x the 1-thread figure)"
         )
     print(f"\n  rolling-origin backtest ({len(backtest.folds)} folds, injected anomalies)")
-    header = "fold", "test period", "model", *METRICS, "revert_roc_auc [90%]"
+    header = "fold", "test period", "model", *METRICS, "reverted: n, ROC AUC [90%]"
     print(
         "  "
         + f"{header[0]:<6}{header[1]:<24}{header[2]:<18}"
-        + "".join(f"{h:>16}" for h in header[3:])
+        + "".join(f"{h:>16}" for h in header[3:-1])
+        + f"{header[-1]:>30}"
     )
     for fold in backtest.folds:
         period = f"{fold.first_created}..{fold.last_created}"
@@ -120,11 +121,16 @@ def main() -> int:
             metrics = fold.outcome.evaluation.metrics[model]
             weak_auc = fold.outcome.evaluation.weak.get(f"{model}_revert_roc_auc")
             low, high = fold.weak_intervals.get(model, (float("nan"), float("nan")))
-            weak_text = "-" if weak_auc is None else f"{weak_auc:.3f} [{low:.2f},{high:.2f}]"
+            reverted = int(fold.outcome.evaluation.weak.get("test_reverted_rows", 0))
+            weak_text = (
+                f"{reverted}, -"
+                if weak_auc is None
+                else f"{reverted}, {weak_auc:.3f} [{low:.2f},{high:.2f}]"
+            )
             print(
                 f"  {fold.number:<6}{period:<24}{model:<18}"
                 + "".join(f"{metrics[m]:>16.4f}" for m in METRICS)
-                + f"{weak_text:>24}"
+                + f"{weak_text:>30}"
             )
     summary = backtest.summary()
     print("\n  mean over folds (ratio autoencoder / IsolationForest)")

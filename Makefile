@@ -67,11 +67,12 @@ demo-anomaly: setup ## score real and unusual pull requests with the champion, s
 bench-run: setup ## wall time of `make run` per step, fresh and re-run, in a temporary state dir
 	$(PY) -m pipeline_ops.bench_run
 
-lint: setup ## ruff, the import layers (import-linter), types (mypy --strict: pipeline-common, pipeline-contracts)
+lint: setup ## ruff, the import layers (import-linter), types (mypy: --strict below the stages, default above)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy --strict pipeline-common/src pipeline-contracts/src
+	$(VENV)/bin/mypy data-fetch/src ml-pipeline/src model-serving/src ops/src
 
 validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters)
 	$(PY) -m pipeline_ops.validate

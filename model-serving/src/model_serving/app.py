@@ -132,11 +132,12 @@ class PullRequestIn(BaseModel):
 
 
 _Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+_FEATURE_FIELDS: dict[str, Any] = {name: (_Feature, ...) for name in FEATURE_NAMES}
 FeatureVector = create_model(
     "FeatureVector",
     __config__=ConfigDict(extra="ignore"),
     __doc__="Ready features, one finite number per name of the model's feature spec.",
-    **{name: (_Feature, ...) for name in FEATURE_NAMES},
+    **_FEATURE_FIELDS,
 )
 
 
@@ -187,7 +188,8 @@ class VersionInfo(BaseModel):
 _ONE_RECORD = TypeAdapter(PullRequestIn)
 _RECORDS = TypeAdapter(list[PullRequestIn])
 _ONE_VECTOR = TypeAdapter(FeatureVector)
-_VECTORS = TypeAdapter(list[FeatureVector])
+# FeatureVector is built from the feature spec at import: to mypy a variable, not a type.
+_VECTORS = TypeAdapter(list[FeatureVector])  # type: ignore[valid-type]
 _JSON = TypeAdapter(Any)
 
 
@@ -305,7 +307,10 @@ class MicroBatcher:
             start += len(records)
 
     def _score(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
-        scorer = self._holder.model.scorer
+        model = self._holder.model
+        if model is None:  # the scoring endpoints answer 503 until it is loaded
+            raise RuntimeError("no model loaded to score with")
+        scorer = model.scorer
         features = scorer.features_of(
             feature_inputs(records), [r.repository for r in records], [r.author for r in records]
         )

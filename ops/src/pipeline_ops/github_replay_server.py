@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+HOST = "127.0.0.1"
 FAULTS = ("502", "truncated", "secondary-403", "secondary-429", "primary")
 # Fields the REST list endpoint does not return (the full pull request has them).
 _DETAIL_ONLY = (
@@ -127,7 +128,7 @@ class GitHubReplayServer:
         self._faults: deque[str] = deque()
         self.requests: Counter[str] = Counter()  # "graphql", "rest-list", "rest-pull", faults
         self.authorizations: set[str] = set()
-        self._http = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._http = ThreadingHTTPServer((HOST, port), self._handler())
         self._http.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -138,8 +139,7 @@ class GitHubReplayServer:
     # -- control ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{HOST}:{self._http.server_port}"
 
     def start(self) -> GitHubReplayServer:
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -275,9 +276,10 @@ def _mongo_ok(svc: RunningService) -> bool:
     import pymongo
 
     try:
-        with pymongo.MongoClient(
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             f"mongodb://127.0.0.1:{svc.port}/", serverSelectionTimeoutMS=1000
-        ) as client:
+        )
+        with client:
             client.admin.command("ping")
         return True
     except pymongo.errors.PyMongoError:

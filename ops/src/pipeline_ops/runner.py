@@ -67,7 +67,10 @@ def _input_snapshot(env: LocalEnvironment) -> dict[str, Any]:
     from pymongo import MongoClient
 
     secret = env.stage_secrets()["spark-preprocess"]
-    with MongoClient(secret["mongo_uri"], serverSelectionTimeoutMS=5000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        secret["mongo_uri"], serverSelectionTimeoutMS=5000
+    )
+    with client:
         collection = client[secret["mongo_database"]][
             secret.get("mongo_collection", "pull_requests")
         ]

@@ -188,7 +188,17 @@ def _content_sums(frame: DataFrame, prefix: str) -> list[Column]:
     ]
 
 
-def feature_statistics(published: DataFrame) -> tuple[dict[str, dict[str, float]], dict]:
+def _aggregate(frame: DataFrame, *columns: Column) -> dict[str, Any]:
+    """The one row of an aggregation over the whole of ``frame``, as a dict."""
+    row = frame.agg(*columns).first()
+    if row is None:  # without groupBy Spark returns one row, even for an empty frame
+        raise RuntimeError("an aggregation over a whole data set returned no row")
+    return row.asDict()
+
+
+def feature_statistics(
+    published: DataFrame,
+) -> tuple[dict[str, dict[str, float | None]], dict]:
     """Per-column count/mean/stddev/min/max of the published features and context columns,
     and the published rows' content sums, in one pass."""
     numeric = [*CONTEXT_COLUMNS, *FEATURE_NAMES]
@@ -200,7 +210,7 @@ def feature_statistics(published: DataFrame) -> tuple[dict[str, dict[str, float]
             F.min(name).alias(f"{name}__min"),
             F.max(name).alias(f"{name}__max"),
         ]
-    row = published.agg(*aggregates).first().asDict()
+    row = _aggregate(published, *aggregates)
     stats = {
         name: {
             stat: (None if row[f"{name}__{stat}"] is None else float(row[f"{name}__{stat}"]))
@@ -243,13 +253,14 @@ class PreprocessJob:
             records.unpersist()
 
     def _publish(self, records, root, run_dir, source, s3) -> dict[str, Any]:
-        snapshot = records.agg(
+        snapshot = _aggregate(
+            records,
             *_content_sums(records, "input_"),
             *(
                 F.date_format(agg("created_at"), "yyyy-MM-dd'T'HH:mm:ssXXX").alias(name)
                 for agg, name in ((F.min, "created_at_min"), (F.max, "created_at_max"))
             ),
-        ).first()
+        )
         total = snapshot["input_rows"]
         if total == 0:
             raise StageError(f"{source} holds no pull requests: run data-fetch first")
@@ -293,7 +304,7 @@ class PreprocessJob:
                 sort_by=("repository", "number"),
             )
             statistics, sums = feature_statistics(published)
-            quarantine_sums = quarantined.agg(*_content_sums(quarantined, "")).first().asDict()
+            quarantine_sums = _aggregate(quarantined, *_content_sums(quarantined, ""))
         finally:
             rows_with_reasons.unpersist()
 

@@ -153,18 +153,22 @@ class PullRequestReader(DataSourceReader):
     def partitions(self) -> list[MongoPartition]:
         import pymongo
 
-        with pymongo.MongoClient(self.uri) as client:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(self.uri)
+        with client:
             groups = client[self.database][self.collection].aggregate(
                 [{"$group": {"_id": "$repository", "n": {"$sum": 1}}}]
             )
             counts = {group["_id"]: int(group["n"]) for group in groups}
         return [MongoPartition(f) for f in plan_partitions(counts, self.partitions_wanted)]
 
-    def read(self, partition: MongoPartition) -> Iterator[tuple]:
+    def read(self, partition: InputPartition) -> Iterator[tuple]:
         import pymongo
 
+        if not isinstance(partition, MongoPartition):  # Spark passes back those planned above
+            raise TypeError(f"not a partition this reader planned: {partition!r}")
         # tz_aware: BSON datetimes are UTC; naive ones would be read in the worker's zone
-        with pymongo.MongoClient(self.uri, tz_aware=True) as client:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(self.uri, tz_aware=True)
+        with client:
             cursor = client[self.database][self.collection].find(
                 partition.filter, _PROJECTION, batch_size=2000
             )

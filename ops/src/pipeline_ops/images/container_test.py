@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +356,10 @@ def check_data_fetch(bench: ImageTestBench) -> str:
     _expect(result.returncode == 0, f"data-fetch exited {result.returncode}", result)
     summary = result.summary()
     secret = bench.env.stage_secrets()["data-fetch"]
-    with MongoClient(secret["mongo_uri"], serverSelectionTimeoutMS=5000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        secret["mongo_uri"], serverSelectionTimeoutMS=5000
+    )
+    with client:
         stored = client[secret["mongo_database"]]["pull_requests"].count_documents({})
     expected = sample_count()
     _expect(
@@ -682,11 +686,11 @@ def stage_checks(
         )
 
     for image in [s for s in IMAGE_ORDER if s in stages]:
-        yield image, "help", lambda image=image: check_help(bench, image)
-        yield image, "config-error", lambda image=image: check_config_error(bench, image)
+        yield image, "help", partial(check_help, bench, image)
+        yield image, "config-error", partial(check_config_error, bench, image)
         if image in functional:
             if image in upstream:
-                yield image, "inputs", lambda image=image: ensure_inputs(upstream[image])
+                yield image, "inputs", partial(ensure_inputs, upstream[image])
             yield image, "runs", functional[image]
             if f"{image}-on-kubernetes" in functional:
                 yield image, "kubernetes", functional[f"{image}-on-kubernetes"]

@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ SAMPLES = Path(__file__).resolve().parents[4] / "data" / "samples"
 
 def sample_rows(samples: Path = SAMPLES) -> pd.DataFrame:
     """The bundled pull requests as published feature rows."""
-    raw = []
+    raw: list[dict[str, Any]] = []
     for path in sorted(samples.glob("*.prs.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as lines:
             raw.extend(json.loads(line) for line in lines)

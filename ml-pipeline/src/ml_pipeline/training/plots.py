@@ -42,7 +42,7 @@ def write_plots(directory: Path, evaluation: Evaluation) -> list[Path]:
 
     figure, axes = plt.subplots(figsize=(6, 4))
     errors = np.log10(evaluation.scores["autoencoder"] + 1e-6)
-    bins = np.linspace(errors.min(), errors.max(), 40)
+    bins = np.linspace(errors.min(), errors.max(), 40).tolist()
     axes.hist(errors[labels == 0], bins=bins, alpha=0.6, label="real test pull requests")
     axes.hist(errors[labels == 1], bins=bins, alpha=0.6, label="injected anomalies")
     axes.axvline(np.log10(evaluation.thresholds["autoencoder"] + 1e-6), color="k", ls="--")

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModel
 
 from ml_pipeline.feature_frames import score_frame
 from pipeline_contracts.features import FEATURE_NAMES
@@ -23,7 +24,7 @@ SCORER_ARTIFACT = "scorer"
 INFERENCE_PACKAGES = ("numpy", "pandas", "mlflow-skinny")
 
 
-class PullRequestAnomalyModel(mlflow.pyfunc.PythonModel):
+class PullRequestAnomalyModel(PythonModel):
     def load_context(self, context) -> None:
         self.scorer = AnomalyScorer.load(Path(context.artifacts[SCORER_ARTIFACT]))
 

@@ -139,6 +139,8 @@ def _fit_autoencoder(train: np.ndarray, valid: np.ndarray, settings: TrainingSet
             if stale >= settings.patience:
                 log.info("early stop: no validation gain for %d epochs", stale)
                 break
+    if best_state is None:  # max_epochs >= 1: the first epoch always improves on infinity
+        raise RuntimeError("training ran no epoch")
     model.load_state_dict(best_state)
     model = model.cpu()
     model.eval()

@@ -82,6 +82,11 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         report = Path(re.search(r"report +(\S+report\.md)", stdout).group(1))
         text = report.read_text()
         assert report.with_name("report.html").exists()
+        # the evaluation as tables a reader can scan: one row per feature, one per fold
+        assert "| feature | mean | stddev | min | max |" in text
+        assert "| log_additions |" in text
+        assert "| fold | test period | test rows | reverted |" in text
+        assert "backtest.png" in text
         # The first run has no champion: green is promoted if it passes the cluster's
         # analysis. On a loaded machine the load gate may refuse it; then nothing moves.
         promoted = "promotion        promoted: first model" in stdout

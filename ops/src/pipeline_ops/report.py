@@ -15,6 +15,8 @@ class Section:
     rows: list[tuple[str, str]] = field(default_factory=list)  # a two-column table
     text: str = ""
     images: list[str] = field(default_factory=list)  # paths relative to the report
+    columns: list[str] = field(default_factory=list)  # a table with a header, when given
+    table: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -37,6 +39,11 @@ class RunReport:
                 lines += ["| | |", "|---|---|"]
                 lines += [f"| {_md(k)} | {_md(v)} |" for k, v in section.rows]
                 lines.append("")
+            if section.columns:
+                lines.append("| " + " | ".join(_md(c) for c in section.columns) + " |")
+                lines.append("|" + "---|" * len(section.columns))
+                lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in section.table]
+                lines.append("")
             lines += [f"![{Path(image).stem}]({image})" for image in section.images]
             if section.images:
                 lines.append("")
@@ -54,6 +61,13 @@ class RunReport:
                     for k, v in section.rows
                 )
                 body.append(f"<table>{cells}</table>")
+            if section.columns:
+                head = "".join(f"<th>{html.escape(c)}</th>" for c in section.columns)
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                    for row in section.table
+                )
+                body.append(f"<table><tr>{head}</tr>{rows}</table>")
             body += [
                 f'<img src="{html.escape(image)}" alt="{html.escape(Path(image).stem)}">'
                 for image in section.images
@@ -120,6 +134,7 @@ def _model_section(report: RunReport, training: dict[str, Any], tracking_uri: st
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
+    _backtest_table(report, client, run_id, out)
     metrics = client.get_run(run_id).data.metrics
     section.rows += [(f"metric {k}", fmt(v)) for k, v in sorted(metrics.items())]
     images = out / "images"
@@ -156,9 +171,16 @@ def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[st
     for key in ("rows", "quarantined", "quarantine", "content_hash", "feature_spec_version"):
         if key in manifest:
             features.rows.append((f"manifest {key}", fmt(manifest[key])))
-    statistics = manifest.get("statistics") or manifest.get("feature_statistics") or {}
-    for name, stats in statistics.items():
-        features.rows.append((f"feature {name}", fmt(stats)))
+    statistics = manifest.get("statistics") or {}
+    if statistics:
+        report.add(
+            "Feature statistics (published rows)",
+            columns=["feature", "mean", "stddev", "min", "max"],
+            table=[
+                [name, *(fmt(stats.get(k)) for k in ("mean", "stddev", "min", "max"))]
+                for name, stats in statistics.items()
+            ],
+        )
     training = summary.get("ml-training", {})
     tracking_uri = env.stage_secrets()["ml-training"]["mlflow_tracking_uri"]
     _model_section(report, training, tracking_uri, out)
@@ -193,3 +215,30 @@ def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[st
     paths = report.write(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return paths
+
+
+def _backtest_table(report: RunReport, client, run_id: str, out: Path) -> None:
+    """The backtest's folds, both models side by side, from the run's backtest.json."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = client.download_artifacts(run_id, "backtest.json", str(out))
+    except (OSError, MlflowException):  # a run from before the backtest
+        return
+    folds = json.loads(Path(local).read_text())["folds"]
+    models = ("autoencoder", "isolation_forest")
+    metrics = ("roc_auc", "pr_auc", "f1", "precision_at_k")
+    report.add(
+        "Backtest folds: injected anomalies (autoencoder / IsolationForest)",
+        columns=["fold", "test period", "test rows", "reverted", *metrics],
+        table=[
+            [
+                str(fold["fold"]),
+                f"{fold['test_from']} .. {fold['test_to']}",
+                str(fold["test_rows"]),
+                str(fold["reverted_in_test"]),
+                *(" / ".join(f"{fold[f'{m}_{name}']:.3f}" for m in models) for name in metrics),
+            ]
+            for fold in folds
+        ],
+    )

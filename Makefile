@@ -20,7 +20,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
 .PHONY: engine-up engine-down engine-status images image-test
-.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test
+.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,9 +94,12 @@ cluster-status: ## show every cluster component, its pid, health and log
 cluster-down: ## stop the cluster by pid and undo its host changes (interfaces, iptables, mounts, sysctls)
 	@test -x $(PY) && $(PY) -m pipeline_ops.cluster down || true
 
-cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): a pod resolves a Service by DNS
+cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): DNS, registry by digest, Rollouts and analysis, Argo CD, Spark Operator, Prometheus
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
 	$(PY) -m pytest -m cluster
+
+cluster-push: setup ## push the images of `make images` to the cluster's registry (IMAGES="a b" for some); prints name -> digest
+	$(PY) -m pipeline_ops.cluster push $(IMAGES)
 
 cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
 	@$(PY) -m pipeline_ops.cluster env

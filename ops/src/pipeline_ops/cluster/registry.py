@@ -1,0 +1,95 @@
+"""The cluster's registry as production uses one: `make images` builds, the project's Docker
+engine pushes (``docker push 127.0.0.1:5000/NAME:TAG``: dockerd trusts loopback registries
+over plain HTTP), and manifests name the image by digest, ``127.0.0.1:5000/NAME@sha256:…``,
+which the kubelet's containerd (on the host's network, see configs.containerd) pulls.
+
+What was pushed is recorded in ``.local/cluster/pushed.json`` (name -> reference by digest),
+kept across cluster runs like the registry's storage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import requests
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.layout import REGISTRY, Layout
+from pipeline_ops.images.build import IMAGE_ORDER, built_images
+from pipeline_ops.images.engine import ContainerEngine, EngineError
+
+log = logging.getLogger(__name__)
+
+
+def _pushed_file(layout: Layout):
+    return layout.root / "pushed.json"
+
+
+def pushed(layout: Layout) -> dict[str, str]:
+    """name -> reference by digest, for what was pushed and is still in the registry."""
+    path = _pushed_file(layout)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _local_reference(engine: ContainerEngine, name: str) -> str:
+    """The image `make images` built last (``NAME:<commit>``), else ``NAME:local``; or the
+    reference given (``NAME:TAG``)."""
+    if ":" in name:
+        candidates = [name]
+    else:
+        built = built_images().get(name)
+        candidates = [built.reference] if built else []
+        candidates.append(f"{name}:local")
+    for reference in candidates:
+        if engine.docker("image", "inspect", reference, check=False).returncode == 0:
+            return reference
+    raise ClusterError(
+        f"push: no image {' or '.join(candidates)} in the project's engine; "
+        f"build it with `make images` (names: {', '.join(IMAGE_ORDER)})"
+    )
+
+
+def push(layout: Layout, names: list[str] | None = None, engine: ContainerEngine | None = None
+         ) -> dict[str, str]:  # fmt: skip
+    """Push images from the engine into the cluster's registry; name -> reference by digest."""
+    try:
+        requests.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
+    except requests.RequestException as error:
+        raise ClusterError(
+            f"push: the cluster's registry does not answer on {REGISTRY} ({error}); "
+            "start the cluster with `make cluster-up`"
+        ) from error
+    engine = engine or ContainerEngine()
+    try:
+        engine.up()
+        references = {}
+        for name in names or list(IMAGE_ORDER):
+            local = _local_reference(engine, name)
+            repository, tag = local.rsplit(":", 1)
+            target = f"{REGISTRY}/{repository}:{tag}"
+            engine.docker("tag", local, target)
+            log.info("pushing %s to %s", local, target)
+            result = engine.docker("push", target, check=False)
+            engine.docker("image", "rm", target, check=False)  # the tag only; the image stays
+            if result.returncode != 0:
+                raise ClusterError(f"docker push {target} failed: {result.stderr.strip()[-1500:]}")
+            references[repository] = _digest_reference(result.stdout, repository, target)
+    except EngineError as error:
+        raise ClusterError(f"push: the project's Docker engine: {error}") from error
+    record = {**pushed(layout), **references}
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _pushed_file(layout).write_text(json.dumps(record, indent=2))
+    return references
+
+
+def _digest_reference(push_output: str, repository: str, target: str) -> str:
+    """``docker push`` ends with ``TAG: digest: sha256:… size: N``: the manifest's digest,
+    the one the registry serves (``RepoDigests`` may list an older push first)."""
+    for line in reversed(push_output.splitlines()):
+        words = line.split()
+        if "digest:" in words:
+            digest = words[words.index("digest:") + 1]
+            if digest.startswith("sha256:"):
+                return f"{REGISTRY}/{repository}@{digest}"
+    raise ClusterError(f"docker push {target} printed no digest:\n{push_output[-1500:]}")

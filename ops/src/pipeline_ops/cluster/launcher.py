@@ -28,12 +28,13 @@ from pathlib import Path
 import requests
 import urllib3
 
-from pipeline_ops.cluster import ClusterError, addons, configs, images
+from pipeline_ops.cluster import ClusterError, addons, argo_cd, configs, git_server, images
 from pipeline_ops.cluster.host import Host, nft_queue_supported
 from pipeline_ops.cluster.layout import (
     APISERVER_PORT,
     BRIDGE_IP,
     CLUSTER_CIDR,
+    GIT_PORT,
     KUBELET_PORT,
     NODE_NAME,
     REGISTRY,
@@ -48,12 +49,14 @@ from pipeline_ops.localstack import free_port
 log = logging.getLogger(__name__)
 
 ORDER = (
-    "registry", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
-    "kubelet", "kube-proxy",
+    "registry", "git-daemon", "etcd", "kube-apiserver", "kube-controller-manager",
+    "kube-scheduler", "containerd", "kubelet", "kube-proxy",
 )  # fmt: skip
-HOST_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                 "kubelet", "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller",
-                 "kubectl-argo-rollouts", "kube-network-policies", "registry")  # fmt: skip
+HOST_BINARIES = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+    "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller", "kubectl-argo-rollouts",
+    "kube-network-policies", "registry", "argocd",
+)  # fmt: skip
 # Wiped by down: what one run of the cluster holds. Kept: pki, the containerd image store.
 RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports")
 
@@ -110,6 +113,7 @@ class Cluster:
             ),
             "containerd": self._containerd_ok,
             "registry": lambda: _ok(_get(f"http://{REGISTRY}/v2/")),
+            "git-daemon": lambda: _listening(BRIDGE_IP, GIT_PORT),
             "kubelet": lambda: _ok(_get(f"http://127.0.0.1:{ports['kubelet-healthz']}/healthz")),
             "kube-proxy": lambda: _ok(
                 _get(f"http://127.0.0.1:{ports['kube-proxy-healthz']}/healthz")
@@ -127,7 +131,7 @@ class Cluster:
     def _check_prerequisites(self) -> None:
         for name in HOST_BINARIES:
             binary(name)
-        for tool in ("containerd", "ctr", "openssl", "iptables", "ip"):
+        for tool in ("containerd", "ctr", "openssl", "iptables", "ip", "git"):
             if not shutil.which(tool):
                 raise ClusterError(f"{tool} is not installed; run `make cluster-packages`")
         configs.cni_bin_dir()
@@ -172,10 +176,14 @@ class Cluster:
         self._check_port_free(BRIDGE_IP, KUBELET_PORT, "kubelet")
         host, port = REGISTRY.split(":")
         self._check_port_free(host, int(port), "registry")
+        self._check_port_free(BRIDGE_IP, GIT_PORT, "git-daemon")
         for name in ORDER:
             step(name, lambda name=name: self._start(name, timeout))
         step("coredns", lambda: self._coredns(timeout))
+        # Argo CD's pods start while the Rollouts controller is waited on.
+        step("argo-cd images+apply", lambda: argo_cd.apply(self.layout))
         step("argo-rollouts", lambda: addons.apply_argo_rollouts(self.layout, timeout))
+        step("argo-cd", lambda: argo_cd.wait(self.layout, timeout))
         if nft_queue_supported():
             step(
                 "kube-network-policies",
@@ -271,6 +279,10 @@ class Cluster:
             return command, None
         if name == "registry":
             return [str(binary(name)), "serve", str(configs.registry(layout))], None
+        if name == "git-daemon":
+            branches = git_server.sync_project(layout)
+            log.info("git server: %s holds %s", git_server.PROJECT_REPOSITORY, " ".join(branches))
+            return git_server.command(layout), None
         if name == "containerd":
             configs.cni(layout)  # before containerd's CRI looks for it
             return ["containerd", "--config", str(configs.containerd(layout)),
@@ -336,7 +348,7 @@ class Cluster:
                 stopped.append(name)
         if {"kube-apiserver", "kubelet"} <= alive.keys():
             self._delete_pods()
-        for name in ("kubelet", "kube-proxy", "kube-apiserver", "etcd", "registry"):
+        for name in ("kubelet", "kube-proxy", "kube-apiserver", "etcd", "registry", "git-daemon"):
             if self.processes.stop(name):
                 stopped.append(name)
         if "containerd" in alive:
@@ -404,6 +416,12 @@ class Cluster:
                 log.info("killed leftover pod process %s", pid)
         if pids:
             time.sleep(1)
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
 
 
 def _ok(response: requests.Response | None, body: str | None = None) -> bool:

@@ -27,7 +27,7 @@ def _pushed_file(layout: Layout):
 
 
 def pushed(layout: Layout) -> dict[str, str]:
-    """name -> reference by digest, for what was pushed and is still in the registry."""
+    """name (and local NAME:TAG) -> reference by digest, of what was pushed."""
     path = _pushed_file(layout)
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -63,24 +63,32 @@ def push(layout: Layout, names: list[str] | None = None, engine: ContainerEngine
     engine = engine or ContainerEngine()
     try:
         engine.up()
-        references = {}
-        for name in names or list(IMAGE_ORDER):
-            local = _local_reference(engine, name)
-            repository, tag = local.rsplit(":", 1)
-            target = f"{REGISTRY}/{repository}:{tag}"
-            engine.docker("tag", local, target)
-            log.info("pushing %s to %s", local, target)
-            result = engine.docker("push", target, check=False)
-            engine.docker("image", "rm", target, check=False)  # the tag only; the image stays
-            if result.returncode != 0:
-                raise ClusterError(f"docker push {target} failed: {result.stderr.strip()[-1500:]}")
-            references[repository] = _digest_reference(result.stdout, repository, target)
+        return {
+            name.split(":")[0]: push_local(
+                layout, engine, _local_reference(engine, name), name.split(":")[0]
+            )
+            for name in names or list(IMAGE_ORDER)
+        }
     except EngineError as error:
         raise ClusterError(f"push: the project's Docker engine: {error}") from error
-    record = {**pushed(layout), **references}
+
+
+def push_local(layout: Layout, engine: ContainerEngine, local: str, repository: str) -> str:
+    """``docker push`` of the engine's image ``local`` as ``REGISTRY/repository``; its
+    reference by digest, recorded in pushed.json."""
+    target = f"{REGISTRY}/{repository}:{local.rsplit(':', 1)[1]}"
+    engine.docker("tag", local, target)
+    log.info("pushing %s to %s", local, target)
+    result = engine.docker("push", target, check=False)
+    engine.docker("image", "rm", target, check=False)  # the tag only; the image stays
+    if result.returncode != 0:
+        raise ClusterError(f"docker push {target} failed: {result.stderr.strip()[-1500:]}")
+    reference = _digest_reference(result.stdout, repository, target)
+    # by name (the latest push) and by the local reference (what exactly was pushed)
+    record = {**pushed(layout), repository: reference, local: reference}
     layout.root.mkdir(parents=True, exist_ok=True)
     _pushed_file(layout).write_text(json.dumps(record, indent=2))
-    return references
+    return reference
 
 
 def _digest_reference(push_output: str, repository: str, target: str) -> str:

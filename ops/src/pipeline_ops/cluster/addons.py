@@ -31,6 +31,8 @@ DEPLOYMENTS = {
     "argocd-server": ("argocd", "argocd-server"),
     "argocd-repo-server": ("argocd", "argocd-repo-server"),
     "argocd-redis": ("argocd", "argocd-redis"),
+    "spark-operator-controller": ("spark-operator", "spark-operator-controller"),
+    "spark-operator-webhook": ("spark-operator", "spark-operator-webhook"),
 }
 
 COREFILE = f""".:1053 {{

@@ -67,17 +67,26 @@ REDIS = AddonImage(
 
 def ensure_pushed(layout: Layout, image: AddonImage, engine: ContainerEngine | None = None
                   ) -> str:  # fmt: skip
-    """The image in the cluster's registry (built first if the engine lacks it): its
-    reference by digest."""
+    """The image (on the add-ons' Debian base) in the cluster's registry, built first if the
+    engine lacks it: its reference by digest."""
     engine = engine or ContainerEngine()
     try:
         engine.up()
         base = ensure_base(engine, ADDONS_BASE)
-        tag = image.tag(base)
-        if engine.docker("image", "inspect", tag, check=False).returncode != 0:
-            _build(engine, image, base, tag)
+        return ensure_pushed_on(layout, image, base, engine, key=base)  # a recipe's hash
     except EngineError as error:
         raise ClusterError(f"{image.name} image: {error}") from error
+
+
+def ensure_pushed_on(layout: Layout, image: AddonImage, base: str, engine: ContainerEngine,
+                     key: str | None = None) -> str:  # fmt: skip
+    """The image built ``FROM base`` (an image the engine has), pushed: its reference. Its tag
+    hashes ``key`` (default: the base's image id, so a rebuilt base makes a new image)."""
+    if key is None:
+        key = engine.docker("image", "inspect", "--format", "{{.Id}}", base).stdout.strip()
+    tag = image.tag(key)
+    if engine.docker("image", "inspect", tag, check=False).returncode != 0:
+        _build(engine, image, base, tag)
     return push_local(layout, engine, tag, image.name)
 
 

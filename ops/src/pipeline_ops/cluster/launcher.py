@@ -28,7 +28,15 @@ from pathlib import Path
 import requests
 import urllib3
 
-from pipeline_ops.cluster import ClusterError, addons, argo_cd, configs, git_server, images
+from pipeline_ops.cluster import (
+    ClusterError,
+    addons,
+    argo_cd,
+    configs,
+    git_server,
+    images,
+    spark_operator,
+)
 from pipeline_ops.cluster.host import Host, nft_queue_supported
 from pipeline_ops.cluster.layout import (
     APISERVER_PORT,
@@ -55,7 +63,7 @@ ORDER = (
 HOST_BINARIES = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
     "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller", "kubectl-argo-rollouts",
-    "kube-network-policies", "registry", "argocd",
+    "kube-network-policies", "registry", "argocd", "spark-operator",
 )  # fmt: skip
 # Wiped by down: what one run of the cluster holds. Kept: pki, the containerd image store.
 RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports")
@@ -180,10 +188,13 @@ class Cluster:
         for name in ORDER:
             step(name, lambda name=name: self._start(name, timeout))
         step("coredns", lambda: self._coredns(timeout))
-        # Argo CD's pods start while the Rollouts controller is waited on.
-        step("argo-cd images+apply", lambda: argo_cd.apply(self.layout))
+        # Argo CD's and the Spark Operator's pods start while the Rollouts controller is
+        # waited on (their images come from the registry; built and pushed when missing).
+        step("argo-cd apply", lambda: argo_cd.apply(self.layout))
+        step("spark-operator apply", lambda: spark_operator.apply(self.layout))
         step("argo-rollouts", lambda: addons.apply_argo_rollouts(self.layout, timeout))
         step("argo-cd", lambda: argo_cd.wait(self.layout, timeout))
+        step("spark-operator", lambda: spark_operator.wait(self.layout, timeout))
         if nft_queue_supported():
             step(
                 "kube-network-policies",

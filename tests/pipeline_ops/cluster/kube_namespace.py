@@ -55,7 +55,9 @@ class Namespace:
     def get(self, kind: str, name: str) -> dict:
         return json.loads(self.kubectl("get", kind, name, "-o", "json"))
 
-    def echo_server(self, name: str = "echo", body: str | None = None) -> str:
+    def echo_server(
+        self, name: str = "echo", body: str | None = None, annotations: dict | None = None
+    ) -> str:
         """Deployment ``name`` (answers with its pod's name, or ``body``) behind Service
         ``name`` (80 -> 8080), rolled out; the Service's URL."""
         labels = {"app": name}
@@ -68,7 +70,7 @@ class Namespace:
                 "spec": {
                     "selector": {"matchLabels": labels},
                     "template": {
-                        "metadata": {"labels": labels},
+                        "metadata": {"labels": labels, "annotations": annotations or {}},
                         "spec": {"containers": [container(name, args)]},
                     },
                 },

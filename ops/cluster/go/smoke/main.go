@@ -1,7 +1,7 @@
 // Command smoke is what the cluster tests run inside pods:
 //
-//	smoke serve PORT [BODY]  answer every HTTP request with BODY (JSON), default this pod's
-//	                   hostname
+//	smoke serve PORT [BODY]  answer every HTTP request with BODY (JSON if it starts with
+//	                   "{", else Prometheus' text format), default this pod's hostname
 //	smoke get URL [S]  resolve URL's host (cluster DNS), GET it (retrying failed connections
 //	                   for up to S seconds, default 30), print the body; exit 1 on failure
 package main
@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -28,7 +29,11 @@ func main() {
 		hostname, _ := os.Hostname()
 		http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 			if len(os.Args) == 4 {
-				w.Header().Set("Content-Type", "application/json")
+				contentType := "text/plain; version=0.0.4; charset=utf-8"
+				if strings.HasPrefix(os.Args[3], "{") {
+					contentType = "application/json"
+				}
+				w.Header().Set("Content-Type", contentType)
 				fmt.Fprintln(w, os.Args[3])
 				return
 			}

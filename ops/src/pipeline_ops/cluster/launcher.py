@@ -15,6 +15,7 @@ containerd; then the host changes are undone (see host.py) and the run's state r
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from pipeline_ops.cluster import (
     configs,
     git_server,
     images,
+    prometheus,
     spark_operator,
 )
 from pipeline_ops.cluster.host import Host, nft_queue_supported
@@ -45,6 +47,7 @@ from pipeline_ops.cluster.layout import (
     GIT_PORT,
     KUBELET_PORT,
     NODE_NAME,
+    PROMETHEUS_PORT,
     REGISTRY,
     SERVICE_CIDR,
     Layout,
@@ -58,15 +61,15 @@ log = logging.getLogger(__name__)
 
 ORDER = (
     "registry", "git-daemon", "etcd", "kube-apiserver", "kube-controller-manager",
-    "kube-scheduler", "containerd", "kubelet", "kube-proxy",
+    "kube-scheduler", "containerd", "kubelet", "kube-proxy", "prometheus",
 )  # fmt: skip
 HOST_BINARIES = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
     "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller", "kubectl-argo-rollouts",
-    "kube-network-policies", "registry", "argocd", "spark-operator",
+    "kube-network-policies", "registry", "argocd", "spark-operator", "prometheus",
 )  # fmt: skip
 # Wiped by down: what one run of the cluster holds. Kept: pki, the containerd image store.
-RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports")
+RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports", "prometheus")
 
 
 def _get(url: str, **kwargs) -> requests.Response | None:
@@ -122,6 +125,7 @@ class Cluster:
             "containerd": self._containerd_ok,
             "registry": lambda: _ok(_get(f"http://{REGISTRY}/v2/")),
             "git-daemon": lambda: _listening(BRIDGE_IP, GIT_PORT),
+            "prometheus": lambda: _ok(_get(f"{prometheus.url()}/-/ready")),
             "kubelet": lambda: _ok(_get(f"http://127.0.0.1:{ports['kubelet-healthz']}/healthz")),
             "kube-proxy": lambda: _ok(
                 _get(f"http://127.0.0.1:{ports['kube-proxy-healthz']}/healthz")
@@ -162,6 +166,7 @@ class Cluster:
     def up(self, timeout: float = 120) -> dict[str, float]:
         procs, phase = self.processes.load()
         if phase == "up" and all(n in procs and procs[n].alive and self._healthy(n) for n in ORDER):
+            self.host.accept_bridge_forwarding()  # the engine may have restarted since
             log.info("cluster already up and healthy")
             return {}
         if procs or phase or self.host.record_file.exists():
@@ -185,6 +190,7 @@ class Cluster:
         host, port = REGISTRY.split(":")
         self._check_port_free(host, int(port), "registry")
         self._check_port_free(BRIDGE_IP, GIT_PORT, "git-daemon")
+        self._check_port_free(BRIDGE_IP, PROMETHEUS_PORT, "prometheus")
         for name in ORDER:
             step(name, lambda name=name: self._start(name, timeout))
         step("coredns", lambda: self._coredns(timeout))
@@ -290,6 +296,13 @@ class Cluster:
             return command, None
         if name == "registry":
             return [str(binary(name)), "serve", str(configs.registry(layout))], None
+        if name == "prometheus":
+            addons.kubectl(layout, "apply", "--server-side", "-f", "-",
+                           stdin=json.dumps(prometheus.rbac()))  # fmt: skip
+            config = prometheus.config(
+                layout, pki.ca, pki.cert("prometheus"), pki.key("prometheus")
+            )
+            return prometheus.command(layout, config), None
         if name == "git-daemon":
             branches = git_server.sync_project(layout)
             log.info("git server: %s holds %s", git_server.PROJECT_REPOSITORY, " ".join(branches))
@@ -359,7 +372,8 @@ class Cluster:
                 stopped.append(name)
         if {"kube-apiserver", "kubelet"} <= alive.keys():
             self._delete_pods()
-        for name in ("kubelet", "kube-proxy", "kube-apiserver", "etcd", "registry", "git-daemon"):
+        for name in ("prometheus", "kubelet", "kube-proxy", "kube-apiserver", "etcd", "registry",
+                     "git-daemon"):  # fmt: skip
             if self.processes.stop(name):
                 stopped.append(name)
         if "containerd" in alive:

@@ -107,7 +107,8 @@ cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubect
 promote: ## open the staging -> main pull request carrying staging's image digests
 	gh workflow run promote.yml
 
-test: setup lint validate ## lint, validate, build the images, then the whole test suite against real local servers
+test: setup lint validate cluster-packages ## lint, validate, build the images, then the whole test suite against real local servers and the local cluster
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
 	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest'
 
 format: setup

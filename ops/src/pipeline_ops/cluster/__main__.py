@@ -1,4 +1,5 @@
-"""`python -m pipeline_ops.cluster up|status|down|env|push` (what `make cluster-*` runs)."""
+"""`python -m pipeline_ops.cluster up|status|down|env|push|git-sync` (what `make cluster-*`
+runs)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         "push", help="push images of `make images` to the cluster's registry; print their digests"
     )
     push.add_argument("images", nargs="*", help="NAME or NAME:TAG (default: all five)")
+    commands.add_parser(
+        "git-sync", help="mirror this repository's branches into the git server's pr-anomaly.git"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cluster = Cluster()
@@ -43,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, reference in push_images(cluster.layout, args.images or None).items():
                 print(f"{name} -> {reference}")
+        elif args.command == "git-sync":
+            from pipeline_ops.cluster import git_server
+
+            branches = git_server.sync_project(cluster.layout)
+            print(f"{git_server.url(git_server.PROJECT_REPOSITORY)}: {' '.join(branches)}")
     except ClusterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def nft_queue_supported() -> bool:
     """Whether the kernel has nftables' ``queue`` expression, which kube-network-policies
     needs to hand packets to its nfqueue. Probed in a throw-away table, deleted at once.
     (This VM's kernel has none: its rules fail with ENOENT.)"""
+    if not shutil.which("nft"):
+        return False
     table = ("inet", "pr_anomaly_probe")
     _run("nft", "add", "table", *table, check=False)
     try:

@@ -18,9 +18,14 @@ import yaml
 
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.addons import kubectl, module_dir, wait_rolled_out
-from pipeline_ops.cluster.engine_images import ADDONS_BASE, ARGOCD, REDIS, ensure_pushed
+from pipeline_ops.cluster.engine_images import (
+    ADDONS_BASE,
+    ARGOCD,
+    REDIS,
+    ensure_pushed,
+)
 from pipeline_ops.cluster.layout import Layout, binaries
-from pipeline_ops.cluster.registry import pushed
+from pipeline_ops.cluster.registry import build_engine, pushed
 
 log = logging.getLogger(__name__)
 # libyaml's safe loader: the install manifests are ~1 MB (pure Python takes seconds)
@@ -80,10 +85,12 @@ def _ref_in_registry(reference: str) -> bool:
 def images(layout: Layout) -> tuple[str, str]:
     """Argo CD's and redis' references by digest: from the registry if pushed before (no
     engine needed), else built and pushed by the project's engine."""
-    refs = []
-    for image in (ARGOCD, REDIS):
-        known = pushed(layout).get(image.tag(ADDONS_BASE.tag))
-        refs.append(known if known and _ref_in_registry(known) else ensure_pushed(layout, image))
+    wanted = (ARGOCD, REDIS)
+    known = [pushed(layout).get(image.tag(ADDONS_BASE.tag)) for image in wanted]
+    if all(ref and _ref_in_registry(ref) for ref in known):
+        return str(known[0]), str(known[1])
+    with build_engine() as engine:
+        refs = [ensure_pushed(layout, image, engine) for image in wanted]
     return refs[0], refs[1]
 
 

@@ -65,13 +65,10 @@ REDIS = AddonImage(
 )
 
 
-def ensure_pushed(layout: Layout, image: AddonImage, engine: ContainerEngine | None = None
-                  ) -> str:  # fmt: skip
+def ensure_pushed(layout: Layout, image: AddonImage, engine: ContainerEngine) -> str:
     """The image (on the add-ons' Debian base) in the cluster's registry, built first if the
     engine lacks it: its reference by digest."""
-    engine = engine or ContainerEngine()
     try:
-        engine.up()
         base = ensure_base(engine, ADDONS_BASE)
         return ensure_pushed_on(layout, image, base, engine, key=base)  # a recipe's hash
     except EngineError as error:

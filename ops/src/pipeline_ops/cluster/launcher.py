@@ -198,6 +198,8 @@ class Cluster:
         # waited on (their images come from the registry; built and pushed when missing).
         step("argo-cd apply", lambda: argo_cd.apply(self.layout))
         step("spark-operator apply", lambda: spark_operator.apply(self.layout))
+        # a Docker engine started (and stopped) meanwhile to build images changes FORWARD
+        self.host.accept_bridge_forwarding()
         step("argo-rollouts", lambda: addons.apply_argo_rollouts(self.layout, timeout))
         step("argo-cd", lambda: argo_cd.wait(self.layout, timeout))
         step("spark-operator", lambda: spark_operator.wait(self.layout, timeout))

@@ -9,8 +9,10 @@ kept across cluster runs like the registry's storage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 
 import requests
 
@@ -50,6 +52,23 @@ def _local_reference(engine: ContainerEngine, name: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def build_engine() -> Iterator[ContainerEngine]:
+    """The project's Docker engine for a build: started if needed, and then stopped again if
+    it was not running before (a cold `cluster-up` leaves the host's engine as it found it)."""
+    engine = ContainerEngine()
+    started_here = engine.running() is None
+    try:
+        engine.up()
+        yield engine
+    except EngineError as error:
+        raise ClusterError(f"the project's Docker engine: {error}") from error
+    finally:
+        if started_here:
+            engine.down()
+            log.info("stopped the Docker engine this build started")
+
+
 def push(layout: Layout, names: list[str] | None = None, engine: ContainerEngine | None = None
          ) -> dict[str, str]:  # fmt: skip
     """Push images from the engine into the cluster's registry; name -> reference by digest."""
@@ -60,9 +79,10 @@ def push(layout: Layout, names: list[str] | None = None, engine: ContainerEngine
             f"push: the cluster's registry does not answer on {REGISTRY} ({error}); "
             "start the cluster with `make cluster-up`"
         ) from error
-    engine = engine or ContainerEngine()
+    if engine is None:
+        with build_engine() as own:
+            return push(layout, names, own)
     try:
-        engine.up()
         return {
             name.split(":")[0]: push_local(
                 layout, engine, _local_reference(engine, name), name.split(":")[0]

@@ -21,7 +21,7 @@ from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.addons import kubectl, module_dir, wait_rolled_out
 from pipeline_ops.cluster.engine_images import AddonImage, ensure_pushed_on
 from pipeline_ops.cluster.layout import Layout, binaries
-from pipeline_ops.cluster.registry import pushed
+from pipeline_ops.cluster.registry import build_engine, pushed
 
 log = logging.getLogger(__name__)
 # libyaml's safe loader: the install manifests are ~1 MB (pure Python takes seconds)
@@ -56,15 +56,13 @@ def images(layout: Layout) -> tuple[str, str]:
     if spark and operator and _ref_in_registry(spark) and _ref_in_registry(operator):
         return operator, spark
     from pipeline_ops.images.build import build_images
-    from pipeline_ops.images.engine import ContainerEngine
 
-    engine = ContainerEngine()
-    engine.up()
-    if engine.docker("image", "inspect", f"{SPARK_IMAGE}:local", check=False).returncode != 0:
-        log.info("building the %s image (`make images` for one image)", SPARK_IMAGE)
-        build_images(engine, [SPARK_IMAGE])
-    spark = push(layout, [f"{SPARK_IMAGE}:local"], engine)[SPARK_IMAGE]
-    operator = ensure_pushed_on(layout, OPERATOR, f"{SPARK_IMAGE}:local", engine)
+    with build_engine() as engine:
+        if engine.docker("image", "inspect", f"{SPARK_IMAGE}:local", check=False).returncode:
+            log.info("building the %s image (`make images` for one image)", SPARK_IMAGE)
+            build_images(engine, [SPARK_IMAGE])
+        spark = push(layout, [f"{SPARK_IMAGE}:local"], engine)[SPARK_IMAGE]
+        operator = ensure_pushed_on(layout, OPERATOR, f"{SPARK_IMAGE}:local", engine)
     return operator, spark
 
 

@@ -3,6 +3,9 @@ the kubelet by digest, as the manifests pin them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from kube_namespace import SMOKE, Namespace
 
@@ -25,8 +28,13 @@ def test_the_kubelet_pulls_an_image_pushed_over_the_registry_api_by_digest(ns: N
 def test_an_image_of_make_images_runs_by_digest_after_docker_push(ns: Namespace) -> None:
     """`python -m pipeline_ops.cluster push load-gate`: the engine's image, pushed with
     `docker push`, runs in a pod from ``127.0.0.1:5000/load-gate@sha256:…``."""
-    references = registry.push(ns.cluster.layout, ["load-gate"])
-    reference = references["load-gate"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline_ops.cluster", "push", "load-gate"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    name, arrow, reference = result.stdout.strip().splitlines()[-1].split()
+    assert (name, arrow) == ("load-gate", "->")
     assert reference.startswith(f"{REGISTRY}/load-gate@sha256:")
     assert registry.pushed(ns.cluster.layout)["load-gate"] == reference
     phase, logs = ns.run_pod("load-gate", ["--help"], image=reference, timeout=180)

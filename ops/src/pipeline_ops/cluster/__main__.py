@@ -77,6 +77,11 @@ def _print_env(cluster: Cluster) -> None:
     layout = cluster.layout
     print(f"export KUBECONFIG={layout.kubeconfig}")
     print(f'export PATH="{layout.root / "bin"}:$PATH"')
+    from pipeline_ops.cluster import git_server, prometheus
+    from pipeline_ops.cluster.layout import REGISTRY
+
+    print(f"# registry {REGISTRY}  prometheus {prometheus.url()}  "
+          f"git {git_server.url(git_server.PROJECT_REPOSITORY)}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ FERRETDB_VERSION := v1.24.2
 UV_VERSION := 0.13.9
 KUSTOMIZE_VERSION := v5.8.1
 ACTIONLINT_VERSION := v1.7.12
-PACKAGES := pipeline-common ops data-fetch ml-pipeline model-serving
+PACKAGES := pipeline-common pipeline-contracts ops data-fetch ml-pipeline model-serving
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
 export PYSPARK_PYTHON := $(abspath $(PY))
@@ -30,7 +30,7 @@ setup: $(VENV)/.installed $(TOOLS)/bin/ferretdb $(TOOLS)/jars/.fetched $(TOOLS)/
 $(VENV)/.installed: requirements/dev.txt $(PACKAGE_FILES)
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
-	$(UV) pip install --quiet --python $(PY) -r requirements/dev.txt
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements/dev.txt
 	$(UV) pip install --quiet --python $(PY) --no-deps $(foreach p,$(PACKAGES),-e $(p))
 	touch $@
 
@@ -67,9 +67,12 @@ demo-anomaly: setup ## score real and unusual pull requests with the champion, s
 bench-run: setup ## wall time of `make run` per step, fresh and re-run, in a temporary state dir
 	$(PY) -m pipeline_ops.bench_run
 
-lint: setup ## ruff
+lint: setup ## ruff, the import layers (import-linter), types (mypy: --strict below the stages, default above)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy --strict pipeline-common/src pipeline-contracts/src
+	$(VENV)/bin/mypy data-fetch/src ml-pipeline/src model-serving/src ops/src
 
 validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters)
 	$(PY) -m pipeline_ops.validate
@@ -142,5 +145,5 @@ bench-fetch: setup ## data-fetch: API requests per 1,000 PRs vs a naive REST cli
 bench-preprocess: setup ## spark-preprocess rows/s vs single-process pandas: real sample, 100k (1M extrapolated)
 	timeout 1800 $(PY) ml-pipeline/bench/bench_preprocess.py
 
-bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: time per epoch and per 100k rows, test metrics
+bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: rolling-origin backtest, time split, 100k-row epoch
 	$(PY) -m ml_pipeline.training.bench

@@ -18,11 +18,13 @@ import pandas as pd
 import pytest
 
 from ml_pipeline.feature_frames import attach_context, compute_features
-from ml_pipeline.scoring import AnomalyScorer
-from ml_pipeline.training.job import fit_autoencoder
 from ml_pipeline.training.settings import TrainingSettings
+from ml_pipeline.training.steps import fit_autoencoder
+from pipeline_contracts.drift import reference_distribution
+from pipeline_contracts.features import FEATURE_NAMES
+from pipeline_contracts.scorer import AnomalyScorer
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +92,8 @@ def scorer(serving_records) -> AnomalyScorer:
     scale[scale == 0] = 1.0
     scaled = (features - mean) / scale
     model, _ = fit_autoencoder(scaled[:300], scaled[300:], TrainingSettings(max_epochs=10))
-    scorer = AnomalyScorer(model.dense_network(), mean, scale, threshold=0.0)
+    reference = reference_distribution(features, FEATURE_NAMES)
+    scorer = AnomalyScorer(model.dense_network(), mean, scale, threshold=0.0, reference=reference)
     scorer.threshold = float(np.quantile(scorer.errors(features[300:]).mean(axis=1), 0.9))
     return scorer
 

@@ -87,7 +87,8 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         promoted = "promotion        promoted: first model" in stdout
         if promoted:
             assert f"champion         version {version.group(1)}" in stdout
-            assert "PROMOTED" in text and "analysis load-gate | pass" in text, text
+            assert "PROMOTED" in text, text
+            assert "analysis load-gate | pass" in text, text
         else:
             assert "promotion        not promoted: analysis failed: load-gate" in stdout, stdout
             assert "champion         version None" in stdout

@@ -30,7 +30,7 @@ from data_fetch.records import normalize_rest_pull_request
 from data_fetch.settings import FetchSecret
 from data_fetch.store import PullRequestStore, WriteCounts, pull_request_document
 from pipeline_ops.github_replay_server import GitHubReplayServer, load_samples
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = PROJECT_ROOT / "data" / "samples"
@@ -66,8 +66,7 @@ def bench_requests(mongo_uri: str, samples: dict[str, list[dict]]) -> None:
 
         def ours() -> dict[str, Any]:
             client = GitHubClient(server.url, SecretStr("bench-token"))
-            return FetchJob(secret, source="github", repositories=repositories,
-                            client=client).run()  # fmt: skip
+            return FetchJob(secret, source="github", repositories=repositories, client=client).run()
 
         full = ours()
         unchanged = ours()
@@ -79,12 +78,18 @@ def bench_requests(mongo_uri: str, samples: dict[str, list[dict]]) -> None:
     print(f"  {'':34}{'data-fetch (GraphQL)':>22}{'naive REST':>14}{'ratio':>9}")
     rows = [
         ("full fetch: requests", full["requests_used"], naive_full),
-        ("full fetch: per 1,000 PRs", per_thousand(full["requests_used"], total),
-         per_thousand(naive_full, pulls)),
+        (
+            "full fetch: per 1,000 PRs",
+            per_thousand(full["requests_used"], total),
+            per_thousand(naive_full, pulls),
+        ),
         ("unchanged re-run: requests", unchanged["requests_used"], naive_again),
-        ("unchanged re-run: per repository", unchanged["requests_used"] / len(repositories),
-         naive_again / len(repositories)),
-    ]  # fmt: skip
+        (
+            "unchanged re-run: per repository",
+            unchanged["requests_used"] / len(repositories),
+            naive_again / len(repositories),
+        ),
+    ]
     for label, mine, naive in rows:
         print(f"  {label:34}{mine:>22,.1f}{naive:>14,.1f}{naive / max(mine, 1e-9):>8.0f}x")
 
@@ -129,15 +134,25 @@ def conditional_upserts(collection: Any, records: list[tuple[Any, dict]]) -> flo
         for record, payload in records[offset : offset + 100]:
             doc = pull_request_document(record, payload, now)
             doc_id = doc.pop("_id")
-            operations.append(UpdateOne({"_id": doc_id, "updated_at": {"$lt": doc["updated_at"]}},
-                                        {"$set": doc}, upsert=True))  # fmt: skip
+            operations.append(
+                UpdateOne(
+                    {"_id": doc_id, "updated_at": {"$lt": doc["updated_at"]}},
+                    {"$set": doc},
+                    upsert=True,
+                )
+            )
         with contextlib.suppress(BulkWriteError):
             collection.bulk_write(operations, ordered=False)
     return time.perf_counter() - started
 
 
-def bench_writes(mongo_uri: str, samples: dict[str, list[dict]], synthetic: int,
-                 conditional_sample: int, changed: int) -> None:  # fmt: skip
+def bench_writes(
+    mongo_uri: str,
+    samples: dict[str, list[dict]],
+    synthetic: int,
+    conditional_sample: int,
+    changed: int,
+) -> None:
     client = pymongo.MongoClient(mongo_uri, tz_aware=True)
     sample = sample_records(samples)
     print("\nMongoDB writes (FerretDB 1.24.2, SQLite), 100 records a bulk write")
@@ -154,8 +169,10 @@ def bench_writes(mongo_uri: str, samples: dict[str, list[dict]], synthetic: int,
     seconds, counts = timed_upsert(PullRequestStore(client, name, "pull_requests"), sample)
     assert counts.unchanged == len(sample)
     row("chosen: full sample again, unchanged (new process)", len(sample), seconds)
-    bumped = [(r.model_copy(update={"updated_at": r.updated_at + timedelta(days=1)}), p)
-              for r, p in sample[:changed]]  # fmt: skip
+    bumped = [
+        (r.model_copy(update={"updated_at": r.updated_at + timedelta(days=1)}), p)
+        for r, p in sample[:changed]
+    ]
     seconds, counts = timed_upsert(PullRequestStore(client, name, "pull_requests"), bumped)
     assert counts.updated == changed
     row(f"chosen: {changed} changed records into the full sample", changed, seconds)

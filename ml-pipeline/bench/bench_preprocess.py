@@ -37,7 +37,6 @@ from ml_pipeline.feature_frames import (
     feature_problems,
     input_problems,
 )
-from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES
 from ml_pipeline.preprocess.job import PUBLISHED_COLUMNS, READ_COLUMNS, PreprocessJob
 from ml_pipeline.preprocess.settings import (
     PreprocessJobSettings,
@@ -45,26 +44,12 @@ from ml_pipeline.preprocess.settings import (
     PreprocessSettings,
 )
 from ml_pipeline.preprocess.spark import build_spark_session
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES
+from pipeline_contracts.pull_requests import LEGACY_AUTHOR_FIELD, PULL_REQUEST_COLUMNS
+from pipeline_ops.local_platform import LocalPlatform
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECTION = {
-    name: 1
-    for name in (
-        "repository",
-        "number",
-        "author",
-        "author_login",
-        "title",
-        "body",
-        "created_at",
-        "merged_at",
-        "additions",
-        "deletions",
-        "changed_files",
-        "commits",
-    )
-}
+PROJECTION = dict.fromkeys([*(c.name for c in PULL_REQUEST_COLUMNS), LEGACY_AUTHOR_FIELD], 1)
 
 
 def pandas_preprocess(uri: str, database: str, out: Path) -> int:
@@ -73,7 +58,7 @@ def pandas_preprocess(uri: str, database: str, out: Path) -> int:
         docs = list(client[database]["pull_requests"].find({}, PROJECTION, batch_size=2000))
     frame = pd.DataFrame(docs)
     frame["author"] = frame.get("author", pd.Series(index=frame.index, dtype=object)).fillna(
-        frame.get("author_login")
+        frame.get(LEGACY_AUTHOR_FIELD)
     )
     frame = frame.reindex(columns=READ_COLUMNS)
     reasons = input_problems(frame)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from pipeline_contracts.registry import ModelReference
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -66,15 +68,14 @@ def register_model(tracking_uri: str, name: str, records: list[dict], workdir: P
     import pandas as pd
     from mlflow import MlflowClient
 
-    from ml_pipeline.feature_frames import attach_context, compute_features
-    from ml_pipeline.features import FeatureContext
-    from ml_pipeline.scoring import AnomalyScorer
-    from ml_pipeline.training.job import fit_autoencoder
+    from ml_pipeline.feature_frames import attach_context, compute_features, feature_context
     from ml_pipeline.training.pyfunc import log_scorer_model
     from ml_pipeline.training.settings import TrainingSettings
+    from ml_pipeline.training.steps import fit_autoencoder
+    from pipeline_contracts.scorer import AnomalyScorer
 
     training = pd.DataFrame(records[:2000])
-    context = FeatureContext.from_records(training)
+    context = feature_context(training)
     features = compute_features(attach_context(training, context)).to_numpy()
     mean, scale = features.mean(axis=0), features.std(axis=0)
     scale[scale == 0] = 1.0
@@ -87,7 +88,7 @@ def register_model(tracking_uri: str, name: str, records: list[dict], workdir: P
     with mlflow.start_run():
         info = log_scorer_model(scorer, workdir, name)
     MlflowClient().set_registered_model_alias(name, ALIAS, info.registered_model_version)
-    return f"models:/{name}@{ALIAS}"
+    return ModelReference.at_alias(name, ALIAS).uri
 
 
 class Server:
@@ -183,7 +184,7 @@ def mlflow_bodies(records: list[dict], size: int) -> list[str]:
 
 def main() -> int:
     from pipeline_ops.local_env import LocalEnvironment
-    from pipeline_ops.localstack import LocalPlatform, free_port
+    from pipeline_ops.local_platform import LocalPlatform, free_port
 
     if len(os.sched_getaffinity(0)) < 2:
         print("bench-serving needs 2 cores (server on one, load on the other)", file=sys.stderr)
@@ -244,20 +245,36 @@ def main() -> int:
         measure("ours batch 1000", ours, "/v1/score", ours_bodies(records, 1000), connections=2)
         half = results["ours single"]["rps"] / 2
         measure(
-            "ours single @ half capacity", ours, "/v1/score", single, mode="open", rate=half,
+            "ours single @ half capacity",
+            ours,
+            "/v1/score",
+            single,
+            mode="open",
+            rate=half,
             connections=64,
-        )  # fmt: skip
+        )
         ours.stop()
 
         print("mlflow models serve --env-manager local, 1 worker")
         mlflow_server = run_server(
             "mlflow",
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--workers", "1", "--host", "127.0.0.1"],
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "--workers",
+                "1",
+                "--host",
+                "127.0.0.1",
+            ],
             {"MLFLOW_TRACKING_URI": tracking_uri},
             "/invocations",
             mlflow_bodies(records, 1)[0],
-        )  # fmt: skip
+        )
         path = "/invocations"
         measure("mlflow single", mlflow_server, path, mlflow_bodies(records, 1), connections=16)
         measure("mlflow batch 100", mlflow_server, path, mlflow_bodies(records, 100), connections=4)

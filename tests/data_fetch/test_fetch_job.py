@@ -216,7 +216,8 @@ def test_cli_without_vault_settings_exits_2_naming_them(tmp_path: Path, replay: 
     result = _command({}, "--replay-path", str(replay))
 
     assert result.returncode == 2
-    assert "VAULT_ADDR" in result.stderr and "VAULT_SECRET_PATH" in result.stderr
+    assert "VAULT_ADDR" in result.stderr
+    assert "VAULT_SECRET_PATH" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -240,5 +241,6 @@ def test_cli_with_an_unusable_secret_path_exits_2_at_start_naming_it(
     result = _command(env, "--replay-path", str(replay))
 
     assert result.returncode == 2, result.stderr
-    assert "VAULT_SECRET_PATH" in result.stderr and "MOUNT/PATH" in result.stderr
+    assert "VAULT_SECRET_PATH" in result.stderr
+    assert "MOUNT/PATH" in result.stderr
     assert "Traceback" not in result.stderr

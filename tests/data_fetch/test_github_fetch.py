@@ -53,8 +53,9 @@ def _client(server: GitHubReplayServer, **retry: Any) -> GitHubClient:
 
 def _fetch(secret: FetchSecret, server: GitHubReplayServer, *repos: str, **options: Any):
     client = options.pop("client", None) or _client(server)
-    job = FetchJob(secret, source="github", repositories=list(repos) or [FLASK], client=client,
-                   **options)  # fmt: skip
+    job = FetchJob(
+        secret, source="github", repositories=list(repos) or [FLASK], client=client, **options
+    )
     return job.run()
 
 
@@ -78,14 +79,17 @@ def test_full_fetch_pages_through_every_pull_request_with_one_request_a_page(
     assert summary["requests_used"] == github.requests["graphql"] == 19
     assert summary["complete"] is True
     stored = client[secret.mongo_database].pull_requests.find_one({"_id": "pallets/flask#228"})
-    assert stored["author"] == "akavlie" and stored["title"] == "Corrections to fabfile example"
-    assert stored["raw"]["number"] == 228 and stored["schema_version"] == 1
+    assert stored["author"] == "akavlie"
+    assert stored["title"] == "Corrections to fabfile example"
+    assert stored["raw"]["number"] == 228
+    assert stored["schema_version"] == 1
     state = client[secret.mongo_database].pull_requests_fetch_state.find_one(
         {"_id": f"github:{FLASK}"}
     )
     newest = max(p["updated_at"] for p in samples[FLASK])
     assert state["high_water_mark"] == datetime.fromisoformat(newest.replace("Z", "+00:00"))
-    assert state["cursor"] is None and state["inserted"] == len(samples[FLASK])
+    assert state["cursor"] is None
+    assert state["inserted"] == len(samples[FLASK])
 
 
 def test_unchanged_rerun_costs_one_request_per_repository_and_writes_nothing(
@@ -138,7 +142,8 @@ def test_max_pages_stops_early_and_the_next_run_resumes_at_the_cursor(
     first = _fetch(secret, github, max_pages=3)
     rest = _fetch(secret, github)
 
-    assert first["complete"] is False and first["inserted"] == 300
+    assert first["complete"] is False
+    assert first["inserted"] == 300
     assert rest["repositories"][FLASK]["resumed"] is True
     assert rest["inserted"] == len(samples[FLASK]) - 300
     assert rest["requests_used"] == 16 - 3  # no page fetched twice
@@ -169,7 +174,8 @@ def test_a_server_that_keeps_failing_ends_the_run_with_a_clear_error(
         _fetch(secret, github)
 
     state = client[secret.mongo_database].pull_requests_fetch_state.find_one()
-    assert state["pages"] == 1 and state["cursor"]  # the run resumes from page 2
+    assert state["pages"] == 1
+    assert state["cursor"]
 
 
 def test_primary_budget_exhausted_saves_progress_and_stops(
@@ -202,17 +208,22 @@ def test_bad_records_from_github_are_quarantined_with_reasons(
 ):
     secret, client = database
     good = samples[FLASK][0]
-    github.add_pull(FLASK, {**good, "number": 900001, "additions": -4,
-                            "updated_at": "2030-01-01T00:00:00Z"})  # fmt: skip
-    github.add_pull(FLASK, {**good, "number": 900002, "created_at": "yesterday",
-                            "updated_at": "2030-01-02T00:00:00Z"})  # fmt: skip
+    github.add_pull(
+        FLASK, {**good, "number": 900001, "additions": -4, "updated_at": "2030-01-01T00:00:00Z"}
+    )
+    github.add_pull(
+        FLASK,
+        {**good, "number": 900002, "created_at": "yesterday", "updated_at": "2030-01-02T00:00:00Z"},
+    )
 
     summary = _fetch(secret, github)
 
-    assert summary["quarantined"] == 2 and summary["inserted"] == 1511
+    assert summary["quarantined"] == 2
+    assert summary["inserted"] == 1511
     quarantine = list(client[secret.mongo_database].pull_requests_quarantine.find())
     reasons = {doc["payload"]["number"]: doc["reason"] for doc in quarantine}
-    assert "additions" in reasons[900001] and "created_at" in reasons[900002]
+    assert "additions" in reasons[900001]
+    assert "created_at" in reasons[900002]
     assert {doc["source"] for doc in quarantine} == {f"github:{FLASK}"}
 
 
@@ -239,13 +250,18 @@ def test_rest_fallback_when_the_server_has_no_graphql(database, samples):
 def fetch_secret_with_token(local_env: LocalEnvironment) -> Iterator[dict[str, str]]:
     """The data-fetch Vault secret with a GitHub token and a database of its own; the
     original secret is put back afterwards."""
-    root = hvac.Client(url=local_env.platform.service("vault").url,
-                       token=local_env.platform.vault_root_token())  # fmt: skip
+    root = hvac.Client(
+        url=local_env.platform.service("vault").url, token=local_env.platform.vault_root_token()
+    )
     mount, path = local_env.layout.secret_path("data-fetch").split("/", 1)
-    original = root.secrets.kv.v2.read_secret_version(path=path, mount_point=mount,
-                                                      raise_on_deleted_version=True)  # fmt: skip
-    values = {**original["data"]["data"], "github_token": TOKEN,
-              "mongo_database": f"t_cli_{uuid.uuid4().hex[:10]}"}  # fmt: skip
+    original = root.secrets.kv.v2.read_secret_version(
+        path=path, mount_point=mount, raise_on_deleted_version=True
+    )
+    values = {
+        **original["data"]["data"],
+        "github_token": TOKEN,
+        "mongo_database": f"t_cli_{uuid.uuid4().hex[:10]}",
+    }
     root.secrets.kv.v2.create_or_update_secret(path=path, secret=values, mount_point=mount)
     try:
         yield values
@@ -270,8 +286,9 @@ def test_killed_mid_run_then_resumed_gives_exactly_the_clean_run_collection(
     with GitHubReplayServer(samples, delay_seconds=0.05) as server:
         argv += ["--api-url", server.url]
         for kill_after_pages in (4, 9):
-            process = subprocess.Popen(argv, env=_command_env(local_env),
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+            process = subprocess.Popen(
+                argv, env=_command_env(local_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             deadline = time.monotonic() + 60
             while server.requests["graphql"] < kill_after_pages and process.poll() is None:
                 assert time.monotonic() < deadline
@@ -279,8 +296,9 @@ def test_killed_mid_run_then_resumed_gives_exactly_the_clean_run_collection(
             process.send_signal(signal.SIGKILL)
             process.communicate()
             assert process.returncode == -signal.SIGKILL
-        resumed = subprocess.run(argv, env=_command_env(local_env), capture_output=True,
-                                 text=True, timeout=120)  # fmt: skip
+        resumed = subprocess.run(
+            argv, env=_command_env(local_env), capture_output=True, text=True, timeout=120
+        )
         # the same source fetched once, cleanly, into another database
         _fetch(secret, server, FLASK, FASTAPI)
 
@@ -304,10 +322,20 @@ def test_cli_github_run_keeps_secrets_out_of_all_output(
         server.inject("502")
         server.inject("secondary-429")
         result = subprocess.run(
-            [str(DATA_FETCH), "--repository", FLASK, "--api-url", server.url, "--log-level",
-             "DEBUG"],
-            env=_command_env(local_env), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                str(DATA_FETCH),
+                "--repository",
+                FLASK,
+                "--api-url",
+                server.url,
+                "--log-level",
+                "DEBUG",
+            ],
+            env=_command_env(local_env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         sent = server.authorizations
 
     assert result.returncode == 0, result.stderr
@@ -315,7 +343,8 @@ def test_cli_github_run_keeps_secrets_out_of_all_output(
     output = result.stdout + result.stderr
     assert TOKEN not in output  # ...and nowhere else
     assert values["mongo_uri"] not in output
-    assert '"source": "github"' in result.stdout and '"inserted": 150' in result.stdout
+    assert '"source": "github"' in result.stdout
+    assert '"inserted": 150' in result.stdout
 
 
 def test_cli_exits_4_with_a_clear_message_when_the_budget_is_spent(
@@ -325,9 +354,13 @@ def test_cli_exits_4_with_a_clear_message_when_the_budget_is_spent(
         server.exhaust_budget(reset_after_seconds=3600)
         result = subprocess.run(
             [str(DATA_FETCH), "--repository", FLASK, "--api-url", server.url],
-            env=_command_env(local_env), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            env=_command_env(local_env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     assert result.returncode == 4
     assert "GitHub API budget exhausted" in result.stderr
-    assert "Progress is saved" in result.stderr and "Traceback" not in result.stderr
+    assert "Progress is saved" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -142,7 +142,8 @@ def test_a_record_over_the_database_document_limit_is_quarantined_with_an_excerp
     [kept] = client[secret.mongo_database].pull_requests_quarantine.find()
     assert f"over MongoDB's limit of {MAX_DOCUMENT_BYTES:,}" in kept["reason"]
     assert kept["payload"]["characters"] > MAX_DOCUMENT_BYTES
-    assert kept["payload"]["excerpt"].startswith('{"') and kept["payload"]["sha256"]
+    assert kept["payload"]["excerpt"].startswith('{"')
+    assert kept["payload"]["sha256"]
     _assert_nothing_printed_the_record(caplog)
 
 
@@ -170,7 +171,8 @@ def test_poison_pills_from_the_github_api_are_quarantined_and_the_pass_completes
     first = _fetch(secret, github, api)
     again = _fetch(secret, github, api)
 
-    assert first["complete"] is True and again["complete"] is True
+    assert first["complete"] is True
+    assert again["complete"] is True
     assert first["inserted"] == GOOD + len(STORED)
     assert first["quarantined"] == len(REASONS)
     _assert_poisons_handled(client[secret.mongo_database], poisons, f"github:{FLASK}")

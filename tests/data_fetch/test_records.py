@@ -151,14 +151,25 @@ def test_every_problem_is_reported_at_once(good: dict[str, Any]):
 
 def test_a_graphql_node_normalises_like_its_rest_twin():
     node = {
-        "number": 42, "title": "Add x", "body": None, "state": "MERGED",
-        "authorAssociation": "MEMBER", "createdAt": "2024-01-01T10:00:00Z",
-        "updatedAt": "2024-01-03T10:00:00Z", "closedAt": "2024-01-02T10:00:00Z",
-        "mergedAt": "2024-01-02T10:00:00Z", "additions": 3, "deletions": 1, "changedFiles": 2,
-        "author": {"login": "octocat"}, "commits": {"totalCount": 2},
-        "comments": {"totalCount": 5}, "reviewThreads": {"totalCount": 1},
-        "labels": {"nodes": [{"name": "bug"}]}, "assignees": {"nodes": [{"login": "hubot"}]},
-    }  # fmt: skip
+        "number": 42,
+        "title": "Add x",
+        "body": None,
+        "state": "MERGED",
+        "authorAssociation": "MEMBER",
+        "createdAt": "2024-01-01T10:00:00Z",
+        "updatedAt": "2024-01-03T10:00:00Z",
+        "closedAt": "2024-01-02T10:00:00Z",
+        "mergedAt": "2024-01-02T10:00:00Z",
+        "additions": 3,
+        "deletions": 1,
+        "changedFiles": 2,
+        "author": {"login": "octocat"},
+        "commits": {"totalCount": 2},
+        "comments": {"totalCount": 5},
+        "reviewThreads": {"totalCount": 1},
+        "labels": {"nodes": [{"name": "bug"}]},
+        "assignees": {"nodes": [{"login": "hubot"}]},
+    }
 
     record = normalize_graphql_pull_request(node, "o/r")
 
@@ -175,9 +186,18 @@ def test_a_graphql_node_normalises_like_its_rest_twin():
 
 
 def test_a_graphql_node_whose_author_was_deleted_is_kept():
-    node = {"number": 7, "title": "t", "state": "OPEN", "createdAt": "2024-01-01T10:00:00Z",
-            "updatedAt": "2024-01-01T10:00:00Z", "additions": 0, "deletions": 0,
-            "changedFiles": 0, "author": None, "commits": {"totalCount": 1}}  # fmt: skip
+    node = {
+        "number": 7,
+        "title": "t",
+        "state": "OPEN",
+        "createdAt": "2024-01-01T10:00:00Z",
+        "updatedAt": "2024-01-01T10:00:00Z",
+        "additions": 0,
+        "deletions": 0,
+        "changedFiles": 0,
+        "author": None,
+        "commits": {"totalCount": 1},
+    }
 
     record = normalize_graphql_pull_request(node, "o/r")
 

@@ -21,8 +21,9 @@ from pipeline_ops.local_env import LocalEnvironment
 
 @pytest.fixture
 def collection_name(local_env: LocalEnvironment) -> Iterator[tuple[pymongo.MongoClient, str]]:
-    client = pymongo.MongoClient(local_env.stage_secrets()["data-fetch"]["mongo_uri"],
-                                 tz_aware=True)  # fmt: skip
+    client = pymongo.MongoClient(
+        local_env.stage_secrets()["data-fetch"]["mongo_uri"], tz_aware=True
+    )
     name = f"t_store_{uuid.uuid4().hex[:10]}"
     try:
         yield client, name

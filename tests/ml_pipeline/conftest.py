@@ -16,9 +16,9 @@ import pytest
 
 from ml_pipeline.datasets import MANIFEST
 from ml_pipeline.feature_frames import attach_context, compute_features, context_columns
-from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES, FEATURE_SPEC_VERSION
 from ml_pipeline.preprocess.job import publish_latest
 from pipeline_common.storage import StorageLocation
+from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES, FEATURE_SPEC_VERSION
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,14 +16,17 @@ def test_perfect_ranking_scores_one_and_a_reversed_one_zero() -> None:
         {"roc_auc": 1, "pr_auc": 1, "f1": 1, "precision": 1, "recall": 1, "precision_at_k": 1}
     )
     bad = detection_metrics(labels, -scores, threshold=0.0, k=2)
-    assert bad["roc_auc"] == 0 and bad["precision_at_k"] == 0 and bad["f1"] == 0
+    assert bad["roc_auc"] == 0
+    assert bad["precision_at_k"] == 0
+    assert bad["f1"] == 0
 
 
 def test_f1_uses_the_threshold_and_precision_at_k_the_ranking() -> None:
     labels = np.array([0, 1, 0, 1])
     scores = np.array([0.9, 0.8, 0.2, 0.1])
     metrics = detection_metrics(labels, scores, threshold=0.5, k=1)
-    assert metrics["precision"] == 0.5 and metrics["recall"] == 0.5
+    assert metrics["precision"] == 0.5
+    assert metrics["recall"] == 0.5
     assert metrics["precision_at_k"] == 0
     assert precision_at_k(labels, scores, 2) == 0.5
 

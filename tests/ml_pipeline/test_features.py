@@ -14,17 +14,18 @@ from ml_pipeline.feature_frames import (
     attach_context,
     compute_features,
     context_columns,
+    feature_context,
     feature_problems,
     input_problems,
 )
-from ml_pipeline.features import (
+from pipeline_contracts.features import (
     CONTEXT_COLUMNS,
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
-    INPUT_COLUMNS,
     FeatureContext,
     feature_spec_document,
 )
+from pipeline_contracts.pull_requests import FEATURE_INPUT_COLUMNS
 
 
 def _records() -> pd.DataFrame:
@@ -113,7 +114,8 @@ def test_features_read_only_the_input_columns() -> None:
     records["user"] = [{"login": "a"}, None, {"login": "b"}]
     records["state"] = "closed"
     pd.testing.assert_frame_equal(
-        compute_features(records), compute_features(records[[*INPUT_COLUMNS, *CONTEXT_COLUMNS]])
+        compute_features(records),
+        compute_features(records[[*FEATURE_INPUT_COLUMNS, *CONTEXT_COLUMNS]]),
     )
 
 
@@ -127,7 +129,8 @@ def test_spec_document_lists_every_feature() -> None:
     assert document["version"] == FEATURE_SPEC_VERSION
     assert [f["name"] for f in document["features"]] == list(FEATURE_NAMES)
     for feature in document["features"]:
-        assert feature["formula"].strip() and feature["unit"].strip(), feature["name"]
+        assert feature["formula"].strip(), feature["name"]
+        assert feature["unit"].strip(), feature["name"]
 
 
 def _raw(repository: str, author: str, additions: int, deletions: int) -> dict:
@@ -148,7 +151,7 @@ def test_context_from_a_snapshot_counts_authors_and_takes_repository_medians() -
             _raw("o/b", "ann", 4, 4),
         ]
     )
-    context = FeatureContext.from_records(snapshot)
+    context = feature_context(snapshot)
     assert context.repository_median_changes == {"o/a": 10.0, "o/b": 8.0}
     assert context.author_pull_requests == {"o/a": {"ann": 2, "bob": 1}, "o/b": {"ann": 1}}
     assert FeatureContext.from_dict(context.to_dict()) == context

@@ -22,7 +22,6 @@ import pytest
 from data_fetch.job import FetchJob
 from data_fetch.settings import FetchSecret
 from ml_pipeline.datasets import DatasetError, load_feature_dataset
-from ml_pipeline.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from ml_pipeline.preprocess import job as job_module
 from ml_pipeline.preprocess.job import PreprocessJob
 from ml_pipeline.preprocess.mongo_source import FORMAT, PullRequestDataSource, plan_partitions
@@ -30,6 +29,7 @@ from ml_pipeline.preprocess.publish import new_run_id
 from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
 from pipeline_common.cli import StageError
 from pipeline_common.storage import S3Config
+from pipeline_contracts.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
 
 PER_FILE = 15
 
@@ -73,7 +73,8 @@ def test_publishes_one_row_per_pull_request_with_manifest(published) -> None:
 def test_manifest_describes_the_run(published) -> None:
     root, first = published["root"], published["first"]
     manifest = json.loads((root / first["run_id"] / "manifest.json").read_text())
-    assert manifest["quarantined_rows"] == 0 and manifest["quarantine_reasons"] == {}
+    assert manifest["quarantined_rows"] == 0
+    assert manifest["quarantine_reasons"] == {}
     assert [c["name"] for c in manifest["schema"]][:5] == [
         "repository",
         "number",
@@ -268,7 +269,8 @@ def test_hand_computed_features_through_spark(hand_made_run) -> None:
 
 def test_broken_records_are_quarantined_with_their_reason(hand_made_run) -> None:
     root, summary = hand_made_run["root"], hand_made_run["summary"]
-    assert summary["rows"] == 4 and summary["quarantined_rows"] == 4
+    assert summary["rows"] == 4
+    assert summary["quarantined_rows"] == 4
     quarantine = pq.read_table(root / summary["run_id"] / "quarantine").to_pandas()
     assert dict(zip(quarantine["_id"], quarantine["quarantine_reason"], strict=True)) == (
         HAND_MADE_REASONS

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ml_pipeline.features import FEATURE_NAMES, FeatureContext
 from ml_pipeline.model import Autoencoder
-from ml_pipeline.scoring import AnomalyScorer
+from pipeline_contracts.features import FEATURE_NAMES, FeatureContext
+from pipeline_contracts.scorer import AnomalyScorer
 
 
 @pytest.fixture
@@ -49,7 +49,8 @@ def test_a_saved_scorer_loads_and_scores_the_same(autoencoder, rows, tmp_path: P
     scorer = _scorer(autoencoder, rows)
     path = tmp_path / "scorer.npz"
     scorer.save(path)
-    assert path.exists() and not (tmp_path / "scorer.npz.npz").exists()
+    assert path.exists()
+    assert not (tmp_path / "scorer.npz.npz").exists()
     loaded = AnomalyScorer.load(path)
     assert loaded.score_features(rows) == scorer.score_features(rows)
     assert loaded.context == scorer.context

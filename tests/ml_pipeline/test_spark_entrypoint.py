@@ -63,7 +63,7 @@ def test_a_local_session_started_by_hand_runs_its_python_workers_in_this_environ
         "from ml_pipeline.preprocess.spark import build_spark_session\n"
         f"spark = build_spark_session(PreprocessSettings(jars_dir={str(jars)!r}))\n"
         "def spec(_):\n"
-        "    from ml_pipeline.features import FEATURE_SPEC_VERSION\n"
+        "    from pipeline_contracts.features import FEATURE_SPEC_VERSION\n"
         "    return [FEATURE_SPEC_VERSION]\n"
         "print('workers read spec', spark.sparkContext.parallelize([0], 1).map(spec).first())\n"
         "spark.stop()\n"

@@ -20,21 +20,14 @@ import pytest
 from mlflow import MlflowClient
 
 from ml_pipeline.anomalies import inject_anomalies
-from ml_pipeline.features import FEATURE_NAMES
-from ml_pipeline.training.job import (
-    CHALLENGER,
-    CHAMPION,
-    TrainingJob,
-    evaluation_rows,
-    fit_scaler,
-    gate_decision,
-    time_split,
-    train_and_evaluate,
-    untrustworthy_reason,
-)
+from ml_pipeline.feature_frames import score_frame
+from ml_pipeline.training.gate import gate_decision, untrustworthy_reason
+from ml_pipeline.training.job import TrainingJob
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
-from model_serving.model_source import load_registered_model
+from ml_pipeline.training.steps import evaluation_rows, fit_scaler, time_split, train_and_evaluate
 from pipeline_common.cli import StageError
+from pipeline_contracts.features import FEATURE_NAMES
+from pipeline_contracts.registry import CHALLENGER, CHAMPION, ModelReference, download_scorer
 
 PER_FILE = 300  # 600 real pull requests
 
@@ -103,10 +96,13 @@ def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> No
         "feature_error_contributions.json",
         "evaluation.json",
         "gate.txt",
+        "backtest.json",
         "plots",
     } <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "error_histogram")}
+    assert plots == {
+        f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "error_histogram", "backtest")
+    }
     assert len(run.data.tags["feature_manifest_sha256"]) == 64
     for model in ("", "isolation_forest_"):
         for metric in ("roc_auc", "pr_auc", "f1", "precision_at_k"):
@@ -114,7 +110,8 @@ def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> No
     # the injected anomalies are found far better than by chance, by both models
     assert run.data.metrics["test_roc_auc"] > 0.9
     assert run.data.metrics["isolation_forest_test_roc_auc"] > 0.9
-    assert result["registered"] is True and result["gate"].startswith("passed")
+    assert result["registered"] is True
+    assert result["gate"].startswith("passed")
 
 
 def test_each_run_registers_a_version_and_moves_challenger(trained, client) -> None:
@@ -140,13 +137,14 @@ def test_pyfunc_and_serving_fast_path_score_alike(trained, records) -> None:
     secret, result = trained["secret"], trained["second"]
     raw = pd.DataFrame(records[::10])  # GitHub-shaped: nested user/base, labels, ...
     mlflow.set_tracking_uri(secret.mlflow_tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{secret.model_name}@{CHALLENGER}")
+    challenger = ModelReference.at_alias(secret.model_name, CHALLENGER)
+    pyfunc = mlflow.pyfunc.load_model(challenger.uri)
     predicted = pyfunc.predict(raw)
 
-    loaded = load_registered_model(secret.mlflow_tracking_uri, secret.model_name, CHALLENGER)
-    assert loaded.version == result["model_version"]
-    assert loaded.scorer.threshold == pytest.approx(result["threshold"])
-    fast = pd.DataFrame(loaded.scorer.score_records(raw))
+    version, scorer = download_scorer(secret.mlflow_tracking_uri, challenger)
+    assert version == result["model_version"]
+    assert scorer.threshold == pytest.approx(result["threshold"])
+    fast = pd.DataFrame(score_frame(scorer, raw))
 
     assert len(predicted) == len(fast) == len(raw)
     np.testing.assert_allclose(predicted["score"], fast["score"], rtol=1e-6)
@@ -171,8 +169,10 @@ def gated(trained, client) -> dict[str, Any]:
 def test_gate_refuses_a_bad_model_without_touching_the_aliases(trained, gated, client) -> None:
     name = trained["secret"].model_name
     bad = gated["bad"]
-    assert bad["registered"] is False and bad["model_version"] is None
-    assert bad["gate"].startswith("refused: ROC AUC") and "below the minimum" in bad["gate"]
+    assert bad["registered"] is False
+    assert bad["model_version"] is None
+    assert bad["gate"].startswith("refused: ROC AUC")
+    assert "below the minimum" in bad["gate"]
     assert bad["test_roc_auc"] < trained["settings"].min_roc_auc
     # the run is still tracked, with the reason
     run = client.get_run(bad["mlflow_run_id"])
@@ -186,7 +186,8 @@ def test_gate_refuses_a_bad_model_without_touching_the_aliases(trained, gated, c
 def test_gate_accepts_a_good_model_as_challenger_only(trained, gated, client) -> None:
     name = trained["secret"].model_name
     good = gated["good"]
-    assert good["registered"] is True and good["model_version"] == "3"
+    assert good["registered"] is True
+    assert good["model_version"] == "3"
     assert "champion version 1" in good["gate"]
     assert client.get_model_version_by_alias(name, CHALLENGER).version == "3"
     assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
@@ -198,7 +199,8 @@ def test_gate_rule() -> None:
     assert gate_decision(0.81, settings).registered
     assert gate_decision(0.90, settings, "4", 0.915).registered
     refused = gate_decision(0.90, settings, "4", 0.93)
-    assert not refused.registered and "champion version 4" in refused.reason
+    assert not refused.registered
+    assert "champion version 4" in refused.reason
 
 
 def test_pyfunc_loads_by_alias_in_a_fresh_process(trained, records, tmp_path) -> None:
@@ -231,9 +233,8 @@ def test_pyfunc_loads_by_alias_in_a_fresh_process(trained, records, tmp_path) ->
     assert len(results) == 5
     for result in results:
         assert set(result) >= {"score", "threshold", "is_anomaly", "top_features"}
-        assert result["score"] >= 0 and result["threshold"] == pytest.approx(
-            trained["second"]["threshold"]
-        )
+        assert result["score"] >= 0
+        assert result["threshold"] == pytest.approx(trained["second"]["threshold"])
 
 
 # -- data set errors (fail before anything reaches MLflow) -----------------------------------
@@ -312,7 +313,8 @@ def test_the_gate_refuses_a_model_of_too_little_or_degenerate_data(
 
     result = TrainingJob(trained["secret"], trained["settings"], run_id).run()
 
-    assert result["registered"] is False and result["model_version"] is None
+    assert result["registered"] is False
+    assert result["model_version"] is None
     assert re.search(reason, result["gate"]), result["gate"]
     assert "TRAINING_MIN_SPLIT_ROWS=50" in result["gate"]
     run = client.get_run(result["mlflow_run_id"])  # the reason is in the run
@@ -327,5 +329,23 @@ def test_the_gate_refuses_an_insane_threshold(records, feature_rows) -> None:
     for threshold in (1058.0, 2.6e15, float("nan"), 0.0):
         outcome.scorer.threshold = threshold
         reason = untrustworthy_reason(outcome, settings)
-        assert reason is not None and "outside (0, TRAINING_MAX_THRESHOLD=25]" in reason
+        assert reason is not None
+        assert "outside (0, TRAINING_MAX_THRESHOLD=25]" in reason
         assert not gate_decision(0.99, settings, untrustworthy=reason).registered
+
+
+def test_the_backtest_is_logged_fold_by_fold_and_its_newest_fold_is_the_gates(
+    trained, client
+) -> None:
+    result = trained["first"]
+    run_id = result["mlflow_run_id"]
+    backtest = client.download_artifacts(run_id, "backtest.json")
+    document = json.loads(Path(backtest).read_text())
+    folds = document["folds"]
+    assert [f["fold"] for f in folds] == list(range(1, trained["settings"].backtest_folds + 1))
+    assert folds[-1]["autoencoder_roc_auc"] == pytest.approx(result["test_roc_auc"])
+    assert result["backtest"]["folds"] == len(folds)
+    for model in ("autoencoder", "isolation_forest"):
+        history = client.get_metric_history(run_id, f"backtest_{model}_roc_auc")
+        assert sorted(m.step for m in history) == [f["fold"] for f in folds]
+    assert set(result["seconds"]) >= {"load", "backtest", "mlflow_logging"}

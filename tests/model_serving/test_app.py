@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,14 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
-from ml_pipeline.feature_frames import attach_context, compute_features
-from ml_pipeline.features import (
-    FEATURE_NAMES,
-    MERGED_BEFORE_CREATED,
-    FeatureContext,
-    feature_matrix,
+from ml_pipeline.feature_frames import (
+    attach_context,
+    compute_features,
+    feature_context,
+    score_frame,
 )
 from model_serving.app import (
     MicroBatcher,
@@ -31,8 +32,16 @@ from model_serving.app import (
     create_app,
     feature_inputs,
 )
-from model_serving.model_source import LoadedModel, load_model_uri
+from model_serving.model_source import LoadedModel, load_model
 from pipeline_common.limits import MAX_COUNT
+from pipeline_contracts.drift import DRIFT_ALERT_PSI
+from pipeline_contracts.features import (
+    FEATURE_NAMES,
+    MERGED_BEFORE_CREATED,
+    feature_matrix,
+)
+from pipeline_contracts.registry import ModelReference
+from pipeline_ops.paths import PROJECT_ROOT
 
 MAX_BATCH = 5
 MAX_BODY_BYTES = 64 * 1024
@@ -65,7 +74,9 @@ def assert_no_stack_trace(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def model(registered_model) -> LoadedModel:
-    return load_model_uri(registered_model["tracking_uri"], registered_model["uri"])
+    return load_model(
+        registered_model["tracking_uri"], ModelReference.parse(registered_model["uri"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +155,7 @@ def test_single_record_gets_one_verdict(client, record, scorer, model) -> None:
     assert response.status_code == 200, response.text
     [verdict] = response.json()["results"]
     assert set(verdict) == VERDICT_KEYS
-    expected = scorer.score_records([record])[0]
+    expected = score_frame(scorer, [record])[0]
     assert verdict["score"] == pytest.approx(expected["score"], rel=1e-5)
     assert verdict["threshold"] == pytest.approx(scorer.threshold)
     assert verdict["is_anomaly"] == (verdict["score"] > verdict["threshold"])
@@ -160,7 +171,7 @@ def test_a_list_gets_one_verdict_per_record_in_order(client, serving_records, sc
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["number"] for r in results] == [r["number"] for r in batch]
-    expected = scorer.score_records(batch)
+    expected = score_frame(scorer, batch)
     assert [r["score"] for r in results] == pytest.approx([e["score"] for e in expected], 1e-5)
     assert client.post("/v1/score", json=[]).json() == {"results": []}
 
@@ -374,7 +385,7 @@ def test_requests_scored_together_get_their_own_verdicts(model, serving_records)
 
     answers = asyncio.run(together())
     for sent, answer in zip(requests, answers, strict=True):
-        alone = model.scorer.score_records(sent)
+        alone = score_frame(model.scorer, sent)
         assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
 
 
@@ -391,7 +402,8 @@ def test_context_features_use_the_models_snapshot_unless_the_caller_sends_them(
     ]
     assert scores[0] != scores[1]
     bad = client.post("/v1/score", json={**record, "author_prior_pull_requests": -1})
-    assert bad.status_code == 422 and "author_prior_pull_requests" in bad.text
+    assert bad.status_code == 422
+    assert "author_prior_pull_requests" in bad.text
 
 
 def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
@@ -402,7 +414,7 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
         {**r, "repository": r["base"]["repo"]["full_name"], "author": r["user"]["login"]}
         for r in serving_records
     ]
-    context = FeatureContext.from_records(pd.DataFrame(flat[::2]))
+    context = feature_context(pd.DataFrame(flat[::2]))
     parsed = [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records]
 
     inputs = feature_inputs(parsed)
@@ -419,7 +431,8 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
         )
     )
     reference = compute_features(attach_context(pd.DataFrame(flat), context)).to_numpy()
-    assert (prior > 0).any() and (prior == 0).any()  # both known and new authors
+    assert (prior > 0).any()
+    assert (prior == 0).any()
     np.testing.assert_allclose(fast, reference, rtol=1e-12, atol=1e-12)
 
 
@@ -461,9 +474,10 @@ def test_one_unscorable_record_fails_only_its_own_request(model, serving_records
 
     first, failed, second = asyncio.run(together())
     assert isinstance(failed, UnscorableRecordError)
-    assert failed.index == 1 and "OverflowError" in failed.problem
+    assert failed.index == 1
+    assert "OverflowError" in failed.problem
     for sent, answer in ((serving_records[0:3], first), (serving_records[3:6], second)):
-        alone = model.scorer.score_records(sent)
+        alone = score_frame(model.scorer, sent)
         assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
 
 
@@ -474,7 +488,8 @@ def test_a_feature_beyond_float32_still_gets_a_finite_score_and_is_flagged(
     response = client.post("/v1/score/features", json={**vector, "log_additions": value})
     assert response.status_code == 200, response.text
     [verdict] = response.json()["results"]
-    assert isinstance(verdict["score"], float) and np.isfinite(verdict["score"])
+    assert isinstance(verdict["score"], float)
+    assert np.isfinite(verdict["score"])
     assert verdict["is_anomaly"] is True
     assert verdict["top_features"][0] == "log_additions"
 
@@ -496,3 +511,41 @@ def test_a_body_that_is_not_declared_json_is_415(client, record, content_type) -
     assert "application/json" in response.json()["detail"]
     charset = {"content-type": "application/json; charset=utf-8"}
     assert client.post("/v1/score", content=json.dumps(record), headers=charset).status_code == 200
+
+
+def _drift(client: TestClient) -> dict[str, float]:
+    text = client.get("/metrics").text
+    found = re.findall(r'^model_serving_feature_drift_psi\{feature="(\w+)"\} (\S+)$', text, re.M)
+    return {feature: float(value) for feature, value in found}
+
+
+@pytest.mark.parametrize("shift", [1, 50])
+def test_the_drift_metric_rises_for_shifted_records_only(model, serving_records, shift) -> None:
+    """The window holds the last 1,000 records scored: ordinary pull requests stay below the
+    alert level, the same ones with 50 times the additions rise past it in log_additions."""
+    records = [
+        {**r, "additions": r["additions"] * shift, "deletions": r["deletions"]}
+        for r in serving_records[:1000]
+    ]
+    with TestClient(create_app(lambda: model)) as fresh:
+        assert wait_ready(fresh).status_code == 200
+        assert _drift(fresh) == {}  # nothing scored yet
+        for start in range(0, len(records), 100):
+            assert fresh.post("/v1/score", json=records[start : start + 100]).status_code == 200
+        drift = _drift(fresh)
+    assert set(drift) == set(FEATURE_NAMES)
+    if shift == 1:
+        assert max(drift.values()) < DRIFT_ALERT_PSI, drift
+    else:
+        assert drift["log_additions"] > DRIFT_ALERT_PSI, drift
+        assert drift["log_commits"] < 0.1, drift  # what did not change does not drift
+
+
+def test_the_alert_rule_watches_the_exported_metric_at_the_contract_level() -> None:
+    manifest = yaml.safe_load(
+        (PROJECT_ROOT / "argo-apps/base/model-serving-alert-rules.yaml").read_text()
+    )
+    rules = yaml.safe_load(manifest["data"]["model-serving.rules.yml"])
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if "drift" in r["alert"].lower()]
+    assert "model_serving_feature_drift_psi" in rule["expr"]
+    assert f"> {DRIFT_ALERT_PSI}" in rule["expr"]

@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+from ml_pipeline.feature_frames import score_frame
+
 
 def test_the_server_serves_the_registered_model(served, registered_model, serving_records):
     version = served.get("/version").json()
@@ -97,7 +99,8 @@ def test_two_workers_share_one_metrics_view(start_server, serving_records) -> No
         counted = re.search(
             r'model_serving_scored_records_total\{input="pull_request"\} (\S+)', metrics
         )
-        assert counted and float(counted.group(1)) == 20
+        assert counted
+        assert float(counted.group(1)) == 20
     finally:
         assert server.stop() == 0
 
@@ -112,7 +115,7 @@ def test_serving_scores_without_torch_or_pandas_installed(scorer, serving_record
         "from pathlib import Path\n"
         "import model_serving.cli, model_serving.model_source\n"
         "from model_serving.app import PullRequestIn, feature_inputs\n"
-        "from ml_pipeline.scoring import AnomalyScorer, find_scorer\n"
+        "from pipeline_contracts.scorer import AnomalyScorer, find_scorer\n"
         "scorer = AnomalyScorer.load(find_scorer(Path(sys.argv[1])))\n"
         "from pydantic import TypeAdapter\n"
         "body = Path(sys.argv[2]).read_bytes()  # validated from JSON, as serving does\n"
@@ -127,5 +130,5 @@ def test_serving_scores_without_torch_or_pandas_installed(scorer, serving_record
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    expected = [v["score"] for v in scorer.score_records(serving_records[:50])]
+    expected = [v["score"] for v in score_frame(scorer, serving_records[:50])]
     assert json.loads(result.stdout) == pytest.approx(expected, rel=1e-6)

@@ -126,7 +126,8 @@ def test_under_a_mixed_load_with_one_bad_request_in_eight_no_good_request_fails(
 
     good_answers = [(r, a) for r, a in answers if r["status"] == 200]
     bad_answers = [(r, a) for r, a in answers if r["status"] != 200]
-    assert len(good_answers) == 280 and len(bad_answers) == 40
+    assert len(good_answers) == 280
+    assert len(bad_answers) == 40
     failed = [a.status_code for _, a in good_answers if a.status_code != 200]
     assert failed == [], f"{len(failed)} good requests failed: {sorted(set(failed))}"
     for _, answer in good_answers:

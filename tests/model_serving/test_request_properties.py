@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ml_pipeline.features import FEATURE_NAMES
 from model_serving.app import FeatureVector, PullRequestIn, feature_inputs
 from pipeline_common.limits import MAX_COUNT
+from pipeline_contracts.features import FEATURE_NAMES
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COUNTS = ("additions", "deletions", "changed_files", "commits", "author_prior_pull_requests")

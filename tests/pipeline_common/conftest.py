@@ -11,7 +11,7 @@ import pytest
 
 from pipeline_common.settings import VaultSettings
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 
 @pytest.fixture(autouse=True)

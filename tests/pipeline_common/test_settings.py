@@ -84,8 +84,10 @@ def test_a_wrong_secret_setting_is_never_echoed(clean_env: pytest.MonkeyPatch):
     error = invalid.value
     assert "DEMO_API_KEY: Value should have at least 32 items" in str(error)
     assert "(API key of the demo service)" in str(error)
-    assert PLANTED not in str(error) and PLANTED not in repr(error)
-    assert error.__cause__ is None and error.__suppress_context__  # no chained pydantic error
+    assert PLANTED not in str(error)
+    assert PLANTED not in repr(error)
+    assert error.__cause__ is None
+    assert error.__suppress_context__
 
 
 def test_an_alias_is_reported_by_its_variable_name(clean_env: pytest.MonkeyPatch):
@@ -161,7 +163,8 @@ def test_parse_secret_never_echoes_an_invalid_value():
     message = str(invalid.value)
     assert "db_password: Value should have at least 40 items" in message
     assert "port: Input should be a valid integer" in message
-    assert PLANTED not in message and PLANTED not in repr(invalid.value)
+    assert PLANTED not in message
+    assert PLANTED not in repr(invalid.value)
 
 
 def test_parse_secret_keeps_secret_values_masked():
@@ -172,4 +175,5 @@ def test_parse_secret_keeps_secret_values_masked():
     )
 
     assert keys.db_password.get_secret_value() == "p" * 40
-    assert "p" * 40 not in repr(keys) and "p" * 40 not in str(keys)
+    assert "p" * 40 not in repr(keys)
+    assert "p" * 40 not in str(keys)

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from pipeline_common.storage import S3Config, StorageLocation
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from pipeline_common.vault import (
     read_stage_secret,
 )
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import free_port
+from pipeline_ops.local_platform import free_port
 from pipeline_ops.vault_bootstrap import bootstrap_vault
 
 PLANTED = "sup3r-s3cret-value"
@@ -122,7 +122,8 @@ def test_garbage_token_file_is_refused_with_a_clear_message(
     message = str(refused.value)
     assert message.startswith("Vault refused the jwt login for role 'data-fetch'")
     assert "auth mount 'jwt'" in message
-    assert "VAULT_ROLE" in message and "VAULT_PATH_AUTH" in message
+    assert "VAULT_ROLE" in message
+    assert "VAULT_PATH_AUTH" in message
     assert PLANTED not in message
 
 
@@ -478,7 +479,8 @@ def test_run_stage_failures_never_print_secret_values(
     err = captured.err
     assert "configuration error" in err
     assert "Vault secret secret/mlops/data-fetch" in err
-    assert "mongo_uri" in err and "db_password" in err
+    assert "mongo_uri" in err
+    assert "db_password" in err
     assert f"permission denied reading secret/mlops/{OTHER}" in err
     assert "key 'api_key' is missing" in err
     for value in _forbidden_strings(local_env):

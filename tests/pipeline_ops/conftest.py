@@ -5,7 +5,7 @@ from __future__ import annotations
 import hvac
 import pytest
 
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 
 @pytest.fixture(scope="session")

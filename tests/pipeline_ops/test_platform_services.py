@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pymongo
 
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform
 
 
 def test_ferretdb_accepts_pymongo_writes_and_reads(platform: LocalPlatform) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from pipeline_contracts.registry import ModelReference
 from pipeline_ops.promotion import (
     CHALLENGER,
     CHAMPION,
@@ -56,7 +57,10 @@ def serving_env(local_env) -> dict[str, str]:
 def green(register_scorer, serving_env, tmp_path_factory):
     version = register_scorer(MODEL)
     instance = start_serving(
-        "green", f"models:/{MODEL}/{version}", serving_env, tmp_path_factory.mktemp("green")
+        "green",
+        ModelReference.at_version(MODEL, version),
+        serving_env,
+        tmp_path_factory.mktemp("green"),
     )
     yield version, instance
     instance.stop()
@@ -72,13 +76,18 @@ def _attainable(template: dict) -> dict:
 def test_analysis_passes_on_a_healthy_preview(green, serving_env, tmp_path: Path) -> None:
     _, instance = green
     result = run_analysis(
-        instance.url, MODEL, tmp_path, run_time="4s", template=_attainable(load_template()),
+        instance.url,
+        MODEL,
+        tmp_path,
+        run_time="4s",
+        template=_attainable(load_template()),
         env=serving_env,
-    )  # fmt: skip
+    )
     assert result.passed, result.failures()
     gate = next(m for m in result.metrics if m.name == "load-gate")
     assert gate.data  # the load gate's own report, with its figures
-    assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
+    assert (tmp_path / "report.json").exists()
+    assert (tmp_path / "report.md").exists()
 
 
 def test_analysis_fails_on_an_impossible_latency_target(green, serving_env, tmp_path) -> None:
@@ -131,7 +140,8 @@ def test_first_model_is_promoted_then_a_rerun_changes_nothing(
         requests.get(f"{decision.active_url}/healthz", timeout=2)
 
     again = blue_green(mlflow_client, name, serving_env, tmp_path, gate_run_time="4s")
-    assert not again.promoted and "already champion" in again.reason
+    assert not again.promoted
+    assert "already champion" in again.reason
     assert alias_version(mlflow_client, name, CHAMPION) == version
 
 
@@ -176,7 +186,9 @@ def test_a_champion_this_code_cannot_serve_does_not_block_the_challenger(
         champion = str(log_scorer_model(old, tmp_path, name).registered_model_version)
     mlflow_client.set_registered_model_alias(name, CHAMPION, champion)
     with pytest.raises(PromotionError, match="feature spec 2"):
-        start_serving("blue", f"models:/{name}/{champion}", serving_env, tmp_path, timeout=60)
+        start_serving(
+            "blue", ModelReference.at_version(name, champion), serving_env, tmp_path, timeout=60
+        )
 
     challenger = register_scorer(name)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, challenger)

@@ -38,54 +38,72 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--source", choices=["auto", "github", "replay"], default="auto",
+        "--source",
+        choices=["auto", "github", "replay"],
+        default="auto",
         help="github: the live API; replay: JSON Lines of REST-shaped pull requests (the "
         "bundled sample); auto (default): github when the Vault secret has github_token "
         "and no --replay-path is given, else replay",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--repository", action="append", metavar="OWNER/NAME",
+        "--repository",
+        action="append",
+        metavar="OWNER/NAME",
         help="a repository to fetch (repeatable; default: "
         f"{' '.join(DEFAULT_REPOSITORIES)}); with replay, keeps only these",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--since", type=_timestamp, metavar="ISO-DATE",
+        "--since",
+        type=_timestamp,
+        metavar="ISO-DATE",
         help="skip pull requests last updated before this date (e.g. 2024-01-01)",
-    )  # fmt: skip
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate only; write nothing")
     parser.add_argument(
-        "--max-pages", type=_positive, metavar="N",
+        "--max-pages",
+        type=_positive,
+        metavar="N",
         help="stop after N pages per repository (github) or file (replay); a later run "
         "resumes where this one stopped",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--replay-path", type=Path, action="append",
+        "--replay-path",
+        type=Path,
+        action="append",
         help=f"a .jsonl or .jsonl.gz file or a folder of them (default: {DEFAULT_REPLAY_DIR})",
-    )  # fmt: skip
+    )
     parser.add_argument("--limit", type=_positive, help="replay: at most this many lines a file")
     parser.add_argument(
-        "--api", choices=["auto", "graphql", "rest"], default="auto",
+        "--api",
+        choices=["auto", "graphql", "rest"],
+        default="auto",
         help="github: GraphQL (100 pull requests a request), REST (one request per pull "
         "request), or auto (GraphQL, REST where the server has none)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--api-url", default=os.environ.get("GITHUB_API_URL", DEFAULT_API_URL),
+        "--api-url",
+        default=os.environ.get("GITHUB_API_URL", DEFAULT_API_URL),
         help="GitHub API base URL (env GITHUB_API_URL; default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--wait-for-reset", action="store_true",
+        "--wait-for-reset",
+        action="store_true",
         help=f"when the API budget runs out, wait for its reset instead of exiting "
         f"{EXIT_BUDGET_EXHAUSTED}",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-retries", type=_positive, default=6,
+        "--max-retries",
+        type=_positive,
+        default=6,
         help="attempts per request through 5xx, cut-off responses and secondary rate "
         "limits (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--progress", choices=["auto", "bar", "none"], default="auto",
+        "--progress",
+        choices=["auto", "bar", "none"],
+        default="auto",
         help="progress bar: auto shows it when stderr is a terminal",
-    )  # fmt: skip
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 

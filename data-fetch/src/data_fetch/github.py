@@ -302,9 +302,14 @@ def rest_pages(
     while True:
         listing, links = client.get(
             f"{client.api_url}/repos/{repository}/pulls",
-            {"state": "all", "sort": "updated", "direction": "desc", "per_page": page_size,
-             "page": page},
-        )  # fmt: skip
+            {
+                "state": "all",
+                "sort": "updated",
+                "direction": "desc",
+                "per_page": page_size,
+                "page": page,
+            },
+        )
         if not isinstance(listing, list):
             raise GitHubError(f"GitHub REST listing of {repository} is not a list")
         payloads = []

@@ -92,7 +92,10 @@ class FetchJob:
     def run(self) -> dict[str, Any]:
         totals = RunCounts()
         per_repository: dict[str, dict[str, Any]] = {}
-        with MongoClient(self.secret.mongo_uri.get_secret_value(), tz_aware=True) as mongo:
+        mongo: MongoClient[dict[str, Any]] = MongoClient(
+            self.secret.mongo_uri.get_secret_value(), tz_aware=True
+        )
+        with mongo:
             store = PullRequestStore(
                 mongo, self.secret.mongo_database, self.secret.mongo_collection
             )
@@ -123,6 +126,11 @@ class FetchJob:
         return summary
 
     # -- github ----------------------------------------------------------------------------
+    def _github_client(self) -> GitHubClient:
+        if self.client is None:
+            raise ValueError("the github source needs a GitHubClient (FetchJob.client)")
+        return self.client
+
     def _fetch_repository(
         self, store: PullRequestStore, repository: str, totals: RunCounts
     ) -> dict[str, Any]:
@@ -165,7 +173,8 @@ class FetchJob:
             state.last_run_id = self.run_id
             if not self.dry_run:
                 store.save_state(state)
-            self.progress.page_done(repository, len(page.payloads), self.client.budget.remaining)
+            remaining = self._github_client().budget.remaining
+            self.progress.page_done(repository, len(page.payloads), remaining)
             if reached_end or (self.max_pages is not None and run.pages >= self.max_pages):
                 break
         return {**run.as_dict(), "complete": reached_end, "resumed": resumed}
@@ -173,24 +182,23 @@ class FetchJob:
     def _github_pages(
         self, repository: str, cursor: str | None, floor: datetime | None
     ) -> Iterator[Page]:
-        assert self.client is not None
+        client = self._github_client()
         if self.api in ("graphql", "auto"):
             try:
-                yield from graphql_pages(self.client, repository, cursor)
+                yield from graphql_pages(client, repository, cursor)
                 return
             except GraphQLUnavailableError:
                 if self.api == "graphql":
                     raise
-                log.warning("no GraphQL API at %s; using REST", self.client.api_url)
+                log.warning("no GraphQL API at %s; using REST", client.api_url)
                 self.api = "rest"
                 cursor = None  # a GraphQL cursor means nothing to REST
-        yield from rest_pages(
-            self.client,
-            repository,
-            cursor,
-            lambda item: floor is None or _updated_at(item, "rest") is None
-            or _updated_at(item, "rest") > floor,
-        )  # fmt: skip
+
+        def is_new(item: Any) -> bool:
+            updated = _updated_at(item, "rest")
+            return floor is None or updated is None or updated > floor
+
+        yield from rest_pages(client, repository, cursor, is_new)
 
     # -- replay ----------------------------------------------------------------------------
     def _replay_file(
@@ -221,9 +229,13 @@ class FetchJob:
                     states[key].reset_counts()
                 state = states[key]
                 written = self._write_page(
-                    store, [p for _, p in lines], "rest", None, source,
+                    store,
+                    [p for _, p in lines],
+                    "rest",
+                    None,
+                    source,
                     line_numbers=[n for n, _ in lines],
-                )  # fmt: skip
+                )
                 newest = _newest_updated_at([p for _, p in lines], "rest")
                 if newest and (state.high_water_mark is None or newest > state.high_water_mark):
                     state.high_water_mark = newest

@@ -70,8 +70,14 @@ class PullRequestRecord(BaseModel):
 
 
 _STRICT_INTS = (
-    "number", "additions", "deletions", "changed_files", "commits", "comments", "review_comments",
-)  # fmt: skip
+    "number",
+    "additions",
+    "deletions",
+    "changed_files",
+    "commits",
+    "comments",
+    "review_comments",
+)
 
 
 def normalize_rest_pull_request(
@@ -107,26 +113,29 @@ def _normalize(raw: dict[str, Any], repository: str | None) -> PullRequestRecord
     labels = raw.get("labels") or []
     assignees = raw.get("assignees") or []
     try:
-        return PullRequestRecord(
-            repository=repo,
-            number=raw.get("number"),
-            title=raw.get("title") or "",
-            body=raw.get("body") or "",
-            state=raw.get("state") or "unknown",
-            author=_dig(raw, "user", "login"),
-            author_association=raw.get("author_association"),
-            created_at=raw.get("created_at"),
-            updated_at=raw.get("updated_at") or raw.get("created_at"),
-            closed_at=raw.get("closed_at"),
-            merged_at=raw.get("merged_at"),
-            additions=raw.get("additions"),
-            deletions=raw.get("deletions"),
-            changed_files=raw.get("changed_files"),
-            commits=raw.get("commits"),
-            comments=raw.get("comments"),
-            review_comments=raw.get("review_comments"),
-            labels=_names(labels, "labels", "name"),
-            assignees=_names(assignees, "assignees", "login"),
+        # The payload's values unchecked: validation makes them a record or says what is wrong.
+        return PullRequestRecord.model_validate(
+            {
+                "repository": repo,
+                "number": raw.get("number"),
+                "title": raw.get("title") or "",
+                "body": raw.get("body") or "",
+                "state": raw.get("state") or "unknown",
+                "author": _dig(raw, "user", "login"),
+                "author_association": raw.get("author_association"),
+                "created_at": raw.get("created_at"),
+                "updated_at": raw.get("updated_at") or raw.get("created_at"),
+                "closed_at": raw.get("closed_at"),
+                "merged_at": raw.get("merged_at"),
+                "additions": raw.get("additions"),
+                "deletions": raw.get("deletions"),
+                "changed_files": raw.get("changed_files"),
+                "commits": raw.get("commits"),
+                "comments": raw.get("comments"),
+                "review_comments": raw.get("review_comments"),
+                "labels": _names(labels, "labels", "name"),
+                "assignees": _names(assignees, "assignees", "login"),
+            }
         )
     except ValidationError as error:
         problems = "; ".join(
@@ -181,8 +190,9 @@ def _names(items: Any, field: str, key: str) -> tuple[str, ...]:
 
 
 def _dig(raw: dict[str, Any], *keys: str) -> Any:
+    value: Any = raw
     for key in keys:
-        if not isinstance(raw, dict):
+        if not isinstance(value, dict):
             return None
-        raw = raw.get(key)
-    return raw
+        value = value.get(key)
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -200,6 +201,7 @@ class PullRequestStore:
         if not operations:
             return _Written(counts, {})
         refused: dict[str, str] = {}
+        details: Mapping[str, Any]  # the counts, from the result or from the error
         try:
             result = self.pull_requests.bulk_write(operations, ordered=False)
             details = {"nInserted": result.inserted_count, "nMatched": result.matched_count}

@@ -3,7 +3,7 @@
 Real data has almost no labels, so the test split is evaluated against *injected* anomalies:
 modified copies of real test rows. Each copy changes the raw columns the way a kind of
 suspicious pull request would, then its features are recomputed with
-:func:`ml_pipeline.features.compute_features`, so every injected row obeys the feature spec.
+:func:`pipeline_contracts.features.compute_features`, so every injected row obeys the feature spec.
 Kinds (:data:`KINDS`), each drawn with equal probability from a seeded generator:
 
 - ``huge_dump``: one commit adding 20-200 times the repository's median change (at least
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ml_pipeline.feature_frames import compute_features
-from ml_pipeline.features import CONTEXT_COLUMNS, FEATURE_NAMES
+from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES
 
 KINDS = ("huge_dump", "mass_deletion", "instant_offhours_merge", "newcomer_bulk")
 

@@ -10,8 +10,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ml_pipeline.features import FEATURE_SPEC_VERSION
 from pipeline_common.storage import S3Config, StorageLocation
+from pipeline_contracts.features import FEATURE_SPEC_VERSION
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"

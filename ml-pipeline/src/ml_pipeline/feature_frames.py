@@ -1,20 +1,22 @@
 """The feature spec over pandas DataFrames: Spark partitions (``applyInPandas``), training
-data sets and the MLflow pyfunc's input. Every formula is :func:`features.feature_matrix`;
-this module only turns frames into its arrays and back, and holds the validation rules and
-context columns that need whole frames. Serving never imports it (no pandas in its image).
+data sets and the MLflow pyfunc's input. Every formula is
+``pipeline_contracts.features.feature_matrix``; this module only turns frames into its
+arrays and back, and holds the validation rules, context columns and scoring that need whole
+frames. Serving never imports it (no pandas in its image).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from ml_pipeline.features import (
+from pipeline_contracts.features import (
     CONTEXT_COLUMNS,
     FEATURE_NAMES,
     MERGED_BEFORE_CREATED,
-    NON_NEGATIVE_COLUMNS,
-    REQUIRED_COLUMNS,
     FeatureContext,
     FeatureInputs,
     feature_matrix,
@@ -22,6 +24,8 @@ from ml_pipeline.features import (
     negative_reason,
     non_finite_reason,
 )
+from pipeline_contracts.pull_requests import NON_NEGATIVE_COLUMNS, REQUIRED_COLUMNS
+from pipeline_contracts.scorer import AnomalyScorer
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
@@ -80,6 +84,18 @@ def context_columns(records: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def feature_context(records: pd.DataFrame) -> FeatureContext:
+    """The context at the end of a snapshot of records, saved with a model: each author's
+    pull requests per repository, and each repository's median additions + deletions."""
+    changes = records["additions"].astype("float64") + records["deletions"].astype("float64")
+    medians = changes.groupby(records["repository"]).median()
+    counts = records.groupby(["repository", "author"]).size()
+    authors: dict[str, dict[str, int]] = {}
+    for (repository, author), count in counts.items():
+        authors.setdefault(str(repository), {})[str(author)] = int(count)
+    return FeatureContext({str(k): float(v) for k, v in medians.items()}, authors)
+
+
 def attach_context(records: pd.DataFrame, context: FeatureContext | None) -> pd.DataFrame:
     """``records`` with the context columns filled where the record does not carry them
     (see :meth:`FeatureContext.fill`)."""
@@ -99,7 +115,7 @@ def attach_context(records: pd.DataFrame, context: FeatureContext | None) -> pd.
 
 
 def inputs_of_frame(records: pd.DataFrame) -> FeatureInputs:
-    """From a frame with the :data:`INPUT_COLUMNS` and :data:`CONTEXT_COLUMNS` (times as
+    """From a frame with the feature input columns and :data:`CONTEXT_COLUMNS` (times as
     ISO strings, datetimes or datetime64, any zone)."""
 
     def number(column: str) -> np.ndarray:
@@ -133,7 +149,17 @@ def number_of(values: pd.Series) -> np.ndarray:
 def compute_features(records: pd.DataFrame) -> pd.DataFrame:
     """:func:`feature_matrix` of a frame, as a frame with the records' index.
 
-    ``records`` carries the :data:`INPUT_COLUMNS` and the :data:`CONTEXT_COLUMNS`.
+    ``records`` carries the feature input columns (``pull_requests.FEATURE_INPUT_COLUMNS``)
+    and the :data:`CONTEXT_COLUMNS`.
     """
     matrix = feature_matrix(inputs_of_frame(records))
     return pd.DataFrame(matrix, index=records.index, columns=list(FEATURE_NAMES))
+
+
+def score_frame(
+    scorer: AnomalyScorer, records: Sequence[dict[str, Any]] | pd.DataFrame
+) -> list[dict[str, Any]]:
+    """Verdicts of records given as a frame or dicts (the pyfunc's and training's path);
+    context values a record lacks come from the scorer's snapshot."""
+    frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+    return scorer.score_features(compute_features(attach_context(frame, scorer.context)).to_numpy())

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ml_pipeline.scoring import DenseNetwork
+from pipeline_contracts.scorer import DenseNetwork
 
 
 class Autoencoder(nn.Module):
-    def __init__(self, n_features: int, hidden: int = 8, bottleneck: int = 3):
+    def __init__(self, n_features: int, hidden: int = 8, bottleneck: int = 2):
         super().__init__()
         self.n_features, self.hidden, self.bottleneck = n_features, hidden, bottleneck
         self.encoder = nn.Sequential(

@@ -14,14 +14,14 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import (
@@ -38,21 +38,20 @@ from pydantic import (
 )
 from starlette.responses import Response
 
-from ml_pipeline.features import (
+from model_serving.metrics import MetricsMiddleware, ServingMetrics
+from model_serving.model_source import LoadedModel
+from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
+from pipeline_contracts.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     MERGED_BEFORE_CREATED,
     FeatureInputs,
 )
-from model_serving.metrics import MetricsMiddleware, ServingMetrics
-from model_serving.model_source import LoadedModel
-from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
+from pipeline_contracts.readiness import MODEL_LOADING, READY
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-# /readyz's 503 detail while the model loads; any other detail is the load's error
-MODEL_LOADING = "model is loading"
 
 
 def _service_version() -> str:
@@ -133,11 +132,12 @@ class PullRequestIn(BaseModel):
 
 
 _Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+_FEATURE_FIELDS: dict[str, Any] = {name: (_Feature, ...) for name in FEATURE_NAMES}
 FeatureVector = create_model(
     "FeatureVector",
     __config__=ConfigDict(extra="ignore"),
     __doc__="Ready features, one finite number per name of the model's feature spec.",
-    **{name: (_Feature, ...) for name in FEATURE_NAMES},
+    **_FEATURE_FIELDS,
 )
 
 
@@ -188,7 +188,8 @@ class VersionInfo(BaseModel):
 _ONE_RECORD = TypeAdapter(PullRequestIn)
 _RECORDS = TypeAdapter(list[PullRequestIn])
 _ONE_VECTOR = TypeAdapter(FeatureVector)
-_VECTORS = TypeAdapter(list[FeatureVector])
+# FeatureVector is built from the feature spec at import: to mypy a variable, not a type.
+_VECTORS = TypeAdapter(list[FeatureVector])  # type: ignore[valid-type]
 _JSON = TypeAdapter(Any)
 
 
@@ -259,9 +260,15 @@ class MicroBatcher:
     the other rows of a call).
     """
 
-    def __init__(self, holder: ModelHolder, wait_seconds: float = 0.001):
+    def __init__(
+        self,
+        holder: ModelHolder,
+        wait_seconds: float = 0.001,
+        on_features: Callable[[np.ndarray], None] = lambda features: None,
+    ):
         self._holder = holder
         self._wait = wait_seconds
+        self._on_features = on_features  # each scored call's feature matrix (drift)
         self._pending: list[tuple[list[PullRequestIn], asyncio.Future]] = []
         self._scheduled = False
 
@@ -300,9 +307,16 @@ class MicroBatcher:
             start += len(records)
 
     def _score(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
-        return self._holder.model.scorer.score_inputs(
+        model = self._holder.model
+        if model is None:  # the scoring endpoints answer 503 until it is loaded
+            raise RuntimeError("no model loaded to score with")
+        scorer = model.scorer
+        features = scorer.features_of(
             feature_inputs(records), [r.repository for r in records], [r.author for r in records]
         )
+        verdicts = scorer.score_features(features)
+        self._on_features(features)
+        return verdicts
 
     def _score_alone(self, records: list[PullRequestIn]) -> list[dict[str, Any]]:
         """One request's verdicts, or :class:`UnscorableRecordError` naming its first record
@@ -406,6 +420,129 @@ def _scoring_responses(what: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
+@dataclass
+class Serving:
+    """What the routes share in one process: the model, the micro-batcher, the metrics and
+    the request limits (``app.state.serving``; routes get it through :func:`serving`)."""
+
+    holder: ModelHolder
+    batcher: MicroBatcher
+    metrics: ServingMetrics
+    max_batch: int
+    max_body_bytes: int
+
+    async def read(
+        self, request: Request, one: TypeAdapter, many: TypeAdapter
+    ) -> tuple[list, bool]:
+        """The request's items (a body of one or a list), within the size and count limits."""
+        items, is_list = parse_body(await read_body(request, self.max_body_bytes), one, many)
+        if len(items) > self.max_batch:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                detail=f"{len(items)} records in one request; the maximum is {self.max_batch}",
+            )
+        return items, is_list
+
+    def respond(self, model: LoadedModel, kind: str, verdicts: list[dict[str, Any]]) -> Response:
+        """The one way a score endpoint answers: each verdict stamped with the model that
+        gave it, counted in the metrics, serialised once."""
+        for verdict in verdicts:
+            verdict["model_name"] = model.name
+            verdict["model_version"] = model.version
+        self.metrics.observe_scores(kind, len(verdicts), sum(v["is_anomaly"] for v in verdicts))
+        return _json({"results": verdicts})
+
+
+def serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+def loaded_model(state: Annotated[Serving, Depends(serving)]) -> LoadedModel:
+    """The model, or 503 while it loads (or after its load failed)."""
+    if state.holder.model is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=MODEL_LOADING)
+    return state.holder.model
+
+
+ServingState = Annotated[Serving, Depends(serving)]
+Model = Annotated[LoadedModel, Depends(loaded_model)]
+
+probes = APIRouter()
+scoring = APIRouter(prefix="/v1")
+
+
+@probes.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@probes.get("/readyz", responses={503: {"model": Problem, "description": "model not loaded"}})
+async def readyz(state: ServingState) -> dict[str, str]:
+    holder = state.holder
+    if holder.model is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=holder.error or MODEL_LOADING
+        )
+    return {"status": READY, "model_version": holder.model.version}
+
+
+@probes.get("/version")
+async def version(state: ServingState) -> VersionInfo:
+    model = state.holder.model
+    return VersionInfo(
+        service_version=_service_version(),
+        feature_spec_version=FEATURE_SPEC_VERSION,
+        model_uri=model.uri if model else None,
+        model_name=model.name if model else None,
+        model_version=model.version if model else None,
+    )
+
+
+@probes.get("/metrics", response_class=Response)
+async def prometheus_metrics(state: ServingState) -> Response:
+    content, media_type = state.metrics.exposition()
+    return Response(content, media_type=media_type)
+
+
+@scoring.post(
+    "/score",
+    response_model=ScoreResponse,
+    openapi_extra=_raw_body_doc(PullRequestIn),
+    responses=_scoring_responses("records"),
+)
+async def score(request: Request, state: ServingState, model: Model) -> Response:
+    """Score one raw GitHub pull request (an object) or a batch (a list of them)."""
+    records, is_list = await state.read(request, _ONE_RECORD, _RECORDS)
+    if not records:
+        return _json({"results": []})
+    try:
+        verdicts = await state.batcher.score(records)
+    except UnscorableRecordError as error:
+        log.warning("refused a request: record %s %s", error.index, error.problem)
+        return _json({"detail": error.detail(is_list)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    for record, verdict in zip(records, verdicts, strict=True):
+        verdict["number"] = record.number
+    return state.respond(model, "pull_request", verdicts)
+
+
+@scoring.post(
+    "/score/features",
+    response_model=FeatureScoreResponse,
+    openapi_extra=_raw_body_doc(FeatureVector),
+    responses=_scoring_responses("vectors"),
+)
+async def score_features(request: Request, state: ServingState, model: Model) -> Response:
+    """Score ready feature vectors (objects keyed by feature name), one or a list."""
+    vectors, _ = await state.read(request, _ONE_VECTOR, _VECTORS)
+    if not vectors:
+        return _json({"results": []})
+    names = model.scorer.feature_names
+    matrix = np.array([[getattr(v, n) for n in names] for v in vectors], dtype=np.float64)
+    verdicts = model.scorer.score_features(matrix)
+    state.metrics.observe_features(matrix)
+    return state.respond(model, "features", verdicts)
+
+
 def create_app(
     loader: Callable[[], LoadedModel],
     max_batch: int = 1000,
@@ -422,9 +559,9 @@ def create_app(
         metrics.model_info.labels(
             model.name, model.version, model.uri, model.scorer.feature_spec_version
         ).set(1)
+        metrics.watch_drift(model.scorer)
 
     holder = ModelHolder(loader, on_loaded)
-    batcher = MicroBatcher(holder, batch_wait_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -435,102 +572,12 @@ def create_app(
         yield
 
     app = FastAPI(title="Pull-request anomaly scoring", version="1", lifespan=lifespan)
-    app.state.holder = holder
-    app.state.metrics = metrics
+    batcher = MicroBatcher(holder, batch_wait_seconds, metrics.observe_features)
+    app.state.serving = Serving(holder, batcher, metrics, max_batch, max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-
-    @app.exception_handler(BodyTooLarge)
-    async def body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status.HTTP_413_CONTENT_TOO_LARGE)
-
-    def loaded_model() -> LoadedModel:
-        if holder.model is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=MODEL_LOADING)
-        return holder.model
-
-    def check_batch_size(count: int) -> None:
-        if count > max_batch:
-            raise HTTPException(
-                status.HTTP_413_CONTENT_TOO_LARGE,
-                detail=f"{count} records in one request; the maximum is {max_batch}",
-            )
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", responses={503: {"model": Problem, "description": "model not loaded"}})
-    async def readyz() -> dict[str, str]:
-        if holder.model is None:
-            detail = holder.error or MODEL_LOADING
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail)
-        return {"status": "ready", "model_version": holder.model.version}
-
-    @app.get("/version")
-    async def version() -> VersionInfo:
-        model = holder.model
-        return VersionInfo(
-            service_version=_service_version(),
-            feature_spec_version=FEATURE_SPEC_VERSION,
-            model_uri=model.uri if model else None,
-            model_name=model.name if model else None,
-            model_version=model.version if model else None,
-        )
-
-    @app.get("/metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        content, media_type = metrics.exposition()
-        return Response(content, media_type=media_type)
-
-    @app.post(
-        "/v1/score",
-        response_model=ScoreResponse,
-        openapi_extra=_raw_body_doc(PullRequestIn),
-        responses=_scoring_responses("records"),
-    )
-    async def score(request: Request) -> Response:
-        """Score one raw GitHub pull request (an object) or a batch (a list of them)."""
-        model = loaded_model()
-        body = await read_body(request, max_body_bytes)
-        records, is_list = parse_body(body, _ONE_RECORD, _RECORDS)
-        check_batch_size(len(records))
-        if not records:
-            return _json({"results": []})
-        try:
-            verdicts = await batcher.score(records)
-        except UnscorableRecordError as error:
-            log.warning("refused a request: record %s %s", error.index, error.problem)
-            return _json({"detail": error.detail(is_list)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
-        flagged = 0
-        for record, verdict in zip(records, verdicts, strict=True):
-            verdict["number"] = record.number
-            verdict["model_name"] = model.name
-            verdict["model_version"] = model.version
-            flagged += verdict["is_anomaly"]
-        metrics.observe_scores("pull_request", len(verdicts), flagged)
-        return _json({"results": verdicts})
-
-    @app.post(
-        "/v1/score/features",
-        response_model=FeatureScoreResponse,
-        openapi_extra=_raw_body_doc(FeatureVector),
-        responses=_scoring_responses("vectors"),
-    )
-    async def score_features(request: Request) -> Response:
-        """Score ready feature vectors (objects keyed by feature name), one or a list."""
-        model = loaded_model()
-        vectors, _ = parse_body(await read_body(request, max_body_bytes), _ONE_VECTOR, _VECTORS)
-        check_batch_size(len(vectors))
-        if not vectors:
-            return _json({"results": []})
-        names = model.scorer.feature_names
-        matrix = np.array([[getattr(v, n) for n in names] for v in vectors], dtype=np.float64)
-        verdicts = model.scorer.score_features(matrix)
-        for verdict in verdicts:
-            verdict["model_name"] = model.name
-            verdict["model_version"] = model.version
-        metrics.observe_scores("features", len(verdicts), sum(v["is_anomaly"] for v in verdicts))
-        return _json({"results": verdicts})
+    app.add_exception_handler(BodyTooLarge, _body_too_large)
+    app.include_router(probes)
+    app.include_router(scoring)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -538,5 +585,9 @@ def create_app(
             app.openapi_schema = _with_request_schemas(document, PullRequestIn, FeatureVector)
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+async def _body_too_large(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status.HTTP_413_CONTENT_TOO_LARGE)

@@ -21,16 +21,16 @@ _WORKER_LOG_LEVEL = "MODEL_SERVING_WORKER_LOG_LEVEL"
 def build_app():
     """The app of one server process: settings, Vault secret, model loader (runs per worker)."""
     from model_serving.app import create_app
-    from model_serving.model_source import load_model_uri
+    from model_serving.model_source import load_model
     from model_serving.settings import ServingSecret, ServingSettings
 
     if os.environ.get(_WORKER_LOG_LEVEL):
         configure_logging(STAGE, os.environ[_WORKER_LOG_LEVEL])
     settings = load_settings(ServingSettings)
     secret = load_stage_secret(ServingSecret)
-    model_uri = settings.registry_uri(secret.model_name)
+    reference = settings.model_reference(secret.model_name)
     return create_app(
-        lambda: load_model_uri(secret.mlflow_tracking_uri, model_uri),
+        lambda: load_model(secret.mlflow_tracking_uri, reference),
         max_batch=settings.max_batch,
         max_body_bytes=settings.max_body_bytes,
         batch_wait_seconds=settings.batch_wait_ms / 1000,

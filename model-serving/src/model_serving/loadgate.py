@@ -255,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_seconds = validate(args)
         args.report_dir.mkdir(parents=True, exist_ok=True)
-    except (UsageError, OSError) as error:
-        print(f"load-gate: {error}", file=sys.stderr)
+    except (UsageError, OSError) as problem:
+        print(f"load-gate: {problem}", file=sys.stderr)
         return EXIT_USAGE
     levels = ServiceLevels(args.max_error_ratio, args.max_p95_ms, args.max_p99_ms, args.min_rps)
 
     record = run_locust(args, run_seconds, args.report_dir)
-    error = None
+    error: str | None = None
     if record is None or not record["requests"]:
         error = "Locust made no requests (see locust.log in the report directory)"
         measured = summarise([], 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -19,6 +20,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from pipeline_contracts.drift import DriftWindow
+from pipeline_contracts.scorer import AnomalyScorer
 
 # Sub-millisecond to seconds: a single record takes ~1 ms, a 1,000-record batch ~50 ms.
 LATENCY_BUCKETS = (
@@ -37,6 +41,7 @@ LATENCY_BUCKETS = (
     5.0,
 )
 UNMATCHED_ROUTE = "unmatched"  # 404s: one label value, not one per probed path
+DRIFT_WINDOW = 1000  # the last records scored, per process
 
 
 class ServingMetrics:
@@ -83,8 +88,32 @@ class ServingMetrics:
             registry=self.registry,
             multiprocess_mode="max",
         )
+        self.feature_drift = Gauge(
+            "model_serving_feature_drift_psi",
+            "population stability index of each feature over the last scored records against "
+            "the model's training distribution (over 0.25: the inputs have shifted)",
+            ("feature",),
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.drift_window_records = Gauge(
+            "model_serving_drift_window_records",
+            "records in the drift window (the PSI means little over a few)",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.drift: DriftWindow | None = None
         self._scored = 0
         self._flagged = 0
+
+    def watch_drift(self, scorer: AnomalyScorer, window: int = DRIFT_WINDOW) -> None:
+        """Measure drift against ``scorer``'s reference (a scorer without one: no drift)."""
+        if scorer.reference:
+            self.drift = DriftWindow(scorer.reference, scorer.feature_names, window)
+
+    def observe_features(self, features: np.ndarray) -> None:
+        if self.drift is not None:
+            self.drift.observe(features)
 
     def observe_scores(self, kind: str, scored: int, flagged: int) -> None:
         self.scored.labels(kind).inc(scored)
@@ -94,6 +123,10 @@ class ServingMetrics:
         self.anomaly_ratio.set(self._flagged / self._scored if self._scored else 0.0)
 
     def exposition(self) -> tuple[bytes, str]:
+        if self.drift is not None:  # computed when scraped, not per request
+            for feature, psi in self.drift.psi().items():
+                self.feature_drift.labels(feature).set(psi)
+            self.drift_window_records.set(self.drift.records)
         if self.multiprocess_dir:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiprocess_dir)

@@ -3,20 +3,20 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model_serving.model_source import parse_model_uri
+from pipeline_contracts.registry import CHAMPION, DEFAULT_MODEL_NAME, ModelReference
 
 
 class ServingSecret(BaseModel):
     """Keys of the model-serving Vault secret."""
 
     mlflow_tracking_uri: str = Field(description="MLflow tracking server URL")
-    model_name: str = Field(default="pr-anomaly", description="registered model name")
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="registered model name")
 
 
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVING_", extra="ignore")
 
-    model_alias: str = Field(default="champion", description="registry alias to serve")
+    model_alias: str = Field(default=CHAMPION, description="registry alias to serve")
     model_uri: str | None = Field(
         default=None,
         description="models:/<name>@<alias> or models:/<name>/<version>; overrides the alias",
@@ -40,8 +40,10 @@ class ServingSettings(BaseSettings):
     @classmethod
     def _registry_uri(cls, value: str | None) -> str | None:
         if value:
-            parse_model_uri(value)  # raises ValueError naming the accepted forms
+            ModelReference.parse(value)  # raises ValueError naming the accepted forms
         return value or None
 
-    def registry_uri(self, model_name: str) -> str:
-        return self.model_uri or f"models:/{model_name}@{self.model_alias}"
+    def model_reference(self, model_name: str) -> ModelReference:
+        if self.model_uri:
+            return ModelReference.parse(self.model_uri)
+        return ModelReference.at_alias(model_name, self.model_alias)

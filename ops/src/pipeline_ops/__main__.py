@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
+from pipeline_contracts.registry import CHAMPION, ModelReference
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform, PlatformError
+from pipeline_ops.local_platform import DEFAULT_SERVICES, LocalPlatform, PlatformError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,16 +113,14 @@ def _print_run(summary: dict) -> None:
 
 
 def _stop_kept_serving() -> list[str]:
-    from pipeline_ops.paths import LOCAL_DIR
+    from pipeline_ops.pipeline_state import PipelineState
     from pipeline_ops.promotion import stop_kept_serving
 
-    state_path = LOCAL_DIR / "pipeline" / "state.json"
-    if not state_path.exists():
+    state = PipelineState()
+    if not state.path.exists():
         return []
-    state = json.loads(state_path.read_text())
-    stopped = stop_kept_serving(state.get("active_pid"))
+    stopped = stop_kept_serving(state.read().get("active_pid"))
     state.update(active_url=None, active_pid=None)
-    state_path.write_text(json.dumps(state, indent=2))
     return ["model-serving"] if stopped else []
 
 
@@ -132,9 +130,8 @@ def _demo(platform: LocalPlatform) -> int:
 
     env = LocalEnvironment(platform)
     model_name = env.stage_secrets()["model-serving"]["model_name"]
-    with serving_url(
-        stage_process_env(env, "model-serving"), f"models:/{model_name}@champion"
-    ) as url:
+    champion = ModelReference.at_alias(model_name, CHAMPION)
+    with serving_url(stage_process_env(env, "model-serving"), champion) as url:
         score_and_show(url)
     return 0
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import requests
 
+from pipeline_contracts.registry import ModelReference
 from pipeline_ops.paths import LOCAL_DIR, SAMPLES_DIR
+from pipeline_ops.pipeline_state import PipelineState
 
 
 def real_pull_requests(count: int = 3) -> list[dict[str, Any]]:
@@ -49,13 +51,11 @@ def unusual_pull_requests(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def serving_url(env: dict[str, str], model_uri: str) -> Iterator[str]:
+def serving_url(env: dict[str, str], model: ModelReference) -> Iterator[str]:
     """The URL `make run --keep-serving` left running, or a temporary champion service."""
     from pipeline_ops.promotion import start_serving
 
-    state_path = LOCAL_DIR / "pipeline" / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    url = state.get("active_url")
+    url = PipelineState().read().get("active_url")
     if url:
         try:
             if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
@@ -63,7 +63,7 @@ def serving_url(env: dict[str, str], model_uri: str) -> Iterator[str]:
                 return
         except requests.RequestException:
             pass
-    instance = start_serving("demo", model_uri, env, LOCAL_DIR / "pipeline" / "serving")
+    instance = start_serving("demo", model, env, LOCAL_DIR / "pipeline" / "serving")
     try:
         yield instance.url
     finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import gzip
 import json
@@ -34,10 +35,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+HOST = "127.0.0.1"
 FAULTS = ("502", "truncated", "secondary-403", "secondary-429", "primary")
 # Fields the REST list endpoint does not return (the full pull request has them).
-_DETAIL_ONLY = ("additions", "deletions", "changed_files", "commits", "comments",
-                "review_comments", "mergeable")  # fmt: skip
+_DETAIL_ONLY = (
+    "additions",
+    "deletions",
+    "changed_files",
+    "commits",
+    "comments",
+    "review_comments",
+    "mergeable",
+)
 
 
 def load_samples(samples_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -119,7 +128,7 @@ class GitHubReplayServer:
         self._faults: deque[str] = deque()
         self.requests: Counter[str] = Counter()  # "graphql", "rest-list", "rest-pull", faults
         self.authorizations: set[str] = set()
-        self._http = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._http = ThreadingHTTPServer((HOST, port), self._handler())
         self._http.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -130,13 +139,19 @@ class GitHubReplayServer:
     # -- control ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{HOST}:{self._http.server_port}"
 
     def start(self) -> GitHubReplayServer:
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
         self._thread.start()
         return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until interrupted (the CLI), then close the socket."""
+        try:
+            self._http.serve_forever()
+        finally:
+            self._http.server_close()
 
     def stop(self) -> None:
         self._http.shutdown()
@@ -183,13 +198,17 @@ class GitHubReplayServer:
         """Newest update first, ties by number (the order both APIs serve)."""
         with self._lock:
             pulls = list(self._pulls.get(repository, {}).values())
-        return sorted(pulls, key=lambda p: (str(p.get("updated_at")), str(p.get("number"))),
-                      reverse=True)  # fmt: skip
+        return sorted(
+            pulls, key=lambda p: (str(p.get("updated_at")), str(p.get("number"))), reverse=True
+        )
 
     @property
     def total_requests(self) -> int:
-        return sum(v for k, v in self.requests.items() if k in ("graphql", "rest-list",
-                                                                 "rest-pull", "other"))  # fmt: skip
+        return sum(
+            v
+            for k, v in self.requests.items()
+            if k in ("graphql", "rest-list", "rest-pull", "other")
+        )
 
     # -- HTTP ------------------------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -288,8 +307,10 @@ class GitHubReplayServer:
             per_page = min(100, int(query.get("per_page", ["30"])[0]))
             page = int(query.get("page", ["1"])[0])
             pulls = self.pulls(repository)
-            items = [self._list_item(repository, p) for p in
-                     pulls[(page - 1) * per_page: page * per_page]]  # fmt: skip
+            items = [
+                self._list_item(repository, p)
+                for p in pulls[(page - 1) * per_page : page * per_page]
+            ]
             headers = {}
             if page * per_page < len(pulls):
                 base = f"{self.url}/repos/{repository}/pulls"
@@ -310,8 +331,10 @@ class GitHubReplayServer:
         repository = f"{variables.get('owner')}/{variables.get('name')}"
         if "pullRequests" not in request.get("query", "") or repository not in self._pulls:
             message = f"Could not resolve to a Repository with the name '{repository}'."
-            return {"data": {"repository": None},
-                    "errors": [{"type": "NOT_FOUND", "message": message}]}  # fmt: skip
+            return {
+                "data": {"repository": None},
+                "errors": [{"type": "NOT_FOUND", "message": message}],
+            }
         first = min(100, int(variables.get("first") or 100))
         offset = _offset(variables.get("after"))
         pulls = self.pulls(repository)
@@ -319,8 +342,11 @@ class GitHubReplayServer:
         end = offset + len(window)
         return {
             "data": {
-                "rateLimit": {"cost": 1, "remaining": self.remaining,
-                              "resetAt": datetime.fromtimestamp(self.reset_at, UTC).isoformat()},
+                "rateLimit": {
+                    "cost": 1,
+                    "remaining": self.remaining,
+                    "resetAt": datetime.fromtimestamp(self.reset_at, UTC).isoformat(),
+                },
                 "repository": {
                     "pullRequests": {
                         "pageInfo": {"hasNextPage": end < len(pulls), "endCursor": _cursor(end)},
@@ -328,7 +354,7 @@ class GitHubReplayServer:
                     }
                 },
             }
-        }  # fmt: skip
+        }
 
     @staticmethod
     def _send(
@@ -359,16 +385,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-graphql", action="store_true")
     args = parser.parse_args(argv)
     server = GitHubReplayServer.from_samples(
-        args.samples, port=args.port, rate_limit=args.rate_limit,
+        args.samples,
+        port=args.port,
+        rate_limit=args.rate_limit,
         graphql_enabled=not args.no_graphql,
-    )  # fmt: skip
+    )
     print(f"GitHub replay server on {server.url} (GraphQL at {server.url}/graphql)", flush=True)
-    try:
-        server._http.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server._http.server_close()
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import hvac
 
-from pipeline_ops.localstack import LocalPlatform
+from pipeline_contracts.registry import DEFAULT_MODEL_NAME
+from pipeline_ops.local_platform import LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR
 from pipeline_ops.vault_bootstrap import LocalIdentities, VaultLayout, bootstrap_vault
 
 LOCAL_AUTH_MOUNT = "jwt"
 MONGO_DATABASE = "github"
-MODEL_NAME = "pr-anomaly"
+MODEL_NAME = DEFAULT_MODEL_NAME
 
 
 class LocalEnvironment:

@@ -25,15 +25,15 @@ from typing import Any
 import requests
 import yaml
 
-from model_serving.app import MODEL_LOADING
-from pipeline_ops.localstack import free_port
+from pipeline_contracts.readiness import load_failed
+from pipeline_contracts.registry import CHALLENGER, CHAMPION, ModelReference
+from pipeline_ops.local_platform import free_port
 from pipeline_ops.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
 ANALYSIS_TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-analysistemplates.yaml"
 PRE_PROMOTION = "model-serving-pre-promotion"
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 class PromotionError(RuntimeError):
@@ -48,7 +48,7 @@ def _bin(name: str) -> str:
 @dataclass
 class ServingInstance:
     colour: str
-    model_uri: str
+    model: ModelReference
     url: str
     process: subprocess.Popen
     log_path: Path
@@ -67,14 +67,14 @@ class ServingInstance:
 
 def start_serving(
     colour: str,
-    model_uri: str,
+    model: ModelReference,
     env: dict[str, str],
     log_dir: Path,
     *,
     port: int | None = None,
     timeout: float = 120,
 ) -> ServingInstance:
-    """Start model-serving for ``model_uri`` on 127.0.0.1 and wait until /readyz answers 200."""
+    """Start model-serving for ``model`` on 127.0.0.1 and wait until /readyz answers 200."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -83,18 +83,18 @@ def start_serving(
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             argv,
-            env={**env, "SERVING_MODEL_URI": model_uri},
+            env={**env, "SERVING_MODEL_URI": model.uri},
             cwd=PROJECT_ROOT,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    instance = ServingInstance(colour, model_uri, url, process, log_path)
+    instance = ServingInstance(colour, model, url, process, log_path)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise PromotionError(
-                f"model-serving ({colour}, {model_uri}) exited with {process.returncode} during "
+                f"model-serving ({colour}, {model}) exited with {process.returncode} during "
                 f"start; see {log_path}"
             )
         try:
@@ -102,11 +102,9 @@ def start_serving(
             if ready.status_code == 200:
                 return instance
             detail = ready.json().get("detail")
-            if detail and detail != MODEL_LOADING:  # the load failed: it will not recover
+            if load_failed(detail):  # it will not recover
                 instance.stop()
-                raise PromotionError(
-                    f"model-serving ({colour}, {model_uri}) cannot serve: {detail}"
-                )
+                raise PromotionError(f"model-serving ({colour}, {model}) cannot serve: {detail}")
         except (requests.RequestException, ValueError):
             pass
         if time.monotonic() > deadline:
@@ -322,9 +320,12 @@ def blue_green(
         return PromotionDecision(False, "no challenger is registered", champion, None, champion)
     if challenger == champion:
         return PromotionDecision(
-            False, f"version {champion} is already champion: nothing to promote", champion,
-            challenger, champion,
-        )  # fmt: skip
+            False,
+            f"version {champion} is already champion: nothing to promote",
+            champion,
+            challenger,
+            champion,
+        )
     blue = green = None
     blue_problem = ""
     try:
@@ -332,7 +333,7 @@ def blue_green(
             on_step(f"blue: serving champion v{champion}")
             try:
                 blue = start_serving(
-                    "blue", f"models:/{model_name}/{champion}", serving_env, work_dir
+                    "blue", ModelReference.at_version(model_name, champion), serving_env, work_dir
                 )
             except PromotionError as error:
                 # In the cluster blue runs the image it was deployed with; here it runs this
@@ -341,19 +342,25 @@ def blue_green(
                 blue_problem = f" (blue could not be served: {error})"
                 on_step(f"blue: not served, green is judged alone{blue_problem}")
         on_step(f"green: serving challenger v{challenger}")
-        green = start_serving("green", f"models:/{model_name}/{challenger}", serving_env, work_dir)
+        green = start_serving(
+            "green", ModelReference.at_version(model_name, challenger), serving_env, work_dir
+        )
         on_step("analysis: readiness, model check, load gate against green")
         analysis = run_analysis(
-            green.url, model_name, work_dir / "load-gate", run_time=gate_run_time,
+            green.url,
+            model_name,
+            work_dir / "load-gate",
+            run_time=gate_run_time,
             env=serving_env,
-        )  # fmt: skip
+        )
         version_check = _version_check(green.url, challenger)
         analysis.metrics.append(version_check)
         if not analysis.passed:
             reason = "analysis failed: " + "; ".join(analysis.failures())
             kept = blue if blue and keep_serving else None
-            return PromotionDecision(False, reason, champion, challenger, champion, analysis,
-                                     *_where(kept))  # fmt: skip
+            return PromotionDecision(
+                False, reason, champion, challenger, champion, analysis, *_where(kept)
+            )
         client.set_registered_model_alias(model_name, CHAMPION, challenger)
         first = champion is None
         reason = (
@@ -361,8 +368,15 @@ def blue_green(
             if first
             else f"v{challenger} passed analysis: promoted over v{champion}{blue_problem}"
         )
-        return PromotionDecision(True, reason, champion, challenger, challenger, analysis,
-                                 *_where(green if keep_serving else None))  # fmt: skip
+        return PromotionDecision(
+            True,
+            reason,
+            champion,
+            challenger,
+            challenger,
+            analysis,
+            *_where(green if keep_serving else None),
+        )
     finally:
         _stop_unless_kept(blue, green, keep_serving, client, model_name)
 
@@ -408,7 +422,7 @@ def _stop_unless_kept(blue, green, keep_serving: bool, client, model_name: str) 
     for instance in (blue, green):
         if instance is None:
             continue
-        serves_champion = instance.model_uri.endswith(f"/{champion}")
+        serves_champion = instance.model.version == champion
         if keep_serving and serves_champion:
             log.info("left running", extra={"url": instance.url, "pid": instance.process.pid})
             continue

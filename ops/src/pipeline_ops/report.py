@@ -103,6 +103,18 @@ def _read_manifest(uri: str | None) -> dict[str, Any]:
 def _model_section(report: RunReport, training: dict[str, Any], tracking_uri: str, out: Path):
     run_id = training.get("mlflow_run_id")
     section = report.add("Model: autoencoder beside the baseline", rows=_scalars(training))
+    backtest = training.get("backtest")
+    if backtest:
+        behind = backtest.get("autoencoder_behind") or []
+        report.add(
+            "Backtest: rolling origin, both models (mean and worst fold)",
+            rows=_scalars(backtest),
+            text="The autoencoder is ahead of the IsolationForest on ROC AUC and PR AUC in "
+            "every fold."
+            if not behind
+            else "The autoencoder trails the IsolationForest in: "
+            + "; ".join(f"fold {b['fold']} {b['metric']} by {b['by']:.4f}" for b in behind),
+        )
     if not run_id:
         return
     from mlflow import MlflowClient
@@ -171,10 +183,13 @@ def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[st
         rows=_scalars(gate.get("measured", {}).get("total", {})),
     )
     gate_section.rows += [
-        (f"service level {c['name']}", f"{fmt(c['measured'])} (limit {fmt(c['limit'])}) "
-         + ("pass" if c["passed"] else "FAIL"))
+        (
+            f"service level {c['name']}",
+            f"{fmt(c['measured'])} (limit {fmt(c['limit'])}) "
+            + ("pass" if c["passed"] else "FAIL"),
+        )
         for c in gate.get("checks", [])
-    ]  # fmt: skip
+    ]
     paths = report.write(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return paths

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml_pipeline.features import FEATURE_SPEC_VERSION
+from pipeline_contracts.features import FEATURE_SPEC_VERSION
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.localstack import DEFAULT_SERVICES, LocalPlatform
+from pipeline_ops.local_platform import DEFAULT_SERVICES, LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, TOOLS_DIR
+from pipeline_ops.pipeline_state import PipelineState
 from pipeline_ops.promotion import blue_green
 from pipeline_ops.report import write_run_report
 
@@ -43,12 +44,11 @@ def stage_process_env(env: LocalEnvironment, stage: str) -> dict[str, str]:
     }
 
 
-def run_stage(env: LocalEnvironment, stage: str, argv: list[str]) -> dict[str, Any]:
-    """Run one stage entrypoint; its JSON summary (stdout) is returned, logs pass through."""
+def run_stage_process(env: LocalEnvironment, stage: str, argv: list[str]) -> dict[str, Any]:
+    """Run one stage entrypoint as its own process, with only the VAULT_* contract for its
+    secrets, as a pod runs it; its JSON summary (stdout) is returned, logs pass through."""
     started = time.monotonic()
-    print(
-        f"==> {stage}: {' '.join(Path(argv[0]).name for _ in [0])} {' '.join(argv[1:])}", flush=True
-    )
+    print(f"==> {stage}: {Path(argv[0]).name} {' '.join(argv[1:])}", flush=True)
     result = subprocess.run(
         argv, env=stage_process_env(env, stage), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
     )
@@ -67,7 +67,10 @@ def _input_snapshot(env: LocalEnvironment) -> dict[str, Any]:
     from pymongo import MongoClient
 
     secret = env.stage_secrets()["spark-preprocess"]
-    with MongoClient(secret["mongo_uri"], serverSelectionTimeoutMS=5000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        secret["mongo_uri"], serverSelectionTimeoutMS=5000
+    )
+    with client:
         collection = client[secret["mongo_database"]][
             secret.get("mongo_collection", "pull_requests")
         ]
@@ -93,7 +96,7 @@ class PipelineRun:
     keep_serving: bool = False
     gate_run_time: str | None = "15s"
     steps: list[StepRecord] = field(default_factory=list)
-    state_path: Path = field(default_factory=lambda: LOCAL_DIR / "pipeline" / "state.json")
+    state: PipelineState = field(default_factory=PipelineState)
 
     @contextmanager
     def step(self, name: str):
@@ -106,16 +109,6 @@ class PipelineRun:
         self.steps.append(record)
         print(f"<== [{number}] {name}: {record.seconds:.1f}s  {record.outcome}", flush=True)
 
-    def _state(self) -> dict[str, Any]:
-        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-
-    def _save_state(self, **updates: Any) -> None:
-        state = {**self._state(), **updates}
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_path)
-
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         summary: dict[str, Any] = {}
@@ -125,9 +118,11 @@ class PipelineRun:
             env.configure_vault()
             step.outcome = "running and seeded"
         with self.step("data-fetch") as step:
-            summary["data-fetch"] = fetch = run_stage(env, "data-fetch", [_bin("data-fetch")])
+            summary["data-fetch"] = fetch = run_stage_process(
+                env, "data-fetch", [_bin("data-fetch")]
+            )
             step.outcome = _fetch_outcome(fetch)
-        state = self._state()
+        state = self.state.read()
         # new formulas (another feature spec) mean new features, even with no new data
         snapshot = {**_input_snapshot(env), "feature_spec_version": FEATURE_SPEC_VERSION}
         with self.step("spark-preprocess") as step:
@@ -135,20 +130,20 @@ class PipelineRun:
                 summary["spark-preprocess"] = {"skipped": True, "run_id": state["features_run_id"]}
                 step.outcome = "skipped: no new data since run " + state["features_run_id"]
             else:
-                pre = run_stage(env, "spark-preprocess", [_bin("spark-preprocess")])
+                pre = run_stage_process(env, "spark-preprocess", [_bin("spark-preprocess")])
                 summary["spark-preprocess"] = pre
-                self._save_state(preprocessed_snapshot=snapshot, features_run_id=pre["run_id"])
+                self.state.update(preprocessed_snapshot=snapshot, features_run_id=pre["run_id"])
                 step.outcome = f"{pre['rows']} feature rows, run {pre['run_id']}"
-        features_run_id = self._state()["features_run_id"]
+        features_run_id = self.state.read()["features_run_id"]
         with self.step("ml-training") as step:
             if state.get("trained_on") == features_run_id:
                 summary["ml-training"] = {"skipped": True, **state.get("training", {})}
                 step.outcome = f"skipped: features run {features_run_id} already trained on"
             else:
                 argv = [_bin("ml-training"), "--features-run-id", features_run_id]
-                training = run_stage(env, "ml-training", argv)
+                training = run_stage_process(env, "ml-training", argv)
                 summary["ml-training"] = training
-                self._save_state(trained_on=features_run_id, training=training)
+                self.state.update(trained_on=features_run_id, training=training)
                 step.outcome = (
                     f"model version {training['model_version']} registered as challenger"
                     if training.get("registered", True)
@@ -179,7 +174,7 @@ class PipelineRun:
             keep_serving=self.keep_serving,
             on_step=lambda text: print(f"    {text}", flush=True),
         )
-        self._save_state(active_url=decision.active_url, active_pid=decision.active_pid)
+        self.state.update(active_url=decision.active_url, active_pid=decision.active_pid)
         return decision
 
 

@@ -171,8 +171,8 @@ class LocalIdentities:
 
         if not self.private_key_file.exists():
             self.directory.mkdir(parents=True, exist_ok=True)
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            pem = key.private_bytes(
+            generated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = generated.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),

@@ -216,7 +216,7 @@ class VaultClient:
         response = self._client.adapter.post(
             f"/v1/auth/{mount}/login", json={"role": s.role, "jwt": jwt}
         )
-        auth = response["auth"]
+        auth: dict[str, Any] = response["auth"]
         self._client.token = auth["client_token"]
         return auth
 

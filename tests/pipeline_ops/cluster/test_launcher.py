@@ -14,7 +14,7 @@ import pytest
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.processes import Process
-from pipeline_ops.localstack import proc_start_ticks
+from pipeline_ops.local_platform import proc_start_ticks
 
 pytestmark = pytest.mark.cluster
 

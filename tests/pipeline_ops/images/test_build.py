@@ -22,15 +22,21 @@ def test_the_five_images_are_built_from_the_workflows_dockerfiles_and_tagged_wit
     tag = image_tag()
     for image in built.values():
         assert image.reference == f"{image.name}:{tag}"
-        assert image.size_bytes > 100_000_000 and image.layers >= 5
+        assert image.size_bytes > 100_000_000
+        assert image.layers >= 5
 
 
 def test_serving_images_carry_neither_torch_nor_pandas(engine: ContainerEngine, built) -> None:
     for name in ("model-serving", "load-gate"):
         result = engine.docker(
-            "run", "--rm", "--entrypoint", "python", built[name].reference, "-c",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "python",
+            built[name].reference,
+            "-c",
             "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('pandas'))",
-        )  # fmt: skip
+        )
         assert result.stdout.split() == ["None", "None"], name
 
 
@@ -46,10 +52,15 @@ def test_no_shipped_image_carries_the_hosts_ca_bundle_or_index_settings(
         assert "BEGIN CERTIFICATE" not in history.stdout
         assert not any(value in history.stdout for value in secrets_of_host), image.name
         listing = engine.docker(
-            "run", "--rm", "--entrypoint", "sh", image.reference, "-c",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            image.reference,
+            "-c",
             "sha256sum /etc/ssl/certs/ca-certificates.crt 2>/dev/null; ls /etc/pip.conf 2>&1",
             check=False,
-        )  # fmt: skip
+        )
         assert host_ca not in listing.stdout, f"{image.name} carries the host's CA bundle"
         assert "No such file" in listing.stdout, f"{image.name} carries a pip.conf"
 

@@ -114,8 +114,10 @@ def test_each_image_runs_with_its_manifests_security_context_and_limits() -> Non
     for image in IMAGE_ORDER:
         policy = manifest_policy(image)
         assert (policy.user, policy.group) == (10001, 10001), image
-        assert policy.read_only and policy.writable == ["/tmp"], image
-        assert policy.drop_all_capabilities and policy.no_privilege_escalation, image
+        assert policy.read_only, image
+        assert policy.writable == ["/tmp"], image
+        assert policy.drop_all_capabilities, image
+        assert policy.no_privilege_escalation, image
     serving = manifest_policy("model-serving")
     assert (serving.cpus, serving.memory_mb) == ("1", 2048)
     executor = manifest_policy("spark-preprocess", "executor")
@@ -134,9 +136,17 @@ def test_the_container_policy_is_what_docker_enforces(engine, built) -> None:
             "touch /opt/venv/x 2>/dev/null || echo root-read-only; grep CapEff /proc/self/status"
         )
         result = engine.docker(
-            "run", "--rm", *policy.docker_args(), "-v", f"{volume}:/tmp", "--entrypoint", "sh",
-            built["load-gate"].reference, "-c", script,
-        )  # fmt: skip
+            "run",
+            "--rm",
+            *policy.docker_args(),
+            "-v",
+            f"{volume}:/tmp",
+            "--entrypoint",
+            "sh",
+            built["load-gate"].reference,
+            "-c",
+            script,
+        )
     lines = result.stdout.split()
     assert lines[:3] == ["10001", "tmp-writable", "root-read-only"]
     assert result.stdout.strip().endswith("0000000000000000")

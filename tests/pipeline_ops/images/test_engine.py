@@ -21,7 +21,7 @@ from pipeline_ops.images.engine import (
     processes_mentioning,
     read_sysctl,
 )
-from pipeline_ops.localstack import proc_start_ticks
+from pipeline_ops.local_platform import proc_start_ticks
 
 pytestmark = pytest.mark.images
 
@@ -49,7 +49,8 @@ def test_a_killed_engine_and_its_containers_are_cleaned_up_by_the_next_start(
 
     replaced = engine.up()
 
-    assert replaced.pid != killed.pid and engine.answers()
+    assert replaced.pid != killed.pid
+    assert engine.answers()
     assert proc_start_ticks(pid) is None, "the orphaned container's process was stopped"
     running = engine.docker("ps", "--quiet", "--no-trunc").stdout.split()
     assert container not in running
@@ -58,7 +59,8 @@ def test_a_killed_engine_and_its_containers_are_cleaned_up_by_the_next_start(
 def test_stopping_the_engine_restores_the_host(engine: ContainerEngine) -> None:
     engine.up()
     recorded = engine._load()
-    assert recorded is not None and link_exists(BRIDGE)
+    assert recorded is not None
+    assert link_exists(BRIDGE)
 
     assert engine.down() is True
 
@@ -94,7 +96,8 @@ def test_a_command_run_with_the_engine_leaves_it_as_it_found_it(engine: Containe
     stopped = with_engine("docker", "version", "--format", "{{.Server.Version}}")
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.strip(), "the command ran with the engine answering"
-    assert engine.running() is None and not link_exists(BRIDGE), "and it was stopped after"
+    assert engine.running() is None, "and it was stopped after"
+    assert not link_exists(BRIDGE), "with its bridge"
 
     running = engine.up()
     failing = with_engine("sh", "-c", "exit 3")

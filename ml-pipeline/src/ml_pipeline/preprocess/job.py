@@ -25,18 +25,6 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ml_pipeline.feature_frames import compute_features, context_columns, feature_problems
-from ml_pipeline.features import (
-    CONTEXT_COLUMNS,
-    FEATURE_NAMES,
-    FEATURE_SPEC_VERSION,
-    INPUT_COLUMNS,
-    MERGED_BEFORE_CREATED,
-    NON_NEGATIVE_COLUMNS,
-    REQUIRED_COLUMNS,
-    feature_spec_document,
-    missing_reason,
-    negative_reason,
-)
 from ml_pipeline.preprocess.mongo_source import (
     DOCUMENT_SCHEMA,
     FORMAT,
@@ -57,6 +45,22 @@ from ml_pipeline.preprocess.publish import (
 from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
 from pipeline_common.cli import StageError
 from pipeline_common.storage import StorageLocation
+from pipeline_contracts.features import (
+    CONTEXT_COLUMNS,
+    FEATURE_NAMES,
+    FEATURE_SPEC_VERSION,
+    MERGED_BEFORE_CREATED,
+    feature_spec_document,
+    missing_reason,
+    negative_reason,
+)
+from pipeline_contracts.pull_requests import (
+    FEATURE_INPUT_COLUMNS,
+    KEY_COLUMNS,
+    LEGACY_AUTHOR_FIELD,
+    NON_NEGATIVE_COLUMNS,
+    REQUIRED_COLUMNS,
+)
 
 __all__ = [
     "PreprocessJob",
@@ -71,11 +75,10 @@ log = logging.getLogger(__name__)
 # and an explicit schema is better anyway: a renamed field fails here, not downstream.
 # Both author fields are read (data-fetch renamed author_login to author) and coalesced.
 # The connector reads a field of the wrong type as null: it reports no read problems.
-CONNECTOR_SCHEMA = DOCUMENT_SCHEMA.replace("author string", "author string, author_login string")
+CONNECTOR_SCHEMA = f"{DOCUMENT_SCHEMA}, {LEGACY_AUTHOR_FIELD} string"
 READ_COLUMNS = [part.split()[0] for part in READ_SCHEMA.split(", ")]
 
-KEY_COLUMNS = ("repository", "number", "author", "created_at", "merged_at")
-RAW_COLUMNS = tuple(c for c in INPUT_COLUMNS if c not in KEY_COLUMNS)
+RAW_COLUMNS = tuple(c for c in FEATURE_INPUT_COLUMNS if c not in KEY_COLUMNS)
 PUBLISHED_COLUMNS = (*KEY_COLUMNS, *RAW_COLUMNS, *CONTEXT_COLUMNS, *FEATURE_NAMES)
 REASON = "quarantine_reason"
 _TYPES = dict(part.split() for part in READ_SCHEMA.split(", "))
@@ -110,7 +113,7 @@ def read_pull_requests(
             .load()
         )
         return (
-            frame.withColumn("author", F.coalesce("author", "author_login"))
+            frame.withColumn("author", F.coalesce("author", LEGACY_AUTHOR_FIELD))
             .withColumn(READ_PROBLEM, F.lit(None).cast("string"))
             .withColumn(RAW_VALUES, F.lit(None).cast("string"))
             .select(*READ_COLUMNS)
@@ -185,7 +188,17 @@ def _content_sums(frame: DataFrame, prefix: str) -> list[Column]:
     ]
 
 
-def feature_statistics(published: DataFrame) -> tuple[dict[str, dict[str, float]], dict]:
+def _aggregate(frame: DataFrame, *columns: Column) -> dict[str, Any]:
+    """The one row of an aggregation over the whole of ``frame``, as a dict."""
+    row = frame.agg(*columns).first()
+    if row is None:  # without groupBy Spark returns one row, even for an empty frame
+        raise RuntimeError("an aggregation over a whole data set returned no row")
+    return row.asDict()
+
+
+def feature_statistics(
+    published: DataFrame,
+) -> tuple[dict[str, dict[str, float | None]], dict]:
     """Per-column count/mean/stddev/min/max of the published features and context columns,
     and the published rows' content sums, in one pass."""
     numeric = [*CONTEXT_COLUMNS, *FEATURE_NAMES]
@@ -197,7 +210,7 @@ def feature_statistics(published: DataFrame) -> tuple[dict[str, dict[str, float]
             F.min(name).alias(f"{name}__min"),
             F.max(name).alias(f"{name}__max"),
         ]
-    row = published.agg(*aggregates).first().asDict()
+    row = _aggregate(published, *aggregates)
     stats = {
         name: {
             stat: (None if row[f"{name}__{stat}"] is None else float(row[f"{name}__{stat}"]))
@@ -240,13 +253,14 @@ class PreprocessJob:
             records.unpersist()
 
     def _publish(self, records, root, run_dir, source, s3) -> dict[str, Any]:
-        snapshot = records.agg(
+        snapshot = _aggregate(
+            records,
             *_content_sums(records, "input_"),
             *(
                 F.date_format(agg("created_at"), "yyyy-MM-dd'T'HH:mm:ssXXX").alias(name)
                 for agg, name in ((F.min, "created_at_min"), (F.max, "created_at_max"))
             ),
-        ).first()
+        )
         total = snapshot["input_rows"]
         if total == 0:
             raise StageError(f"{source} holds no pull requests: run data-fetch first")
@@ -290,7 +304,7 @@ class PreprocessJob:
                 sort_by=("repository", "number"),
             )
             statistics, sums = feature_statistics(published)
-            quarantine_sums = quarantined.agg(*_content_sums(quarantined, "")).first().asDict()
+            quarantine_sums = _aggregate(quarantined, *_content_sums(quarantined, ""))
         finally:
             rows_with_reasons.unpersist()
 

@@ -27,15 +27,17 @@ from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 from pyspark.sql.types import StructType
 
 from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
+from pipeline_contracts.pull_requests import (
+    LEGACY_AUTHOR_FIELD,
+    PULL_REQUEST_COLUMNS,
+    spark_schema,
+)
 
 FORMAT = "pull_requests_mongo"
 
-# The document's fields: `author` is coalesced from `author` and the older `author_login`.
-DOCUMENT_SCHEMA = (
-    "_id string, repository string, number long, author string, title string, body string, "
-    "created_at timestamp, merged_at timestamp, "
-    "additions long, deletions long, changed_files long, commits long"
-)
+# The document's fields, as the input table defines them (`author` is coalesced from
+# `author` and the older `author_login`).
+DOCUMENT_SCHEMA = spark_schema()
 # What the reader found wrong with a document's fields (a wrong type, a count or time
 # outside pipeline_common.limits), and those fields' original values as JSON: such a field
 # is read as null, and the quarantined row still shows what the database held.
@@ -108,18 +110,11 @@ def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
     return value, None
 
 
-_COUNTS = ("additions", "deletions", "changed_files", "commits")
 # Each field read, and how its value is checked and converted.
+_CONVERTERS = {"text": _text, "count": _integer, "time": _timestamp}
 _FIELD_TYPES = {
-    "repository": _text,
-    "number": _integer,
-    "author": _text,
-    "author_login": _text,
-    "title": _text,
-    "body": _text,
-    "created_at": _timestamp,
-    "merged_at": _timestamp,
-    **{name: _integer for name in _COUNTS},
+    **{column.name: _CONVERTERS[column.kind] for column in PULL_REQUEST_COLUMNS},
+    LEGACY_AUTHOR_FIELD: _text,
 }
 _PROJECTION = dict.fromkeys(_FIELD_TYPES, 1)
 
@@ -139,16 +134,10 @@ def document_row(doc: dict[str, Any]) -> tuple:
         if problem:
             problems.append(f"{name} {problem}")
             raw[name] = original
+    values["author"] = values["author"] or values[LEGACY_AUTHOR_FIELD]
     return (
         str(doc["_id"]),
-        values["repository"],
-        values["number"],
-        values["author"] or values["author_login"],
-        values["title"],
-        values["body"],
-        values["created_at"],
-        values["merged_at"],
-        *(values[name] for name in _COUNTS),
+        *(values[column.name] for column in PULL_REQUEST_COLUMNS),
         "; ".join(problems) or None,
         json.dumps(raw, default=str, sort_keys=True) if raw else None,
     )
@@ -164,18 +153,22 @@ class PullRequestReader(DataSourceReader):
     def partitions(self) -> list[MongoPartition]:
         import pymongo
 
-        with pymongo.MongoClient(self.uri) as client:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(self.uri)
+        with client:
             groups = client[self.database][self.collection].aggregate(
                 [{"$group": {"_id": "$repository", "n": {"$sum": 1}}}]
             )
             counts = {group["_id"]: int(group["n"]) for group in groups}
         return [MongoPartition(f) for f in plan_partitions(counts, self.partitions_wanted)]
 
-    def read(self, partition: MongoPartition) -> Iterator[tuple]:
+    def read(self, partition: InputPartition) -> Iterator[tuple]:
         import pymongo
 
+        if not isinstance(partition, MongoPartition):  # Spark passes back those planned above
+            raise TypeError(f"not a partition this reader planned: {partition!r}")
         # tz_aware: BSON datetimes are UTC; naive ones would be read in the worker's zone
-        with pymongo.MongoClient(self.uri, tz_aware=True) as client:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(self.uri, tz_aware=True)
+        with client:
             cursor = client[self.database][self.collection].find(
                 partition.filter, _PROJECTION, batch_size=2000
             )

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -59,17 +59,20 @@ def write_parquet(
 ) -> list[dict[str, Any]]:
     """Write ``frame`` under ``target`` from the executors; the files written (path, rows)."""
 
-    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def write_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        batches = [batch for batch in batches if batch.num_rows]
-        if not batches:
+        nonempty = [batch for batch in batches if batch.num_rows]
+        if not nonempty:
             return
-        table = pa.Table.from_batches(batches)
+        task = TaskContext.get()
+        if task is None:
+            raise RuntimeError("write_partition runs in a Spark task (mapInArrow), not the driver")
+        table = pa.Table.from_batches(nonempty)
         if sort_by:
             table = table.sort_by([(name, "ascending") for name in sort_by])
         filesystem = target.filesystem(s3)
-        name = f"part-{TaskContext.get().partitionId():05d}.parquet"
+        name = f"part-{task.partitionId():05d}.parquet"
         groups: list[tuple[str, pa.Table]] = []
         if partition_by:
             for value in pc.unique(table[partition_by]).to_pylist():

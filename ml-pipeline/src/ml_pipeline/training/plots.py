@@ -15,7 +15,8 @@ import numpy as np
 from ml_pipeline.evaluation import curves
 
 if TYPE_CHECKING:
-    from ml_pipeline.training.job import Evaluation
+    from ml_pipeline.training.backtest import Backtest
+    from ml_pipeline.training.steps import Evaluation
 
 
 def write_plots(directory: Path, evaluation: Evaluation) -> list[Path]:
@@ -41,7 +42,7 @@ def write_plots(directory: Path, evaluation: Evaluation) -> list[Path]:
 
     figure, axes = plt.subplots(figsize=(6, 4))
     errors = np.log10(evaluation.scores["autoencoder"] + 1e-6)
-    bins = np.linspace(errors.min(), errors.max(), 40)
+    bins = np.linspace(errors.min(), errors.max(), 40).tolist()
     axes.hist(errors[labels == 0], bins=bins, alpha=0.6, label="real test pull requests")
     axes.hist(errors[labels == 1], bins=bins, alpha=0.6, label="injected anomalies")
     axes.axvline(np.log10(evaluation.thresholds["autoencoder"] + 1e-6), color="k", ls="--")
@@ -52,3 +53,24 @@ def write_plots(directory: Path, evaluation: Evaluation) -> list[Path]:
     plt.close(figure)
     paths.append(directory / "error_histogram.png")
     return paths
+
+
+def write_backtest_plot(directory: Path, backtest: Backtest) -> Path:
+    """ROC AUC and PR AUC per fold, the autoencoder beside the baseline."""
+    directory.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    folds = [f"{f.number}\n{f.first_created}" for f in backtest.folds]
+    positions = np.arange(len(folds))
+    for axis, metric in zip(axes, ("roc_auc", "pr_auc"), strict=True):
+        for offset, model in ((-0.2, "autoencoder"), (0.2, "isolation_forest")):
+            values = [f.outcome.evaluation.metrics[model][metric] for f in backtest.folds]
+            axis.bar(positions + offset, values, width=0.4, label=model)
+        axis.set(xticks=positions, xticklabels=folds, ylim=(0, 1), title=metric.replace("_", " "))
+        axis.set_xlabel("fold (test period from)")
+    axes[0].legend(loc="lower left")
+    figure.suptitle("Rolling-origin backtest on injected anomalies")
+    figure.tight_layout()
+    path = directory / "backtest.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,7 +1,8 @@
 """The MLflow pyfunc: raw GitHub-shaped pull requests (or ready features) in, verdicts out.
 
 The model is logged one way, :func:`log_scorer_model`: this pyfunc with the scorer file as
-its artifact. Model serving reads that file directly (:func:`ml_pipeline.scoring.find_scorer`).
+its artifact. Model serving reads that file directly
+(:func:`pipeline_contracts.scorer.find_scorer`).
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModel
 
-from ml_pipeline.features import FEATURE_NAMES
-from ml_pipeline.scoring import SCORER_FILE, AnomalyScorer
+from ml_pipeline.feature_frames import score_frame
+from pipeline_contracts.features import FEATURE_NAMES
+from pipeline_contracts.scorer import SCORER_FILE, AnomalyScorer
 
 SCORER_ARTIFACT = "scorer"
 # What scoring imports: numpy arrays, no torch.
 INFERENCE_PACKAGES = ("numpy", "pandas", "mlflow-skinny")
 
 
-class PullRequestAnomalyModel(mlflow.pyfunc.PythonModel):
+class PullRequestAnomalyModel(PythonModel):
     def load_context(self, context) -> None:
         self.scorer = AnomalyScorer.load(Path(context.artifacts[SCORER_ARTIFACT]))
 
@@ -29,7 +32,7 @@ class PullRequestAnomalyModel(mlflow.pyfunc.PythonModel):
         if set(FEATURE_NAMES) <= set(model_input.columns):
             results = self.scorer.score_features(model_input[list(FEATURE_NAMES)].to_numpy())
         else:
-            results = self.scorer.score_records(model_input)
+            results = score_frame(self.scorer, model_input)
         return pd.DataFrame(results)
 
 

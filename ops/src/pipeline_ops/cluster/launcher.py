@@ -55,7 +55,7 @@ from pipeline_ops.cluster.layout import (
 )
 from pipeline_ops.cluster.pki import Pki
 from pipeline_ops.cluster.processes import Processes
-from pipeline_ops.localstack import free_port
+from pipeline_ops.local_platform import free_port
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import Layout
-from pipeline_ops.localstack import proc_start_ticks, reap
+from pipeline_ops.local_platform import proc_start_ticks, reap
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     test = commands.add_parser("test", help="test images as containers, the way manifests run them")
     test.add_argument("stages", nargs="*", help="only these (default: all five, in order)")
     test.add_argument(
-        "--image", action="append", default=[], metavar="NAME=REF",
+        "--image",
+        action="append",
+        default=[],
+        metavar="NAME=REF",
         help="test this image reference instead of the locally built one (CI)",
-    )  # fmt: skip
+    )
     test.add_argument(
-        "--engine", choices=("project", "default"), default="project",
+        "--engine",
+        choices=("project", "default"),
+        default="project",
         help="project: the engine of `make engine-up` (default); default: the one the docker "
         "client reaches already (a CI runner's)",
-    )  # fmt: skip
+    )
     with_engine = commands.add_parser(
         "with-engine",
         help="run a command with the engine up; stop it afterwards if it was not running before",

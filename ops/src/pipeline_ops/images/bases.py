@@ -96,9 +96,13 @@ def ensure_base(engine: ContainerEngine, recipe: BaseRecipe) -> str:
     with tempfile.TemporaryDirectory(prefix=f"base-{recipe.name}-") as tmp:
         root = Path(tmp) / "root"
         command = [
-            "debootstrap", "--variant=minbase", f"--include={','.join(recipe.packages)}",
-            SUITE, str(root), apt_mirror(),
-        ]  # fmt: skip
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(recipe.packages)}",
+            SUITE,
+            str(root),
+            apt_mirror(),
+        ]
         log.info("debootstrap of base %s (a few minutes, once per recipe)", recipe.name)
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

@@ -94,9 +94,13 @@ def build_image(engine: ContainerEngine, name: str, dockerfile: str, tag: str) -
     started = time.monotonic()
     with log_file.open("w") as out:
         result = engine.docker(
-            *command, str(PROJECT_ROOT), check=False, capture_output=False, stdout=out,
+            *command,
+            str(PROJECT_ROOT),
+            check=False,
+            capture_output=False,
+            stdout=out,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
     seconds = time.monotonic() - started
     if result.returncode != 0:
         tail = log_file.read_text(errors="replace")[-3000:]

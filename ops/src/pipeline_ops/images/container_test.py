@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ import yaml
 from pipeline_ops.images.build import IMAGE_ORDER, built_images
 from pipeline_ops.images.engine import ContainerEngine, EngineError
 from pipeline_ops.local_env import MODEL_NAME, LocalEnvironment
-from pipeline_ops.localstack import LocalPlatform, free_port
+from pipeline_ops.local_platform import LocalPlatform, free_port
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, SAMPLES_DIR
 from pipeline_ops.validate.checks import walk_nodes
 
@@ -355,7 +356,10 @@ def check_data_fetch(bench: ImageTestBench) -> str:
     _expect(result.returncode == 0, f"data-fetch exited {result.returncode}", result)
     summary = result.summary()
     secret = bench.env.stage_secrets()["data-fetch"]
-    with MongoClient(secret["mongo_uri"], serverSelectionTimeoutMS=5000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        secret["mongo_uri"], serverSelectionTimeoutMS=5000
+    )
+    with client:
         stored = client[secret["mongo_database"]]["pull_requests"].count_documents({})
     expected = sample_count()
     _expect(
@@ -638,9 +642,9 @@ def _host_stage(bench: ImageTestBench, stage: str) -> None:
     """Produce a stage's output with the host's own command (a stage tested alone)."""
     import sys
 
-    from pipeline_ops.runner import run_stage
+    from pipeline_ops.runner import run_stage_process
 
-    run_stage(bench.env, stage, [str(Path(sys.executable).parent / stage)])
+    run_stage_process(bench.env, stage, [str(Path(sys.executable).parent / stage)])
 
 
 def stage_checks(
@@ -682,11 +686,11 @@ def stage_checks(
         )
 
     for image in [s for s in IMAGE_ORDER if s in stages]:
-        yield image, "help", lambda image=image: check_help(bench, image)
-        yield image, "config-error", lambda image=image: check_config_error(bench, image)
+        yield image, "help", partial(check_help, bench, image)
+        yield image, "config-error", partial(check_config_error, bench, image)
         if image in functional:
             if image in upstream:
-                yield image, "inputs", lambda image=image: ensure_inputs(upstream[image])
+                yield image, "inputs", partial(ensure_inputs, upstream[image])
             yield image, "runs", functional[image]
             if f"{image}-on-kubernetes" in functional:
                 yield image, "kubernetes", functional[f"{image}-on-kubernetes"]

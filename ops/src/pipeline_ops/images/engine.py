@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline_ops.localstack import proc_start_ticks
+from pipeline_ops.local_platform import proc_start_ticks
 from pipeline_ops.paths import CACHE_DIR
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,9 @@ STAGE_IMAGE_WORKFLOW = "stage-image.yml"
 VAULT_CONTRACT = ("VAULT_ADDR", "VAULT_PATH_AUTH", "VAULT_ROLE", "VAULT_SECRET_PATH")
 STAGES = ("data-fetch", "spark-preprocess", "ml-training", "model-serving")
 
+# A workflow file as PyYAML reads it: its bare key `on` becomes the boolean True.
+Workflow = dict[str | bool, Any]
+
 
 class ToolMissing(RuntimeError):
     """A linter binary is not installed; `make setup` installs them all."""
@@ -70,7 +73,7 @@ class RepoTree:
     def kustomization(self) -> dict[str, Any]:
         return load_yaml(self.root / BASE / "kustomization.yaml")
 
-    def workflows(self) -> dict[Path, dict[str, Any]]:
+    def workflows(self) -> dict[Path, Workflow]:
         folder = self.root / WORKFLOWS
         return {p: load_yaml(p) for p in sorted(folder.glob("*.y*ml"))}
 
@@ -91,7 +94,7 @@ def load_yaml(path: Path) -> Any:
         return yaml.safe_load(handle)
 
 
-def workflow_triggers(workflow: dict[str, Any]) -> dict[str, Any]:
+def workflow_triggers(workflow: Workflow) -> dict[str, Any]:
     # PyYAML reads the bare key `on` as the boolean True.
     triggers = workflow.get("on", workflow.get(True, {}))
     if isinstance(triggers, str):
@@ -101,7 +104,7 @@ def workflow_triggers(workflow: dict[str, Any]) -> dict[str, Any]:
     return triggers or {}
 
 
-def stage_image_calls(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+def stage_image_calls(workflow: Workflow) -> list[dict[str, Any]]:
     """The `with:` of every job that calls the reusable stage-image workflow."""
     calls = []
     for job in (workflow.get("jobs") or {}).values():

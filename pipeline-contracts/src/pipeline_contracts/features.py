@@ -2,8 +2,8 @@
 
 The formulas live in one numpy function, :func:`feature_matrix`, over plain float arrays
 (:class:`FeatureInputs`). Spark, training and the pyfunc reach it from DataFrames through
-:mod:`ml_pipeline.feature_frames`; serving builds the arrays straight from the validated
-request, and this module imports no pandas, so neither does the serving image. Training and
+``ml_pipeline.feature_frames``; serving builds the arrays straight from the validated
+request, and this package imports no pandas, so neither does the serving image. Training and
 serving therefore cannot disagree. Bump ``FEATURE_SPEC_VERSION`` whenever a formula changes.
 
 Two features need more than the record itself: the author's history in the repository and
@@ -18,12 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # frames come in from training; this module does not need pandas itself
-    import pandas as pd
+from pipeline_contracts.pull_requests import NON_NEGATIVE_COLUMNS, REQUIRED_COLUMNS
 
 FEATURE_SPEC_VERSION = "3"
 
@@ -68,32 +67,9 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # Columns that describe a pull request in its repository rather than the pull request alone.
 CONTEXT_COLUMNS = ("author_prior_pull_requests", "repository_median_changes")
 
-# Columns of a pull-request record that the features read (besides the context columns).
-INPUT_COLUMNS = (
-    "additions",
-    "deletions",
-    "changed_files",
-    "commits",
-    "title",
-    "body",
-    "created_at",
-    "merged_at",
-)
-
-
 # Validation: a record that breaks one of these rules is quarantined with the first
-# broken rule as its reason (Spark evaluates the same rules, see preprocess/job.py).
-REQUIRED_COLUMNS = (
-    "repository",
-    "number",
-    "author",
-    "created_at",
-    "additions",
-    "deletions",
-    "changed_files",
-    "commits",
-)
-NON_NEGATIVE_COLUMNS = ("number", "additions", "deletions", "changed_files", "commits")
+# broken rule as its reason (Spark evaluates the same rules, see preprocess/job.py); the
+# columns come from the input table (pull_requests.py).
 MERGED_BEFORE_CREATED = "merged_at before created_at"
 
 
@@ -109,7 +85,7 @@ def non_finite_reason(feature: str) -> str:
     return f"non-finite {feature}"
 
 
-def feature_spec_document() -> dict:
+def feature_spec_document() -> dict[str, Any]:
     return {
         "version": FEATURE_SPEC_VERSION,
         "features": [asdict(f) for f in FEATURES],
@@ -135,26 +111,21 @@ class FeatureContext:
     repository_median_changes: dict[str, float] = field(default_factory=dict)
     author_pull_requests: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    @classmethod
-    def from_records(cls, records: pd.DataFrame) -> FeatureContext:
-        changes = records["additions"].astype("float64") + records["deletions"].astype("float64")
-        medians = changes.groupby(records["repository"]).median()
-        counts = records.groupby(["repository", "author"]).size()
-        authors: dict[str, dict[str, int]] = {}
-        for (repository, author), count in counts.items():
-            authors.setdefault(str(repository), {})[str(author)] = int(count)
-        return cls({str(k): float(v) for k, v in medians.items()}, authors)
-
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @cached_property
-    def _pull_requests_by_author(self) -> dict[tuple[str, str], int]:
+    def _pull_requests_by_author(self) -> dict[tuple[object, object], int]:
+        # keyed by what records carry (a missing author is None): looked up, never stored
         return {
             (repository, author): count
             for repository, authors in self.author_pull_requests.items()
             for author, count in authors.items()
         }
+
+    @cached_property
+    def _median_by_repository(self) -> dict[object, float]:
+        return {repository: median for repository, median in self.repository_median_changes.items()}
 
     def fill(
         self,
@@ -182,7 +153,7 @@ class FeatureContext:
             )
             prior = np.where(missing_prior, known, prior)
         if missing_median.any():
-            medians = self.repository_median_changes
+            medians: dict[object, float] = self._median_by_repository
             known = np.fromiter(
                 (medians.get(r, np.nan) for r in repositories), np.float64, len(median)
             )
@@ -191,7 +162,7 @@ class FeatureContext:
         return prior, median
 
     @classmethod
-    def from_dict(cls, data: dict) -> FeatureContext:
+    def from_dict(cls, data: dict[str, Any]) -> FeatureContext:
         return cls(
             {str(k): float(v) for k, v in data.get("repository_median_changes", {}).items()},
             {

@@ -15,7 +15,7 @@ import hvac
 import pytest
 import requests
 
-from pipeline_ops.localstack import LocalPlatform, PlatformError, free_port, proc_start_ticks
+from pipeline_ops.local_platform import LocalPlatform, PlatformError, free_port, proc_start_ticks
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -36,7 +37,6 @@ from pipeline_ops.paths import LOCAL_DIR, TOOLS_DIR
 
 log = logging.getLogger(__name__)
 
-ALL_SERVICES = ("vault", "mongo", "mlflow", "s3")
 DEFAULT_SERVICES = ("vault", "mongo", "mlflow")
 
 
@@ -154,8 +154,8 @@ class LocalPlatform:
     ) -> dict[str, RunningService]:
         running = self.running()
         for name in services:
-            if name not in ALL_SERVICES:
-                raise PlatformError(f"unknown service {name!r}; choose from {ALL_SERVICES}")
+            if name not in SERVICES:
+                raise PlatformError(f"unknown service {name!r}; choose from {tuple(SERVICES)}")
             if name in running and self._healthy(running[name]):
                 continue
             if name in running:  # alive but unhealthy: replace it
@@ -175,69 +175,18 @@ class LocalPlatform:
         data_dir = self.state_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         port = self._port(name)
-        ports = {"main": port}
-        env = {**os.environ}
-        if name == "vault":
-            token_file = self.vault_root_token_file
-            if not token_file.exists():
-                token_file.write_text(secrets.token_urlsafe(24))
-                token_file.chmod(0o600)
-            command = [
-                _venv_bin("bao"), "server", "-dev",
-                f"-dev-listen-address=127.0.0.1:{port}",
-                # Without this the dev server writes its root token to ~/.vault-token,
-                # where every hvac client without an explicit token would pick it up.
-                "-dev-no-store-token",
-            ]  # fmt: skip
-            # The dev server keeps everything in memory: each start is a fresh Vault,
-            # which the bootstrap then configures.
-            env.pop("VAULT_TOKEN", None)
-            # From the environment, not the command line: any user can read another
-            # process's arguments, not its environment.
-            env["BAO_DEV_ROOT_TOKEN_ID"] = self.vault_root_token()
-        elif name == "mongo":
-            ferretdb = TOOLS_DIR / "bin" / "ferretdb"
-            if not ferretdb.exists():
-                raise PlatformError(f"{ferretdb} is missing; run `make setup`")
-            ports["debug"] = free_port()
-            command = [
-                str(ferretdb), "--handler=sqlite", f"--sqlite-url=file:{data_dir}/",
-                f"--listen-addr=127.0.0.1:{port}", f"--debug-addr=127.0.0.1:{ports['debug']}",
-                f"--state-dir={data_dir}", "--telemetry=disable", "--log-level=warn",
-            ]  # fmt: skip
-        elif name == "mlflow":
-            command = [
-                _venv_bin("mlflow"), "server",
-                "--backend-store-uri", f"sqlite:///{data_dir}/mlflow.db",
-                "--artifacts-destination", str(data_dir / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            ]  # fmt: skip
-            env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        elif name == "s3":
-            # weed mini opens many listeners; give each a free port so parallel runs
-            # on one machine cannot collide.
-            ports.update({flag: free_port() for flag in _WEED_PORT_FLAGS})
-            credentials = self.s3_credentials()
-            env["AWS_ACCESS_KEY_ID"] = credentials["access_key_id"]
-            env["AWS_SECRET_ACCESS_KEY"] = credentials["secret_access_key"]
-            command = [
-                _venv_bin("weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1", f"-s3.port={port}",
-                *(f"-{flag}={p}" for flag, p in ports.items() if flag != "main"),
-                "-admin.ui=false", "-webdav=false",
-            ]  # fmt: skip
-        else:  # pragma: no cover - guarded by up()
-            raise PlatformError(name)
+        launch = SERVICES[name].launch(self, data_dir, port)
+        ports = {"main": port, **launch.ports}
         log_file = data_dir / f"{name}.log"
         # Server logs may hold dev credentials (the dev Vault prints its root token).
         log_file.touch(mode=0o600)
         with log_file.open("ab") as out:
             process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=data_dir, start_new_session=True,
+                launch.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=launch.env, cwd=data_dir, start_new_session=True,
             )  # fmt: skip
         return RunningService(
-            name, process.pid, ports, command, str(log_file), proc_start_ticks(process.pid)
+            name, process.pid, ports, launch.command, str(log_file), proc_start_ticks(process.pid)
         )
 
     def s3_credentials(self) -> dict[str, str]:
@@ -258,13 +207,7 @@ class LocalPlatform:
 
     # -- health ------------------------------------------------------------------------
     def _healthy(self, svc: RunningService) -> bool:
-        check: Callable[[RunningService], bool] = {
-            "vault": lambda s: _http_ok(f"{s.url}/v1/sys/health"),
-            "mongo": _mongo_ok,
-            "mlflow": lambda s: _http_ok(f"{s.url}/health"),
-            "s3": lambda s: _http_ok(f"{s.url}/", any_status=True),
-        }[svc.name]
-        return check(svc)
+        return SERVICES[svc.name].healthy(svc)
 
     def _wait_healthy(self, svc: RunningService, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -333,10 +276,93 @@ def _mongo_ok(svc: RunningService) -> bool:
     import pymongo
 
     try:
-        with pymongo.MongoClient(
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             f"mongodb://127.0.0.1:{svc.port}/", serverSelectionTimeoutMS=1000
-        ) as client:
+        )
+        with client:
             client.admin.command("ping")
         return True
     except pymongo.errors.PyMongoError:
         return False
+
+
+# -- the services: how each starts and how its health is checked ---------------------------
+@dataclass
+class Launch:
+    command: list[str]
+    env: dict[str, str]
+    ports: dict[str, int] = field(default_factory=dict)  # besides the main port
+
+
+@dataclass(frozen=True)
+class Service:
+    launch: Callable[[LocalPlatform, Path, int], Launch]
+    healthy: Callable[[RunningService], bool]
+
+
+def _vault(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
+    token_file = platform.vault_root_token_file
+    if not token_file.exists():
+        token_file.write_text(secrets.token_urlsafe(24))
+        token_file.chmod(0o600)
+    # The dev server keeps everything in memory: each start is a fresh Vault, which the
+    # bootstrap then configures. The root token goes in the environment, not the command
+    # line: any user can read another process's arguments, not its environment.
+    env = {k: v for k, v in os.environ.items() if k != "VAULT_TOKEN"}
+    env["BAO_DEV_ROOT_TOKEN_ID"] = platform.vault_root_token()
+    command = [
+        _venv_bin("bao"), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+        # Without this the dev server writes its root token to ~/.vault-token, where every
+        # hvac client without an explicit token would pick it up.
+        "-dev-no-store-token",
+    ]  # fmt: skip
+    return Launch(command, env)
+
+
+def _mongo(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
+    ferretdb = TOOLS_DIR / "bin" / "ferretdb"
+    if not ferretdb.exists():
+        raise PlatformError(f"{ferretdb} is missing; run `make setup`")
+    debug = free_port()
+    command = [
+        str(ferretdb), "--handler=sqlite", f"--sqlite-url=file:{data_dir}/",
+        f"--listen-addr=127.0.0.1:{port}", f"--debug-addr=127.0.0.1:{debug}",
+        f"--state-dir={data_dir}", "--telemetry=disable", "--log-level=warn",
+    ]  # fmt: skip
+    return Launch(command, {**os.environ}, {"debug": debug})
+
+
+def _mlflow(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
+    command = [
+        _venv_bin("mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{data_dir}/mlflow.db",
+        "--artifacts-destination", str(data_dir / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    return Launch(command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+def _s3(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
+    # weed mini opens many listeners; each gets a free port so that parallel runs on one
+    # machine cannot collide.
+    extra = {flag: free_port() for flag in _WEED_PORT_FLAGS}
+    credentials = platform.s3_credentials()
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": credentials["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": credentials["secret_access_key"],
+    }
+    command = [
+        _venv_bin("weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-s3.port={port}", *(f"-{flag}={p}" for flag, p in extra.items()),
+        "-admin.ui=false", "-webdav=false",
+    ]  # fmt: skip
+    return Launch(command, env, extra)
+
+
+SERVICES: dict[str, Service] = {
+    "vault": Service(_vault, lambda s: _http_ok(f"{s.url}/v1/sys/health")),
+    "mongo": Service(_mongo, _mongo_ok),
+    "mlflow": Service(_mlflow, lambda s: _http_ok(f"{s.url}/health")),
+    "s3": Service(_s3, lambda s: _http_ok(f"{s.url}/", any_status=True)),
+}

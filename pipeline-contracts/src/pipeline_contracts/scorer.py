@@ -1,10 +1,11 @@
-"""Scoring: features -> scaled -> reconstruction error per feature -> score and verdict.
+"""The scorer: features -> scaled -> reconstruction error per feature -> score and verdict,
+and its file format (``scorer.npz``).
 
 Used by training (threshold, evaluation), the MLflow pyfunc and model-serving's fast path,
 so all give the same answer. Inference needs numpy only: the trained autoencoder is kept
 as its layers' arrays (:class:`DenseNetwork`), which runs a 13-feature row about 5x faster
-than the torch module and keeps torch out of the serving image. Pandas is only imported by
-:meth:`AnomalyScorer.score_records` (the DataFrame path), which serving does not use.
+than the torch module and keeps torch out of the serving image. DataFrames are scored by
+``ml_pipeline.feature_frames.score_frame``, which serving does not use.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ml_pipeline.features import (
+from pipeline_contracts.drift import FeatureReference
+from pipeline_contracts.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
     FeatureContext,
     FeatureInputs,
     feature_matrix,
 )
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 TOP_FEATURES = 3
 SCORER_FILE = "scorer.npz"
@@ -65,6 +64,8 @@ class AnomalyScorer:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_spec_version: str = FEATURE_SPEC_VERSION
     context: FeatureContext = field(default_factory=FeatureContext)
+    # each feature's training distribution, for drift (absent in older scorer files)
+    reference: dict[str, FeatureReference] = field(default_factory=dict)
 
     def errors(self, features: np.ndarray) -> np.ndarray:
         """Squared reconstruction error per feature, shape (rows, features), always finite.
@@ -78,7 +79,8 @@ class AnomalyScorer:
                 np.float32
             )
             errors = (self.network(scaled) - scaled) ** 2
-        return np.nan_to_num(errors, nan=LARGEST_ERROR, posinf=LARGEST_ERROR)
+        finite: np.ndarray = np.nan_to_num(errors, nan=LARGEST_ERROR, posinf=LARGEST_ERROR)
+        return finite
 
     def score_features(self, features: np.ndarray) -> list[dict[str, Any]]:
         errors = self.errors(features)
@@ -93,11 +95,11 @@ class AnomalyScorer:
             for score, flag, names in zip(scores.tolist(), flags, top_names, strict=True)
         ]
 
-    def score_inputs(
+    def features_of(
         self, inputs: FeatureInputs, repositories: Sequence[object], authors: Sequence[object]
-    ) -> list[dict[str, Any]]:
-        """Score records given as feature inputs (no pandas): the fast path of serving.
-        Context values a record lacks come from the model's snapshot."""
+    ) -> np.ndarray:
+        """The feature matrix of records given as feature inputs (no pandas): the fast path
+        of serving. Context values a record lacks come from the model's snapshot."""
         prior, median = self.context.fill(
             repositories,
             authors,
@@ -106,17 +108,12 @@ class AnomalyScorer:
             inputs.repository_median_changes,
         )
         filled = replace(inputs, author_prior_pull_requests=prior, repository_median_changes=median)
-        return self.score_features(feature_matrix(filled))
+        return feature_matrix(filled)
 
-    def score_records(
-        self, records: Sequence[dict[str, Any]] | pd.DataFrame
+    def score_inputs(
+        self, inputs: FeatureInputs, repositories: Sequence[object], authors: Sequence[object]
     ) -> list[dict[str, Any]]:
-        import pandas as pd
-
-        from ml_pipeline.feature_frames import attach_context, compute_features
-
-        frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
-        return self.score_features(compute_features(attach_context(frame, self.context)).to_numpy())
+        return self.score_features(self.features_of(inputs, repositories, authors))
 
     # -- persistence: one .npz of plain arrays and a JSON header, loadable without pickle --
     def save(self, path: Path) -> None:
@@ -127,6 +124,7 @@ class AnomalyScorer:
             "feature_names": list(self.feature_names),
             "feature_spec_version": self.feature_spec_version,
             "context": self.context.to_dict(),
+            "reference": {name: ref.to_dict() for name, ref in self.reference.items()},
         }
         arrays = {
             "mean": self.mean.astype(np.float32),
@@ -135,7 +133,7 @@ class AnomalyScorer:
             **{f"bias_{i}": b for i, b in enumerate(self.network.biases)},
         }
         with open(path, "wb") as file:  # a file object: np.savez would append ".npz"
-            np.savez(file, header=np.array(json.dumps(header)), **arrays)
+            np.savez(file, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> AnomalyScorer:
@@ -165,6 +163,10 @@ class AnomalyScorer:
                 feature_names=tuple(header["feature_names"]),
                 feature_spec_version=header["feature_spec_version"],
                 context=FeatureContext.from_dict(header["context"]),
+                reference={
+                    name: FeatureReference.from_dict(ref)
+                    for name, ref in header.get("reference", {}).items()
+                },
             )
 
 

@@ -1,0 +1,105 @@
+"""Feature drift: the training distribution of each feature, saved with the model, and the
+population stability index (PSI) of what serving sees against it.
+
+Each feature's reference is its training split cut into (up to) ten bins of equal share:
+the deciles are the bin edges, repeated edges merged (a flag has two bins, a feature that
+is mostly 0 a first bin that holds all the zeros). Serving keeps the
+bins of the last records it scored (a sliding window) and compares their shares ``o`` with
+the reference shares ``e``: ``PSI = sum((o - e) * ln(o / e))``. By the usual reading, under
+0.1 is no shift, 0.1-0.25 a moderate one, over 0.25 (:data:`DRIFT_ALERT_PSI`, the alert
+rule's level) a shift worth a look: the model scores records unlike those it learnt from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BINS = 10
+DRIFT_ALERT_PSI = 0.25
+# A bin that one side never fills would make the logarithm infinite.
+_SMALLEST_SHARE = 1e-4
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    edges: np.ndarray  # interior bin edges, increasing
+    shares: np.ndarray  # share of the training rows per bin (len(edges) + 1)
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> FeatureReference:
+        values = np.asarray(values, dtype=np.float64)
+        # deciles taken from the data (no interpolation between a flag's 0 and 1); an edge at
+        # the minimum would leave the first bin empty
+        deciles = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="inverted_cdf")
+        edges = np.unique(deciles[deciles > values.min()])
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        return cls(edges, counts / counts.sum())
+
+    def bins(self, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.edges, values, side="right")
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"edges": self.edges.tolist(), "shares": self.shares.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureReference:
+        return cls(np.asarray(data["edges"], dtype=np.float64), np.asarray(data["shares"]))
+
+
+def reference_distribution(
+    features: np.ndarray, names: Sequence[str]
+) -> dict[str, FeatureReference]:
+    """The reference of every feature column of ``features`` (rows x len(names))."""
+    return {name: FeatureReference.of(features[:, i]) for i, name in enumerate(names)}
+
+
+def population_stability_index(expected: np.ndarray, observed_counts: np.ndarray) -> float:
+    observed = observed_counts / max(int(observed_counts.sum()), 1)
+    e = np.maximum(np.asarray(expected, dtype=np.float64), _SMALLEST_SHARE)
+    o = np.maximum(observed, _SMALLEST_SHARE)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
+class DriftWindow:
+    """The bins of the last ``size`` records, per feature, and their PSI against the
+    reference. Not thread-safe: one event loop feeds it."""
+
+    def __init__(
+        self, references: dict[str, FeatureReference], names: Sequence[str], size: int = 1000
+    ):
+        self.names = tuple(names)
+        self.references = [references[name] for name in self.names]
+        self.size = size
+        self._bins = np.zeros((size, len(self.names)), dtype=np.int16)
+        self._next = 0
+        self._filled = 0
+
+    def observe(self, features: np.ndarray) -> None:
+        rows = np.asarray(features, dtype=np.float64)[-self.size :]
+        binned = np.column_stack(
+            [ref.bins(rows[:, i]) for i, ref in enumerate(self.references)]
+        ).astype(np.int16)
+        positions = (self._next + np.arange(len(binned))) % self.size
+        self._bins[positions] = binned
+        self._next = (self._next + len(binned)) % self.size
+        self._filled = min(self.size, self._filled + len(binned))
+
+    @property
+    def records(self) -> int:
+        return self._filled
+
+    def psi(self) -> dict[str, float]:
+        """PSI per feature over the window (empty until it holds any record)."""
+        if not self._filled:
+            return {}
+        window = self._bins[: self._filled]
+        return {
+            name: population_stability_index(
+                ref.shares, np.bincount(window[:, i], minlength=len(ref.shares))
+            )
+            for i, (name, ref) in enumerate(zip(self.names, self.references, strict=True))
+        }

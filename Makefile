@@ -20,7 +20,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
 .PHONY: engine-up engine-down engine-status images image-test
-.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test
+.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -84,7 +84,7 @@ cluster-packages: ## install the cluster's Debian packages (containerd, runc, CN
 	ops/scripts/install-cluster-packages.sh
 
 # What cluster-up runs (the other binaries of ops/cluster/binaries.tsv are for later steps).
-CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause \
+CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause argocd spark-operator prometheus \
 	rollouts-controller kubectl-argo-rollouts kube-network-policies registry
 
 cluster-up: setup cluster-packages ## start the single-node Kubernetes (state, logs, kubeconfig in .local/cluster)
@@ -97,9 +97,12 @@ cluster-status: ## show every cluster component, its pid, health and log
 cluster-down: ## stop the cluster by pid and undo its host changes (interfaces, iptables, mounts, sysctls)
 	@test -x $(PY) && $(PY) -m pipeline_ops.cluster down || true
 
-cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): a pod resolves a Service by DNS
+cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): DNS, registry by digest, Rollouts and analysis, Argo CD, Spark Operator, Prometheus
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
 	$(PY) -m pytest -m cluster
+
+cluster-push: setup ## push the images of `make images` to the cluster's registry (IMAGES="a b" for some); prints name -> digest
+	$(PY) -m pipeline_ops.cluster push $(IMAGES)
 
 cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
 	@$(PY) -m pipeline_ops.cluster env
@@ -107,7 +110,8 @@ cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubect
 promote: ## open the staging -> main pull request carrying staging's image digests
 	gh workflow run promote.yml
 
-test: setup lint validate ## lint, validate, build the images, then the whole test suite against real local servers
+test: setup lint validate cluster-packages ## lint, validate, build the images, then the whole test suite against real local servers and the local cluster
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
 	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest'
 
 format: setup

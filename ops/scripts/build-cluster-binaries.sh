@@ -24,6 +24,10 @@ ldflags_for() { # name version how -> -s -w and the -X flags that make the binar
         ;;
     argo-rollouts) pkg=github.com/argoproj/argo-rollouts/utils/version ;;
     argo-cd) pkg=github.com/argoproj/argo-cd/v3/common ;;
+    prometheus) # module v0.3XY.Z is Prometheus 3.XY.Z
+        minor="${version#v0.3}"
+        flags+=" -X github.com/prometheus/common/version.Version=3.$((10#${minor%%.*})).${version##*.}"
+        ;;
     esac
     case "$how" in
     argo-rollouts | argo-cd) flags+=" -X $pkg.version=${version#v} -X $pkg.gitTreeState=clean" ;;

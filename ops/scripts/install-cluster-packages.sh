@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local cluster runs on, if any is missing (apt-get update
 # once, then apt-get install). Installing them starts nothing: the cluster launcher runs its
-# own containerd instance.
+# own containerd instance: a policy-rc.d that forbids starting services is in place during the
+# install (Debian's containerd package would otherwise start the system's own), and removed
+# after if this script put it there. (Prometheus is built from its Go module instead:
+# Debian's prometheus 2.42 package is compiled without Kubernetes service discovery.)
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables openssl iproute2)
+packages=(containerd runc containernetworking-plugins iptables openssl iproute2 git)
 missing=()
 for package in "${packages[@]}"; do
     status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"
@@ -15,5 +18,11 @@ if [[ ${#missing[@]} -eq 0 ]]; then
 fi
 echo "cluster packages: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\n# put here by install-cluster-packages.sh: start no service\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"

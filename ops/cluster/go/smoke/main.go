@@ -1,6 +1,7 @@
 // Command smoke is what the cluster tests run inside pods:
 //
-//	smoke serve PORT   answer every HTTP request with this pod's hostname
+//	smoke serve PORT [BODY]  answer every HTTP request with BODY (JSON if it starts with
+//	                   "{", else Prometheus' text format), default this pod's hostname
 //	smoke get URL [S]  resolve URL's host (cluster DNS), GET it (retrying failed connections
 //	                   for up to S seconds, default 30), print the body; exit 1 on failure
 package main
@@ -14,18 +15,28 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
 func main() {
 	if len(os.Args) < 3 || len(os.Args) > 4 {
-		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT | smoke get URL [SECONDS]")
+		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT [BODY] | smoke get URL [SECONDS]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "serve":
 		hostname, _ := os.Hostname()
 		http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+			if len(os.Args) == 4 {
+				contentType := "text/plain; version=0.0.4; charset=utf-8"
+				if strings.HasPrefix(os.Args[3], "{") {
+					contentType = "application/json"
+				}
+				w.Header().Set("Content-Type", contentType)
+				fmt.Fprintln(w, os.Args[3])
+				return
+			}
 			fmt.Fprintln(w, hostname)
 		})
 		fmt.Println("serving on :" + os.Args[2])

@@ -1,4 +1,5 @@
-"""`python -m pipeline_ops.cluster up|status|down|env` (what `make cluster-*` runs)."""
+"""`python -m pipeline_ops.cluster up|status|down|env|push|git-sync` (what `make cluster-*`
+runs)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("status", help="show every component, its pid, health and log")
     commands.add_parser("down", help="stop everything by pid and undo the host changes")
     commands.add_parser("env", help="print the exports to use the cluster by hand")
+    push = commands.add_parser(
+        "push", help="push images of `make images` to the cluster's registry; print their digests"
+    )
+    push.add_argument("images", nargs="*", help="NAME or NAME:TAG (default: all five)")
+    commands.add_parser(
+        "git-sync", help="mirror this repository's branches into the git server's pr-anomaly.git"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cluster = Cluster()
@@ -34,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
             print("stopped: " + (", ".join(stopped) or "nothing was running"))
         elif args.command == "env":
             _print_env(cluster)
+        elif args.command == "push":
+            from pipeline_ops.cluster.registry import push as push_images
+
+            for name, reference in push_images(cluster.layout, args.images or None).items():
+                print(f"{name} -> {reference}")
+        elif args.command == "git-sync":
+            from pipeline_ops.cluster import git_server
+
+            branches = git_server.sync_project(cluster.layout)
+            print(f"{git_server.url(git_server.PROJECT_REPOSITORY)}: {' '.join(branches)}")
     except ClusterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -59,6 +77,11 @@ def _print_env(cluster: Cluster) -> None:
     layout = cluster.layout
     print(f"export KUBECONFIG={layout.kubeconfig}")
     print(f'export PATH="{layout.root / "bin"}:$PATH"')
+    from pipeline_ops.cluster import git_server, prometheus
+    from pipeline_ops.cluster.layout import REGISTRY
+
+    print(f"# registry {REGISTRY}  prometheus {prometheus.url()}  "
+          f"git {git_server.url(git_server.PROJECT_REPOSITORY)}")  # fmt: skip
 
 
 if __name__ == "__main__":

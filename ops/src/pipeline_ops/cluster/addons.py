@@ -28,6 +28,11 @@ IMAGES = (PAUSE, COREDNS, ARGO_ROLLOUTS, NETWORK_POLICIES)
 DEPLOYMENTS = {
     "coredns": ("kube-system", "coredns"),
     "argo-rollouts": ("argo-rollouts", "argo-rollouts"),
+    "argocd-server": ("argocd", "argocd-server"),
+    "argocd-repo-server": ("argocd", "argocd-repo-server"),
+    "argocd-redis": ("argocd", "argocd-redis"),
+    "spark-operator-controller": ("spark-operator", "spark-operator-controller"),
+    "spark-operator-webhook": ("spark-operator", "spark-operator-webhook"),
 }
 
 COREFILE = f""".:1053 {{

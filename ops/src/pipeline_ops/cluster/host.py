@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def nft_queue_supported() -> bool:
     """Whether the kernel has nftables' ``queue`` expression, which kube-network-policies
     needs to hand packets to its nfqueue. Probed in a throw-away table, deleted at once.
     (This VM's kernel has none: its rules fail with ENOENT.)"""
+    if not shutil.which("nft"):
+        return False
     table = ("inet", "pr_anomaly_probe")
     _run("nft", "add", "table", *table, check=False)
     try:
@@ -128,7 +131,7 @@ class Host:
             if read_sysctl(name) != value:
                 _sysctl_path(name).write_text(value)
         self._bridge()
-        self._accept_bridge_forwarding()
+        self.accept_bridge_forwarding()
 
     def _bridge(self) -> None:
         """The pods' bridge, made before the CNI plugin would, so the apiserver can bind its
@@ -148,7 +151,9 @@ class Host:
         policy = _run("iptables", "-S", "FORWARD", check=False).stdout.splitlines()
         return "FORWARD" if policy and policy[0].strip() == "-P FORWARD DROP" else None
 
-    def _accept_bridge_forwarding(self) -> None:
+    def accept_bridge_forwarding(self) -> None:
+        """Idempotent: a Docker engine (re)started after the cluster resets FORWARD to DROP and
+        makes a new DOCKER-USER chain without these rules, which silently cuts pod traffic."""
         chain = self._forward_chain()
         if chain is None:
             return

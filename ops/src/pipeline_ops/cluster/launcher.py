@@ -15,6 +15,7 @@ containerd; then the host changes are undone (see host.py) and the run's state r
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -28,14 +29,25 @@ from pathlib import Path
 import requests
 import urllib3
 
-from pipeline_ops.cluster import ClusterError, addons, configs, images
+from pipeline_ops.cluster import (
+    ClusterError,
+    addons,
+    argo_cd,
+    configs,
+    git_server,
+    images,
+    prometheus,
+    spark_operator,
+)
 from pipeline_ops.cluster.host import Host, nft_queue_supported
 from pipeline_ops.cluster.layout import (
     APISERVER_PORT,
     BRIDGE_IP,
     CLUSTER_CIDR,
+    GIT_PORT,
     KUBELET_PORT,
     NODE_NAME,
+    PROMETHEUS_PORT,
     REGISTRY,
     SERVICE_CIDR,
     Layout,
@@ -48,14 +60,16 @@ from pipeline_ops.local_platform import free_port
 log = logging.getLogger(__name__)
 
 ORDER = (
-    "registry", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
-    "kubelet", "kube-proxy",
+    "registry", "git-daemon", "etcd", "kube-apiserver", "kube-controller-manager",
+    "kube-scheduler", "containerd", "kubelet", "kube-proxy", "prometheus",
 )  # fmt: skip
-HOST_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                 "kubelet", "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller",
-                 "kubectl-argo-rollouts", "kube-network-policies", "registry")  # fmt: skip
+HOST_BINARIES = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+    "kube-proxy", "kubectl", "pause", "coredns", "rollouts-controller", "kubectl-argo-rollouts",
+    "kube-network-policies", "registry", "argocd", "spark-operator", "prometheus",
+)  # fmt: skip
 # Wiped by down: what one run of the cluster holds. Kept: pki, the containerd image store.
-RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports")
+RUN_STATE = ("etcd", "kubelet", "kube-proxy", "cni", "containerd/state", "ports", "prometheus")
 
 
 def _get(url: str, **kwargs) -> requests.Response | None:
@@ -110,6 +124,8 @@ class Cluster:
             ),
             "containerd": self._containerd_ok,
             "registry": lambda: _ok(_get(f"http://{REGISTRY}/v2/")),
+            "git-daemon": lambda: _listening(BRIDGE_IP, GIT_PORT),
+            "prometheus": lambda: _ok(_get(f"{prometheus.url()}/-/ready")),
             "kubelet": lambda: _ok(_get(f"http://127.0.0.1:{ports['kubelet-healthz']}/healthz")),
             "kube-proxy": lambda: _ok(
                 _get(f"http://127.0.0.1:{ports['kube-proxy-healthz']}/healthz")
@@ -127,7 +143,7 @@ class Cluster:
     def _check_prerequisites(self) -> None:
         for name in HOST_BINARIES:
             binary(name)
-        for tool in ("containerd", "ctr", "openssl", "iptables", "ip"):
+        for tool in ("containerd", "ctr", "openssl", "iptables", "ip", "git"):
             if not shutil.which(tool):
                 raise ClusterError(f"{tool} is not installed; run `make cluster-packages`")
         configs.cni_bin_dir()
@@ -150,6 +166,7 @@ class Cluster:
     def up(self, timeout: float = 120) -> dict[str, float]:
         procs, phase = self.processes.load()
         if phase == "up" and all(n in procs and procs[n].alive and self._healthy(n) for n in ORDER):
+            self.host.accept_bridge_forwarding()  # the engine may have restarted since
             log.info("cluster already up and healthy")
             return {}
         if procs or phase or self.host.record_file.exists():
@@ -172,10 +189,20 @@ class Cluster:
         self._check_port_free(BRIDGE_IP, KUBELET_PORT, "kubelet")
         host, port = REGISTRY.split(":")
         self._check_port_free(host, int(port), "registry")
+        self._check_port_free(BRIDGE_IP, GIT_PORT, "git-daemon")
+        self._check_port_free(BRIDGE_IP, PROMETHEUS_PORT, "prometheus")
         for name in ORDER:
             step(name, lambda name=name: self._start(name, timeout))
         step("coredns", lambda: self._coredns(timeout))
+        # Argo CD's and the Spark Operator's pods start while the Rollouts controller is
+        # waited on (their images come from the registry; built and pushed when missing).
+        step("argo-cd apply", lambda: argo_cd.apply(self.layout))
+        step("spark-operator apply", lambda: spark_operator.apply(self.layout))
+        # a Docker engine started (and stopped) meanwhile to build images changes FORWARD
+        self.host.accept_bridge_forwarding()
         step("argo-rollouts", lambda: addons.apply_argo_rollouts(self.layout, timeout))
+        step("argo-cd", lambda: argo_cd.wait(self.layout, timeout))
+        step("spark-operator", lambda: spark_operator.wait(self.layout, timeout))
         if nft_queue_supported():
             step(
                 "kube-network-policies",
@@ -271,6 +298,17 @@ class Cluster:
             return command, None
         if name == "registry":
             return [str(binary(name)), "serve", str(configs.registry(layout))], None
+        if name == "prometheus":
+            addons.kubectl(layout, "apply", "--server-side", "-f", "-",
+                           stdin=json.dumps(prometheus.rbac()))  # fmt: skip
+            config = prometheus.config(
+                layout, pki.ca, pki.cert("prometheus"), pki.key("prometheus")
+            )
+            return prometheus.command(layout, config), None
+        if name == "git-daemon":
+            branches = git_server.sync_project(layout)
+            log.info("git server: %s holds %s", git_server.PROJECT_REPOSITORY, " ".join(branches))
+            return git_server.command(layout), None
         if name == "containerd":
             configs.cni(layout)  # before containerd's CRI looks for it
             return ["containerd", "--config", str(configs.containerd(layout)),
@@ -336,7 +374,8 @@ class Cluster:
                 stopped.append(name)
         if {"kube-apiserver", "kubelet"} <= alive.keys():
             self._delete_pods()
-        for name in ("kubelet", "kube-proxy", "kube-apiserver", "etcd", "registry"):
+        for name in ("prometheus", "kubelet", "kube-proxy", "kube-apiserver", "etcd", "registry",
+                     "git-daemon"):  # fmt: skip
             if self.processes.stop(name):
                 stopped.append(name)
         if "containerd" in alive:
@@ -404,6 +443,12 @@ class Cluster:
                 log.info("killed leftover pod process %s", pid)
         if pids:
             time.sleep(1)
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
 
 
 def _ok(response: requests.Response | None, body: str | None = None) -> bool:

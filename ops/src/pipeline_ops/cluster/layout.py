@@ -30,6 +30,10 @@ KUBELET_PORT = 10250
 # The cluster's image registry (distribution), on loopback: docker pushes to it as a trusted
 # localhost registry, and containerd (on the host's network) pulls from it over plain HTTP.
 REGISTRY = "127.0.0.1:5000"
+# The git server Argo CD reads (git daemon), on the bridge address: pods reach it, nothing else.
+GIT_PORT = 9418
+# Prometheus, on the bridge address too (pods query it: analysis runs).
+PROMETHEUS_PORT = 9090
 # Distinguishes the rules this cluster adds to chains it does not own (DOCKER-USER).
 RULE_COMMENT = "pr-anomaly-cluster"
 

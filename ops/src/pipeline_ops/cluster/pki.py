@@ -46,6 +46,7 @@ IDENTITIES = (
     Identity("apiserver", "kube-apiserver", server_names=APISERVER_NAMES),
     Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
     Identity("admin", "pr-anomaly-admin", ("system:masters",)),
+    Identity("prometheus", "pr-anomaly-prometheus"),  # read-only RBAC: prometheus.py
     Identity("kube-controller-manager", "system:kube-controller-manager"),
     Identity("kube-scheduler", "system:kube-scheduler"),
     Identity("kube-proxy", "system:kube-proxy"),

@@ -69,3 +69,17 @@ def test_a_stale_state_file_is_recognised_and_cleaned(tmp_path: Path) -> None:
         bystander.kill()
         bystander.wait()
     assert json.loads(json.dumps(status))  # status is plain data
+
+
+def test_a_second_cluster_on_the_same_machine_is_refused_before_it_changes_anything(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Another clone's `make cluster-up` while this cluster runs: refused, naming the fix, with
+    nothing of the running cluster touched."""
+    other = Cluster(tmp_path)
+    with pytest.raises(ClusterError, match=r"another cluster .* its own `make cluster-down`"):
+        other.up()
+    assert not other.host.record_file.exists()  # it changed nothing on the host
+    assert cluster.status()["kube-apiserver"]["healthy"]
+    other.down()  # cleaning the refused attempt leaves the running cluster alone
+    assert cluster.status()["kubelet"]["healthy"]

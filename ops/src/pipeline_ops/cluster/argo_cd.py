@@ -1,0 +1,116 @@
+"""Argo CD in the cluster, from the install manifest its Go module ships (namespace argocd),
+with the local images of engine_images pulled from the cluster's registry by digest.
+
+Changed from upstream's manifest, and why: every image is ours (no registry outside is
+reachable); the repo-server runs with ``ARGOCD_GPG_ENABLED=false`` (Debian's gpg has no agent
+here: the repo-server crashes at start otherwise); dex (SSO), the ApplicationSet and the
+notifications controllers are scaled to 0 (nothing here uses them: 3 pods and ~150 MB less).
+The server, repo-server, application-controller and redis run as upstream configures them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import requests
+import yaml
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.addons import kubectl, module_dir, wait_rolled_out
+from pipeline_ops.cluster.engine_images import (
+    ADDONS_BASE,
+    ARGOCD,
+    REDIS,
+    ensure_pushed,
+)
+from pipeline_ops.cluster.layout import Layout, binaries
+from pipeline_ops.cluster.registry import build_engine, pushed
+
+log = logging.getLogger(__name__)
+# libyaml's safe loader: the install manifests are ~1 MB (pure Python takes seconds)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+MODULE = "github.com/argoproj/argo-cd/v3"
+NAMESPACE = "argocd"
+SCALED_TO_ZERO = ("argocd-dex-server", "argocd-applicationset-controller",
+                  "argocd-notifications-controller")  # fmt: skip
+WAITED = (
+    ("deployment", "argocd-redis"), ("deployment", "argocd-repo-server"),
+    ("deployment", "argocd-server"), ("statefulset", "argocd-application-controller"),
+)  # fmt: skip
+
+
+def _objects(argocd_image: str, redis_image: str) -> list[dict]:
+    version = binaries()["argocd"].version
+    path = module_dir(MODULE, version) / "manifests" / "install.yaml"
+    objects = [o for o in yaml.load_all(path.read_text(), Loader=_LOADER) if o]
+    upstream = f"quay.io/argoproj/argocd:{version}"
+    replaced = 0
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        name = obj["metadata"]["name"]
+        spec = obj["spec"]["template"]["spec"]
+        if name in SCALED_TO_ZERO:
+            obj["spec"]["replicas"] = 0
+        for box in (*spec.get("initContainers", []), *spec["containers"]):
+            image = box["image"]
+            box["image"] = argocd_image if image == upstream else redis_image
+            if image != upstream and "redis" not in image and name not in SCALED_TO_ZERO:
+                raise ClusterError(f"argo-cd: unexpected image {image} in {name}")
+            box["imagePullPolicy"] = "IfNotPresent"
+            replaced += 1
+            if name == "argocd-repo-server" and box["name"] == "argocd-repo-server":
+                box.setdefault("env", []).append({"name": "ARGOCD_GPG_ENABLED", "value": "false"})
+    if not replaced:
+        raise ClusterError(f"argo-cd: no {upstream} image in {path}")
+    return objects
+
+
+def _ref_in_registry(reference: str) -> bool:
+    registry, rest = reference.split("/", 1)
+    repository, digest = rest.split("@")
+    try:
+        response = requests.head(
+            f"http://{registry}/v2/{repository}/manifests/{digest}",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            timeout=5,
+        )
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
+
+
+def images(layout: Layout) -> tuple[str, str]:
+    """Argo CD's and redis' references by digest: from the registry if pushed before (no
+    engine needed), else built and pushed by the project's engine."""
+    wanted = (ARGOCD, REDIS)
+    known = [pushed(layout).get(image.tag(ADDONS_BASE.tag)) for image in wanted]
+    if all(ref and _ref_in_registry(ref) for ref in known):
+        return str(known[0]), str(known[1])
+    with build_engine() as engine:
+        refs = [ensure_pushed(layout, image, engine) for image in wanted]
+    return refs[0], refs[1]
+
+
+def apply(layout: Layout) -> None:
+    argocd_image, redis_image = images(layout)
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(namespace))
+    manifest = {"apiVersion": "v1", "kind": "List", "items": _objects(argocd_image, redis_image)}
+    kubectl(
+        layout, "-n", NAMESPACE, "apply", "--server-side", "--force-conflicts", "-f", "-",
+        stdin=json.dumps(manifest),
+    )  # fmt: skip
+
+
+def wait(layout: Layout, timeout: float) -> None:
+    for kind, name in WAITED:
+        if kind == "deployment":
+            wait_rolled_out(layout, NAMESPACE, name, timeout)
+        else:
+            kubectl(
+                layout, "-n", NAMESPACE, "rollout", "status", f"{kind}/{name}",
+                f"--timeout={int(timeout)}s", timeout=timeout + 10,
+            )  # fmt: skip

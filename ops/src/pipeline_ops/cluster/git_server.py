@@ -1,0 +1,58 @@
+"""The git server Argo CD reads: ``git daemon`` on the bridge address pods reach
+(``git://198.19.0.1:9418/<repo>.git``), read-only (no receive-pack), serving the bare
+repositories under ``.local/cluster/git``. ``pr-anomaly.git`` mirrors this repository's
+branches at every ``cluster-up`` (`python -m pipeline_ops.cluster git-sync` to refresh it by
+hand); tests add their own bare repositories beside it and push to them by path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.layout import BRIDGE_IP, GIT_PORT, Layout
+from pipeline_ops.paths import PROJECT_ROOT
+
+PROJECT_REPOSITORY = "pr-anomaly.git"
+
+
+def base_path(layout: Layout) -> Path:
+    return layout.dir("git")
+
+
+def url(repository: str) -> str:
+    """The repository's URL as pods (Argo CD's repo-server) reach it."""
+    return f"git://{BRIDGE_IP}:{GIT_PORT}/{repository}"
+
+
+def command(layout: Layout) -> list[str]:
+    root = str(base_path(layout))
+    return [
+        "git", "daemon", "--reuseaddr", "--export-all", "--informative-errors",
+        f"--base-path={root}", f"--listen={BRIDGE_IP}", f"--port={GIT_PORT}", root,
+    ]  # fmt: skip
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"git {' '.join(args)} failed: {result.stderr.strip()[-1500:]}")
+    return result.stdout
+
+
+def init_bare(layout: Layout, repository: str) -> Path:
+    path = base_path(layout) / repository
+    if not (path / "HEAD").exists():
+        _git("init", "--quiet", "--bare", "--initial-branch=main", str(path))
+    return path
+
+
+def sync_project(layout: Layout) -> list[str]:
+    """Mirror this repository's branches (not its worktrees' state) into pr-anomaly.git;
+    the branches it now holds."""
+    bare = init_bare(layout, PROJECT_REPOSITORY)
+    _git("push", "--quiet", "--force", "--prune", str(bare), "refs/heads/*:refs/heads/*",
+         cwd=PROJECT_ROOT)  # fmt: skip
+    return _git("--git-dir", str(bare), "for-each-ref", "--format=%(refname:short)",
+                "refs/heads").split()  # fmt: skip

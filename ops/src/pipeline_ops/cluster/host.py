@@ -23,6 +23,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from pipeline_ops import host_sysctls
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import BRIDGE, BRIDGE_IP, RULE_COMMENT, Layout
 
@@ -125,7 +126,8 @@ class Host:
             if not Path("/proc/sys/net/bridge").exists():
                 _run("modprobe", "br_netfilter")
                 record["br_netfilter_loaded_by_us"] = True
-            record["sysctls"] = {name: read_sysctl(name) for name in SYSCTLS}
+            # the machine's own values, shared with the Docker engine (host_sysctls)
+            record["sysctls"] = host_sysctls.originals(SYSCTLS)
             self._save(record)  # before the first change
         for name, value in WE_SET.items():
             if read_sysctl(name) != value:
@@ -175,11 +177,8 @@ class Host:
         done += self._unmount()
         done += self._remove_links()
         done += self._remove_cgroups()
-        for name, value in record.get("sysctls", {}).items():
-            if value is not None and read_sysctl(name) != value:
-                with contextlib.suppress(OSError):
-                    _sysctl_path(name).write_text(value)
-                    done.append(f"sysctl {name}={value}")
+        with contextlib.suppress(OSError):
+            done += host_sysctls.restore(record.get("sysctls", {}), own_bridge=BRIDGE)
         loaded_by_us = record.get("br_netfilter_loaded_by_us")
         if loaded_by_us and _run("modprobe", "-r", "br_netfilter", check=False).returncode == 0:
             done.append("unloaded br_netfilter")

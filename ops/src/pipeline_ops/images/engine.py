@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline_ops import host_sysctls
 from pipeline_ops.local_platform import proc_start_ticks
 from pipeline_ops.paths import CACHE_DIR
 
@@ -56,7 +57,7 @@ class EngineState:
     pid: int
     start_ticks: int | None
     log_file: str
-    sysctls: dict[str, str] = field(default_factory=dict)
+    sysctls: dict[str, str | None] = field(default_factory=dict)  # the machine's own values
     forward_policy: str = "ACCEPT"
     bridge_existed: bool = False
 
@@ -149,7 +150,7 @@ class ContainerEngine:
             pid=0,
             start_ticks=None,
             log_file=str(self.log_file),
-            sysctls={name: read_sysctl(name) for name in RECORDED_SYSCTLS},
+            sysctls=host_sysctls.originals(RECORDED_SYSCTLS),
             forward_policy=forward_policy(),
             bridge_existed=link_exists(BRIDGE),
         )
@@ -251,8 +252,11 @@ class ContainerEngine:
             subprocess.run(["ip", "link", "delete", BRIDGE], check=False, capture_output=True)
         if state:
             set_forward_policy(state.forward_policy)
-            for name, value in state.sysctls.items():
-                restore_sysctl(name, value)
+            restored = host_sysctls.restore(state.sysctls, own_bridge=BRIDGE)
+            if host_sysctls.other_project_bridges(BRIDGE):
+                log.info("leaving the host's sysctls as they are: the local cluster still runs")
+            for change in restored:
+                log.info("restored %s", change)
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         # dockerd refuses to start while its pid file names a live process, and a killed
@@ -357,29 +361,8 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-def read_sysctl(name: str) -> str:
-    return Path("/proc/sys", *name.split(".")).read_text().strip()
-
-
-def restore_sysctl(name: str, value: str) -> None:
-    if read_sysctl(name) == value:
-        return
-    if name == "net.ipv4.ip_forward" and value == "0" and _other_project_networks():
-        log.info("leaving %s on: another 198.18.0.0/15 network still routes", name)
-        return
-    Path("/proc/sys", *name.split(".")).write_text(value)
-
-
-def _other_project_networks() -> bool:
-    """An interface other than the engine's bridge with an address in 198.18.0.0/15 (the
-    local cluster's CNI bridge): it still needs forwarding."""
-    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        words = line.split()
-        name, address = words[1], words[3]
-        if name != BRIDGE and address.startswith(("198.18.", "198.19.")):
-            return True
-    return False
+def read_sysctl(name: str) -> str | None:
+    return host_sysctls.read_sysctl(name)
 
 
 def _iptables(*args: str) -> subprocess.CompletedProcess:

@@ -71,7 +71,8 @@ def _chains(tool: str, table: str) -> set[str]:
 
 def _nft_tables() -> list[tuple[str, str]]:
     out = _run("nft", "list", "tables", check=False).stdout
-    return [tuple(line.split()[1:3]) for line in out.splitlines() if line.startswith("table ")]
+    tables = [line.split() for line in out.splitlines() if line.startswith("table ")]
+    return [(words[1], words[2]) for words in tables if len(words) >= 3]
 
 
 def nft_queue_supported() -> bool:

@@ -15,6 +15,7 @@ containerd; then the host changes are undone (see host.py) and the run's state r
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -192,7 +193,7 @@ class Cluster:
         self._check_port_free(BRIDGE_IP, GIT_PORT, "git-daemon")
         self._check_port_free(BRIDGE_IP, PROMETHEUS_PORT, "prometheus")
         for name in ORDER:
-            step(name, lambda name=name: self._start(name, timeout))
+            step(name, functools.partial(self._start, name, timeout))
         step("coredns", lambda: self._coredns(timeout))
         # Argo CD's and the Spark Operator's pods start while the Rollouts controller is
         # waited on (their images come from the registry; built and pushed when missing).

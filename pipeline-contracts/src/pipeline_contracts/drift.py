@@ -36,11 +36,8 @@ class FeatureReference:
         # the minimum would leave the first bin empty
         deciles = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="inverted_cdf")
         edges = np.unique(deciles[deciles > values.min()])
-        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        counts = np.bincount(bin_of(edges, values), minlength=len(edges) + 1)
         return cls(edges, counts / counts.sum())
-
-    def bins(self, values: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.edges, values, side="right")
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"edges": self.edges.tolist(), "shares": self.shares.tolist()}
@@ -48,6 +45,14 @@ class FeatureReference:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureReference:
         return cls(np.asarray(data["edges"], dtype=np.float64), np.asarray(data["shares"]))
+
+
+def bin_of(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The bin of each value: how many edges are at or below it. ``edges`` is one feature's
+    (values a vector) or every feature's padded with +inf (values rows x features), so the
+    reference and serving's window bin by the same rule."""
+    counted: np.ndarray = (values[..., None] >= edges).sum(axis=-1, dtype=np.int16)
+    return counted
 
 
 def reference_distribution(
@@ -87,8 +92,7 @@ class DriftWindow:
 
     def observe(self, features: np.ndarray) -> None:
         rows = np.asarray(features, dtype=np.float64)[-self.size :]
-        # the number of edges at or below a value is its bin (searchsorted, side "right")
-        binned = (rows[:, :, None] >= self._edges[None, :, :]).sum(axis=2, dtype=np.int16)
+        binned = bin_of(self._edges, rows)
         positions = (self._next + np.arange(len(binned))) % self.size
         self._bins[positions] = binned
         self._next = (self._next + len(binned)) % self.size

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
+from pipeline_ops.host_sysctls import read_sysctl
 from pipeline_ops.images.engine import (
     BRIDGE,
     ContainerEngine,
     forward_policy,
     link_exists,
     processes_mentioning,
-    read_sysctl,
 )
 from pipeline_ops.local_platform import proc_start_ticks
 

@@ -46,17 +46,6 @@ OWNED_CHAINS = re.compile(r"^(KUBE-|CNI-)")
 TABLES = ("filter", "nat", "mangle", "raw")
 
 
-def _sysctl_path(name: str) -> Path:
-    return Path("/proc/sys") / name.replace(".", "/")
-
-
-def read_sysctl(name: str) -> str | None:
-    try:
-        return _sysctl_path(name).read_text().strip()
-    except OSError:
-        return None
-
-
 def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(command, capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -131,8 +120,8 @@ class Host:
             record["sysctls"] = host_sysctls.originals(SYSCTLS)
             self._save(record)  # before the first change
         for name, value in WE_SET.items():
-            if read_sysctl(name) != value:
-                _sysctl_path(name).write_text(value)
+            if host_sysctls.read_sysctl(name) != value:
+                host_sysctls.write_sysctl(name, value)
         self._bridge()
         self.accept_bridge_forwarding()
 

@@ -361,10 +361,6 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-def read_sysctl(name: str) -> str | None:
-    return host_sysctls.read_sysctl(name)
-
-
 def _iptables(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, check=False)
 

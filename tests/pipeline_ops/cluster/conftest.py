@@ -26,7 +26,13 @@ _started_here: list[Cluster] = []
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     cluster = Cluster()
-    timings = cluster.up()  # {} when it was already up and healthy
+    try:
+        timings = cluster.up()  # {} when it was already up and healthy
+    except Exception:
+        # A start that failed half-way was this session's (a healthy cluster is reused
+        # without starting anything): stop what it started rather than leave it running.
+        cluster.down()
+        raise
     if timings:
         _started_here.append(cluster)
         print(f"\ncluster started for the tests in {timings['total']:.0f}s")

@@ -147,7 +147,7 @@ def test_rollout_references_fail_on_an_unknown_analysis_template(repo: Path):
 
 def test_rollout_references_fail_on_an_unknown_service_account(repo: Path):
     _edit(
-        repo / "argo-apps/base/ml-training-job.yaml",
+        repo / "argo-apps/base/ml-training-cronjob.yaml",
         "serviceAccountName: ml-training",
         "serviceAccountName: trainer",
     )
@@ -156,8 +156,8 @@ def test_rollout_references_fail_on_an_unknown_service_account(repo: Path):
 
 def test_vault_contract_fails_when_a_stage_lacks_vault_role(repo: Path):
     _edit(
-        repo / "argo-apps/base/ml-training-job.yaml",
-        "            - name: VAULT_ROLE\n              value: ml-training\n",
+        repo / "argo-apps/base/ml-training-cronjob.yaml",
+        "                - name: VAULT_ROLE\n                  value: ml-training\n",
         "",
     )
     _fails(repo, "vault-contract", "VAULT_ROLE")
@@ -183,3 +183,17 @@ def test_no_latest_fails_on_an_untagged_base_image(repo: Path):
     base = re.search(r"^ARG PYTHON_IMAGE=(python:\S+)", dockerfile.read_text(), re.M).group(1)
     _edit(dockerfile, f"ARG PYTHON_IMAGE={base}", "ARG PYTHON_IMAGE=python")
     _fails(repo, "no-latest-tags", "FROM python is not pinned")
+
+
+def test_project_permits_every_kind_fails_on_a_kind_argo_cd_would_refuse(repo: Path):
+    _edit(repo / "argo-apps/argocd/appproject.yaml", '    - {group: "", kind: ConfigMap}\n', "")
+    _fails(repo, "project-permits-every-kind", "kind ConfigMap (group 'core') is not in the")
+
+
+def test_project_permits_every_kind_fails_on_a_kind_permitted_for_nothing(repo: Path):
+    _edit(
+        repo / "argo-apps/argocd/appproject.yaml",
+        "    - {group: batch, kind: CronJob}\n",
+        "    - {group: batch, kind: CronJob}\n    - {group: batch, kind: Job}\n",
+    )
+    _fails(repo, "project-permits-every-kind", "permits Job (group 'batch')")

@@ -291,6 +291,38 @@ def no_latest_tags(tree: RepoTree) -> list[str]:
     return problems
 
 
+def project_permits_every_kind(tree: RepoTree) -> list[str]:
+    """Argo CD refuses to sync a kind its AppProject does not whitelist: every kind of the
+    base is permitted (the cluster-scoped ones in the cluster whitelist), and the whitelist
+    names no kind the base does not use (least privilege)."""
+    project = next(
+        o for o in tree.build(tree.root / "argo-apps" / "argocd") if o["kind"] == "AppProject"
+    )
+    spec = project["spec"]
+    cluster_kinds = {(e["group"], e["kind"]) for e in spec.get("clusterResourceWhitelist") or []}
+    namespace_kinds = {
+        (e["group"], e["kind"]) for e in spec.get("namespaceResourceWhitelist") or []
+    }
+    used = set()
+    problems = []
+    for obj in tree.base_objects:
+        group = obj["apiVersion"].rpartition("/")[0]
+        kind = (group, obj["kind"])
+        used.add(kind)
+        if kind not in cluster_kinds | namespace_kinds:
+            problems.append(
+                f"{_name(obj)}: kind {obj['kind']} (group {group or 'core'!r}) is not in the "
+                f"AppProject {project['metadata']['name']}'s whitelist: Argo CD would refuse "
+                "the sync; add it to argo-apps/argocd/appproject.yaml"
+            )
+    for group, kind in sorted((cluster_kinds | namespace_kinds) - used):
+        problems.append(
+            f"AppProject {project['metadata']['name']} permits {kind} (group {group or 'core'!r})"
+            f", which {BASE} does not use: remove it"
+        )
+    return problems
+
+
 CHECKS: dict[str, Check] = {
     "kustomize-build": kustomize_build,
     "kubernetes-schemas": kubernetes_schemas,
@@ -304,6 +336,7 @@ CHECKS: dict[str, Check] = {
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
     "vault-contract": vault_contract,
+    "project-permits-every-kind": project_permits_every_kind,
     "no-latest-tags": no_latest_tags,
 }
 

@@ -349,3 +349,40 @@ def test_the_backtest_is_logged_fold_by_fold_and_its_newest_fold_is_the_gates(
         history = client.get_metric_history(run_id, f"backtest_{model}_roc_auc")
         assert sorted(m.step for m in history) == [f["fold"] for f in folds]
     assert set(result["seconds"]) >= {"load", "backtest", "mlflow_logging"}
+
+
+def test_training_reads_its_features_from_s3(trained, s3, platform, client) -> None:
+    """In the cluster features_uri is s3://: the training job reads the published run from a
+    real S3 server (SeaweedFS) with the S3 keys of its own secret."""
+    import pyarrow.fs
+
+    from pipeline_common.storage import S3Config, StorageLocation
+
+    credentials = platform.s3_credentials()
+    connection = S3Config(
+        endpoint_url=f"http://127.0.0.1:{s3.port}",
+        access_key_id=credentials["access_key_id"],
+        secret_access_key=credentials["secret_access_key"],
+    )
+    uri = f"s3://features-{uuid.uuid4().hex[:8]}/pr-anomaly"
+    remote = StorageLocation.parse(uri)
+    remote.filesystem(connection).create_dir(remote.path.split("/")[0])
+    pyarrow.fs.copy_files(
+        str(trained["root"]), remote.path,
+        source_filesystem=pyarrow.fs.LocalFileSystem(),
+        destination_filesystem=remote.filesystem(connection),
+    )  # fmt: skip
+    secret = trained["secret"].model_copy(
+        update={
+            "features_uri": uri,
+            "s3_endpoint_url": connection.endpoint_url,
+            "s3_access_key_id": connection.access_key_id,
+            "s3_secret_access_key": connection.secret_access_key,
+        }
+    )
+    summary = TrainingJob(secret, trained["settings"]).run()
+    assert summary["feature_run_id"] == trained["second"]["feature_run_id"]
+    assert summary["threshold"] == pytest.approx(trained["second"]["threshold"])
+    without_keys = trained["secret"].model_copy(update={"features_uri": uri})
+    with pytest.raises(ValueError, match="no S3 connection"):
+        TrainingJob(without_keys, trained["settings"]).run()

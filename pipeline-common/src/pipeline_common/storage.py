@@ -24,6 +24,28 @@ class S3Config(BaseModel):
     region: str = Field(default="us-east-1", description="S3 region")
 
 
+class S3SecretFields(BaseModel):
+    """The S3 keys of a stage's Vault secret that reads or writes ``s3://`` locations; all
+    three set, or none (a local path needs none)."""
+
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (needed when features_uri is s3://)"
+    )
+    s3_access_key_id: SecretStr | None = Field(default=None, description="S3 access key id")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key")
+    s3_region: str = Field(default="us-east-1", description="S3 region")
+
+    def s3(self) -> S3Config | None:
+        if not (self.s3_endpoint_url and self.s3_access_key_id and self.s3_secret_access_key):
+            return None
+        return S3Config(
+            endpoint_url=self.s3_endpoint_url,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=self.s3_secret_access_key,
+            region=self.s3_region,
+        )
+
+
 @dataclass(frozen=True)
 class StorageLocation:
     """Where a data set lives: ``scheme`` is ``file`` or ``s3``; ``path`` has no scheme."""

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline_common.storage import S3Config
+from pipeline_common.storage import S3SecretFields
 
 
-class PreprocessSecret(BaseModel):
+class PreprocessSecret(S3SecretFields):
     """Keys of the spark-preprocess Vault secret."""
 
     mongo_uri: SecretStr = Field(description="MongoDB connection string")
@@ -17,22 +17,6 @@ class PreprocessSecret(BaseModel):
     features_uri: str = Field(
         description="where feature data sets go: a path or s3://BUCKET/PREFIX"
     )
-    s3_endpoint_url: str | None = Field(
-        default=None, description="S3 endpoint (needed when features_uri is s3://)"
-    )
-    s3_access_key_id: SecretStr | None = Field(default=None, description="S3 access key id")
-    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key")
-    s3_region: str = Field(default="us-east-1", description="S3 region")
-
-    def s3(self) -> S3Config | None:
-        if not (self.s3_endpoint_url and self.s3_access_key_id and self.s3_secret_access_key):
-            return None
-        return S3Config(
-            endpoint_url=self.s3_endpoint_url,
-            access_key_id=self.s3_access_key_id,
-            secret_access_key=self.s3_secret_access_key,
-            region=self.s3_region,
-        )
 
 
 class PreprocessSettings(BaseSettings):

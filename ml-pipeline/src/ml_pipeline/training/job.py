@@ -47,7 +47,9 @@ class TrainingJob:
         timer = StepTimer()
         with timer("load"):
             try:
-                dataset = load_feature_dataset(self.secret.features_uri, self.features_run_id)
+                dataset = load_feature_dataset(
+                    self.secret.features_uri, self.features_run_id, s3=self.secret.s3()
+                )
                 check_frame(dataset.frame, dataset.run_id)
             except DatasetError as error:
                 raise StageError(str(error)) from None

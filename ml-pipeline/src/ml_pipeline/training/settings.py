@@ -2,17 +2,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline_common.storage import S3SecretFields
 from pipeline_contracts.registry import DEFAULT_MODEL_NAME
 
 
-class TrainingSecret(BaseModel):
+class TrainingSecret(S3SecretFields):
     """Keys of the ml-training Vault secret."""
 
     mlflow_tracking_uri: str = Field(description="MLflow tracking server URL")
-    features_uri: str = Field(description="root of the published feature data sets")
+    features_uri: str = Field(
+        description="root of the published feature data sets: a path or s3://BUCKET/PREFIX"
+    )
     model_name: str = Field(default=DEFAULT_MODEL_NAME, description="registered model name")
 
 

@@ -1,6 +1,7 @@
 """Start, check and stop the real servers the pipeline needs, as local processes.
 
-Every server binds 127.0.0.1 on a free port (or one configured as
+Every server binds 127.0.0.1 (or, for the local cluster's pods, the cluster's bridge
+address: ``LocalPlatform(host=...)``) on a free port (or one configured as
 ``PLATFORM_<SERVICE>_PORT``), is waited on until healthy, and is stopped by the process id
 this module recorded in ``<state dir>/state.json``. A pid file left by a killed run is
 recognised (the pid is gone, or now belongs to another program) and cleaned up.
@@ -77,6 +78,7 @@ class RunningService:
     log_file: str
     start_ticks: int | None = None
     started_at: float = field(default_factory=time.time)
+    host: str = "127.0.0.1"
 
     @property
     def port(self) -> int:
@@ -84,7 +86,7 @@ class RunningService:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -106,9 +108,17 @@ def _pid_alive(svc: RunningService) -> bool:
 class LocalPlatform:
     """The local servers under one state directory (default ``.local/platform``)."""
 
-    def __init__(self, state_dir: Path | None = None):
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        client_names: Iterable[str] = (),
+    ):
         self.state_dir = Path(state_dir or LOCAL_DIR / "platform")
         self.state_file = self.state_dir / "state.json"
+        self.host = host  # the address every server binds
+        # the host names clients use besides ``host`` (Service names in the cluster)
+        self.client_names = tuple(client_names)
 
     # -- state ---------------------------------------------------------------------
     def _load(self) -> dict[str, RunningService]:
@@ -164,7 +174,7 @@ class LocalPlatform:
             running[name] = svc
             self._save(running)
             self._wait_healthy(svc, timeout)
-            log.info("%s ready on 127.0.0.1:%s (pid %s)", name, svc.port, svc.pid)
+            log.info("%s ready on %s:%s (pid %s)", name, svc.host, svc.port, svc.pid)
         return running
 
     def _port(self, name: str) -> int:
@@ -186,8 +196,9 @@ class LocalPlatform:
                 env=launch.env, cwd=data_dir, start_new_session=True,
             )  # fmt: skip
         return RunningService(
-            name, process.pid, ports, launch.command, str(log_file), proc_start_ticks(process.pid)
-        )
+            name, process.pid, ports, launch.command, str(log_file),
+            proc_start_ticks(process.pid), host=self.host,
+        )  # fmt: skip
 
     def s3_credentials(self) -> dict[str, str]:
         """Keys for the local S3 server, generated once and kept out of git (mode 0600)."""
@@ -277,7 +288,7 @@ def _mongo_ok(svc: RunningService) -> bool:
 
     try:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            f"mongodb://127.0.0.1:{svc.port}/", serverSelectionTimeoutMS=1000
+            f"mongodb://{svc.host}:{svc.port}/", serverSelectionTimeoutMS=1000
         )
         with client:
             client.admin.command("ping")
@@ -311,7 +322,7 @@ def _vault(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
     env = {k: v for k, v in os.environ.items() if k != "VAULT_TOKEN"}
     env["BAO_DEV_ROOT_TOKEN_ID"] = platform.vault_root_token()
     command = [
-        _venv_bin("bao"), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+        _venv_bin("bao"), "server", "-dev", f"-dev-listen-address={platform.host}:{port}",
         # Without this the dev server writes its root token to ~/.vault-token, where every
         # hvac client without an explicit token would pick it up.
         "-dev-no-store-token",
@@ -326,7 +337,7 @@ def _mongo(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
     debug = free_port()
     command = [
         str(ferretdb), "--handler=sqlite", f"--sqlite-url=file:{data_dir}/",
-        f"--listen-addr=127.0.0.1:{port}", f"--debug-addr=127.0.0.1:{debug}",
+        f"--listen-addr={platform.host}:{port}", f"--debug-addr=127.0.0.1:{debug}",
         f"--state-dir={data_dir}", "--telemetry=disable", "--log-level=warn",
     ]  # fmt: skip
     return Launch(command, {**os.environ}, {"debug": debug})
@@ -337,8 +348,13 @@ def _mlflow(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
         _venv_bin("mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{data_dir}/mlflow.db",
         "--artifacts-destination", str(data_dir / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--host", platform.host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    if platform.host != "127.0.0.1":
+        # MLflow answers only the Host names it allows (DNS rebinding): by default loopback
+        # and private ranges, which the cluster's bridge address and Service names are not.
+        names = (platform.host, *platform.client_names)
+        command += ["--allowed-hosts", ",".join(f"{name}:*" for name in names)]
     return Launch(command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
@@ -353,7 +369,8 @@ def _s3(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
         "AWS_SECRET_ACCESS_KEY": credentials["secret_access_key"],
     }
     command = [
-        _venv_bin("weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        _venv_bin("weed"), "mini", f"-dir={data_dir}", f"-ip={platform.host}",
+        f"-ip.bind={platform.host}",
         f"-s3.port={port}", *(f"-{flag}={p}" for flag, p in extra.items()),
         "-admin.ui=false", "-webdav=false",
     ]  # fmt: skip

@@ -11,6 +11,12 @@ Usage against a real Vault (as an operator, with an admin token)::
     python -m pipeline_ops.vault_bootstrap --auth kubernetes \\
         --kubernetes-host https://kubernetes.default.svc --secrets-file secrets.json
 
+A Vault outside the cluster (a managed one, or the local cluster's) also needs the cluster's
+CA (``--kubernetes-ca-cert-file``) and a reviewer token (``--token-reviewer-jwt-file``: a
+service account bound to ``system:auth-delegator``) to check the pods' tokens with the
+cluster's TokenReview API. ``--namespace`` (repeatable) binds the roles to the namespaces
+the stages run in (default: the one in ``stages.yaml``).
+
 ``secrets.json`` maps a stage name to its key/value pairs; stages absent from it keep the
 secret they have.
 """
@@ -23,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +89,9 @@ def bootstrap_vault(
     auth_mount: str | None = None,
     jwt_public_key: str | None = None,
     kubernetes_host: str | None = None,
+    kubernetes_ca_cert: str | None = None,
+    token_reviewer_jwt: str | None = None,
+    namespaces: Sequence[str] | None = None,
     secrets: Mapping[str, Mapping[str, Any]] | None = None,
     token_ttl: str | None = None,
     token_max_ttl: str | None = None,
@@ -108,12 +117,20 @@ def bootstrap_vault(
     ttl = token_ttl or layout.token_ttl
     max_ttl = token_max_ttl or layout.token_max_ttl
     if auth == "kubernetes":
-        client.write(f"auth/{mount}/config", kubernetes_host=kubernetes_host)
+        config: dict[str, Any] = {"kubernetes_host": kubernetes_host}
+        if kubernetes_ca_cert:
+            config["kubernetes_ca_cert"] = kubernetes_ca_cert
+        if token_reviewer_jwt:
+            # Vault is not a pod of this cluster: it reviews tokens as this account, not
+            # with a token of its own pod.
+            config["token_reviewer_jwt"] = token_reviewer_jwt
+            config["disable_local_ca_jwt"] = True
+        client.write(f"auth/{mount}/config", **config)
         for stage in layout.stages:
             client.write(
                 f"auth/{mount}/role/{stage}",
                 bound_service_account_names=[layout.service_accounts[stage]],
-                bound_service_account_namespaces=[layout.namespace],
+                bound_service_account_namespaces=list(namespaces or [layout.namespace]),
                 token_policies=[stage],
                 token_ttl=ttl,
                 token_max_ttl=max_ttl,
@@ -225,6 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth", choices=["kubernetes", "jwt"], default="kubernetes")
     parser.add_argument("--auth-mount", help="auth mount path (default: the method's name)")
     parser.add_argument("--kubernetes-host", help="API server URL, for --auth kubernetes")
+    parser.add_argument(
+        "--kubernetes-ca-cert-file", type=Path, help="the cluster CA (PEM), for a Vault outside it"
+    )
+    parser.add_argument(
+        "--token-reviewer-jwt-file", type=Path,
+        help="token of an account bound to system:auth-delegator (Vault outside the cluster)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--namespace", action="append", dest="namespaces",
+        help="namespace the stages' service accounts live in (repeatable; default: stages.yaml)",
+    )  # fmt: skip
     parser.add_argument("--jwt-public-key-file", type=Path, help="PEM key, for --auth jwt")
     parser.add_argument("--secrets-file", type=Path, help="JSON: {stage: {key: value}}")
     args = parser.parse_args(argv)
@@ -240,10 +268,17 @@ def main(argv: list[str] | None = None) -> int:
         auth=args.auth,
         auth_mount=args.auth_mount,
         kubernetes_host=args.kubernetes_host,
+        kubernetes_ca_cert=_read(args.kubernetes_ca_cert_file),
+        token_reviewer_jwt=_read(args.token_reviewer_jwt_file),
+        namespaces=args.namespaces,
         jwt_public_key=args.jwt_public_key_file.read_text() if args.jwt_public_key_file else None,
         secrets=secrets,
     )
     return 0
+
+
+def _read(path: Path | None) -> str | None:
+    return path.read_text().strip() if path else None
 
 
 if __name__ == "__main__":

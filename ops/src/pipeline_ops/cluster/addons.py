@@ -299,3 +299,63 @@ def apply_network_policies(layout: Layout, metrics_port: int, timeout: float) ->
     except ClusterError as error:
         pods = kubectl(layout, "-n", "kube-system", "logs", "daemonset/kube-network-policies")
         raise ClusterError(f"kube-network-policies not ready: {error}\n{pods[-2500:]}") from error
+
+
+# -- the node's capacity -------------------------------------------------------------------
+# One node of 2 cores cannot hold what the environments request: model-serving asks 500m a
+# replica (two, plus the preview), training a core, Spark a core per driver and executor,
+# in each of staging and production. The manifests keep production's requests; this
+# cluster admits the environments' pods with small requests instead (a
+# MutatingAdmissionPolicy, Kubernetes' own CEL mutation: no webhook), limits untouched, so
+# what a pod may use is what production allows and only the scheduler's arithmetic changes.
+LOCAL_REQUESTS = {"cpu": "20m", "memory": "64Mi"}
+CAPACITY_POLICY = "pr-anomaly-local-requests"
+
+
+def capacity_policy_objects(namespaces: tuple[str, ...]) -> list[dict]:
+    requests = ", ".join(f'"{k}": "{v}"' for k, v in LOCAL_REQUESTS.items())
+    containers = (
+        "object.spec.containers.map(c, Object.spec.containers{name: c.name, resources: "
+        f"Object.spec.containers.resources{{requests: {{{requests}}}}}}})"
+    )
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1beta1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": CAPACITY_POLICY},
+        "spec": {
+            "matchConstraints": {
+                "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                   "operations": ["CREATE"], "resources": ["pods"]}],
+            },
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "mutations": [{
+                "patchType": "ApplyConfiguration",
+                "applyConfiguration": {
+                    "expression": f"Object{{spec: Object.spec{{containers: {containers}}}}}"
+                },
+            }],
+        },
+    }  # fmt: skip
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1beta1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": CAPACITY_POLICY},
+        "spec": {
+            "policyName": CAPACITY_POLICY,
+            "matchResources": {
+                "namespaceSelector": {
+                    "matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                                          "operator": "In", "values": list(namespaces)}]
+                }
+            },
+        },
+    }  # fmt: skip
+    return [policy, binding]
+
+
+def apply_capacity_policy(layout: Layout, namespaces: tuple[str, ...]) -> None:
+    manifest = json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": capacity_policy_objects(namespaces)}
+    )
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)

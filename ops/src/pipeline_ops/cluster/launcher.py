@@ -45,6 +45,7 @@ from pipeline_ops.cluster.layout import (
     APISERVER_PORT,
     BRIDGE_IP,
     CLUSTER_CIDR,
+    ENVIRONMENT_NAMESPACES,
     GIT_PORT,
     KUBELET_PORT,
     NODE_NAME,
@@ -195,6 +196,8 @@ class Cluster:
         for name in ORDER:
             step(name, functools.partial(self._start, name, timeout))
         step("coredns", lambda: self._coredns(timeout))
+        step("capacity policy", lambda: addons.apply_capacity_policy(
+            self.layout, ENVIRONMENT_NAMESPACES))  # fmt: skip
         # Argo CD's and the Spark Operator's pods start while the Rollouts controller is
         # waited on (their images come from the registry; built and pushed when missing).
         step("argo-cd apply", lambda: argo_cd.apply(self.layout))
@@ -277,6 +280,9 @@ class Cluster:
                 f"--service-account-signing-key-file={pki.key('service-account')}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
+                # CEL mutation (beta in 1.34, off by default): the node's capacity policy
+                "--feature-gates=MutatingAdmissionPolicy=true",
+                "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
             ], None  # fmt: skip
         if name in ("kube-controller-manager", "kube-scheduler"):
             command = [

@@ -34,6 +34,11 @@ REGISTRY = "127.0.0.1:5000"
 GIT_PORT = 9418
 # Prometheus, on the bridge address too (pods query it: analysis runs).
 PROMETHEUS_PORT = 9090
+# The environments: staging in the namespace the manifests name; production, on this one
+# machine, in a second namespace of the same cluster (gitops.py says how).
+STAGING_NAMESPACE = "mlops"
+PRODUCTION_NAMESPACE = "mlops-production"
+ENVIRONMENT_NAMESPACES = (STAGING_NAMESPACE, PRODUCTION_NAMESPACE)
 # Distinguishes the rules this cluster adds to chains it does not own (DOCKER-USER).
 RULE_COMMENT = "pr-anomaly-cluster"
 

@@ -1,6 +1,7 @@
 """The Spark Operator (kubeflow spark-operator v2.4.0): its controller and its webhook in
-namespace ``spark-operator``, watching the project's namespace (``mlops``) and ``spark-jobs``
-(where the cluster tests submit, with the ``spark`` ServiceAccount drivers run as).
+namespace ``spark-operator``, watching the environments' namespaces (``mlops``,
+``mlops-production``) and ``spark-jobs`` (where the cluster tests submit, with the ``spark``
+ServiceAccount drivers run as).
 
 Upstream ships a Helm chart and no helm is here: the objects are written below after the
 chart's defaults (its templates are in the Go module's source), and the CRDs come from the
@@ -20,7 +21,7 @@ import yaml
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.addons import kubectl, module_dir, wait_rolled_out
 from pipeline_ops.cluster.engine_images import AddonImage, ensure_pushed_on
-from pipeline_ops.cluster.layout import Layout, binaries
+from pipeline_ops.cluster.layout import ENVIRONMENT_NAMESPACES, Layout, binaries
 from pipeline_ops.cluster.registry import build_engine, pushed
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MODULE = "github.com/kubeflow/spark-operator/v2"
 NAMESPACE = "spark-operator"
-JOB_NAMESPACES = ("mlops", "spark-jobs")
+JOB_NAMESPACES = (*ENVIRONMENT_NAMESPACES, "spark-jobs")
 SPARK_SERVICE_ACCOUNT = "spark"  # in spark-jobs, for the tests' drivers
 WEBHOOK = "spark-operator-webhook"
 WEBHOOK_PORT = 9443

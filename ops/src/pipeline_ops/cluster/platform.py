@@ -1,0 +1,210 @@
+"""The platform services of the cluster's environments, outside the cluster as managed
+services are in production (a Vault of its own, managed MongoDB, DigitalOcean Spaces, an
+MLflow server): OpenBao, FerretDB, MLflow and SeaweedFS run as host processes on the
+bridge address (the launchers of `make run`, ``LocalPlatform(host=BRIDGE_IP)``), and pods
+reach them by the Service names a production cluster would give them: a Service without a
+selector per server, its EndpointSlice pointing at the host process. Vault answers at
+``vault.vault.svc:8200``, the address the manifests carry, and Prometheus (the cluster's,
+also on the host) at ``prometheus-operated.monitoring.svc:9090``, the Prometheus Operator's
+name the post-promotion analysis uses.
+
+Vault is configured by the production command, ``python -m pipeline_ops.vault_bootstrap
+--auth kubernetes``: each stage's pod logs in with its own ServiceAccount's projected token,
+which Vault checks with this cluster's TokenReview API (as the ``vault-auth`` account, bound
+to ``system:auth-delegator``), and reads only its own secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline_contracts.registry import DEFAULT_MODEL_NAME
+from pipeline_ops.cluster import ClusterError
+from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.cluster.layout import (
+    BRIDGE_IP,
+    CLUSTER_DOMAIN,
+    ENVIRONMENT_NAMESPACES,
+    PROMETHEUS_PORT,
+    Layout,
+)
+from pipeline_ops.cluster.pki import Pki
+from pipeline_ops.local_platform import LocalPlatform
+
+log = logging.getLogger(__name__)
+
+MONGO_DATABASE = "github"
+FEATURES_URI = "s3://pr-anomaly-features/features"
+VAULT_AUTH_ACCOUNT = "vault-auth"
+
+
+@dataclass(frozen=True)
+class ServiceName:
+    """How pods reach one platform server: ``name.namespace.svc:port``."""
+
+    server: str  # the LocalPlatform service it fronts
+    namespace: str
+    name: str
+    port: int
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}.{self.namespace}.svc.{CLUSTER_DOMAIN}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+SERVICE_NAMES = (
+    ServiceName("vault", "vault", "vault", 8200),
+    ServiceName("mongo", "platform", "mongo", 27017),
+    ServiceName("mlflow", "platform", "mlflow", 5000),
+    ServiceName("s3", "platform", "s3", 8333),
+)
+PROMETHEUS = ServiceName("prometheus", "monitoring", "prometheus-operated", 9090)
+
+
+def _by_server(server: str) -> ServiceName:
+    return next(s for s in SERVICE_NAMES if s.server == server)
+
+
+def _names(service: ServiceName) -> list[str]:
+    short = f"{service.name}.{service.namespace}"
+    return [service.host, f"{short}.svc", short]
+
+
+class ClusterPlatform:
+    """Start (or find running), wire and stop the environments' platform servers."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        client_names = [name for service in SERVICE_NAMES for name in _names(service)]
+        self.servers = LocalPlatform(layout.root / "platform", BRIDGE_IP, client_names)
+
+    def up(self, timeout: float = 120) -> dict[str, str]:
+        """Every server running and healthy, its Service in the cluster, Vault configured;
+        the host-side URL of each server."""
+        running = self.servers.up([s.server for s in SERVICE_NAMES], timeout=timeout)
+        objects: list[dict[str, Any]] = []
+        for service in SERVICE_NAMES:
+            objects += _service_to_host(service, running[service.server].port)
+        objects += _service_to_host(PROMETHEUS, PROMETHEUS_PORT)
+        listing = {"apiVersion": "v1", "kind": "List", "items": objects}
+        kubectl(self.layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
+                stdin=json.dumps(listing))  # fmt: skip
+        self.configure_vault()
+        return {name: svc.url for name, svc in running.items()}
+
+    def down(self) -> list[str]:
+        return self.servers.down()
+
+    def url(self, server: str) -> str:
+        """Where this machine reaches ``server`` (the pods use its Service name)."""
+        return self.servers.service(server).url
+
+    def stage_secrets(self) -> dict[str, dict[str, str]]:
+        """Each stage's Vault secret, with the addresses pods use."""
+        mongo = f"mongodb://{_by_server('mongo').host}:{_by_server('mongo').port}/"
+        mlflow = _by_server("mlflow").url
+        credentials = self.servers.s3_credentials()
+        s3 = {
+            "s3_endpoint_url": _by_server("s3").url,
+            "s3_access_key_id": credentials["access_key_id"],
+            "s3_secret_access_key": credentials["secret_access_key"],
+        }
+        mongo_keys = {"mongo_uri": mongo, "mongo_database": MONGO_DATABASE}
+        return {
+            "data-fetch": mongo_keys,
+            "spark-preprocess": {**mongo_keys, "features_uri": FEATURES_URI, **s3},
+            "ml-training": {
+                "mlflow_tracking_uri": mlflow,
+                "features_uri": FEATURES_URI,
+                "model_name": DEFAULT_MODEL_NAME,
+                **s3,
+            },
+            "model-serving": {"mlflow_tracking_uri": mlflow, "model_name": DEFAULT_MODEL_NAME},
+        }
+
+    def configure_vault(self) -> None:
+        """`vault_bootstrap --auth kubernetes`, exactly as README gives it for production,
+        plus what a Vault outside the cluster needs: the CA and a reviewer token."""
+        kubectl(self.layout, "apply", "--server-side", "-f", "-",
+                stdin=json.dumps(_vault_auth_objects()))  # fmt: skip
+        reviewer = kubectl(
+            self.layout, "-n", "vault", "create", "token", VAULT_AUTH_ACCOUNT, "--duration=48h"
+        ).strip()
+        vault = self.servers.service("vault")
+        with tempfile.TemporaryDirectory(prefix="vault-bootstrap-") as work:
+            secrets_file = Path(work) / "secrets.json"
+            reviewer_file = Path(work) / "reviewer.jwt"
+            for path, text in ((secrets_file, json.dumps(self.stage_secrets())),
+                               (reviewer_file, reviewer)):  # fmt: skip
+                path.touch(mode=0o600)
+                path.write_text(text)
+            command = [
+                sys.executable, "-m", "pipeline_ops.vault_bootstrap", "--auth", "kubernetes",
+                "--kubernetes-host", self.layout.apiserver_url,
+                "--kubernetes-ca-cert-file", str(Pki(self.layout).ca),
+                "--token-reviewer-jwt-file", str(reviewer_file),
+                "--secrets-file", str(secrets_file),
+                *(arg for ns in ENVIRONMENT_NAMESPACES for arg in ("--namespace", ns)),
+            ]  # fmt: skip
+            env = {**os.environ, "VAULT_ADDR": vault.url,
+                   "VAULT_TOKEN": self.servers.vault_root_token()}  # fmt: skip
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            # the bootstrap never prints a secret value; its error says what failed
+            raise ClusterError(f"vault_bootstrap --auth kubernetes failed: {result.stderr[-1500:]}")
+        log.info("Vault: kubernetes auth against %s, roles bound to namespaces %s",
+                 self.layout.apiserver_url, ", ".join(ENVIRONMENT_NAMESPACES))  # fmt: skip
+
+
+def _service_to_host(service: ServiceName, host_port: int) -> list[dict[str, Any]]:
+    """A Service without a selector and the EndpointSlice that sends it to the host."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": service.namespace}}
+    port = {"name": "main", "protocol": "TCP"}
+    return [
+        namespace,
+        {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service.name, "namespace": service.namespace,
+                         "labels": {"pr-anomaly.local/host-server": service.server}},
+            "spec": {"ports": [{**port, "port": service.port}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service.name}-host", "namespace": service.namespace,
+                         "labels": {"kubernetes.io/service-name": service.name,
+                                    "endpointslice.kubernetes.io/managed-by":
+                                        "pr-anomaly.local/cluster-platform"}},
+            "addressType": "IPv4",
+            "ports": [{**port, "port": host_port}],
+            "endpoints": [{"addresses": [BRIDGE_IP], "conditions": {"ready": True}}],
+        },
+    ]  # fmt: skip
+
+
+def _vault_auth_objects() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vault"}},
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": VAULT_AUTH_ACCOUNT, "namespace": "vault"}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "pr-anomaly-vault-token-review"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": "system:auth-delegator"},
+             "subjects": [{"kind": "ServiceAccount", "name": VAULT_AUTH_ACCOUNT,
+                           "namespace": "vault"}]},
+        ],
+    }  # fmt: skip

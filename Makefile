@@ -20,7 +20,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
 .PHONY: engine-up engine-down engine-status images image-test
-.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push
+.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push cluster-run
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -103,6 +103,10 @@ cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): D
 
 cluster-push: setup ## push the images of `make images` to the cluster's registry (IMAGES="a b" for some); prints name -> digest
 	$(PY) -m pipeline_ops.cluster push $(IMAGES)
+
+cluster-run: setup cluster-packages images ## the GitOps loop on the local cluster: staging via Argo CD, pipeline in pods, blue/green, promotion to production
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)
+	$(PY) -m pipeline_ops.cluster run
 
 cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
 	@$(PY) -m pipeline_ops.cluster env

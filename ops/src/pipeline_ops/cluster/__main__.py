@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "git-sync", help="mirror this repository's branches into the git server's pr-anomaly.git"
     )
+    commands.add_parser(
+        "run", help="the GitOps loop: staging via Argo CD, the pipeline in pods, blue/green, "
+        "promotion to production (what `make cluster-run` runs)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cluster = Cluster()
@@ -52,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
 
             branches = git_server.sync_project(cluster.layout)
             print(f"{git_server.url(git_server.PROJECT_REPOSITORY)}: {' '.join(branches)}")
+        elif args.command == "run":
+            from pipeline_ops.cluster.run import ClusterRun
+
+            run = ClusterRun(cluster)
+            try:
+                run.run()
+            finally:
+                _print_run(run)
     except ClusterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -71,6 +83,19 @@ def _print_status(cluster: Cluster) -> None:
         pid = f"pid {info['pid']}" if info.get("pid") else ""
         log_file = f"log {info['log']}" if info.get("log") else ""
         print(f"{name:24} {pid:10} {health:12} {log_file}")
+
+
+def _print_run(run) -> None:
+    for step in run.steps:
+        print(f"{step['seconds']:7.1f}s  {step['step']:58} {step['outcome']}")
+    print(f"report: {run.report_dir / 'report.md'} (and report.json)")
+    mlflow = run.platform.servers.running().get("mlflow")
+    if mlflow:
+        print(f"MLflow (runs, the registry's aliases): {mlflow.url}")
+    print(
+        "look: `make cluster-env`, then kubectl -n mlops get rollout,analysisrun,job,pods; "
+        "kubectl argo rollouts get rollout model-serving -n mlops-production"
+    )
 
 
 def _print_env(cluster: Cluster) -> None:

@@ -56,6 +56,7 @@ from pipeline_ops.cluster.layout import (
     binary,
 )
 from pipeline_ops.cluster.pki import Pki
+from pipeline_ops.cluster.platform import ClusterPlatform
 from pipeline_ops.cluster.processes import Processes
 from pipeline_ops.local_platform import free_port
 
@@ -375,7 +376,8 @@ class Cluster:
     def down(self) -> list[str]:
         procs, _ = self.processes.load()
         alive = {n: p for n, p in procs.items() if p.alive}
-        stopped: list[str] = []
+        # the environments' platform servers (cluster-run) listen on the bridge: first
+        stopped: list[str] = [f"platform {name}" for name in ClusterPlatform(self.layout).down()]
         for name in ("kube-controller-manager", "kube-scheduler"):
             if self.processes.stop(name):
                 stopped.append(name)

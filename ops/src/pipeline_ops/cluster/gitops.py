@@ -1,0 +1,271 @@
+"""Git as the source of truth for the cluster's two environments, and the Argo CD that reads it.
+
+The cluster's git server holds ``pr-anomaly.git`` with the branches users work with:
+``staging`` (what the staging Application deploys) and ``main`` (production). Changes reach
+them the way they do on GitHub: a merge to ``staging``; image digests pinned on ``staging``
+by ``ops/scripts/pin-image-digest.sh``, the script the workflows' bump step runs; a model
+bump (one line, ``argo-apps/base/model-serving-model.env``); the promotion ``staging`` ->
+``main`` by ``ops/scripts/promote.sh``, the script ``make promote`` and ``promote.yml`` run.
+
+Argo CD runs the project's own AppProject and Applications (``argo-apps/argocd``), changed
+in one setting: the repository they read, ``GITOPS_REPOSITORY`` (GitHub in production, this
+git server here). Because one cluster holds both environments on this machine, production
+is deployed into the namespace ``mlops-production`` (the Application's ``kustomize.namespace``
+and its destination), and the Argo CD clusters ``staging`` and ``production`` the
+Applications name are this one cluster under two addresses. ``argo-apps/base`` is deployed as
+it is in both.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline_ops.cluster import ClusterError, argo_cd, git_server
+from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.cluster.layout import PRODUCTION_NAMESPACE, STAGING_NAMESPACE, Layout
+from pipeline_ops.cluster.pki import Pki
+from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
+
+log = logging.getLogger(__name__)
+
+STAGING, PRODUCTION = "staging", "production"
+BRANCHES = {STAGING: "staging", PRODUCTION: "main"}
+NAMESPACES = {STAGING: STAGING_NAMESPACE, PRODUCTION: PRODUCTION_NAMESPACE}
+APPLICATIONS = {STAGING: "pr-anomaly-mlops-staging", PRODUCTION: "pr-anomaly-mlops-production"}
+# Argo CD's clusters: in-cluster under its usual address for staging, and under the API
+# server's other Service name for production (one apiserver, two Argo CD cluster entries).
+CLUSTER_SERVERS = {
+    STAGING: "https://kubernetes.default.svc",
+    PRODUCTION: "https://kubernetes.default.svc.cluster.local",
+}
+MODEL_FILE = "argo-apps/base/model-serving-model.env"
+SCRIPTS = PROJECT_ROOT / "ops" / "scripts"
+GITHUB_REPOSITORY = "https://github.com/pr-anomaly-mlops/pr-anomaly-mlops.git"
+
+
+def repository_url() -> str:
+    """GITOPS_REPOSITORY: the repository Argo CD reads (this cluster's git server)."""
+    return os.environ.get("GITOPS_REPOSITORY", git_server.url(git_server.PROJECT_REPOSITORY))
+
+
+def bare(layout: Layout) -> Path:
+    """The git server's repository, as this machine pushes to it (the daemon is read-only)."""
+    return git_server.init_bare(layout, git_server.PROJECT_REPOSITORY)
+
+
+def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"git {' '.join(args)} failed: {result.stderr.strip()[-1500:]}")
+    return result.stdout.strip()
+
+
+def head(layout: Layout, branch: str) -> str | None:
+    out = subprocess.run(
+        ["git", "--git-dir", str(bare(layout)), "rev-parse", "--verify", "-q",
+         f"refs/heads/{branch}"], capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    return out or None
+
+
+def merge_to_staging(layout: Layout, commit: str = "HEAD") -> str:
+    """This checkout's commit becomes ``staging`` (a merged pull request, as the git server
+    sees it); ``main`` starts there too if the server has none. The new staging head."""
+    target = bare(layout)
+    sha = _git("rev-parse", commit, cwd=PROJECT_ROOT)
+    _git("push", "--quiet", "--force", str(target), f"{sha}:refs/heads/{BRANCHES[STAGING]}",
+         cwd=PROJECT_ROOT)  # fmt: skip
+    if head(layout, BRANCHES[PRODUCTION]) is None:
+        _git("push", "--quiet", str(target), f"{sha}:refs/heads/{BRANCHES[PRODUCTION]}",
+             cwd=PROJECT_ROOT)  # fmt: skip
+    return sha
+
+
+def pin_images(layout: Layout, references: dict[str, str]) -> str:
+    """Pin each image's digest on staging with the workflows' own bump script; the head."""
+    for name, reference in references.items():
+        result = subprocess.run(
+            [str(SCRIPTS / "pin-image-digest.sh"), name, reference, str(bare(layout)),
+             BRANCHES[STAGING]],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "KUSTOMIZE": str(TOOLS_DIR / "bin" / "kustomize")},
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ClusterError(f"pin-image-digest.sh {name} failed: {result.stderr[-1500:]}")
+    return head(layout, BRANCHES[STAGING]) or ""
+
+
+@contextmanager
+def _work_tree(layout: Layout, branch: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="gitops-") as work:
+        tree = Path(work) / "repo"
+        _git("clone", "--quiet", "--branch", branch, str(bare(layout)), str(tree))
+        _git("config", "user.name", "pr-anomaly cluster run", cwd=tree)
+        _git("config", "user.email", "cluster-run@pr-anomaly.local", cwd=tree)
+        yield tree
+
+
+def pin_model(layout: Layout, model_uri: str, branch: str = BRANCHES[STAGING]) -> str:
+    """Serve ``model_uri`` (``models:/NAME/VERSION``) on ``branch``: one line, one commit."""
+    with _work_tree(layout, branch) as tree:
+        path = tree / MODEL_FILE
+        lines = path.read_text().splitlines()
+        wanted = f"SERVING_MODEL_URI={model_uri}"
+        if wanted in lines:
+            return _git("rev-parse", "HEAD", cwd=tree)
+        kept = [line for line in lines if not line.startswith("SERVING_MODEL_URI=")]
+        path.write_text("\n".join([*kept, wanted]) + "\n")
+        _git("commit", "--quiet", "-am", f"serve {model_uri} on {branch}", cwd=tree)
+        _git("push", "--quiet", "origin", f"HEAD:{branch}", cwd=tree)
+        return _git("rev-parse", "HEAD", cwd=tree)
+
+
+def served_model(layout: Layout, branch: str) -> str:
+    text = _git("--git-dir", str(bare(layout)), "show", f"{branch}:{MODEL_FILE}")
+    for line in text.splitlines():
+        if line.startswith("SERVING_MODEL_URI="):
+            return line.partition("=")[2]
+    raise ClusterError(f"{MODEL_FILE} on {branch} has no SERVING_MODEL_URI")
+
+
+def promote(layout: Layout) -> str:
+    """``staging`` -> ``main`` by ``ops/scripts/promote.sh`` against this git server (what
+    merging the promotion pull request does); main's new head."""
+    result = subprocess.run(
+        [str(SCRIPTS / "promote.sh")], capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, env={**os.environ, "PROMOTE_REMOTE": str(bare(layout))},
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise ClusterError(f"promote.sh failed: {(result.stdout + result.stderr)[-1500:]}")
+    return head(layout, BRANCHES[PRODUCTION]) or ""
+
+
+def images_on(layout: Layout, branch: str) -> dict[str, str]:
+    """The ``images:`` list of argo-apps/base on ``branch``: name -> reference."""
+    kustomization = f"{branch}:argo-apps/base/kustomization.yaml"
+    text = _git("--git-dir", str(bare(layout)), "show", kustomization)
+    images = {}
+    for entry in yaml.safe_load(text).get("images") or []:
+        name = entry.get("newName", entry["name"])
+        if entry.get("digest"):
+            images[entry["name"]] = f"{name}@{entry['digest']}"
+        else:
+            images[entry["name"]] = f"{name}:{entry.get('newTag', '')}"
+    return images
+
+
+# -- Argo CD ------------------------------------------------------------------------------
+def _project_objects() -> list[dict[str, Any]]:
+    kustomize = TOOLS_DIR / "bin" / "kustomize"
+    built = subprocess.run(
+        [str(kustomize), "build", str(PROJECT_ROOT / "argo-apps" / "argocd")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if built.returncode != 0:
+        raise ClusterError(f"kustomize build argo-apps/argocd failed: {built.stderr[-1500:]}")
+    return [o for o in yaml.safe_load_all(built.stdout) if o]
+
+
+def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) -> list[dict]:
+    """argo-apps/argocd for this cluster: the repository is GITOPS_REPOSITORY; production
+    goes to its own namespace of this one cluster."""
+    url = repository_url()
+    wanted = {APPLICATIONS[e] for e in environments}
+    objects = []
+    for obj in _project_objects():
+        spec = obj["spec"]
+        if obj["kind"] == "AppProject":
+            repos = spec["sourceRepos"]
+            spec["sourceRepos"] = [url if r == GITHUB_REPOSITORY else r for r in repos]
+            for destination in spec["destinations"]:
+                if destination.get("name") == PRODUCTION:
+                    destination["namespace"] = PRODUCTION_NAMESPACE
+        elif obj["kind"] == "Application":
+            if obj["metadata"]["name"] not in wanted:
+                continue
+            if spec["source"]["repoURL"] == GITHUB_REPOSITORY:
+                spec["source"]["repoURL"] = url
+            if spec["destination"].get("name") == PRODUCTION:
+                spec["destination"]["namespace"] = PRODUCTION_NAMESPACE
+                spec["source"]["kustomize"] = {"namespace": PRODUCTION_NAMESPACE}
+        objects.append(obj)
+    return objects
+
+
+def _cluster_secrets(layout: Layout) -> list[dict]:
+    """Argo CD's two clusters: staging is in-cluster; production, the same API server under
+    its other name, reached with the application controller's own token."""
+    token = kubectl(layout, "-n", argo_cd.NAMESPACE, "create", "token",
+                    "argocd-application-controller", "--duration=48h").strip()  # fmt: skip
+    ca = base64.b64encode(Pki(layout).ca.read_bytes()).decode()
+    configs = {
+        STAGING: {"tlsClientConfig": {"insecure": False}},
+        PRODUCTION: {"bearerToken": token, "tlsClientConfig": {"caData": ca}},
+    }
+    return [
+        {
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": f"cluster-{env}", "namespace": argo_cd.NAMESPACE,
+                         "labels": {"argocd.argoproj.io/secret-type": "cluster"}},
+            "stringData": {"name": env, "server": CLUSTER_SERVERS[env],
+                           "config": json.dumps(configs[env])},
+        }
+        for env in (STAGING, PRODUCTION)
+    ]  # fmt: skip
+
+
+def apply_applications(layout: Layout, environments: tuple[str, ...]) -> None:
+    objects = [*_cluster_secrets(layout), *local_argocd_objects(environments)]
+    listing = {"apiVersion": "v1", "kind": "List", "items": objects}
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
+            stdin=json.dumps(listing))  # fmt: skip
+
+
+def application(layout: Layout, environment: str) -> dict[str, Any]:
+    name = APPLICATIONS[environment]
+    found = kubectl(layout, "-n", argo_cd.NAMESPACE, "get", "application", name, "-o=json")
+    return json.loads(found)
+
+
+def refresh(layout: Layout, environment: str) -> None:
+    """What a push webhook would do: Argo CD reads the branch now, not in ~3 minutes."""
+    kubectl(layout, "-n", argo_cd.NAMESPACE, "annotate", "--overwrite", "application",
+            APPLICATIONS[environment], "argocd.argoproj.io/refresh=normal")  # fmt: skip
+
+
+def wait_synced(layout: Layout, environment: str, revision: str, timeout: float = 300) -> dict:
+    """Until the Application has synced ``revision`` (its operation finished); its status.
+    A failed sync is named with Argo CD's message."""
+    refresh(layout, environment)
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = application(layout, environment).get("status", {})
+        operation = status.get("operationState", {})
+        synced = operation.get("syncResult", {}).get("revision") == revision
+        if synced and operation.get("phase") == "Succeeded":
+            return status
+        if synced and operation.get("phase") in ("Failed", "Error"):
+            raise ClusterError(
+                f"Argo CD could not sync {APPLICATIONS[environment]} at {revision[:12]}: "
+                f"{operation.get('message')}"
+            )
+        time.sleep(3)
+    raise ClusterError(
+        f"{APPLICATIONS[environment]} did not sync {revision[:12]} in {timeout:.0f}s: "
+        f"sync {status.get('sync')}, operation {status.get('operationState', {}).get('message')}"
+    )

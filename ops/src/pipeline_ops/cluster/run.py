@@ -1,0 +1,390 @@
+"""`make cluster-run`: the whole GitOps loop on the local cluster, with the real controllers.
+
+1. The platform servers (Vault with kubernetes auth, MongoDB, MLflow, S3) outside the
+   cluster, reached by the Service names production uses (platform.py).
+2. The images of `make images` pushed to the cluster's registry by digest; this checkout
+   merged to ``staging`` and the digests pinned there by the workflows' own script.
+3. Argo CD syncs ``staging``; data-fetch runs (a Job from its CronJob), spark-preprocess runs
+   through the Spark Operator (two executors, features to S3), ml-training runs (a Job from
+   its CronJob) and registers a challenger. The first model is made champion (nothing
+   serves yet) and the Rollout's first revision serves it.
+4. Blue/green for real: the model is pinned in git (a new revision), the pre-promotion
+   analysis runs its ``web`` metrics and the load-gate Job against the preview Service, the
+   Rollout pauses, ``kubectl argo rollouts promote`` switches the active Service, and the
+   post-promotion analysis reads Prometheus for the new pods; a client sends requests to the
+   active Service all along and must see no failure. Then the failure path: a model that
+   cannot load is aborted by the analysis, and active stays blue; git is reverted.
+5. Promotion: ``ops/scripts/promote.sh`` against the git server moves ``main`` to staging's
+   digests; the production Application deploys them; the digests running in both
+   environments are compared.
+6. A report (``.local/cluster/run/report.md`` and ``.json``): steps and times, the
+   AnalysisRuns' measurements, the promotion decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from mlflow import MlflowClient
+
+from pipeline_contracts.registry import CHAMPION, DEFAULT_MODEL_NAME, ModelReference
+from pipeline_ops.cluster import ClusterError, gitops, kube
+from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.cluster.launcher import Cluster
+from pipeline_ops.cluster.platform import ClusterPlatform
+from pipeline_ops.cluster.registry import push
+from pipeline_ops.images.container_test import first_sample_record
+
+log = logging.getLogger(__name__)
+
+STAGING, PRODUCTION = gitops.STAGING, gitops.PRODUCTION
+NEVER_REGISTERED = 999_999  # a model version that does not exist: green cannot load it
+
+
+@dataclass
+class Client:
+    """Requests to a Service, one after another, from a thread; what failed, and why."""
+
+    url: str
+    record: dict[str, Any]
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _loop(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            self.sent += 1
+            try:
+                response = session.post(f"{self.url}/v1/score", json=self.record, timeout=5)
+                if response.status_code != 200:
+                    self.failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+            except requests.RequestException as error:
+                self.failures.append(f"{type(error).__name__}: {error}")
+            self._stop.wait(0.1)
+
+    @contextmanager
+    def running(self) -> Iterator[Client]:
+        thread = threading.Thread(target=self._loop, name="active-client", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=10)
+
+
+class ClusterRun:
+    def __init__(self, cluster: Cluster | None = None, report_dir: Path | None = None):
+        self.cluster = cluster or Cluster()
+        self.layout = self.cluster.layout
+        self.report_dir = report_dir or self.layout.root / "run"
+        self.platform = ClusterPlatform(self.layout)
+        self.steps: list[dict[str, Any]] = []
+        self.report: dict[str, Any] = {"steps": self.steps}
+        self.stamp = time.strftime("%H%M%S")
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[dict[str, Any]]:
+        record: dict[str, Any] = {"step": name}
+        log.info("== %s", name)
+        started = time.monotonic()
+        try:
+            yield record
+            record["outcome"] = record.get("outcome", "ok")
+        except Exception as error:
+            record["outcome"] = f"FAILED: {error}"
+            raise
+        finally:
+            record["seconds"] = round(time.monotonic() - started, 1)
+            self.steps.append(record)
+            log.info("   %s (%.1fs)", record["outcome"], record["seconds"])
+
+    # -- the run ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            self._run()
+            self.report["outcome"] = "ok"
+        except Exception as error:
+            self.report["outcome"] = f"FAILED: {error}"
+            raise
+        finally:
+            self.report["seconds"] = round(time.monotonic() - started, 1)
+            self._write_report()
+        return self.report
+
+    def _run(self) -> None:
+        layout = self.layout
+        with self.step("cluster up") as s:
+            s["timings"] = self.cluster.up()
+        with self.step("platform (Vault kubernetes auth, MongoDB, MLflow, S3)") as s:
+            s["servers"] = self.platform.up()
+        with self.step("images pushed by digest") as s:
+            references = push(layout)
+            s["references"] = references
+        with self.step("merge to staging, pin digests") as s:
+            s["merged"] = gitops.merge_to_staging(layout)
+            s["staging"] = gitops.pin_images(layout, references)
+        with self.step("Argo CD syncs staging") as s:
+            gitops.apply_applications(layout, (STAGING,))
+            s["revision"] = self._synced(STAGING)
+        ns = gitops.NAMESPACES[STAGING]
+        with self.step("data-fetch (Job from the CronJob)") as s:
+            logs = kube.run_cronjob(layout, ns, "data-fetch", f"data-fetch-{self.stamp}", 900)
+            s["summary"] = _brief(kube.summary_of(logs))
+        with self.step("spark-preprocess (Spark Operator)") as s:
+            status = kube.run_scheduled_spark(layout, ns, f"spark-preprocess-{self.stamp}", 1200)
+            s["executors"] = len(status.get("executorState", {}))
+            if s["executors"] < 2:
+                raise ClusterError(f"spark-preprocess ran {s['executors']} executor(s), not 2")
+        with self.step("ml-training (Job from the CronJob)") as s:
+            logs = kube.run_cronjob(layout, ns, "ml-training", f"ml-training-{self.stamp}", 1800)
+            summary = kube.summary_of(logs) or {}
+            s["summary"] = _brief(summary)
+            if not summary.get("registered"):
+                raise ClusterError(f"ml-training registered no challenger: {summary.get('gate')}")
+        version = str(summary["model_version"])
+        with self.step("serving: the champion") as s:
+            s.update(self._serve_first_champion(version))
+        with self.step("blue/green: the model pinned in git") as s:
+            uri = ModelReference.at_version(DEFAULT_MODEL_NAME, version).uri
+            s.update(self._blue_green(STAGING, uri, expect="promoted"))
+        with self.step("blue/green failure path: a green that cannot load") as s:
+            bad = ModelReference.at_version(DEFAULT_MODEL_NAME, str(NEVER_REGISTERED)).uri
+            s.update(self._blue_green(STAGING, bad, expect="aborted"))
+            s["reverted"] = gitops.pin_model(layout, uri)
+            self._synced(STAGING)
+            self._wait_healthy(STAGING)
+        with self.step("promotion staging -> main (promote.sh), production syncs") as s:
+            s["main"] = gitops.promote(layout)
+            gitops.apply_applications(layout, (STAGING, PRODUCTION))
+            self._synced(PRODUCTION)
+            s.update(self._production_rollout())
+        with self.step("both environments run the same digests") as s:
+            s.update(self._compare_environments())
+        self.report["analysis_runs"] = {
+            env: kube.analysis_runs(layout, gitops.NAMESPACES[env]) for env in (STAGING, PRODUCTION)
+        }
+
+    # -- steps --------------------------------------------------------------------------
+    def _synced(self, environment: str) -> str:
+        revision = gitops.head(self.layout, gitops.BRANCHES[environment]) or ""
+        gitops.wait_synced(self.layout, environment, revision)
+        return revision
+
+    def _mlflow(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.platform.url("mlflow"))
+
+    def _serve_first_champion(self, version: str) -> dict[str, Any]:
+        """The first model has nothing to be compared with and nothing serves yet: it becomes
+        champion (the gate passed), and the Rollout's first revision (which serves
+        ``@champion``, as a fresh clone's manifests say) loads it. A later model goes through
+        blue/green."""
+        client = self._mlflow()
+        try:
+            champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, CHAMPION).version
+        except Exception:
+            champion = None
+        if champion is None:
+            client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
+            # the pods of the first revision found no champion at start: start them again
+            kubectl(self.layout, "-n", gitops.NAMESPACES[STAGING], "delete", "pod",
+                    "-l", "app.kubernetes.io/name=model-serving", "--wait=false")  # fmt: skip
+        self._wait_healthy(STAGING)
+        return {"champion": champion or version, "first_model": champion is None}
+
+    def _wait_healthy(self, environment: str, timeout: float = 600) -> dict[str, Any]:
+        ns = gitops.NAMESPACES[environment]
+
+        def healthy() -> dict[str, Any] | None:
+            status = kube.rollout(self.layout, ns).get("status", {})
+            ready = status.get("phase") == "Healthy" and status.get("stableRS")
+            return status if ready else None
+
+        return kube.wait_until(f"Rollout model-serving Healthy in {ns}", healthy, timeout)
+
+    def _blue_green(self, environment: str, model_uri: str, expect: str) -> dict[str, Any]:
+        """Pin ``model_uri`` in git and follow the Rollout: ``expect`` is "promoted" (then
+        promote it and watch the post-promotion analysis) or "aborted"."""
+        layout, ns = self.layout, gitops.NAMESPACES[environment]
+        blue = self._wait_healthy(environment)["stableRS"]
+        active = kube.service_url(layout, ns, "model-serving-active")
+        client = Client(active, first_sample_record())
+        outcome: dict[str, Any] = {"model": model_uri, "blue": blue}
+        with client.running():
+            outcome["commit"] = gitops.pin_model(layout, model_uri, gitops.BRANCHES[environment])
+            self._synced(environment)
+            green = kube.wait_until(
+                "a new revision", lambda: _new_hash(layout, ns, blue), timeout=300
+            )
+            outcome["green"] = green
+            pre = self._analysis(ns, green, "PrePromotion", timeout=900)
+            outcome["pre_promotion"] = pre["phase"]
+            if expect == "aborted":
+                status = kube.wait_until(
+                    "the Rollout aborted", lambda: _aborted(layout, ns), timeout=300
+                )
+                active_hash = _selector(layout, ns, "model-serving-active")
+                outcome.update(aborted=True, reason=status.get("message", ""),
+                               active_stays_blue=active_hash == blue)  # fmt: skip
+                if pre["phase"] == "Successful" or active_hash != blue:
+                    raise ClusterError(f"the broken green was not stopped: {outcome}")
+            else:
+                if pre["phase"] != "Successful":
+                    message = pre.get("message", "")
+                    raise ClusterError(f"pre-promotion analysis {pre['phase']}: {message}")
+                kube.plugin(layout, ns, "promote", kube.ROLLOUT)
+                post = self._analysis(ns, green, "PostPromotion", timeout=900)
+                outcome["post_promotion"] = post["phase"]
+                if post["phase"] != "Successful":
+                    message = post.get("message", "")
+                    raise ClusterError(f"post-promotion analysis {post['phase']}: {message}")
+                self._wait_healthy(environment)
+                outcome["active"] = _selector(layout, ns, "model-serving-active")
+                if outcome["active"] != green:
+                    raise ClusterError(f"active Service selects {outcome['active']}, not {green}")
+                if environment == STAGING:
+                    version = model_uri.rsplit("/", 1)[1]
+                    self._mlflow().set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
+                    outcome["champion"] = version
+        outcome["client"] = {"sent": client.sent, "failed": len(client.failures),
+                             "first_failures": client.failures[:5]}  # fmt: skip
+        if client.failures:
+            failed = f"{len(client.failures)} of {client.sent} requests"
+            raise ClusterError(f"the active Service failed {failed}: {client.failures[:3]}")
+        return outcome
+
+    def _analysis(self, ns: str, pod_hash: str, kind: str, timeout: float) -> dict[str, Any]:
+        """The finished AnalysisRun of ``kind`` for revision ``pod_hash``."""
+
+        def finished() -> dict[str, Any] | None:
+            for run in kube.items(self.layout, ns, "analysisrun",
+                                  "-l", f"rollouts-pod-template-hash={pod_hash}"):  # fmt: skip
+                labels = run["metadata"].get("labels", {})
+                status = run.get("status", {})
+                if labels.get("rollout-type") == kind and status.get("phase") in (
+                    "Successful",
+                    "Failed",
+                    "Error",
+                    "Inconclusive",
+                ):
+                    return {"name": run["metadata"]["name"], **status}
+            return None
+
+        return kube.wait_until(f"{kind} analysis of {pod_hash}", finished, timeout, every=5)
+
+    def _production_rollout(self) -> dict[str, Any]:
+        """Production deploys main: a first revision goes straight to active; a later one is
+        a blue/green like staging's, promoted once its analysis passed."""
+        ns = gitops.NAMESPACES[PRODUCTION]
+
+        def settled() -> dict[str, Any] | None:
+            status = kube.rollout(self.layout, ns).get("status", {})
+            if status.get("phase") in ("Healthy", "Paused"):
+                return status
+            return None
+
+        status = kube.wait_until("the production Rollout", settled, timeout=900)
+        promoted = False
+        if status.get("phase") == "Paused":
+            pre = self._analysis(ns, status["currentPodHash"], "PrePromotion", timeout=900)
+            if pre["phase"] != "Successful":
+                raise ClusterError(f"production pre-promotion analysis {pre['phase']}")
+            kube.plugin(self.layout, ns, "promote", kube.ROLLOUT)
+            promoted = True
+        healthy = self._wait_healthy(PRODUCTION)
+        return {"production_revision": healthy["stableRS"], "promoted_by_hand": promoted}
+
+    def _compare_environments(self) -> dict[str, Any]:
+        """The digests of every image in git (main vs staging) and of what runs now."""
+        staging = gitops.images_on(self.layout, gitops.BRANCHES[STAGING])
+        main = gitops.images_on(self.layout, gitops.BRANCHES[PRODUCTION])
+        differ = sorted(n for n in staging if staging[n] != main.get(n))
+        running = {env: _running_serving_digests(self.layout, gitops.NAMESPACES[env])
+                   for env in (STAGING, PRODUCTION)}  # fmt: skip
+        models = {env: gitops.served_model(self.layout, gitops.BRANCHES[env])
+                  for env in (STAGING, PRODUCTION)}  # fmt: skip
+        outcome = {"images": main, "running_model_serving": running, "models": models}
+        if differ:
+            raise ClusterError(f"main and staging pin different digests for {differ}")
+        if running[STAGING] != running[PRODUCTION] or not running[STAGING]:
+            raise ClusterError(f"model-serving runs different images: {running}")
+        if models[STAGING] != models[PRODUCTION]:
+            raise ClusterError(f"the environments serve different models: {models}")
+        return outcome
+
+    # -- report -------------------------------------------------------------------------
+    def _write_report(self) -> None:
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        (self.report_dir / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
+        (self.report_dir / "report.md").write_text(render_report(self.report))
+
+
+def _new_hash(layout, ns: str, blue: str) -> str | None:
+    current = kube.rollout(layout, ns).get("status", {}).get("currentPodHash")
+    return current if current and current != blue else None
+
+
+def _aborted(layout, ns: str) -> dict[str, Any] | None:
+    status = kube.rollout(layout, ns).get("status", {})
+    return status if status.get("abort") else None
+
+
+def _selector(layout, ns: str, service: str) -> str:
+    selector = kube.get(layout, ns, "service", service)["spec"].get("selector", {})
+    return selector.get("rollouts-pod-template-hash", "")
+
+
+def _running_serving_digests(layout, ns: str) -> list[str]:
+    """The image digests the ready model-serving pods of the active revision run."""
+    active = _selector(layout, ns, "model-serving-active")
+    pods = kube.items(layout, ns, "pod", "-l", f"rollouts-pod-template-hash={active}")
+    digests = {
+        status["imageID"].rsplit("@", 1)[-1]
+        for pod in pods
+        for status in pod.get("status", {}).get("containerStatuses", [])
+        if status.get("ready")
+    }
+    return sorted(digests)
+
+
+def _brief(summary: dict[str, Any] | None) -> dict[str, Any]:
+    if not summary:
+        return {}
+    keys = (
+        "upserted", "fetched", "rows", "run_id", "features_path", "model_version", "registered",
+        "gate", "test_roc_auc", "isolation_forest_test_roc_auc", "quarantined",
+    )  # fmt: skip
+    return {k: summary[k] for k in keys if k in summary}
+
+
+def render_report(report: dict[str, Any]) -> str:
+    lines = ["# Cluster run", "", f"Outcome: **{report.get('outcome')}** in "
+             f"{report.get('seconds', 0):.0f} s", "", "| step | seconds | outcome |",
+             "|---|---:|---|"]  # fmt: skip
+    for step in report["steps"]:
+        lines.append(f"| {step['step']} | {step['seconds']:.1f} | {step['outcome']} |")
+    for step in report["steps"]:
+        details = {k: v for k, v in step.items() if k not in ("step", "seconds", "outcome")}
+        if details:
+            lines += ["", f"## {step['step']}", "", "```json", json.dumps(details, indent=2,
+                      default=str), "```"]  # fmt: skip
+    for env, runs in (report.get("analysis_runs") or {}).items():
+        header = "| run | kind | phase | metric | measurements |"
+        lines += ["", f"## AnalysisRuns in {env}", "", header, "|---|---|---|---|---|"]
+        for run in runs:
+            for metric in run["metrics"] or [{"name": "", "phase": "", "measurements": []}]:
+                values = ", ".join(str(v) for v in metric["measurements"])[:120]
+                lines.append(f"| {run['name']} | {run['kind']} | {run['phase']} | "
+                             f"{metric['name']} ({metric['phase']}) | {values} |")  # fmt: skip
+    return "\n".join(lines) + "\n"

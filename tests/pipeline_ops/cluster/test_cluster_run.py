@@ -1,0 +1,132 @@
+"""`make cluster-run` for real, once (it takes ~15 minutes): staging synced by Argo CD from the
+cluster's git server, the pipeline in pods, a blue/green of the model pinned in git with
+the real analysis, a green that cannot load aborted, the promotion to production, and both
+environments running the same digests. Then what the run's report and the cluster show."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kube_namespace import wait_for
+
+from pipeline_ops.cluster import gitops, kube
+from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.cluster.launcher import Cluster
+from pipeline_ops.cluster.run import ClusterRun
+
+pytestmark = pytest.mark.cluster
+
+STAGING_NS = gitops.NAMESPACES[gitops.STAGING]
+
+
+@pytest.fixture(scope="module")
+def cluster_run(cluster: Cluster) -> Iterator[tuple[ClusterRun, dict[str, Any]]]:
+    run = ClusterRun(cluster)
+    try:
+        report = run.run()
+    except Exception:
+        print((run.report_dir / "report.md").read_text())
+        raise
+    try:
+        yield run, report
+    finally:
+        # the environments' platform servers stop with the cluster; the applications go
+        kubectl(cluster.layout, "-n", "argocd", "delete", "application", "--all", "--wait=false")
+
+
+def _step(report: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return next(s for s in report["steps"] if s["step"].startswith(prefix))
+
+
+def test_the_pipeline_runs_in_pods_from_what_argo_cd_synced(cluster_run) -> None:
+    _, report = cluster_run
+    assert report["outcome"] == "ok"
+    assert _step(report, "spark-preprocess")["executors"] >= 2
+    training = _step(report, "ml-training")["summary"]
+    assert training["registered"] is True
+    staging = gitops.images_on(cluster_run[0].layout, "staging")
+    assert all("@sha256:" in reference for reference in staging.values()), staging
+
+
+def test_blue_green_promotes_with_real_analysis_and_no_failed_request(cluster_run) -> None:
+    _, report = cluster_run
+    rollout = _step(report, "blue/green: the model pinned")
+    assert rollout["pre_promotion"] == "Successful"
+    assert rollout["post_promotion"] == "Successful"
+    assert rollout["active"] == rollout["green"] != rollout["blue"]
+    assert rollout["client"]["sent"] > 50
+    assert rollout["client"]["failed"] == 0, rollout["client"]
+
+
+def test_a_green_that_cannot_load_is_aborted_and_active_stays_blue(cluster_run) -> None:
+    _, report = cluster_run
+    failed = _step(report, "blue/green failure path")
+    assert failed["pre_promotion"] in ("Failed", "Error")
+    assert failed["aborted"] is True
+    assert failed["active_stays_blue"] is True
+    assert failed["client"]["failed"] == 0
+
+
+def test_production_runs_the_digests_and_model_staging_tested(cluster_run) -> None:
+    run, report = cluster_run
+    compared = _step(report, "both environments")
+    running = compared["running_model_serving"]
+    assert running["staging"] == running["production"] != []
+    assert compared["models"]["staging"] == compared["models"]["production"]
+    assert gitops.images_on(run.layout, "main") == gitops.images_on(run.layout, "staging")
+    markdown = (run.report_dir / "report.md").read_text()
+    assert "AnalysisRuns in staging" in markdown
+    assert "PostPromotion" in markdown
+
+
+VAULT_PROBE = """
+import json, os
+from pipeline_common.settings import VaultSettings
+from pipeline_common.vault import VaultClient
+client = VaultClient(VaultSettings()).login()
+own = sorted(client.read_secret())
+try:
+    client.read_secret("secret/mlops/ml-training")
+    other = "read"
+except Exception as error:
+    other = type(error).__name__ + ": " + str(error)
+print(json.dumps({"own": own, "other": other}))
+"""
+
+
+def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) -> None:
+    """Vault's kubernetes auth for real: the pod's projected ServiceAccount token, reviewed by
+    this cluster's TokenReview API, logs in as data-fetch; ml-training's secret is refused."""
+    run, _ = cluster_run
+    layout = run.layout
+    cronjob = kube.get(layout, STAGING_NS, "cronjob", "data-fetch")
+    template = cronjob["spec"]["jobTemplate"]["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    name = f"vault-probe-{secrets.token_hex(3)}"
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": STAGING_NS},
+        "spec": {**template["spec"], "restartPolicy": "Never",
+                 "containers": [{**container, "command": ["python", "-c", VAULT_PROBE],
+                                 "args": []}]},
+    }  # fmt: skip
+    kubectl(layout, "apply", "-f", "-", stdin=json.dumps(pod))
+    try:
+        wait_for(
+            "the probe pod finished",
+            lambda: (
+                kube.get(layout, STAGING_NS, "pod", name)["status"].get("phase")
+                in ("Succeeded", "Failed")
+            ),
+            180,
+        )
+        logs = kubectl(layout, "-n", STAGING_NS, "logs", name)
+        said = json.loads(logs.strip().splitlines()[-1])
+        assert "mongo_uri" in said["own"]
+        assert "permission denied" in said["other"].lower() or "403" in said["other"], said
+    finally:
+        kubectl(layout, "-n", STAGING_NS, "delete", "pod", name, "--wait=false")

@@ -56,7 +56,7 @@ from pipeline_ops.cluster.layout import (
     binary,
 )
 from pipeline_ops.cluster.pki import Pki
-from pipeline_ops.cluster.platform import ClusterPlatform
+from pipeline_ops.cluster.platform import PROMETHEUS, ClusterPlatform, host_server_objects
 from pipeline_ops.cluster.processes import Processes
 from pipeline_ops.local_platform import free_port
 
@@ -309,6 +309,10 @@ class Cluster:
         if name == "prometheus":
             addons.kubectl(layout, "apply", "--server-side", "-f", "-",
                            stdin=json.dumps(prometheus.rbac()))  # fmt: skip
+            # the Prometheus Operator's Service name, which the post-promotion analysis uses
+            service = json.dumps(host_server_objects(PROMETHEUS, PROMETHEUS_PORT))
+            addons.kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
+                           stdin=service)  # fmt: skip
             config = prometheus.config(
                 layout, pki.ca, pki.cert("prometheus"), pki.key("prometheus")
             )

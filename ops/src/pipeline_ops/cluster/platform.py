@@ -4,9 +4,8 @@ MLflow server): OpenBao, FerretDB, MLflow and SeaweedFS run as host processes on
 bridge address (the launchers of `make run`, ``LocalPlatform(host=BRIDGE_IP)``), and pods
 reach them by the Service names a production cluster would give them: a Service without a
 selector per server, its EndpointSlice pointing at the host process. Vault answers at
-``vault.vault.svc:8200``, the address the manifests carry, and Prometheus (the cluster's,
-also on the host) at ``prometheus-operated.monitoring.svc:9090``, the Prometheus Operator's
-name the post-promotion analysis uses.
+``vault.vault.svc:8200``, the address the manifests carry. (The cluster's Prometheus, also on
+the host, is fronted the same way at cluster-up: ``prometheus-operated.monitoring.svc``.)
 
 Vault is configured by the production command, ``python -m pipeline_ops.vault_bootstrap
 --auth kubernetes``: each stage's pod logs in with its own ServiceAccount's projected token,
@@ -33,7 +32,6 @@ from pipeline_ops.cluster.layout import (
     BRIDGE_IP,
     CLUSTER_DOMAIN,
     ENVIRONMENT_NAMESPACES,
-    PROMETHEUS_PORT,
     Layout,
 )
 from pipeline_ops.cluster.pki import Pki
@@ -73,6 +71,11 @@ SERVICE_NAMES = (
 PROMETHEUS = ServiceName("prometheus", "monitoring", "prometheus-operated", 9090)
 
 
+def host_server_objects(service: ServiceName, host_port: int) -> dict[str, Any]:
+    """``service`` in the cluster, sent to the host process on ``host_port``."""
+    return {"apiVersion": "v1", "kind": "List", "items": _service_to_host(service, host_port)}
+
+
 def _by_server(server: str) -> ServiceName:
     return next(s for s in SERVICE_NAMES if s.server == server)
 
@@ -97,7 +100,6 @@ class ClusterPlatform:
         objects: list[dict[str, Any]] = []
         for service in SERVICE_NAMES:
             objects += _service_to_host(service, running[service.server].port)
-        objects += _service_to_host(PROMETHEUS, PROMETHEUS_PORT)
         listing = {"apiVersion": "v1", "kind": "List", "items": objects}
         kubectl(self.layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
                 stdin=json.dumps(listing))  # fmt: skip

@@ -1,7 +1,9 @@
 """The GitOps scripts the workflows and the local cluster share, run for real: real git, real
 kustomize, bare repositories in a temporary directory (a path, or `git daemon`'s git://).
 
-- ops/scripts/pin-image-digest.sh: the stage workflows' bump, the local cluster's pin.
+- ops/scripts/pin-image-digest.sh: the stage workflows' bump, the local cluster's pin;
+- ops/scripts/promote.sh: staging -> main (`make promote`, the promote workflow);
+- ops/scripts/compare-digests.sh: whether two branches pin the same images.
 """
 
 from __future__ import annotations
@@ -340,3 +342,110 @@ def test_the_bump_job_hands_its_token_to_git_through_a_helper_only(remote: GitOp
 def test_a_pin_over_the_git_protocol(remote: GitOpsRemote, git_daemon: str):
     reference = remote.pin("ml-training", "4", url=git_daemon)
     assert remote.pinned("staging", "ml-training") == reference
+
+
+# ---- compare-digests.sh and promote.sh -----------------------------------------------------
+
+
+def _compare(remote: GitOpsRemote, a: str, b: str) -> subprocess.CompletedProcess[str]:
+    return remote.run("compare-digests.sh", "-C", str(remote.path), a, b)
+
+
+def test_compare_digests_names_each_image_that_differs(remote: GitOpsRemote):
+    assert _compare(remote, "main", "staging").returncode == 0
+    reference = remote.pin("ml-training", "7")
+
+    differs = _compare(remote, "main", "staging")
+
+    assert differs.returncode == 1
+    assert "image ml-training differs: main has registry.example.com" in differs.stderr
+    assert f"staging has {reference}" in differs.stderr
+    assert "data-fetch" not in differs.stderr
+
+
+def test_a_local_promotion_merges_staging_into_main_with_the_same_digests(remote: GitOpsRemote):
+    main_before = remote.tip("main")
+    serving = remote.pin("model-serving", "8")
+    gate = remote.pin("load-gate", "9")
+    staging = remote.tip("staging")
+
+    result = remote.run("promote.sh", str(remote.path))
+
+    assert result.returncode == 0, result.stderr
+    parents = remote.git("rev-list", "--parents", "-n", "1", "refs/heads/main").split()[1:]
+    assert parents == [main_before, staging]  # a merge commit, as GitHub's merge button makes
+    assert remote.images("main") == remote.images("staging")
+    assert remote.pinned("main", "model-serving") == serving
+    assert remote.pinned("main", "load-gate") == gate
+    assert _compare(remote, "main", "staging").returncode == 0
+    assert "images:\n" in result.stdout
+    assert f"digest: sha256:{'8' * 64}" in result.stdout
+
+
+def test_make_promote_with_a_plain_remote_then_again_has_nothing_to_do(remote: GitOpsRemote):
+    remote.pin("data-fetch", "5")
+    make = ["make", "--no-print-directory", "-C", str(PROJECT_ROOT), "promote"]
+
+    first = remote.command([*make, f"PROMOTE_REMOTE={remote.path}"])
+    promoted = remote.tip("main")
+    second = remote.command(make, env={"PROMOTE_REMOTE": str(remote.path)})
+
+    assert first.returncode == 0, first.stderr
+    assert remote.images("main") == remote.images("staging")
+    assert second.returncode == 0, second.stderr
+    assert "nothing to merge" in second.stdout
+    assert remote.tip("main") == promoted
+
+
+def test_a_first_promotion_creates_main_from_staging(remote: GitOpsRemote):
+    remote.git("update-ref", "-d", "refs/heads/main")
+    remote.pin("spark-preprocess", "6")
+
+    result = remote.run("promote.sh", str(remote.path))
+
+    assert result.returncode == 0, result.stderr
+    assert remote.tip("main") == remote.tip("staging")
+
+
+def test_a_promotion_that_would_leave_main_on_other_images_pushes_nothing(remote: GitOpsRemote):
+    # A digest pinned on main alone (a hotfix) survives the merge of a staging that never
+    # touched that image: production would not run what staging runs.
+    hotfix = remote.pin("spark-preprocess", "0", branch="main")
+    remote.pin("data-fetch", "1")
+    main_before = remote.tip("main")
+
+    result = remote.run("promote.sh", str(remote.path))
+
+    assert result.returncode == 1
+    assert f"image spark-preprocess differs: main has {hotfix}" in result.stderr
+    assert "not pushed" in result.stderr
+    assert remote.tip("main") == main_before
+
+
+def test_a_staging_that_does_not_merge_into_main_pushes_nothing(remote: GitOpsRemote):
+    remote.pin("data-fetch", "2", branch="main")
+    remote.pin("data-fetch", "3")
+    main_before = remote.tip("main")
+
+    result = remote.run("promote.sh", str(remote.path))
+
+    assert result.returncode == 1
+    assert "staging does not merge cleanly into main" in result.stderr
+    assert remote.tip("main") == main_before
+
+
+def test_a_github_remote_is_promoted_by_pull_request_only(remote: GitOpsRemote):
+    result = remote.run("promote.sh", "https://github.com/owner/repo.git")
+    assert result.returncode == 1
+    assert "promoted by pull request" in result.stderr
+
+
+def test_pin_and_promote_over_the_git_protocol(remote: GitOpsRemote, git_daemon: str):
+    reference = remote.pin("model-serving", "3", url=git_daemon)
+
+    result = remote.run("promote.sh", git_daemon)
+
+    assert result.returncode == 0, result.stderr
+    assert git_daemon in result.stdout
+    assert remote.pinned("main", "model-serving") == reference
+    assert remote.images("main") == remote.images("staging")

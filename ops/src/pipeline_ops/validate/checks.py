@@ -36,6 +36,17 @@ WORKLOAD_KINDS = {
     "ScheduledSparkApplication",
 }
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# What every stage workflow reads besides its Dockerfiles and tests, and why.
+STAGE_WORKFLOW_INPUTS = {
+    ".github/workflows/stage-image.yml": "the reusable workflow it calls",
+    "Makefile": "make setup and make lint",
+    "requirements/dev.txt": "the lock make setup installs for lint and tests",
+    ".dockerignore": "what the build context leaves out",
+    "ops/src/pipeline_ops/images": "the image test",
+    "argo-apps/base": "the manifests the image test runs the image as",
+}
+# Never part of a change: caches and build output under a source folder.
+GENERATED_PARTS = re.compile(r"__pycache__|.*\.egg-info|\.(pytest|ruff|mypy)_cache")
 
 
 # ---- tools ---------------------------------------------------------------------------------
@@ -182,21 +193,55 @@ def workflow_paths_exist(tree: RepoTree) -> list[str]:
     return problems
 
 
+def workflow_paths_cover_inputs(tree: RepoTree) -> list[str]:
+    """A stage workflow's path filters cover every file it builds or tests from.
+
+    Its Dockerfiles and every file they COPY from the build context (less `.dockerignore`),
+    its `tests:` paths, and what every stage workflow reads (STAGE_WORKFLOW_INPUTS): a change
+    to any of them must run the workflow, or the image of a pushed change is never rebuilt.
+    """
+    problems = []
+    ignored = _dockerignore(tree.root)
+    for path, workflow in tree.workflows().items():
+        calls = stage_image_calls(workflow)
+        if not calls:
+            continue
+        inputs: dict[str, tuple[str, bool]] = {tree.rel(path): ("the workflow", False)}
+        inputs.update({name: (why, False) for name, why in STAGE_WORKFLOW_INPUTS.items()})
+        for call in calls:
+            dockerfile = str(call.get("dockerfile"))
+            inputs.setdefault(dockerfile, (f"the Dockerfile of {call.get('image')}", False))
+            if (tree.root / dockerfile).is_file():
+                for source in _copy_sources(tree.root / dockerfile):
+                    inputs.setdefault(source, (f"COPY source of {dockerfile}", True))
+            for test in str(call.get("tests") or "").split():
+                inputs.setdefault(test, (f"tests of {call.get('image')}", False))
+                for folder in Path(test).parents:
+                    if (tree.root / folder / "conftest.py").is_file():
+                        fixtures = (folder / "conftest.py").as_posix()
+                        inputs.setdefault(fixtures, (f"fixtures of {test}", False))
+        for event, spec in workflow_triggers(workflow).items():
+            filters = spec.get("paths") if isinstance(spec, dict) else None
+            if event not in ("push", "pull_request") or filters is None:
+                continue  # no path filter: it runs on every change
+            for name, (why, copied) in inputs.items():
+                files = _files_under(tree.root, name, ignored if copied else [])
+                uncovered = next((f for f in files if not _filtered_in(f, filters)), None)
+                if uncovered is not None:
+                    problems.append(
+                        f"{tree.rel(path)}: the {event} paths: filter does not cover {name} "
+                        f"({why}): a change to {uncovered} would not run the workflow"
+                    )
+    return problems
+
+
 def dockerfile_copy_sources_exist(tree: RepoTree) -> list[str]:
     """COPY/ADD sources exist in the build context (the repository root)."""
     problems = []
     for dockerfile in tree.dockerfiles():
-        for line in _instructions(dockerfile):
-            words = _instruction_words(line)
-            if not words or words[0].upper() not in {"COPY", "ADD"}:
-                continue
-            args = words[1:]
-            if any(a.startswith("--from") for a in args):
-                continue
-            sources = [a for a in args if not a.startswith("--")][:-1]
-            for source in sources:
-                if not _matches_something(tree.root, source):
-                    problems.append(f"{tree.rel(dockerfile)}: COPY source {source} does not exist")
+        for source in _copy_sources(dockerfile):
+            if not _matches_something(tree.root, source):
+                problems.append(f"{tree.rel(dockerfile)}: COPY source {source} does not exist")
     return problems
 
 
@@ -301,6 +346,7 @@ CHECKS: dict[str, Check] = {
     "yamllint": yamllint,
     "images-have-dockerfile-and-workflow": images_have_dockerfile_and_workflow,
     "workflow-paths-exist": workflow_paths_exist,
+    "workflow-paths-cover-inputs": workflow_paths_cover_inputs,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
     "vault-contract": vault_contract,
@@ -427,6 +473,57 @@ def _glob_regex(pattern: str) -> str:
     parts = re.split(r"(\*\*/?|\*|\?)", pattern)
     translate = {"**": ".*", "**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}
     return "".join(translate.get(part, re.escape(part)) for part in parts)
+
+
+def _filtered_in(path: str, filters: list[str]) -> bool:
+    """Whether GitHub's `paths:` filters select a changed file: the last matching one decides."""
+    selected = False
+    for pattern in filters:
+        negated = pattern.startswith("!")
+        if re.fullmatch(_glob_regex(pattern.removeprefix("!")), path):
+            selected = not negated
+    return selected
+
+
+def _dockerignore(root: Path) -> list[re.Pattern[str]]:
+    path = root / ".dockerignore"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    patterns = [line.strip().strip("/") for line in lines]
+    return [re.compile(_glob_regex(p)) for p in patterns if p and not p.startswith(("#", "!"))]
+
+
+def _files_under(root: Path, name: str, ignored: list[re.Pattern[str]]) -> list[str]:
+    """The files a path (a file, a folder or a glob) stands for, as changes would name them."""
+    if any(ch in name for ch in "*?["):
+        regex = re.compile(_glob_regex(name.rstrip("/")))
+        files = [p for p in root.rglob("*") if regex.fullmatch(p.relative_to(root).as_posix())]
+    else:
+        target = root / name.rstrip("/")
+        files = sorted(target.rglob("*")) if target.is_dir() else [target]
+    found = []
+    for file in files:
+        if file.exists() and not file.is_file():
+            continue
+        parts = file.relative_to(root).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(GENERATED_PARTS.fullmatch(part) for part in parts) or any(
+            regex.fullmatch(prefix) for regex in ignored for prefix in prefixes
+        ):
+            continue
+        found.append("/".join(parts))
+    return found or ([name] if not ignored else [])
+
+
+def _copy_sources(dockerfile: Path) -> Iterator[str]:
+    """The build-context sources of a Dockerfile's COPY and ADD (not those --from a stage)."""
+    for line in _instructions(dockerfile):
+        words = _instruction_words(line)
+        if not words or words[0].upper() not in {"COPY", "ADD"}:
+            continue
+        args = words[1:]
+        if any(a.startswith("--from") for a in args):
+            continue
+        yield from [a for a in args if not a.startswith("--")][:-1]
 
 
 def _expand_args(text: str, values: dict[str, str]) -> str:

@@ -165,6 +165,35 @@ def test_workflow_paths_need_not_cover_what_dockerignore_keeps_out(repo: Path):
     }
 
 
+def test_stage_workflow_triggers_fail_on_a_build_on_pushes_to_main(repo: Path):
+    _edit(
+        repo / ".github/workflows/ml-training.yml",
+        "branches: [staging]",
+        "branches: [staging, main]",
+    )
+    _fails(
+        repo, "stage-workflow-triggers", "ml-training.yml: runs on pushes to ['staging', 'main']"
+    )
+
+
+def test_stage_workflow_triggers_fail_on_cancelling_pushes(repo: Path):
+    _edit(
+        repo / ".github/workflows/data-fetch.yml",
+        "cancel-in-progress: ${{ github.event_name == 'pull_request' }}",
+        "cancel-in-progress: true",
+    )
+    _fails(repo, "stage-workflow-triggers", "data-fetch.yml: concurrency cancel-in-progress True")
+
+
+def test_stage_workflow_triggers_fail_on_one_bump_group_for_all_images(repo: Path):
+    _edit(
+        repo / ".github/workflows/stage-image.yml",
+        "group: bump-${{ inputs.image }}-${{ github.ref }}",
+        "group: bump-${{ github.ref }}",
+    )
+    _fails(repo, "stage-workflow-triggers", "job bump: concurrency group 'bump-${{ github.ref }}'")
+
+
 def test_dockerfile_copy_fails_on_a_missing_source(repo: Path):
     _edit(repo / "data-fetch/Dockerfile", "COPY data/samples", "COPY data/sample")
     _fails(repo, "dockerfile-copy-sources-exist", "data/sample ")

@@ -17,10 +17,12 @@ from pipeline_ops.validate.tree import (
     ARGOCD,
     BASE,
     SCHEMAS,
+    STAGE_IMAGE_WORKFLOW,
     STAGES,
     VAULT_CONTRACT,
     WORKFLOWS,
     RepoTree,
+    load_yaml,
     stage_image_calls,
     workflow_triggers,
 )
@@ -45,6 +47,9 @@ STAGE_WORKFLOW_INPUTS = {
     "ops/src/pipeline_ops/images": "the image test",
     "argo-apps/base": "the manifests the image test runs the image as",
 }
+# The one cancel-in-progress a stage workflow may have: a newer push to a pull request cancels
+# its older run; a push to staging's run is never cancelled.
+PULL_REQUESTS_ONLY = "${{ github.event_name == 'pull_request' }}"
 # Never part of a change: caches and build output under a source folder.
 GENERATED_PARTS = re.compile(r"__pycache__|.*\.egg-info|\.(pytest|ruff|mypy)_cache")
 
@@ -235,6 +240,52 @@ def workflow_paths_cover_inputs(tree: RepoTree) -> list[str]:
     return problems
 
 
+def stage_workflow_triggers(tree: RepoTree) -> list[str]:
+    """Images are built on pull requests and pushes to staging, and no push's bump is lost.
+
+    main receives staging's digests through the promotion, so a stage workflow that ran on
+    pushes to main would rebuild for nothing. A push's run is never cancelled in progress, and
+    the bump job has a group per image: GitHub keeps one pending run per concurrency group and
+    cancels the older, so a group shared by images would let one image's bump cancel another's.
+    """
+    problems = []
+    for path, workflow in tree.workflows().items():
+        if not stage_image_calls(workflow):
+            continue
+        triggers = workflow_triggers(workflow)
+        if "push" in triggers:
+            push = triggers["push"] if isinstance(triggers["push"], dict) else {}
+            if push.get("branches") != ["staging"]:
+                problems.append(
+                    f"{tree.rel(path)}: runs on pushes to {push.get('branches') or 'any branch'}, "
+                    "not only staging (main gets staging's digests by promotion, no rebuild)"
+                )
+        cancel = _concurrency(workflow).get("cancel-in-progress", False)
+        if cancel not in (False, PULL_REQUESTS_ONLY):
+            problems.append(
+                f"{tree.rel(path)}: concurrency cancel-in-progress {cancel!r} cancels pushes' "
+                f"runs and their bumps too; use {PULL_REQUESTS_ONLY!r}"
+            )
+    stage_image = tree.root / WORKFLOWS / STAGE_IMAGE_WORKFLOW
+    if stage_image.is_file():
+        jobs = load_yaml(stage_image).get("jobs") or {}
+        for name, job in jobs.items():
+            if (job.get("permissions") or {}).get("contents") != "write":
+                continue  # only the bump job writes to the repository
+            concurrency = _concurrency(job)
+            where = f"{WORKFLOWS / STAGE_IMAGE_WORKFLOW}: job {name}"
+            if "ops/scripts/pin-image-digest.sh" not in json.dumps(job.get("steps") or []):
+                problems.append(f"{where}: pins digests without ops/scripts/pin-image-digest.sh")
+            if "inputs.image" not in str(concurrency.get("group", "")):
+                problems.append(
+                    f"{where}: concurrency group {concurrency.get('group')!r} is not per image "
+                    "(one image's pending bump would cancel another's); put inputs.image in it"
+                )
+            if concurrency.get("cancel-in-progress", False) is not False:
+                problems.append(f"{where}: a bump must never be cancelled (cancel-in-progress)")
+    return problems
+
+
 def dockerfile_copy_sources_exist(tree: RepoTree) -> list[str]:
     """COPY/ADD sources exist in the build context (the repository root)."""
     problems = []
@@ -347,6 +398,7 @@ CHECKS: dict[str, Check] = {
     "images-have-dockerfile-and-workflow": images_have_dockerfile_and_workflow,
     "workflow-paths-exist": workflow_paths_exist,
     "workflow-paths-cover-inputs": workflow_paths_cover_inputs,
+    "stage-workflow-triggers": stage_workflow_triggers,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
     "vault-contract": vault_contract,
@@ -473,6 +525,12 @@ def _glob_regex(pattern: str) -> str:
     parts = re.split(r"(\*\*/?|\*|\?)", pattern)
     translate = {"**": ".*", "**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}
     return "".join(translate.get(part, re.escape(part)) for part in parts)
+
+
+def _concurrency(node: dict[Any, Any]) -> dict[str, Any]:
+    """A workflow's or job's concurrency as a mapping (the short form is just the group)."""
+    concurrency = node.get("concurrency") or {}
+    return {"group": concurrency} if isinstance(concurrency, str) else concurrency
 
 
 def _filtered_in(path: str, filters: list[str]) -> bool:

@@ -111,8 +111,8 @@ cluster-run: setup cluster-packages images ## the GitOps loop on the local clust
 cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
 	@$(PY) -m pipeline_ops.cluster env
 
-promote: ## open the staging -> main pull request carrying staging's image digests
-	gh workflow run promote.yml
+promote: ## staging -> main with staging's digests: the pull request (gh), or PROMOTE_REMOTE=URL merges on a plain git remote
+	ops/scripts/promote.sh $(if $(PROMOTE_REMOTE),'$(PROMOTE_REMOTE)')
 
 test: setup lint validate cluster-packages ## lint, validate, build the images, then the whole test suite against real local servers and the local cluster
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke

@@ -122,6 +122,78 @@ def test_workflow_paths_fail_on_a_filter_matching_nothing(repo: Path):
     _fails(repo, "workflow-paths-exist", "data-fetcher/**")
 
 
+def test_workflow_paths_fail_to_cover_a_copied_folder(repo: Path):
+    # data-fetch's image ships the bundled sample: a new sample must rebuild it.
+    _edit(repo / ".github/workflows/data-fetch.yml", "      - data/samples/**\n", "")
+    _fails(
+        repo,
+        "workflow-paths-cover-inputs",
+        ".github/workflows/data-fetch.yml: the pull_request paths: filter does not cover "
+        "data/samples (COPY source of data-fetch/Dockerfile)",
+    )
+
+
+def test_workflow_paths_fail_to_cover_a_file_a_new_copy_adds(repo: Path):
+    _edit(
+        repo / "model-serving/Dockerfile",
+        "COPY model-serving /src/model-serving",
+        "COPY model-serving /src/model-serving\nCOPY ml-pipeline/pyproject.toml /src/ml.toml",
+    )
+    _fails(repo, "workflow-paths-cover-inputs", "does not cover ml-pipeline/pyproject.toml")
+
+
+def test_workflow_paths_fail_to_cover_the_lock_of_the_tests(repo: Path):
+    _edit(repo / ".github/workflows/spark-preprocess.yml", "      - requirements/dev.txt\n", "")
+    _fails(repo, "workflow-paths-cover-inputs", "spark-preprocess.yml: the push paths: filter")
+
+
+def test_workflow_paths_need_not_cover_what_dockerignore_keeps_out(repo: Path):
+    # Notebooks left out of the image and out of the filter (a negated pattern)...
+    (repo / "ml-pipeline/notebooks").mkdir()
+    (repo / "ml-pipeline/notebooks/explore.ipynb").write_text("{}")
+    _edit(
+        repo / ".github/workflows/ml-training.yml",
+        "      - ml-pipeline/**\n",
+        "      - ml-pipeline/**\n      - '!ml-pipeline/notebooks/**'\n",
+    )
+    _fails(repo, "workflow-paths-cover-inputs", "ml-pipeline/notebooks/explore.ipynb would not")
+    # ...pass once .dockerignore keeps them out of the build context.
+    with (repo / ".dockerignore").open("a") as ignore:
+        ignore.write("ml-pipeline/notebooks\n")
+    assert run_checks(_tree(repo), ["workflow-paths-cover-inputs"]) == {
+        "workflow-paths-cover-inputs": []
+    }
+
+
+def test_stage_workflow_triggers_fail_on_a_build_on_pushes_to_main(repo: Path):
+    _edit(
+        repo / ".github/workflows/ml-training.yml",
+        "branches: [staging]",
+        "branches: [staging, main]",
+    )
+    _fails(
+        repo, "stage-workflow-triggers", "ml-training.yml: runs on pushes to ['staging', 'main']"
+    )
+
+
+def test_stage_workflow_triggers_fail_on_cancelling_pushes(repo: Path):
+    _edit(
+        repo / ".github/workflows/data-fetch.yml",
+        "cancel-in-progress: ${{ github.event_name == 'pull_request' }}",
+        "cancel-in-progress: true",
+    )
+    _fails(repo, "stage-workflow-triggers", "data-fetch.yml: concurrency cancel-in-progress True")
+
+
+def test_stage_workflow_triggers_fail_on_one_bump_group_for_all_images(repo: Path):
+    _edit(
+        repo / ".github/workflows/stage-image.yml",
+        "group: bump-${{ inputs.image }}-${{ github.ref }}",
+        "group: bump-${{ github.ref }}",
+    )
+    _fails(repo, "stage-workflow-triggers", "job bump: concurrency group 'bump-${{ github.ref }}'")
+
+
 def test_dockerfile_copy_fails_on_a_missing_source(repo: Path):
     _edit(repo / "data-fetch/Dockerfile", "COPY data/samples", "COPY data/sample")
     _fails(repo, "dockerfile-copy-sources-exist", "data/sample ")

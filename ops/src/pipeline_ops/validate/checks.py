@@ -17,10 +17,12 @@ from pipeline_ops.validate.tree import (
     ARGOCD,
     BASE,
     SCHEMAS,
+    STAGE_IMAGE_WORKFLOW,
     STAGES,
     VAULT_CONTRACT,
     WORKFLOWS,
     RepoTree,
+    load_yaml,
     stage_image_calls,
     workflow_triggers,
 )
@@ -36,6 +38,20 @@ WORKLOAD_KINDS = {
     "ScheduledSparkApplication",
 }
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# What every stage workflow reads besides its Dockerfiles and tests, and why.
+STAGE_WORKFLOW_INPUTS = {
+    ".github/workflows/stage-image.yml": "the reusable workflow it calls",
+    "Makefile": "make setup and make lint",
+    "requirements/dev.txt": "the lock make setup installs for lint and tests",
+    ".dockerignore": "what the build context leaves out",
+    "ops/src/pipeline_ops/images": "the image test",
+    "argo-apps/base": "the manifests the image test runs the image as",
+}
+# The one cancel-in-progress a stage workflow may have: a newer push to a pull request cancels
+# its older run; a push to staging's run is never cancelled.
+PULL_REQUESTS_ONLY = "${{ github.event_name == 'pull_request' }}"
+# Never part of a change: caches and build output under a source folder.
+GENERATED_PARTS = re.compile(r"__pycache__|.*\.egg-info|\.(pytest|ruff|mypy)_cache")
 
 
 # ---- tools ---------------------------------------------------------------------------------
@@ -182,21 +198,101 @@ def workflow_paths_exist(tree: RepoTree) -> list[str]:
     return problems
 
 
+def workflow_paths_cover_inputs(tree: RepoTree) -> list[str]:
+    """A stage workflow's path filters cover every file it builds or tests from.
+
+    Its Dockerfiles and every file they COPY from the build context (less `.dockerignore`),
+    its `tests:` paths, and what every stage workflow reads (STAGE_WORKFLOW_INPUTS): a change
+    to any of them must run the workflow, or the image of a pushed change is never rebuilt.
+    """
+    problems = []
+    ignored = _dockerignore(tree.root)
+    for path, workflow in tree.workflows().items():
+        calls = stage_image_calls(workflow)
+        if not calls:
+            continue
+        inputs: dict[str, tuple[str, bool]] = {tree.rel(path): ("the workflow", False)}
+        inputs.update({name: (why, False) for name, why in STAGE_WORKFLOW_INPUTS.items()})
+        for call in calls:
+            dockerfile = str(call.get("dockerfile"))
+            inputs.setdefault(dockerfile, (f"the Dockerfile of {call.get('image')}", False))
+            if (tree.root / dockerfile).is_file():
+                for source in _copy_sources(tree.root / dockerfile):
+                    inputs.setdefault(source, (f"COPY source of {dockerfile}", True))
+            for test in str(call.get("tests") or "").split():
+                inputs.setdefault(test, (f"tests of {call.get('image')}", False))
+                for folder in Path(test).parents:
+                    if (tree.root / folder / "conftest.py").is_file():
+                        fixtures = (folder / "conftest.py").as_posix()
+                        inputs.setdefault(fixtures, (f"fixtures of {test}", False))
+        for event, spec in workflow_triggers(workflow).items():
+            filters = spec.get("paths") if isinstance(spec, dict) else None
+            if event not in ("push", "pull_request") or filters is None:
+                continue  # no path filter: it runs on every change
+            for name, (why, copied) in inputs.items():
+                files = _files_under(tree.root, name, ignored if copied else [])
+                uncovered = next((f for f in files if not _filtered_in(f, filters)), None)
+                if uncovered is not None:
+                    problems.append(
+                        f"{tree.rel(path)}: the {event} paths: filter does not cover {name} "
+                        f"({why}): a change to {uncovered} would not run the workflow"
+                    )
+    return problems
+
+
+def stage_workflow_triggers(tree: RepoTree) -> list[str]:
+    """Images are built on pull requests and pushes to staging, and no push's bump is lost.
+
+    main receives staging's digests through the promotion, so a stage workflow that ran on
+    pushes to main would rebuild for nothing. A push's run is never cancelled in progress, and
+    the bump job has a group per image: GitHub keeps one pending run per concurrency group and
+    cancels the older, so a group shared by images would let one image's bump cancel another's.
+    """
+    problems = []
+    for path, workflow in tree.workflows().items():
+        if not stage_image_calls(workflow):
+            continue
+        triggers = workflow_triggers(workflow)
+        if "push" in triggers:
+            push = triggers["push"] if isinstance(triggers["push"], dict) else {}
+            if push.get("branches") != ["staging"]:
+                problems.append(
+                    f"{tree.rel(path)}: runs on pushes to {push.get('branches') or 'any branch'}, "
+                    "not only staging (main gets staging's digests by promotion, no rebuild)"
+                )
+        cancel = _concurrency(workflow).get("cancel-in-progress", False)
+        if cancel not in (False, PULL_REQUESTS_ONLY):
+            problems.append(
+                f"{tree.rel(path)}: concurrency cancel-in-progress {cancel!r} cancels pushes' "
+                f"runs and their bumps too; use {PULL_REQUESTS_ONLY!r}"
+            )
+    stage_image = tree.root / WORKFLOWS / STAGE_IMAGE_WORKFLOW
+    if stage_image.is_file():
+        jobs = load_yaml(stage_image).get("jobs") or {}
+        for name, job in jobs.items():
+            if (job.get("permissions") or {}).get("contents") != "write":
+                continue  # only the bump job writes to the repository
+            concurrency = _concurrency(job)
+            where = f"{WORKFLOWS / STAGE_IMAGE_WORKFLOW}: job {name}"
+            if "ops/scripts/pin-image-digest.sh" not in json.dumps(job.get("steps") or []):
+                problems.append(f"{where}: pins digests without ops/scripts/pin-image-digest.sh")
+            if "inputs.image" not in str(concurrency.get("group", "")):
+                problems.append(
+                    f"{where}: concurrency group {concurrency.get('group')!r} is not per image "
+                    "(one image's pending bump would cancel another's); put inputs.image in it"
+                )
+            if concurrency.get("cancel-in-progress", False) is not False:
+                problems.append(f"{where}: a bump must never be cancelled (cancel-in-progress)")
+    return problems
+
+
 def dockerfile_copy_sources_exist(tree: RepoTree) -> list[str]:
     """COPY/ADD sources exist in the build context (the repository root)."""
     problems = []
     for dockerfile in tree.dockerfiles():
-        for line in _instructions(dockerfile):
-            words = _instruction_words(line)
-            if not words or words[0].upper() not in {"COPY", "ADD"}:
-                continue
-            args = words[1:]
-            if any(a.startswith("--from") for a in args):
-                continue
-            sources = [a for a in args if not a.startswith("--")][:-1]
-            for source in sources:
-                if not _matches_something(tree.root, source):
-                    problems.append(f"{tree.rel(dockerfile)}: COPY source {source} does not exist")
+        for source in _copy_sources(dockerfile):
+            if not _matches_something(tree.root, source):
+                problems.append(f"{tree.rel(dockerfile)}: COPY source {source} does not exist")
     return problems
 
 
@@ -333,6 +429,8 @@ CHECKS: dict[str, Check] = {
     "yamllint": yamllint,
     "images-have-dockerfile-and-workflow": images_have_dockerfile_and_workflow,
     "workflow-paths-exist": workflow_paths_exist,
+    "workflow-paths-cover-inputs": workflow_paths_cover_inputs,
+    "stage-workflow-triggers": stage_workflow_triggers,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
     "vault-contract": vault_contract,
@@ -460,6 +558,63 @@ def _glob_regex(pattern: str) -> str:
     parts = re.split(r"(\*\*/?|\*|\?)", pattern)
     translate = {"**": ".*", "**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}
     return "".join(translate.get(part, re.escape(part)) for part in parts)
+
+
+def _concurrency(node: dict[Any, Any]) -> dict[str, Any]:
+    """A workflow's or job's concurrency as a mapping (the short form is just the group)."""
+    concurrency = node.get("concurrency") or {}
+    return {"group": concurrency} if isinstance(concurrency, str) else concurrency
+
+
+def _filtered_in(path: str, filters: list[str]) -> bool:
+    """Whether GitHub's `paths:` filters select a changed file: the last matching one decides."""
+    selected = False
+    for pattern in filters:
+        negated = pattern.startswith("!")
+        if re.fullmatch(_glob_regex(pattern.removeprefix("!")), path):
+            selected = not negated
+    return selected
+
+
+def _dockerignore(root: Path) -> list[re.Pattern[str]]:
+    path = root / ".dockerignore"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    patterns = [line.strip().strip("/") for line in lines]
+    return [re.compile(_glob_regex(p)) for p in patterns if p and not p.startswith(("#", "!"))]
+
+
+def _files_under(root: Path, name: str, ignored: list[re.Pattern[str]]) -> list[str]:
+    """The files a path (a file, a folder or a glob) stands for, as changes would name them."""
+    if any(ch in name for ch in "*?["):
+        regex = re.compile(_glob_regex(name.rstrip("/")))
+        files = [p for p in root.rglob("*") if regex.fullmatch(p.relative_to(root).as_posix())]
+    else:
+        target = root / name.rstrip("/")
+        files = sorted(target.rglob("*")) if target.is_dir() else [target]
+    found = []
+    for file in files:
+        if file.exists() and not file.is_file():
+            continue
+        parts = file.relative_to(root).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(GENERATED_PARTS.fullmatch(part) for part in parts) or any(
+            regex.fullmatch(prefix) for regex in ignored for prefix in prefixes
+        ):
+            continue
+        found.append("/".join(parts))
+    return found or ([name] if not ignored else [])
+
+
+def _copy_sources(dockerfile: Path) -> Iterator[str]:
+    """The build-context sources of a Dockerfile's COPY and ADD (not those --from a stage)."""
+    for line in _instructions(dockerfile):
+        words = _instruction_words(line)
+        if not words or words[0].upper() not in {"COPY", "ADD"}:
+            continue
+        args = words[1:]
+        if any(a.startswith("--from") for a in args):
+            continue
+        yield from [a for a in args if not a.startswith("--")][:-1]
 
 
 def _expand_args(text: str, values: dict[str, str]) -> str:

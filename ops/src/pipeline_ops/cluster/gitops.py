@@ -248,22 +248,20 @@ def refresh(layout: Layout, environment: str) -> None:
 
 
 def wait_synced(layout: Layout, environment: str, revision: str, timeout: float = 300) -> dict:
-    """Until the Application has synced ``revision`` (its operation finished); its status.
-    A failed sync is named with Argo CD's message."""
+    """Until the Application is Synced at ``revision`` with no sync running; its status.
+    If it never is, the error carries Argo CD's last sync message."""
     refresh(layout, environment)
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = application(layout, environment).get("status", {})
         operation = status.get("operationState", {})
-        synced = operation.get("syncResult", {}).get("revision") == revision
-        if synced and operation.get("phase") == "Succeeded":
+        sync = status.get("sync", {})
+        # a failed sync is retried by Argo CD (the Application's retry policy): its message
+        # is what the timeout reports
+        settled = operation.get("phase") not in ("Running", "Terminating")
+        if sync.get("revision") == revision and sync.get("status") == "Synced" and settled:
             return status
-        if synced and operation.get("phase") in ("Failed", "Error"):
-            raise ClusterError(
-                f"Argo CD could not sync {APPLICATIONS[environment]} at {revision[:12]}: "
-                f"{operation.get('message')}"
-            )
         time.sleep(3)
     raise ClusterError(
         f"{APPLICATIONS[environment]} did not sync {revision[:12]} in {timeout:.0f}s: "

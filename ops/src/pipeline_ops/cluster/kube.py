@@ -34,7 +34,9 @@ def get(layout: Layout, namespace: str, kind: str, name: str) -> dict[str, Any]:
 
 
 def items(layout: Layout, namespace: str, kind: str, *selector: str) -> list[dict[str, Any]]:
-    listing = json.loads(kubectl(layout, "-n", namespace, "get", kind, *selector, "-o", "json"))
+    """Objects of ``kind`` in ``namespace`` (every namespace if empty) matching ``selector``."""
+    where = ["-n", namespace] if namespace else ["--all-namespaces"]
+    listing = json.loads(kubectl(layout, *where, "get", kind, *selector, "-o", "json"))
     return listing["items"]
 
 

@@ -175,6 +175,7 @@ class ClusterRun:
         self.report["analysis_runs"] = {
             env: kube.analysis_runs(layout, gitops.NAMESPACES[env]) for env in (STAGING, PRODUCTION)
         }
+        self.report["resources"] = _resources_held(layout)
 
     # -- steps --------------------------------------------------------------------------
     def _synced(self, environment: str) -> str:
@@ -358,6 +359,25 @@ def _running_serving_digests(layout, ns: str) -> list[str]:
     return sorted(digests)
 
 
+def _resources_held(layout) -> dict[str, Any]:
+    """What the machine holds at the end: memory in use, pods per namespace, the registry."""
+    meminfo = dict(
+        (line.split(":")[0], int(line.split()[1]))
+        for line in Path("/proc/meminfo").read_text().splitlines()
+    )
+    pods: dict[str, int] = {}
+    for pod in kube.items(layout, "", "pods"):
+        if pod.get("status", {}).get("phase") == "Running":
+            namespace = pod["metadata"]["namespace"]
+            pods[namespace] = pods.get(namespace, 0) + 1
+    registry = sum(p.stat().st_size for p in (layout.root / "registry").rglob("*") if p.is_file())
+    return {
+        "memory_in_use_gb": round((meminfo["MemTotal"] - meminfo["MemAvailable"]) / 2**20, 1),
+        "running_pods": pods,
+        "registry_gb": round(registry / 2**30, 1),
+    }
+
+
 def _brief(summary: dict[str, Any] | None) -> dict[str, Any]:
     if not summary:
         return {}
@@ -387,4 +407,8 @@ def render_report(report: dict[str, Any]) -> str:
                 values = ", ".join(str(v) for v in metric["measurements"])[:120]
                 lines.append(f"| {run['name']} | {run['kind']} | {run['phase']} | "
                              f"{metric['name']} ({metric['phase']}) | {values} |")  # fmt: skip
+    resources = report.get("resources")
+    if resources:
+        lines += ["", "## Resources held at the end", "", "```json",
+                  json.dumps(resources, indent=2), "```"]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -25,18 +25,11 @@ from data_fetch.store import (
     unstorable_reason,
 )
 from pipeline_common.limits import EARLIEST_TIME, MAX_CLOCK_SKEW, MAX_COUNT
+from pipeline_contracts.github import COUNT_FIELDS
 from pipeline_ops.github_replay_server import to_graphql_node
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
-COUNTS = (
-    "number",
-    "additions",
-    "deletions",
-    "changed_files",
-    "commits",
-    "comments",
-    "review_comments",
-)
+COUNTS = COUNT_FIELDS
 TIMES = ("created_at", "updated_at", "closed_at", "merged_at")
 # keys MongoDB reserves or cannot encode, beside ordinary text
 TRICKY_KEYS = ["$where", "$", "a.b", ".", "%", "%24", "a\0b", "name", "login"]

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_CLOCK_SKEW, MAX_COUNT
+from pipeline_contracts.github import COUNT_FIELDS
 
 SCHEMA_VERSION = 1
 
@@ -69,17 +70,6 @@ class PullRequestRecord(BaseModel):
         return {"repository": self.repository, "number": self.number}
 
 
-_STRICT_INTS = (
-    "number",
-    "additions",
-    "deletions",
-    "changed_files",
-    "commits",
-    "comments",
-    "review_comments",
-)
-
-
 def normalize_rest_pull_request(
     raw: dict[str, Any], repository: str | None = None, *, now: datetime | None = None
 ) -> PullRequestRecord:
@@ -105,7 +95,7 @@ def _normalize(raw: dict[str, Any], repository: str | None) -> PullRequestRecord
     repo = repository or _dig(raw, "base", "repo", "full_name")
     if not repo:
         raise InvalidRecordError("no repository: base.repo.full_name is missing")
-    for name in _STRICT_INTS:
+    for name in COUNT_FIELDS:
         value = raw.get(name)
         # JSON true/false or "12" must not pass as counts.
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -35,18 +35,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from pipeline_contracts.github import DETAIL_ONLY_FIELDS
+
 HOST = "127.0.0.1"
 FAULTS = ("502", "truncated", "secondary-403", "secondary-429", "primary")
-# Fields the REST list endpoint does not return (the full pull request has them).
-_DETAIL_ONLY = (
-    "additions",
-    "deletions",
-    "changed_files",
-    "commits",
-    "comments",
-    "review_comments",
-    "mergeable",
-)
 
 
 def load_samples(samples_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -322,7 +314,7 @@ class GitHubReplayServer:
         return 404, {"message": "Not Found"}, {}
 
     def _list_item(self, repository: str, pull: dict[str, Any]) -> dict[str, Any]:
-        item = {k: v for k, v in pull.items() if k not in _DETAIL_ONLY}
+        item = {k: v for k, v in pull.items() if k not in DETAIL_ONLY_FIELDS}
         item["url"] = f"{self.url}/repos/{repository}/pulls/{pull.get('number')}"
         return item
 

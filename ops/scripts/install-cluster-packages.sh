@@ -5,8 +5,9 @@
 # install (Debian's containerd package would otherwise start the system's own), and removed
 # after if this script put it there. (Prometheus is built from its Go module instead:
 # Debian's prometheus 2.42 package is compiled without Kubernetes service discovery.)
+# nftables: the launcher reads and restores the host's nft tables (a fresh machine has no nft).
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables openssl iproute2 git)
+packages=(containerd runc containernetworking-plugins iptables nftables openssl iproute2 git)
 missing=()
 for package in "${packages[@]}"; do
     status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"

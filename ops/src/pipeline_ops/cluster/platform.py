@@ -187,7 +187,7 @@ def _service_to_host(service: ServiceName, host_port: int) -> list[dict[str, Any
             "metadata": {"name": f"{service.name}-host", "namespace": service.namespace,
                          "labels": {"kubernetes.io/service-name": service.name,
                                     "endpointslice.kubernetes.io/managed-by":
-                                        "pr-anomaly.local/cluster-platform"}},
+                                        "pr-anomaly-cluster-platform"}},
             "addressType": "IPv4",
             "ports": [{**port, "port": host_port}],
             "endpoints": [{"addresses": [BRIDGE_IP], "conditions": {"ready": True}}],

@@ -262,7 +262,7 @@ def reference_shares_figure(
     columns = 4
     rows = -(-len(names) // columns)
     figure, axes = plt.subplots(
-        rows, columns, figsize=(WIDE, 1.9 * rows + 0.6), layout="constrained", squeeze=False
+        rows, columns, figsize=(WIDE, 2.2 * rows + 0.6), layout="constrained", squeeze=False
     )
     for axis, name in zip(axes.flat, names, strict=False):
         bins = np.arange(1, len(reference[name]) + 1)

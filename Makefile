@@ -17,7 +17,7 @@ PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help setup up down status run test lint validate promote format clean demo-anomaly
+.PHONY: help setup up down status run test lint validate promote format clean demo-anomaly chromium
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
 .PHONY: engine-up engine-down engine-status images image-test
 .PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push cluster-run
@@ -80,6 +80,9 @@ validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomiz
 cluster-binaries: ## build the local cluster's binaries once per version (Go module proxy; cached outside the clone)
 	ops/scripts/build-cluster-binaries.sh
 
+chromium: ## install Debian's chromium if missing (the test that renders the run report)
+	ops/scripts/install-chromium.sh
+
 cluster-packages: ## install the cluster's Debian packages (containerd, runc, CNI plugins, iptables, openssl) if missing
 	ops/scripts/install-cluster-packages.sh
 
@@ -114,7 +117,7 @@ cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubect
 promote: ## staging -> main with staging's digests: the pull request (gh), or PROMOTE_REMOTE=URL merges on a plain git remote
 	ops/scripts/promote.sh $(if $(PROMOTE_REMOTE),'$(PROMOTE_REMOTE)')
 
-test: setup lint validate cluster-packages ## lint, validate, build the images, then the whole test suite against real local servers and the local cluster
+test: setup lint validate cluster-packages chromium ## lint, validate, build the images, then the whole test suite against real local servers and the local cluster
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
 	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest'
 

@@ -86,7 +86,8 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         assert "| feature | mean | stddev | min | max |" in text
         assert "| log_additions |" in text
         assert "| fold | test period | test rows | reverted |" in text
-        assert "backtest.png" in text
+        for plot in ("roc_curve", "score_distribution", "auc_per_kind", "psi_per_feature"):
+            assert f"{plot}.png" in text
         # The first run has no champion: green is promoted if it passes the cluster's
         # analysis. On a loaded machine the load gate may refuse it; then nothing moves.
         promoted = "promotion        promoted: first model" in stdout

@@ -26,22 +26,20 @@ from ml_pipeline.training.job import TrainingJob
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
 from ml_pipeline.training.steps import evaluation_rows, fit_scaler, time_split, train_and_evaluate
 from pipeline_common.cli import StageError
+from pipeline_contracts.drift import DRIFT_ALERT_PSI
 from pipeline_contracts.features import FEATURE_NAMES
 from pipeline_contracts.registry import CHALLENGER, CHAMPION, ModelReference, download_scorer
 
-PER_FILE = 300  # 600 real pull requests
+
+@pytest.fixture(scope="module")
+def records(training_run) -> list[dict[str, Any]]:
+    return training_run["records"]
 
 
 @pytest.fixture(scope="module")
-def records(read_samples) -> list[dict[str, Any]]:
-    return read_samples(PER_FILE)
-
-
-@pytest.fixture(scope="module")
-def trained(platform, records, feature_rows, write_feature_run, tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    frame = feature_rows(records)
-    write_feature_run(root, "run-600", frame)
+def trained(training_run, write_feature_run):
+    """The session's training run (version 1), then a second run on the same data."""
+    root, frame = training_run["root"], training_run["frame"]
     # A deliberately bad training set: the training period is full of the very anomalies the
     # evaluation injects, so the model learns them as normal.
     train, _, _ = time_split(frame)
@@ -50,18 +48,12 @@ def trained(platform, records, feature_rows, write_feature_run, tmp_path_factory
     write_feature_run(
         root, "run-dirty", pd.concat([frame, dirty], ignore_index=True), publish=False
     )
-    secret = TrainingSecret(
-        mlflow_tracking_uri=platform.service("mlflow").url,
-        features_uri=str(root),
-        model_name=f"pr-anomaly-test-{uuid.uuid4().hex[:8]}",
-    )
-    settings = TrainingSettings(max_epochs=5, experiment=f"test-{uuid.uuid4().hex[:8]}")
-    first = TrainingJob(secret, settings).run()
+    secret, settings = training_run["secret"], training_run["settings"]
     second = TrainingJob(secret, settings).run()
     return {
         "secret": secret,
         "settings": settings,
-        "first": first,
+        "first": training_run["result"],
         "second": second,
         "root": root,
     }
@@ -72,7 +64,7 @@ def client(trained) -> MlflowClient:
     return MlflowClient(tracking_uri=trained["secret"].mlflow_tracking_uri)
 
 
-def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> None:
+def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client, records) -> None:
     result = trained["first"]
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
@@ -80,7 +72,7 @@ def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> No
     assert params["max_epochs"] == "5"
     assert params["seed"] == str(trained["settings"].seed)
     assert params["feature_run_id"] == "run-600"
-    assert sum(int(params[f"rows_{s}"]) for s in ("train", "valid", "test")) == 2 * PER_FILE
+    assert sum(int(params[f"rows_{s}"]) for s in ("train", "valid", "test")) == len(records) == 600
     assert 1 <= result["epochs"] <= 5
     for metric in ("train_loss", "valid_loss"):
         history = client.get_metric_history(run.info.run_id, metric)
@@ -99,9 +91,19 @@ def test_run_is_tracked_with_params_and_per_epoch_metrics(trained, client) -> No
         "backtest.json",
         "plots",
     } <= artifacts
-    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {
-        f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "error_histogram", "backtest")
+    plots = {
+        item.path
+        for folder in client.list_artifacts(run.info.run_id, "plots")
+        for item in client.list_artifacts(run.info.run_id, folder.path)
+    }
+    assert plots == {  # one folder per section of the run report
+        "plots/test_split/roc_curve.png",
+        "plots/test_split/pr_curve.png",
+        "plots/test_split/score_distribution.png",
+        "plots/backtest/auc_per_fold.png",
+        "plots/backtest/auc_per_kind.png",
+        "plots/drift/psi_per_feature.png",
+        "plots/drift/reference_bins.png",
     }
     assert len(run.data.tags["feature_manifest_sha256"]) == 64
     for model in ("", "isolation_forest_"):
@@ -349,6 +351,14 @@ def test_the_backtest_is_logged_fold_by_fold_and_its_newest_fold_is_the_gates(
         history = client.get_metric_history(run_id, f"backtest_{model}_roc_auc")
         assert sorted(m.step for m in history) == [f["fold"] for f in folds]
     assert set(result["seconds"]) >= {"load", "backtest", "mlflow_logging"}
+    # each fold's test period against its training reference, every feature, as serving
+    # would measure it
+    drift = document["drift_psi"]
+    assert sorted(drift, key=int) == [str(f["fold"]) for f in folds]
+    for psi in drift.values():
+        assert set(psi) == set(FEATURE_NAMES)
+        assert all(np.isfinite(v) and v >= 0 for v in psi.values())
+    assert document["drift_alert_psi"] == DRIFT_ALERT_PSI
 
 
 def test_training_reads_its_features_from_s3(trained, s3, platform, client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,13 @@ class RunReport:
         self.sections.append(section)
         return section
 
+    def shown(self) -> list[Section]:
+        """The sections with anything in them (a run that skipped a step has less to say)."""
+        return [s for s in self.sections if s.text or s.rows or s.table or s.images]
+
     def markdown(self) -> str:
         lines = [f"# {self.title}", ""]
-        for section in self.sections:
+        for section in self.shown():
             lines += [f"## {section.title}", ""]
             if section.text:
                 lines += [section.text, ""]
@@ -51,8 +56,8 @@ class RunReport:
 
     def html(self) -> str:
         body = [f"<h1>{html.escape(self.title)}</h1>"]
-        for section in self.sections:
-            body.append(f"<h2>{html.escape(section.title)}</h2>")
+        for section in self.shown():
+            body.append(f"<section><h2>{html.escape(section.title)}</h2>")
             if section.text:
                 body.append(f"<p>{html.escape(section.text)}</p>")
             if section.rows:
@@ -60,26 +65,29 @@ class RunReport:
                     f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                     for k, v in section.rows
                 )
-                body.append(f"<table>{cells}</table>")
+                body.append(f'<div class="table"><table class="pairs">{cells}</table></div>')
             if section.columns:
                 head = "".join(f"<th>{html.escape(c)}</th>" for c in section.columns)
                 rows = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                    for row in section.table
+                    "<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in section.table
                 )
-                body.append(f"<table><tr>{head}</tr>{rows}</table>")
-            body += [
-                f'<img src="{html.escape(image)}" alt="{html.escape(Path(image).stem)}">'
-                for image in section.images
-            ]
-        style = (
-            "body{font-family:sans-serif;max-width:960px;margin:2em auto}"
-            "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 8px;"
-            "text-align:left}img{max-width:460px;margin:4px}"
-        )
+                body.append(
+                    f'<div class="table"><table><thead><tr>{head}</tr></thead>'
+                    f"<tbody>{rows}</tbody></table></div>"
+                )
+            if section.images:
+                body.append('<div class="plots">')
+                body += [
+                    f'<a href="{html.escape(image)}"><img src="{html.escape(image)}" '
+                    f'alt="{html.escape(Path(image).stem)}"></a>'
+                    for image in section.images
+                ]
+                body.append("</div>")
+            body.append("</section>")
         return (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>"
-            f"{html.escape(self.title)}</title><style>{style}</style></head><body>"
+            f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>"
+            f"{html.escape(self.title)}</title><style>{_STYLE}</style></head><body>"
             + "\n".join(body)
             + "</body></html>"
         )
@@ -89,6 +97,30 @@ class RunReport:
         (directory / "report.md").write_text(self.markdown())
         (directory / "report.html").write_text(self.html())
         return {"markdown": str(directory / "report.md"), "html": str(directory / "report.html")}
+
+
+# One column of at most 960 px; a table wider than that scrolls inside its own box, never
+# the page; long identifiers (paths, hashes) wrap; numbers are right-aligned in even digits.
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;"
+    "color:#222;line-height:1.4}"
+    "h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}"
+    ".table{overflow-x:auto;margin:.6em 0}"
+    "table{border-collapse:collapse;font-size:14px}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
+    "thead th{background:#f3f3f3}.pairs th{background:#fafafa;white-space:nowrap}"
+    "td{overflow-wrap:anywhere}"
+    "td.number{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
+    ".plots{display:flex;flex-wrap:wrap;gap:12px;margin:.6em 0}"
+    ".plots img{display:block;max-width:100%;height:auto;border:1px solid #eee}"
+)
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
+
+
+def _cell(value: str) -> str:
+    """A cell of a table with a header: numbers (and ``a / b`` pairs of them) right-aligned."""
+    numeric = all(_NUMBER.fullmatch(part) for part in value.split(" / "))
+    return f"<td{' class=number' if numeric else ''}>{html.escape(value)}</td>"
 
 
 def _md(value: str) -> str:
@@ -103,8 +135,17 @@ def fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _scalars(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(k, fmt(v)) for k, v in summary.items() if not isinstance(v, dict | list)]
+def _fixed(value: float | None, decimals: int = 3) -> str:
+    """A fixed number of decimals: a column of them lines up on the decimal point."""
+    return "" if value is None else f"{value:.{decimals}f}"
+
+
+def _scalars(summary: dict[str, Any], leave_out: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    return [
+        (k, fmt(v))
+        for k, v in summary.items()
+        if not isinstance(v, dict | list) and k not in leave_out
+    ]
 
 
 def _read_manifest(uri: str | None) -> dict[str, Any]:
@@ -114,43 +155,140 @@ def _read_manifest(uri: str | None) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _model_section(report: RunReport, training: dict[str, Any], tracking_uri: str, out: Path):
-    run_id = training.get("mlflow_run_id")
-    section = report.add("Model: autoencoder beside the baseline", rows=_scalars(training))
-    backtest = training.get("backtest")
-    if backtest:
-        behind = backtest.get("autoencoder_behind") or []
-        report.add(
-            "Backtest: rolling origin, both models (mean and worst fold)",
-            rows=_scalars(backtest),
-            text="The autoencoder is ahead of the IsolationForest on ROC AUC and PR AUC in "
-            "every fold."
-            if not behind
-            else "The autoencoder trails the IsolationForest in: "
-            + "; ".join(f"fold {b['fold']} {b['metric']} by {b['by']:.4f}" for b in behind),
+MODELS = {"autoencoder": "autoencoder", "isolation_forest": "IsolationForest"}
+METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "precision_at_k")
+FOLD_METRICS = ("roc_auc", "pr_auc", "f1", "precision_at_k")
+# The plot folders a training run logs (plots/<folder>/*.png), each shown in its section.
+PLOT_FOLDERS = ("test_split", "backtest", "drift")
+
+
+def _evaluation_sections(
+    report: RunReport, training: dict[str, Any], tracking_uri: str, out: Path
+) -> None:
+    """The model on its test split beside the baseline, the backtest and the drift: tables
+    from the stage's summary, the run's metrics and its backtest.json; the run's plots."""
+    model = report.add(
+        "Model: autoencoder beside the baseline",
+        rows=_scalars(
+            training, leave_out=("threshold", "test_roc_auc", "isolation_forest_test_roc_auc")
+        ),
+    )
+    backtest = report.add("Backtest: rolling origin, both models (mean and worst fold)")
+    folds = report.add("Backtest folds: injected anomalies (autoencoder / IsolationForest)")
+    drift = report.add("Drift: each test period against the training data before it")
+    summary = training.get("backtest")
+    if summary:
+        behind = summary.get("autoencoder_behind") or []
+        backtest.text = (
+            f"{summary['folds']} folds, each trained on the past of its test period. "
+            + (
+                "The autoencoder is ahead of the IsolationForest on ROC AUC and PR AUC in "
+                "every fold."
+                if not behind
+                else "The autoencoder trails the IsolationForest in: "
+                + "; ".join(f"fold {b['fold']} {b['metric']} by {b['by']:.4f}" for b in behind)
+            )
         )
+        backtest.columns = ["metric"] + [
+            f"{label} {s}" for label in MODELS.values() for s in ("mean", "worst fold")
+        ]
+        backtest.table = [
+            [name]
+            + [_fixed(summary.get(f"{m}_{name}_{s}"), 4) for m in MODELS for s in ("mean", "min")]
+            for name in FOLD_METRICS
+        ]
+    run_id = training.get("mlflow_run_id")
     if not run_id:
         return
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    _backtest_table(report, client, run_id, out)
     metrics = client.get_run(run_id).data.metrics
-    section.rows += [(f"metric {k}", fmt(v)) for k, v in sorted(metrics.items())]
-    images = out / "images"
-    pending = [""]
-    while pending:  # every PNG the training run logged, for the report to show
-        for item in client.list_artifacts(run_id, pending.pop() or None):
+    model.columns = ["test split", *MODELS.values()]
+    prefixes = ("", "isolation_forest_")  # the run's metric names, MODELS' order
+    model.table = [
+        [name, *(_fixed(metrics.get(f"{p}test_{name}"), 4) for p in prefixes)] for name in METRICS
+    ] + [["threshold", *(_fixed(metrics.get(f"{p}threshold"), 4) for p in prefixes)]]
+    document = _backtest_document(client, run_id, out)
+    if document:
+        folds.columns = ["fold", "test period", "test rows", "reverted", *FOLD_METRICS]
+        folds.table = [
+            [
+                str(fold["fold"]),
+                f"{fold['test_from']} .. {fold['test_to']}",
+                str(fold["test_rows"]),
+                str(fold["reverted_in_test"]),
+                *(
+                    " / ".join(f"{fold[f'{m}_{name}']:.3f}" for m in MODELS)
+                    for name in FOLD_METRICS
+                ),
+            ]
+            for fold in document["folds"]
+        ]
+        drift.text = _drift_text(document)
+    plots = _download_plots(client, run_id, out)
+    for folder, section in zip(PLOT_FOLDERS, (model, backtest, drift), strict=True):
+        section.images += plots.pop(folder, [])
+    model.images += [image for images in plots.values() for image in images]  # older layouts
+
+
+def _download_plots(client, run_id: str, out: Path) -> dict[str, list[str]]:
+    """Every PNG the run logged under plots/, downloaded beside the report, by folder."""
+    found: dict[str, list[str]] = {}
+    pending = ["plots"]
+    while pending:
+        for item in client.list_artifacts(run_id, pending.pop()):
             if item.is_dir:
                 pending.append(item.path)
             elif item.path.endswith(".png"):
-                images.mkdir(parents=True, exist_ok=True)
-                local = client.download_artifacts(run_id, item.path, str(images))
-                section.images.append(str(Path(local).relative_to(out)))
+                folder = Path(item.path).parent.relative_to("plots").as_posix()
+                target = out / "images" / folder
+                target.mkdir(parents=True, exist_ok=True)
+                local = Path(client.download_artifacts(run_id, item.path, str(target)))
+                found.setdefault(folder, []).append(local.relative_to(out).as_posix())
+    return {folder: sorted(images, key=_plot_order) for folder, images in found.items()}
 
 
-def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[str, str]:
-    """Markdown and HTML report of one `make run`, in ``reports_dir/<timestamp>/``."""
+def _plot_order(image: str) -> tuple[int, str]:
+    """The ROC curve before the precision-recall curve (as they are usually read), then the
+    rest by name."""
+    first = ("roc_curve", "pr_curve")
+    stem = Path(image).stem
+    return (first.index(stem) if stem in first else len(first), stem)
+
+
+def _backtest_document(client, run_id: str, out: Path) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = client.download_artifacts(run_id, "backtest.json", str(out))
+    except (OSError, MlflowException):  # a run from before the backtest
+        return {}
+    return json.loads(Path(local).read_text())
+
+
+def _drift_text(document: dict[str, Any]) -> str:
+    psi = document.get("drift_psi") or {}
+    if not psi:
+        return ""
+    alert = document["drift_alert_psi"]
+    newest = psi[max(psi, key=int)]
+    over = sorted(((v, k) for k, v in newest.items() if v > alert), reverse=True)
+    return (
+        "The population stability index (PSI) of each fold's test pull requests against the "
+        "training data of the model that scored them, per feature: what serving's drift "
+        f"window measures, with its alert level {alert}. In the registered model's test "
+        f"period {len(over)} of {len(newest)} features are above it"
+        + (": " + ", ".join(f"{k} {v:.2f}" for v, k in over) if over else "")
+        + "."
+    )
+
+
+def write_run_report(
+    summary: dict[str, Any], tracking_uri: str, reports_dir: Path
+) -> dict[str, str]:
+    """Markdown and HTML report of one `make run`, in ``reports_dir/<timestamp>/``; the
+    training run's figures and plots are read from MLflow at ``tracking_uri``."""
     from datetime import UTC, datetime
 
     out = reports_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -158,7 +296,7 @@ def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[st
     total = summary.get("total_seconds") or 1.0
     report.add(
         "Steps",
-        text=f"Total {total:.1f} s after setup.",
+        text=f"Total {total:.1f} s after setup." if summary.get("steps") else "",
         rows=[
             (s["name"], f"{s['seconds']:.1f} s ({100 * s['seconds'] / total:.0f} %) {s['outcome']}")
             for s in summary.get("steps", [])
@@ -177,14 +315,21 @@ def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[st
             "Feature statistics (published rows)",
             columns=["feature", "mean", "stddev", "min", "max"],
             table=[
-                [name, *(fmt(stats.get(k)) for k in ("mean", "stddev", "min", "max"))]
+                [name, *(_fixed(stats.get(k)) for k in ("mean", "stddev", "min", "max"))]
                 for name, stats in statistics.items()
             ],
         )
-    training = summary.get("ml-training", {})
-    tracking_uri = env.stage_secrets()["ml-training"]["mlflow_tracking_uri"]
-    _model_section(report, training, tracking_uri, out)
-    promotion = summary.get("promotion", {})
+    _evaluation_sections(report, summary.get("ml-training", {}), tracking_uri, out)
+    _promotion_sections(report, summary.get("promotion"))
+    paths = report.write(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return paths
+
+
+def _promotion_sections(report: RunReport, promotion: dict[str, Any] | None) -> None:
+    """The blue/green decision with its analysis, and the load gate's figures."""
+    if not promotion:
+        return
     section = report.add(
         "Promotion (blue/green)",
         text=("PROMOTED: " if promotion.get("promoted") else "NOT promoted: ")
@@ -212,33 +357,3 @@ def write_run_report(summary: dict[str, Any], env, reports_dir: Path) -> dict[st
         )
         for c in gate.get("checks", [])
     ]
-    paths = report.write(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return paths
-
-
-def _backtest_table(report: RunReport, client, run_id: str, out: Path) -> None:
-    """The backtest's folds, both models side by side, from the run's backtest.json."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        local = client.download_artifacts(run_id, "backtest.json", str(out))
-    except (OSError, MlflowException):  # a run from before the backtest
-        return
-    folds = json.loads(Path(local).read_text())["folds"]
-    models = ("autoencoder", "isolation_forest")
-    metrics = ("roc_auc", "pr_auc", "f1", "precision_at_k")
-    report.add(
-        "Backtest folds: injected anomalies (autoencoder / IsolationForest)",
-        columns=["fold", "test period", "test rows", "reverted", *metrics],
-        table=[
-            [
-                str(fold["fold"]),
-                f"{fold['test_from']} .. {fold['test_to']}",
-                str(fold["test_rows"]),
-                str(fold["reverted_in_test"]),
-                *(" / ".join(f"{fold[f'{m}_{name}']:.3f}" for m in models) for name in metrics),
-            ]
-            for fold in folds
-        ],
-    )

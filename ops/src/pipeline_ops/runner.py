@@ -156,7 +156,11 @@ class PipelineRun:
         summary["steps"] = [vars(s) for s in self.steps]
         summary["total_seconds"] = time.monotonic() - started
         with self.step("report") as step:
-            summary["report"] = write_run_report(summary, env, LOCAL_DIR / "reports")
+            summary["report"] = write_run_report(
+                summary,
+                env.stage_secrets()["ml-training"]["mlflow_tracking_uri"],
+                LOCAL_DIR / "reports",
+            )
             step.outcome = summary["report"]["markdown"]
         return summary
 

@@ -36,7 +36,7 @@ class FeatureReference:
         # the minimum would leave the first bin empty
         deciles = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="inverted_cdf")
         edges = np.unique(deciles[deciles > values.min()])
-        counts = np.bincount(bin_of(edges, values), minlength=len(edges) + 1)
+        counts = bin_counts(edges, values)
         return cls(edges, counts / counts.sum())
 
     def to_dict(self) -> dict[str, list[float]]:
@@ -53,6 +53,13 @@ def bin_of(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
     reference and serving's window bin by the same rule."""
     counted: np.ndarray = (values[..., None] >= edges).sum(axis=-1, dtype=np.int16)
     return counted
+
+
+def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """How many of one feature's ``values`` fall in each of its bins (``len(edges) + 1``)."""
+    binned = bin_of(edges, np.asarray(values, dtype=np.float64))
+    counts: np.ndarray = np.bincount(binned, minlength=len(edges) + 1)
+    return counts
 
 
 def reference_distribution(

@@ -9,7 +9,10 @@ past. The newest fold is the registered model's own split (train 70 %, valid 15 
 Per fold, for the autoencoder and the IsolationForest baseline side by side: the detection
 metrics on injected anomalies (overall and per kind), on the real weak labels (reverted pull
 requests) where the fold has any, with a bootstrap interval because they are few, and the
-false-positive rate per repository at each model's threshold.
+false-positive rate per repository at each model's threshold. And the drift of the fold's
+test period against its training reference, per feature, measured as serving measures it
+(:mod:`pipeline_contracts.drift`): how far the next period's pull requests move from those
+a model learnt from.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from ml_pipeline.anomalies import revert_labels
 from ml_pipeline.training.settings import TrainingSettings
 from ml_pipeline.training.steps import SPLIT, Outcome, fit_and_evaluate
+from pipeline_contracts.drift import bin_counts, population_stability_index
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,9 @@ class Fold:
     per_kind: dict[str, dict[str, float]]  # model -> kind -> ROC AUC against the real rows
     false_positive_rates: dict[str, dict[str, float]]  # model -> repository -> share flagged
     weak_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the test period against the training reference: feature -> PSI, and share per bin
+    drift_psi: dict[str, float] = field(default_factory=dict)
+    test_shares: dict[str, np.ndarray] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         """The fold as one flat table row (both models)."""
@@ -163,6 +170,10 @@ def _fold(
         }
         if reverted is not None and 0 < reverted.sum() < len(reverted):
             intervals[model] = bootstrap_roc_auc(reverted, scores[real], seed)
+    counts = {
+        name: bin_counts(reference.edges, test[name].to_numpy(dtype=float))
+        for name, reference in outcome.scorer.reference.items()
+    }
     created = pd.to_datetime(test["created_at"], utc=True)
     return Fold(
         number,
@@ -172,6 +183,11 @@ def _fold(
         per_kind,
         rates,
         intervals,
+        drift_psi={
+            name: population_stability_index(outcome.scorer.reference[name].shares, count)
+            for name, count in counts.items()
+        },
+        test_shares={name: count / count.sum() for name, count in counts.items()},
     )
 
 

@@ -22,6 +22,7 @@ from ml_pipeline.training.gate import GateDecision
 from ml_pipeline.training.pyfunc import log_scorer_model
 from ml_pipeline.training.settings import TrainingSettings
 from ml_pipeline.training.steps import Outcome, feature_contributions, pick_device
+from pipeline_contracts.drift import DRIFT_ALERT_PSI
 from pipeline_contracts.features import FEATURE_SPEC_VERSION, feature_spec_document
 from pipeline_contracts.registry import CHALLENGER
 
@@ -94,8 +95,9 @@ def log_training(
 
 
 def log_backtest(backtest: Backtest, tmp: Path) -> None:
-    """The rolling-origin backtest: its table (a fold per row, both models), per-kind AUCs
-    and per-repository false-positive rates, each fold's figures as metrics, a plot."""
+    """The rolling-origin backtest: its table (a fold per row, both models), per-kind AUCs,
+    per-repository false-positive rates and per-feature drift, each fold's figures as
+    metrics, its plots."""
     mlflow.log_dict(
         {
             "summary": backtest.summary(),
@@ -104,6 +106,8 @@ def log_backtest(backtest: Backtest, tmp: Path) -> None:
             "false_positive_rate_by_repository": {
                 f.number: f.false_positive_rates for f in backtest.folds
             },
+            "drift_psi": {f.number: f.drift_psi for f in backtest.folds},
+            "drift_alert_psi": DRIFT_ALERT_PSI,
         },
         "backtest.json",
     )
@@ -113,10 +117,10 @@ def log_backtest(backtest: Backtest, tmp: Path) -> None:
                 {f"backtest_{model}_{k}": v for k, v in metrics.items()}, step=fold.number
             )
     try:
-        from ml_pipeline.training.plots import write_backtest_plot
+        from ml_pipeline.training.plots import write_backtest_plots
     except ImportError:
         return
-    mlflow.log_artifact(str(write_backtest_plot(tmp / "plots", backtest)), "plots")
+    _log_plots(write_backtest_plots(tmp / "plots", backtest), tmp / "plots")
 
 
 def log_gate(decision: GateDecision) -> None:
@@ -167,5 +171,10 @@ def _log_artifacts(
     except ImportError:  # matplotlib missing: metrics are still logged
         log.warning("matplotlib not installed: no PNG plots")
         return
-    for path in write_plots(tmp / "plots", evaluation):
-        mlflow.log_artifact(str(path), "plots")
+    _log_plots(write_plots(tmp / "plots", evaluation), tmp / "plots")
+
+
+def _log_plots(paths: list[Path], root: Path) -> None:
+    """Each PNG under ``plots/<its folder>``: the report shows a folder as one section."""
+    for path in paths:
+        mlflow.log_artifact(str(path), str(Path("plots") / path.parent.relative_to(root)))

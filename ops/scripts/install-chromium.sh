@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install Debian's headless-capable Chromium if /usr/bin/chromium is missing (apt-get update
+# once, then apt-get install): the run report's rendering test opens the HTML report in it.
+set -euo pipefail
+if [[ -x /usr/bin/chromium ]]; then
+    echo "chromium: installed ($(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium))"
+    exit 0
+fi
+echo "chromium: installing Debian's chromium package"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends chromium

@@ -87,7 +87,7 @@ cluster-packages: ## install the cluster's Debian packages (containerd, runc, CN
 	ops/scripts/install-cluster-packages.sh
 
 # What cluster-up runs (the other binaries of ops/cluster/binaries.tsv are for later steps).
-CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause argocd spark-operator prometheus \
+CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause argocd kustomize spark-operator prometheus \
 	rollouts-controller kubectl-argo-rollouts kube-network-policies registry
 
 cluster-up: setup cluster-packages ## start the single-node Kubernetes (state, logs, kubeconfig in .local/cluster)

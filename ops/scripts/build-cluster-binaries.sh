@@ -52,7 +52,11 @@ build_one() { # name version how package runs
         local gobin
         gobin="$(mktemp -d)"
         CGO_ENABLED="$cgo" GOBIN="$gobin" nice -n 19 go install -trimpath -ldflags "$ldflags" "$package@$version"
-        mv "$gobin/$(basename "$package")" "$tmp"
+        local built
+        built="$(basename "$package")"
+        # go install names the binary after the path without a major-version suffix (…/v5)
+        [[ "$built" =~ ^v[0-9]+$ ]] && built="$(basename "$(dirname "$package")")"
+        mv "$gobin/$built" "$tmp"
         rmdir "$gobin"
     else
         (cd "$here/cluster/go/$how" && CGO_ENABLED="$cgo" nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp" "$package")

@@ -4,7 +4,7 @@ pushed to the cluster's registry, so the add-ons run by digest like everything e
 
 | image | for | holds |
 |---|---|---|
-| argocd | Argo CD's server, repo-server, controller | the argocd binary, git, user 999 |
+| argocd | Argo CD's server, repo-server, controller | the argocd binary, kustomize (the repo-server renders kustomizations with it, as upstream's image does), git, user 999 |
 | argocd-redis | Argo CD's cache | Debian's redis-server |
 
 Built once per recipe (the tag is a hash of the base, the binary's version and the
@@ -52,12 +52,13 @@ ARGOCD = AddonImage(
     "argocd",
     "FROM {base}\n"
     "COPY argocd /usr/local/bin/argocd\n"
+    "COPY kustomize /usr/local/bin/kustomize\n"
     "RUN echo 'argocd:x:999:999::/home/argocd:/bin/sh' >> /etc/passwd"
     " && echo 'argocd:x:999:' >> /etc/group && mkdir -p /home/argocd && chown 999:999 /home/argocd"
     + "".join(f" && ln -s argocd /usr/local/bin/{c}" for c in ARGOCD_COMMANDS)
     + "\nENV HOME=/home/argocd\nUSER 999\nWORKDIR /home/argocd\n"
     'ENTRYPOINT ["/usr/bin/tini", "--"]\n',
-    ("argocd",),
+    ("argocd", "kustomize"),
 )
 REDIS = AddonImage(
     "argocd-redis",

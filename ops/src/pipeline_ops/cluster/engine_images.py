@@ -4,10 +4,11 @@ pushed to the cluster's registry, so the add-ons run by digest like everything e
 
 | image | for | holds |
 |---|---|---|
-| argocd | Argo CD's server, repo-server, controller | the argocd binary, kustomize (the repo-server renders kustomizations with it, as upstream's image does), git, user 999 |
+| argocd | Argo CD's server, repo-server, controller | argocd, kustomize, git, user 999 |
 | argocd-redis | Argo CD's cache | Debian's redis-server |
 
-Built once per recipe (the tag is a hash of the base, the binary's version and the
+The repo-server renders kustomizations with the ``kustomize`` on its PATH (upstream's image
+bundles one), so the image carries it. Built once per recipe (the tag is a hash of the base, the binary's version and the
 Dockerfile); a rebuild is only a push when the registry lost it.
 """
 

@@ -8,8 +8,9 @@ pushed to the cluster's registry, so the add-ons run by digest like everything e
 | argocd-redis | Argo CD's cache | Debian's redis-server |
 
 The repo-server renders kustomizations with the ``kustomize`` on its PATH (upstream's image
-bundles one), so the image carries it. Built once per recipe (the tag is a hash of the base, the binary's version and the
-Dockerfile); a rebuild is only a push when the registry lost it.
+bundles one), so the image carries it. Built once per recipe (the tag is a hash of the
+base, the binaries' versions and the Dockerfile); a rebuild is only a push when the registry
+lost it.
 """
 
 from __future__ import annotations

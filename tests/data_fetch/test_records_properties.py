@@ -24,8 +24,8 @@ from data_fetch.store import (
     unescape_key,
     unstorable_reason,
 )
+from pipeline_common.github import COUNT_FIELDS
 from pipeline_common.limits import EARLIEST_TIME, MAX_CLOCK_SKEW, MAX_COUNT
-from pipeline_contracts.github import COUNT_FIELDS
 from pipeline_ops.github_replay_server import to_graphql_node
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline_common.github import COUNT_FIELDS
 from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_CLOCK_SKEW, MAX_COUNT
-from pipeline_contracts.github import COUNT_FIELDS
 
 SCHEMA_VERSION = 1
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline_contracts.github import DETAIL_ONLY_FIELDS
+from pipeline_common.github import DETAIL_ONLY_FIELDS
 
 HOST = "127.0.0.1"
 FAULTS = ("502", "truncated", "secondary-403", "secondary-429", "primary")

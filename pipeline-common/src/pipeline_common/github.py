@@ -1,5 +1,7 @@
 """GitHub's pull-request shape, as data-fetch reads it and the replay server (our stand-in
-for api.github.com in tests and `make run`) serves it: one definition for both sides."""
+for api.github.com in tests and `make run`) serves it: one definition for both sides. It is
+the contract with a service outside the pipeline, not between its stages, so it lives in the
+shared library every image carries (the contracts package needs numpy; data-fetch has none)."""
 
 from __future__ import annotations
 

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 ANALYSIS_TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-analysistemplates.yaml"
 PRE_PROMOTION = "model-serving-pre-promotion"
+# How the template addresses the preview Service; locally, green's URL stands in for it.
+PREVIEW_SERVICE_URL = "http://model-serving-preview.{{args.namespace}}.svc.cluster.local:8080"
 
 
 class PromotionError(RuntimeError):
@@ -249,8 +251,12 @@ def run_analysis(
 ) -> AnalysisResult:
     """Evaluate every metric of the pre-promotion template against ``preview_url``."""
     template = template or load_template()
+    as_text = json.dumps(template)
+    if PREVIEW_SERVICE_URL not in as_text:
+        raise PromotionError(f"the analysis template no longer addresses {PREVIEW_SERVICE_URL}")
+    template = json.loads(as_text.replace(PREVIEW_SERVICE_URL, preview_url))
     args = {a["name"]: str(a.get("value", "")) for a in template["spec"].get("args", [])}
-    args.update({"preview-url": preview_url, "model-name": model_name})
+    args.update({"model-name": model_name})
     results = []
     for metric in template["spec"]["metrics"]:
         provider = metric["provider"]

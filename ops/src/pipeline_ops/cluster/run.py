@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,8 +201,8 @@ class ClusterRun:
             # the pods of the first revision found no champion at start: start them again
             kubectl(self.layout, "-n", gitops.NAMESPACES[STAGING], "delete", "pod",
                     "-l", "app.kubernetes.io/name=model-serving", "--wait=false")  # fmt: skip
-        self._wait_healthy(STAGING)
-        return {"champion": champion or version, "first_model": champion is None}
+        settled = self._settle(STAGING)
+        return {"champion": champion or version, "first_model": champion is None, **settled}
 
     def _wait_healthy(self, environment: str, timeout: float = 600) -> dict[str, Any]:
         ns = gitops.NAMESPACES[environment]
@@ -217,14 +217,47 @@ class ClusterRun:
     def _blue_green(self, environment: str, model_uri: str, expect: str) -> dict[str, Any]:
         """Pin ``model_uri`` in git and follow the Rollout: ``expect`` is "promoted" (then
         promote it and watch the post-promotion analysis) or "aborted"."""
+        self._wait_healthy(environment)
+        branch = gitops.BRANCHES[environment]
+        outcome = self._follow(
+            environment, expect, lambda: gitops.pin_model(self.layout, model_uri, branch)
+        )
+        if expect == "promoted" and environment == STAGING:
+            version = model_uri.rsplit("/", 1)[1]
+            self._mlflow().set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
+            outcome["champion"] = version
+        return {"model": model_uri, **outcome}
+
+    def _settle(self, environment: str) -> dict[str, Any]:
+        """The Rollout as the last sync left it: Healthy, or a new revision (new images, say)
+        taken through its blue/green and promoted."""
+        ns = gitops.NAMESPACES[environment]
+
+        def known() -> dict[str, Any] | None:
+            status = kube.rollout(self.layout, ns).get("status", {})
+            return status if status.get("currentPodHash") and status.get("stableRS") else None
+
+        status = kube.wait_until(f"the Rollout in {ns}", known, timeout=300)
+        if status["currentPodHash"] == status["stableRS"]:
+            self._wait_healthy(environment)
+            return {"revision": status["stableRS"], "blue_green": False}
+        return {"blue_green": True, **self._follow(environment, "promoted", None)}
+
+    def _follow(
+        self, environment: str, expect: str, change: Callable[[], str] | None
+    ) -> dict[str, Any]:
+        """Make ``change`` (a commit; None: the sync already brought the new revision) and
+        follow the blue/green with a client on the active Service all along."""
         layout, ns = self.layout, gitops.NAMESPACES[environment]
-        blue = self._wait_healthy(environment)["stableRS"]
-        active = kube.service_url(layout, ns, "model-serving-active")
-        client = Client(active, first_sample_record())
-        outcome: dict[str, Any] = {"model": model_uri, "blue": blue}
+        status = kube.rollout(layout, ns).get("status", {})
+        blue = status.get("stableRS", "")
+        blue_serves = status.get("phase") == "Healthy" or bool(status.get("pauseConditions"))
+        client = Client(kube.service_url(layout, ns, "model-serving-active"), first_sample_record())
+        outcome: dict[str, Any] = {"blue": blue}
         with client.running():
-            outcome["commit"] = gitops.pin_model(layout, model_uri, gitops.BRANCHES[environment])
-            self._synced(environment)
+            if change is not None:
+                outcome["commit"] = change()
+                self._synced(environment)
             green = kube.wait_until(
                 "a new revision", lambda: _new_hash(layout, ns, blue), timeout=300
             )
@@ -254,13 +287,10 @@ class ClusterRun:
                 outcome["active"] = _selector(layout, ns, "model-serving-active")
                 if outcome["active"] != green:
                     raise ClusterError(f"active Service selects {outcome['active']}, not {green}")
-                if environment == STAGING:
-                    version = model_uri.rsplit("/", 1)[1]
-                    self._mlflow().set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
-                    outcome["champion"] = version
         outcome["client"] = {"sent": client.sent, "failed": len(client.failures),
+                             "blue_was_serving": blue_serves,
                              "first_failures": client.failures[:5]}  # fmt: skip
-        if client.failures:
+        if client.failures and blue_serves:
             failed = f"{len(client.failures)} of {client.sent} requests"
             raise ClusterError(f"the active Service failed {failed}: {client.failures[:3]}")
         return outcome
@@ -287,24 +317,7 @@ class ClusterRun:
     def _production_rollout(self) -> dict[str, Any]:
         """Production deploys main: a first revision goes straight to active; a later one is
         a blue/green like staging's, promoted once its analysis passed."""
-        ns = gitops.NAMESPACES[PRODUCTION]
-
-        def settled() -> dict[str, Any] | None:
-            status = kube.rollout(self.layout, ns).get("status", {})
-            if status.get("phase") in ("Healthy", "Paused"):
-                return status
-            return None
-
-        status = kube.wait_until("the production Rollout", settled, timeout=900)
-        promoted = False
-        if status.get("phase") == "Paused":
-            pre = self._analysis(ns, status["currentPodHash"], "PrePromotion", timeout=900)
-            if pre["phase"] != "Successful":
-                raise ClusterError(f"production pre-promotion analysis {pre['phase']}")
-            kube.plugin(self.layout, ns, "promote", kube.ROLLOUT)
-            promoted = True
-        healthy = self._wait_healthy(PRODUCTION)
-        return {"production_revision": healthy["stableRS"], "promoted_by_hand": promoted}
+        return self._settle(PRODUCTION)
 
     def _compare_environments(self) -> dict[str, Any]:
         """The digests of every image in git (main vs staging) and of what runs now."""

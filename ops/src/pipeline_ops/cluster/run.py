@@ -61,11 +61,13 @@ class Client:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _loop(self) -> None:
-        session = requests.Session()
         while not self._stop.is_set():
             self.sent += 1
             try:
-                response = session.post(f"{self.url}/v1/score", json=self.record, timeout=5)
+                # a connection per request, as many independent clients make: a kept-alive
+                # one stays with the pod it was opened to (conntrack), and would never see
+                # the active Service switch to green
+                response = requests.post(f"{self.url}/v1/score", json=self.record, timeout=5)
                 if response.status_code != 200:
                     self.failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
             except requests.RequestException as error:

@@ -20,7 +20,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 .PHONY: help setup up down status run test lint validate promote format clean demo-anomaly chromium
 .PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
 .PHONY: engine-up engine-down engine-status images image-test
-.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push cluster-run
+.PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push cluster-run cluster-run-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -102,7 +102,7 @@ cluster-down: ## stop the cluster by pid and undo its host changes (interfaces, 
 
 cluster-test: setup cluster-packages ## the cluster tests (pytest -m cluster): DNS, registry by digest, Rollouts and analysis, Argo CD, Spark Operator, Prometheus
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
-	$(PY) -m pytest -m cluster
+	$(PY) -m pytest -m "cluster and not cluster_run"
 
 cluster-push: setup ## push the images of `make images` to the cluster's registry (IMAGES="a b" for some); prints name -> digest
 	$(PY) -m pipeline_ops.cluster push $(IMAGES)
@@ -110,6 +110,10 @@ cluster-push: setup ## push the images of `make images` to the cluster's registr
 cluster-run: setup cluster-packages images ## the GitOps loop on the local cluster: staging via Argo CD, pipeline in pods, blue/green, promotion to production
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)
 	$(PY) -m pipeline_ops.cluster run
+
+cluster-run-test: setup cluster-packages images ## make cluster-run as a test (pytest -m cluster_run, ~20 min; not in make test yet)
+	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
+	$(PY) -m pytest -m cluster_run -o timeout=3600
 
 cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
 	@$(PY) -m pipeline_ops.cluster env
@@ -119,7 +123,7 @@ promote: ## staging -> main with staging's digests: the pull request (gh), or PR
 
 test: setup lint validate cluster-packages chromium ## lint, validate, build the images, then the whole test suite against real local servers and the local cluster
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
-	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest'
+	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest -m "not cluster_run"'
 
 format: setup
 	$(VENV)/bin/ruff format .

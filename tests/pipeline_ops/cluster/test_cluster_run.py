@@ -18,7 +18,8 @@ from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.run import ClusterRun
 
-pytestmark = pytest.mark.cluster
+# ~20 minutes: run by `make cluster-run-test`, not (yet) by `make test`
+pytestmark = [pytest.mark.cluster, pytest.mark.cluster_run]
 
 STAGING_NS = gitops.NAMESPACES[gitops.STAGING]
 

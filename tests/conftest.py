@@ -24,7 +24,7 @@ from ml_pipeline.feature_frames import attach_context, compute_features, context
 from ml_pipeline.preprocess.job import publish_latest
 from ml_pipeline.training.settings import TrainingSettings
 from ml_pipeline.training.steps import fit_autoencoder
-from pipeline_common.storage import StorageLocation
+from pipeline_common.storage import S3Config, StorageLocation
 from pipeline_contracts.drift import reference_distribution
 from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES, FEATURE_SPEC_VERSION
 from pipeline_contracts.scorer import AnomalyScorer
@@ -58,6 +58,17 @@ def s3(platform: LocalPlatform):
     """A real S3-compatible server (SeaweedFS) on loopback."""
     platform.up(["s3"])
     return platform.service("s3")
+
+
+@pytest.fixture
+def s3_config(s3, platform: LocalPlatform) -> S3Config:
+    """The connection to that server, with the platform's keys."""
+    credentials = platform.s3_credentials()
+    return S3Config(
+        endpoint_url=f"http://127.0.0.1:{s3.port}",
+        access_key_id=credentials["access_key_id"],
+        secret_access_key=credentials["secret_access_key"],
+    )
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from ml_pipeline.preprocess.mongo_source import FORMAT, PullRequestDataSource, p
 from ml_pipeline.preprocess.publish import new_run_id
 from ml_pipeline.preprocess.settings import PreprocessJobSettings, PreprocessSecret
 from pipeline_common.cli import StageError
-from pipeline_common.storage import S3Config
 from pipeline_contracts.features import FEATURE_NAMES, FEATURE_SPEC_VERSION
 
 PER_FILE = 15
@@ -363,14 +362,8 @@ def test_a_published_run_removes_runs_killed_mid_way_and_keeps_the_rest(
     assert load_feature_dataset(str(tmp_path)).run_id == published["run_id"]
 
 
-def test_s3_round_trip(spark, hand_made, hand_made_run, s3, platform) -> None:
+def test_s3_round_trip(spark, hand_made, hand_made_run, s3_config) -> None:
     """Published to a real S3 server (SeaweedFS) and read back: same rows, same hash."""
-    credentials = platform.s3_credentials()
-    s3_config = S3Config(
-        endpoint_url=f"http://127.0.0.1:{s3.port}",
-        access_key_id=credentials["access_key_id"],
-        secret_access_key=credentials["secret_access_key"],
-    )
     uri = f"s3://features-{uuid.uuid4().hex[:8]}/pr-anomaly"
     secret = hand_made.model_copy(
         update={

@@ -361,33 +361,27 @@ def test_the_backtest_is_logged_fold_by_fold_and_its_newest_fold_is_the_gates(
     assert document["drift_alert_psi"] == DRIFT_ALERT_PSI
 
 
-def test_training_reads_its_features_from_s3(trained, s3, platform, client) -> None:
+def test_training_reads_its_features_from_s3(trained, s3_config) -> None:
     """In the cluster features_uri is s3://: the training job reads the published run from a
     real S3 server (SeaweedFS) with the S3 keys of its own secret."""
     import pyarrow.fs
 
-    from pipeline_common.storage import S3Config, StorageLocation
+    from pipeline_common.storage import StorageLocation
 
-    credentials = platform.s3_credentials()
-    connection = S3Config(
-        endpoint_url=f"http://127.0.0.1:{s3.port}",
-        access_key_id=credentials["access_key_id"],
-        secret_access_key=credentials["secret_access_key"],
-    )
     uri = f"s3://features-{uuid.uuid4().hex[:8]}/pr-anomaly"
     remote = StorageLocation.parse(uri)
-    remote.filesystem(connection).create_dir(remote.path.split("/")[0])
+    remote.filesystem(s3_config).create_dir(remote.path.split("/")[0])
     pyarrow.fs.copy_files(
         str(trained["root"]), remote.path,
         source_filesystem=pyarrow.fs.LocalFileSystem(),
-        destination_filesystem=remote.filesystem(connection),
+        destination_filesystem=remote.filesystem(s3_config),
     )  # fmt: skip
     secret = trained["secret"].model_copy(
         update={
             "features_uri": uri,
-            "s3_endpoint_url": connection.endpoint_url,
-            "s3_access_key_id": connection.access_key_id,
-            "s3_secret_access_key": connection.secret_access_key,
+            "s3_endpoint_url": s3_config.endpoint_url,
+            "s3_access_key_id": s3_config.access_key_id,
+            "s3_secret_access_key": s3_config.secret_access_key,
         }
     )
     summary = TrainingJob(secret, trained["settings"]).run()

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from pipeline_common.storage import S3Config, StorageLocation
-from pipeline_ops.local_platform import LocalPlatform
 
 
 @pytest.mark.parametrize(
@@ -101,16 +100,6 @@ def test_local_parquet_round_trip(tmp_path: Path):
     pq.write_table(_table(), target.path, filesystem=fs)
 
     assert pq.read_table(target.path, filesystem=fs).equals(_table())
-
-
-@pytest.fixture
-def s3_config(s3, platform: LocalPlatform) -> S3Config:
-    credentials = platform.s3_credentials()
-    return S3Config(
-        endpoint_url=f"http://127.0.0.1:{s3.port}",
-        access_key_id=credentials["access_key_id"],
-        secret_access_key=credentials["secret_access_key"],
-    )
 
 
 def test_s3_parquet_round_trip(s3_config: S3Config):

@@ -33,26 +33,12 @@ class LocalEnvironment:
     def stage_secrets(self) -> dict[str, dict[str, str]]:
         """What each stage's Vault secret holds locally (production values are set by
         operators through the bootstrap's --secrets-file)."""
-        mongo = f"mongodb://127.0.0.1:{self.platform.service('mongo').port}/"
-        mlflow = self.platform.service("mlflow").url
-        features = str(self.data_dir / "features")
-        fetch = {"mongo_uri": mongo, "mongo_database": MONGO_DATABASE}
-        if os.environ.get("GITHUB_TOKEN"):
-            fetch["github_token"] = os.environ["GITHUB_TOKEN"]
-        return {
-            "data-fetch": fetch,
-            "spark-preprocess": {
-                "mongo_uri": mongo,
-                "mongo_database": MONGO_DATABASE,
-                "features_uri": features,
-            },
-            "ml-training": {
-                "mlflow_tracking_uri": mlflow,
-                "features_uri": features,
-                "model_name": MODEL_NAME,
-            },
-            "model-serving": {"mlflow_tracking_uri": mlflow, "model_name": MODEL_NAME},
-        }
+        return stage_secrets(
+            mongo_uri=f"mongodb://127.0.0.1:{self.platform.service('mongo').port}/",
+            mlflow_uri=self.platform.service("mlflow").url,
+            features_uri=str(self.data_dir / "features"),
+            github_token=os.environ.get("GITHUB_TOKEN"),
+        )
 
     def configure_vault(self) -> None:
         vault = self.platform.service("vault")
@@ -78,3 +64,24 @@ class LocalEnvironment:
             "VAULT_SECRET_PATH": self.layout.secret_path(stage),
             "VAULT_TOKEN_FILE": str(self.identities.token_file(stage)),
         }
+
+
+def stage_secrets(
+    *,
+    mongo_uri: str,
+    mlflow_uri: str,
+    features_uri: str,
+    s3: dict[str, str] | None = None,
+    github_token: str | None = None,
+) -> dict[str, dict[str, str]]:
+    """Each stage's Vault secret (the keys its settings read), for servers at these
+    addresses; ``s3`` (the ``s3_*`` keys) when ``features_uri`` is ``s3://``."""
+    storage = {"features_uri": features_uri, **(s3 or {})}
+    mongo = {"mongo_uri": mongo_uri, "mongo_database": MONGO_DATABASE}
+    fetch = {**mongo, **({"github_token": github_token} if github_token else {})}
+    return {
+        "data-fetch": fetch,
+        "spark-preprocess": {**mongo, **storage},
+        "ml-training": {"mlflow_tracking_uri": mlflow_uri, "model_name": MODEL_NAME, **storage},
+        "model-serving": {"mlflow_tracking_uri": mlflow_uri, "model_name": MODEL_NAME},
+    }

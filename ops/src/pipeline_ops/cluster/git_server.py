@@ -34,17 +34,18 @@ def command(layout: Layout) -> list[str]:
     ]  # fmt: skip
 
 
-def _git(*args: str, cwd: Path | None = None) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def git(*args: str, cwd: Path | None = None) -> str:
+    """``git ARGS`` (in ``cwd``); its output, or a ClusterError with git's own message."""
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise ClusterError(f"git {' '.join(args)} failed: {result.stderr.strip()[-1500:]}")
-    return result.stdout
+    return result.stdout.strip()
 
 
 def init_bare(layout: Layout, repository: str) -> Path:
     path = base_path(layout) / repository
     if not (path / "HEAD").exists():
-        _git("init", "--quiet", "--bare", "--initial-branch=main", str(path))
+        git("init", "--quiet", "--bare", "--initial-branch=main", str(path))
     return path
 
 
@@ -52,7 +53,7 @@ def sync_project(layout: Layout) -> list[str]:
     """Mirror this repository's branches (not its worktrees' state) into pr-anomaly.git;
     the branches it now holds."""
     bare = init_bare(layout, PROJECT_REPOSITORY)
-    _git("push", "--quiet", "--force", "--prune", str(bare), "refs/heads/*:refs/heads/*",
+    git("push", "--quiet", "--force", "--prune", str(bare), "refs/heads/*:refs/heads/*",
          cwd=PROJECT_ROOT)  # fmt: skip
-    return _git("--git-dir", str(bare), "for-each-ref", "--format=%(refname:short)",
+    return git("--git-dir", str(bare), "for-each-ref", "--format=%(refname:short)",
                 "refs/heads").split()  # fmt: skip

@@ -34,6 +34,7 @@ import yaml
 
 from pipeline_ops.cluster import ClusterError, argo_cd, git_server
 from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.cluster.git_server import git
 from pipeline_ops.cluster.layout import PRODUCTION_NAMESPACE, STAGING_NAMESPACE, Layout
 from pipeline_ops.cluster.pki import Pki
 from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
@@ -65,15 +66,6 @@ def bare(layout: Layout) -> Path:
     return git_server.init_bare(layout, git_server.PROJECT_REPOSITORY)
 
 
-def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
-    )
-    if result.returncode != 0:
-        raise ClusterError(f"git {' '.join(args)} failed: {result.stderr.strip()[-1500:]}")
-    return result.stdout.strip()
-
-
 def head(layout: Layout, branch: str) -> str | None:
     out = subprocess.run(
         ["git", "--git-dir", str(bare(layout)), "rev-parse", "--verify", "-q",
@@ -86,11 +78,11 @@ def merge_to_staging(layout: Layout, commit: str = "HEAD") -> str:
     """This checkout's commit becomes ``staging`` (a merged pull request, as the git server
     sees it); ``main`` starts there too if the server has none. The new staging head."""
     target = bare(layout)
-    sha = _git("rev-parse", commit, cwd=PROJECT_ROOT)
-    _git("push", "--quiet", "--force", str(target), f"{sha}:refs/heads/{BRANCHES[STAGING]}",
+    sha = git("rev-parse", commit, cwd=PROJECT_ROOT)
+    git("push", "--quiet", "--force", str(target), f"{sha}:refs/heads/{BRANCHES[STAGING]}",
          cwd=PROJECT_ROOT)  # fmt: skip
     if head(layout, BRANCHES[PRODUCTION]) is None:
-        _git("push", "--quiet", str(target), f"{sha}:refs/heads/{BRANCHES[PRODUCTION]}",
+        git("push", "--quiet", str(target), f"{sha}:refs/heads/{BRANCHES[PRODUCTION]}",
              cwd=PROJECT_ROOT)  # fmt: skip
     return sha
 
@@ -113,9 +105,9 @@ def pin_images(layout: Layout, references: dict[str, str]) -> str:
 def _work_tree(layout: Layout, branch: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="gitops-") as work:
         tree = Path(work) / "repo"
-        _git("clone", "--quiet", "--branch", branch, str(bare(layout)), str(tree))
-        _git("config", "user.name", "pr-anomaly cluster run", cwd=tree)
-        _git("config", "user.email", "cluster-run@pr-anomaly.local", cwd=tree)
+        git("clone", "--quiet", "--branch", branch, str(bare(layout)), str(tree))
+        git("config", "user.name", "pr-anomaly cluster run", cwd=tree)
+        git("config", "user.email", "cluster-run@pr-anomaly.local", cwd=tree)
         yield tree
 
 
@@ -126,16 +118,16 @@ def pin_model(layout: Layout, model_uri: str, branch: str = BRANCHES[STAGING]) -
         lines = path.read_text().splitlines()
         wanted = f"SERVING_MODEL_URI={model_uri}"
         if wanted in lines:
-            return _git("rev-parse", "HEAD", cwd=tree)
+            return git("rev-parse", "HEAD", cwd=tree)
         kept = [line for line in lines if not line.startswith("SERVING_MODEL_URI=")]
         path.write_text("\n".join([*kept, wanted]) + "\n")
-        _git("commit", "--quiet", "-am", f"serve {model_uri} on {branch}", cwd=tree)
-        _git("push", "--quiet", "origin", f"HEAD:{branch}", cwd=tree)
-        return _git("rev-parse", "HEAD", cwd=tree)
+        git("commit", "--quiet", "-am", f"serve {model_uri} on {branch}", cwd=tree)
+        git("push", "--quiet", "origin", f"HEAD:{branch}", cwd=tree)
+        return git("rev-parse", "HEAD", cwd=tree)
 
 
 def served_model(layout: Layout, branch: str) -> str:
-    text = _git("--git-dir", str(bare(layout)), "show", f"{branch}:{MODEL_FILE}")
+    text = git("--git-dir", str(bare(layout)), "show", f"{branch}:{MODEL_FILE}")
     for line in text.splitlines():
         if line.startswith("SERVING_MODEL_URI="):
             return line.partition("=")[2]
@@ -154,10 +146,22 @@ def promote(layout: Layout) -> str:
     return head(layout, BRANCHES[PRODUCTION]) or ""
 
 
+def differing_images(layout: Layout, branch: str, other: str) -> str:
+    """What ``ops/scripts/compare-digests.sh`` (promote.sh's own check) says differs between
+    the images two branches pin; empty when they agree."""
+    result = subprocess.run(
+        [str(SCRIPTS / "compare-digests.sh"), "-C", str(bare(layout)), branch, other],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if result.returncode == 2:
+        raise ClusterError(f"compare-digests.sh {branch} {other}: {result.stderr.strip()}")
+    return "" if result.returncode == 0 else (result.stdout + result.stderr).strip()
+
+
 def images_on(layout: Layout, branch: str) -> dict[str, str]:
     """The ``images:`` list of argo-apps/base on ``branch``: name -> reference."""
     kustomization = f"{branch}:argo-apps/base/kustomization.yaml"
-    text = _git("--git-dir", str(bare(layout)), "show", kustomization)
+    text = git("--git-dir", str(bare(layout)), "show", kustomization)
     images = {}
     for entry in yaml.safe_load(text).get("images") or []:
         name = entry.get("newName", entry["name"])

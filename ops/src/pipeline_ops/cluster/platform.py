@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline_contracts.registry import DEFAULT_MODEL_NAME
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.layout import (
@@ -35,11 +34,11 @@ from pipeline_ops.cluster.layout import (
     Layout,
 )
 from pipeline_ops.cluster.pki import Pki
+from pipeline_ops.local_env import stage_secrets
 from pipeline_ops.local_platform import LocalPlatform
 
 log = logging.getLogger(__name__)
 
-MONGO_DATABASE = "github"
 FEATURES_URI = "s3://pr-anomaly-features/features"
 VAULT_AUTH_ACCOUNT = "vault-auth"
 
@@ -115,26 +114,17 @@ class ClusterPlatform:
 
     def stage_secrets(self) -> dict[str, dict[str, str]]:
         """Each stage's Vault secret, with the addresses pods use."""
-        mongo = f"mongodb://{_by_server('mongo').host}:{_by_server('mongo').port}/"
-        mlflow = _by_server("mlflow").url
         credentials = self.servers.s3_credentials()
-        s3 = {
-            "s3_endpoint_url": _by_server("s3").url,
-            "s3_access_key_id": credentials["access_key_id"],
-            "s3_secret_access_key": credentials["secret_access_key"],
-        }
-        mongo_keys = {"mongo_uri": mongo, "mongo_database": MONGO_DATABASE}
-        return {
-            "data-fetch": mongo_keys,
-            "spark-preprocess": {**mongo_keys, "features_uri": FEATURES_URI, **s3},
-            "ml-training": {
-                "mlflow_tracking_uri": mlflow,
-                "features_uri": FEATURES_URI,
-                "model_name": DEFAULT_MODEL_NAME,
-                **s3,
+        return stage_secrets(
+            mongo_uri=f"mongodb://{_by_server('mongo').host}:{_by_server('mongo').port}/",
+            mlflow_uri=_by_server("mlflow").url,
+            features_uri=FEATURES_URI,
+            s3={
+                "s3_endpoint_url": _by_server("s3").url,
+                "s3_access_key_id": credentials["access_key_id"],
+                "s3_secret_access_key": credentials["secret_access_key"],
             },
-            "model-serving": {"mlflow_tracking_uri": mlflow, "model_name": DEFAULT_MODEL_NAME},
-        }
+        )
 
     def configure_vault(self) -> None:
         """`vault_bootstrap --auth kubernetes`, exactly as README gives it for production,

@@ -43,6 +43,7 @@ from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.platform import ClusterPlatform
 from pipeline_ops.cluster.registry import push
 from pipeline_ops.images.container_test import first_sample_record
+from pipeline_ops.promotion import alias_version
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +160,19 @@ class ClusterRun:
         with self.step("serving: the champion") as s:
             s.update(self._serve_first_champion(version))
         with self.step("blue/green: the model pinned in git") as s:
-            uri = ModelReference.at_version(DEFAULT_MODEL_NAME, version).uri
-            s.update(self._blue_green(STAGING, uri, expect="promoted"))
+            s.update(self._blue_green(STAGING, version, expect="promoted"))
         with self.step("blue/green failure path: a green that cannot load") as s:
-            bad = ModelReference.at_version(DEFAULT_MODEL_NAME, str(NEVER_REGISTERED)).uri
-            s.update(self._blue_green(STAGING, bad, expect="aborted"))
-            s["reverted"] = gitops.pin_model(layout, uri)
+            s.update(self._blue_green(STAGING, str(NEVER_REGISTERED), expect="aborted"))
+            served = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
+            s["reverted"] = gitops.pin_model(layout, served.uri)
             self._synced(STAGING)
             self._wait_healthy(STAGING)
         with self.step("promotion staging -> main (promote.sh), production syncs") as s:
             s["main"] = gitops.promote(layout)
             gitops.apply_applications(layout, (STAGING, PRODUCTION))
             self._synced(PRODUCTION)
-            s.update(self._production_rollout())
+            # a first revision goes straight to active; a later one through its blue/green
+            s.update(self._settle(PRODUCTION))
         with self.step("both environments run the same digests") as s:
             s.update(self._compare_environments())
         self.report["analysis_runs"] = {
@@ -194,10 +195,7 @@ class ClusterRun:
         ``@champion``, as a fresh clone's manifests say) loads it. A later model goes through
         blue/green."""
         client = self._mlflow()
-        try:
-            champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, CHAMPION).version
-        except Exception:
-            champion = None
+        champion = alias_version(client, DEFAULT_MODEL_NAME, CHAMPION)
         if champion is None:
             client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
             # the pods of the first revision found no champion at start: start them again
@@ -216,19 +214,19 @@ class ClusterRun:
 
         return kube.wait_until(f"Rollout model-serving Healthy in {ns}", healthy, timeout)
 
-    def _blue_green(self, environment: str, model_uri: str, expect: str) -> dict[str, Any]:
-        """Pin ``model_uri`` in git and follow the Rollout: ``expect`` is "promoted" (then
-        promote it and watch the post-promotion analysis) or "aborted"."""
+    def _blue_green(self, environment: str, version: str, expect: str) -> dict[str, Any]:
+        """Pin model ``version`` in git and follow the Rollout: ``expect`` is "promoted"
+        (then promote it and watch the post-promotion analysis) or "aborted"."""
         self._wait_healthy(environment)
+        uri = ModelReference.at_version(DEFAULT_MODEL_NAME, version).uri
         branch = gitops.BRANCHES[environment]
         outcome = self._follow(
-            environment, expect, lambda: gitops.pin_model(self.layout, model_uri, branch)
+            environment, expect, lambda: gitops.pin_model(self.layout, uri, branch)
         )
         if expect == "promoted" and environment == STAGING:
-            version = model_uri.rsplit("/", 1)[1]
             self._mlflow().set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
             outcome["champion"] = version
-        return {"model": model_uri, **outcome}
+        return {"model": uri, **outcome}
 
     def _settle(self, environment: str) -> dict[str, Any]:
         """The Rollout as the last sync left it: Healthy, or a new revision (new images, say)
@@ -316,23 +314,19 @@ class ClusterRun:
 
         return kube.wait_until(f"{kind} analysis of {pod_hash}", finished, timeout, every=5)
 
-    def _production_rollout(self) -> dict[str, Any]:
-        """Production deploys main: a first revision goes straight to active; a later one is
-        a blue/green like staging's, promoted once its analysis passed."""
-        return self._settle(PRODUCTION)
-
     def _compare_environments(self) -> dict[str, Any]:
         """The digests of every image in git (main vs staging) and of what runs now."""
-        staging = gitops.images_on(self.layout, gitops.BRANCHES[STAGING])
+        differ = gitops.differing_images(
+            self.layout, gitops.BRANCHES[PRODUCTION], gitops.BRANCHES[STAGING]
+        )
         main = gitops.images_on(self.layout, gitops.BRANCHES[PRODUCTION])
-        differ = sorted(n for n in staging if staging[n] != main.get(n))
         running = {env: _running_serving_digests(self.layout, gitops.NAMESPACES[env])
                    for env in (STAGING, PRODUCTION)}  # fmt: skip
         models = {env: gitops.served_model(self.layout, gitops.BRANCHES[env])
                   for env in (STAGING, PRODUCTION)}  # fmt: skip
         outcome = {"images": main, "running_model_serving": running, "models": models}
         if differ:
-            raise ClusterError(f"main and staging pin different digests for {differ}")
+            raise ClusterError(f"main and staging pin different digests: {differ}")
         if running[STAGING] != running[PRODUCTION] or not running[STAGING]:
             raise ClusterError(f"model-serving runs different images: {running}")
         if models[STAGING] != models[PRODUCTION]:

@@ -12,8 +12,9 @@
    analysis runs its ``web`` metrics and the load-gate Job against the preview Service, the
    Rollout pauses, ``kubectl argo rollouts promote`` switches the active Service, and the
    post-promotion analysis reads Prometheus for the new pods; a client sends requests to the
-   active Service all along and must see no failure. Then the failure path: a model that
-   cannot load is aborted by the analysis, and active stays blue; git is reverted.
+   active Service all along and must see no failure. Then the failure path: a green serving
+   the wrong model is failed by the analysis and aborted, and active stays blue; git is
+   reverted.
 5. Promotion: ``ops/scripts/promote.sh`` against the git server moves ``main`` to staging's
    digests; the production Application deploys them; the digests running in both
    environments are compared.
@@ -48,7 +49,10 @@ from pipeline_ops.promotion import alias_version
 log = logging.getLogger(__name__)
 
 STAGING, PRODUCTION = gitops.STAGING, gitops.PRODUCTION
-NEVER_REGISTERED = 999_999  # a model version that does not exist: green cannot load it
+# The failure path's green: the served model copied under another registered name, as when
+# an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
+# starts the pre-promotion analysis, whose model check must fail it.
+WRONG_MODEL_NAME = f"{DEFAULT_MODEL_NAME}-experiment"
 
 
 @dataclass
@@ -160,11 +164,12 @@ class ClusterRun:
         with self.step("serving: the champion") as s:
             s.update(self._serve_first_champion(version))
         with self.step("blue/green: the model pinned in git") as s:
-            s.update(self._blue_green(STAGING, version, expect="promoted"))
-        with self.step("blue/green failure path: a green that cannot load") as s:
-            s.update(self._blue_green(STAGING, str(NEVER_REGISTERED), expect="aborted"))
-            served = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
-            s["reverted"] = gitops.pin_model(layout, served.uri)
+            challenger = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
+            s.update(self._blue_green(STAGING, challenger, expect="promoted"))
+        with self.step("blue/green failure path: a green serving the wrong model") as s:
+            wrong = self._copy_model(version, WRONG_MODEL_NAME)
+            s.update(self._blue_green(STAGING, wrong, expect="aborted"))
+            s["reverted"] = gitops.pin_model(layout, challenger.uri)
             self._synced(STAGING)
             self._wait_healthy(STAGING)
         with self.step("promotion staging -> main (promote.sh), production syncs") as s:
@@ -214,18 +219,24 @@ class ClusterRun:
 
         return kube.wait_until(f"Rollout model-serving Healthy in {ns}", healthy, timeout)
 
-    def _blue_green(self, environment: str, version: str, expect: str) -> dict[str, Any]:
-        """Pin model ``version`` in git and follow the Rollout: ``expect`` is "promoted"
-        (then promote it and watch the post-promotion analysis) or "aborted"."""
+    def _copy_model(self, version: str, name: str) -> ModelReference:
+        """Model ``version`` registered again under ``name``; the copy's reference."""
+        source = ModelReference.at_version(DEFAULT_MODEL_NAME, version).uri
+        copied = self._mlflow().copy_model_version(source, name)
+        return ModelReference.at_version(name, copied.version)
+
+    def _blue_green(self, environment: str, model: ModelReference, expect: str) -> dict[str, Any]:
+        """Pin ``model`` in git and follow the Rollout: ``expect`` is "promoted" (then
+        promote it and watch the post-promotion analysis) or "aborted"."""
         self._wait_healthy(environment)
-        uri = ModelReference.at_version(DEFAULT_MODEL_NAME, version).uri
+        uri = model.uri
         branch = gitops.BRANCHES[environment]
         outcome = self._follow(
             environment, expect, lambda: gitops.pin_model(self.layout, uri, branch)
         )
-        if expect == "promoted" and environment == STAGING:
-            self._mlflow().set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
-            outcome["champion"] = version
+        if expect == "promoted" and environment == STAGING and model.version:
+            self._mlflow().set_registered_model_alias(model.name, CHAMPION, model.version)
+            outcome["champion"] = model.version
         return {"model": uri, **outcome}
 
     def _settle(self, environment: str) -> dict[str, Any]:
@@ -264,6 +275,11 @@ class ClusterRun:
             outcome["green"] = green
             pre = self._analysis(ns, green, "PrePromotion", timeout=900)
             outcome["pre_promotion"] = pre["phase"]
+            outcome["pre_promotion_failed_metrics"] = [
+                metric["name"]
+                for metric in pre.get("metricResults", [])
+                if metric.get("phase") in ("Failed", "Error")
+            ]
             if expect == "aborted":
                 status = kube.wait_until(
                     "the Rollout aborted", lambda: _aborted(layout, ns), timeout=300

@@ -57,13 +57,22 @@ WRONG_MODEL_NAME = f"{DEFAULT_MODEL_NAME}-experiment"
 
 @dataclass
 class Client:
-    """Requests to a Service, one after another, from a thread; what failed, and why."""
+    """Requests to a Service, one after another, from a thread; what failed, when (seconds
+    since the client started), and what the run was doing then (``mark``)."""
 
     url: str
     record: dict[str, Any]
     sent: int = 0
     failures: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    _started: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _at(self) -> str:
+        return f"{time.monotonic() - self._started:.1f}s"
+
+    def mark(self, event: str) -> None:
+        self.events.append(f"{self._at()} {event}")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -74,13 +83,27 @@ class Client:
                 # the active Service switch to green
                 response = requests.post(f"{self.url}/v1/score", json=self.record, timeout=5)
                 if response.status_code != 200:
-                    self.failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                    failure = f"HTTP {response.status_code}: {response.text[:200]}"
+                    self.failures.append(f"{self._at()} {failure}")
             except requests.RequestException as error:
-                self.failures.append(f"{type(error).__name__}: {error}")
+                self.failures.append(f"{self._at()} {type(error).__name__}: {error}")
             self._stop.wait(0.1)
+
+    def wait_answering(self, timeout: float = 120) -> None:
+        """Until the Service answers a request: a Rollout is Healthy as soon as its pods are
+        ready, a moment before kube-proxy sends the Service's traffic to them."""
+
+        def answers() -> bool:
+            try:
+                return requests.post(f"{self.url}/v1/score", json=self.record, timeout=5).ok
+            except requests.RequestException:
+                return False
+
+        kube.wait_until(f"{self.url} answering", answers, timeout, every=0.5)
 
     @contextmanager
     def running(self) -> Iterator[Client]:
+        self._started = time.monotonic()
         thread = threading.Thread(target=self._loop, name="active-client", daemon=True)
         thread.start()
         try:
@@ -88,6 +111,10 @@ class Client:
         finally:
             self._stop.set()
             thread.join(timeout=10)
+
+    def summary(self) -> dict[str, Any]:
+        return {"sent": self.sent, "failed": len(self.failures),
+                "first_failures": self.failures[:5], "events": self.events}  # fmt: skip
 
 
 class ClusterRun:
@@ -264,16 +291,22 @@ class ClusterRun:
         blue = status.get("stableRS", "")
         blue_serves = status.get("phase") == "Healthy" or bool(status.get("pauseConditions"))
         client = Client(kube.service_url(layout, ns, "model-serving-active"), first_sample_record())
+        if blue_serves:
+            client.wait_answering()
         outcome: dict[str, Any] = {"blue": blue}
         with client.running():
             if change is not None:
                 outcome["commit"] = change()
+                client.mark("committed")
                 self._synced(environment)
+                client.mark("synced")
             green = kube.wait_until(
                 "a new revision", lambda: _new_hash(layout, ns, blue), timeout=300
             )
             outcome["green"] = green
+            client.mark(f"green {green} created")
             pre = self._analysis(ns, green, "PrePromotion", timeout=900)
+            client.mark(f"pre-promotion analysis {pre['phase']}")
             outcome["pre_promotion"] = pre["phase"]
             outcome["pre_promotion_failed_metrics"] = [
                 metric["name"]
@@ -284,6 +317,7 @@ class ClusterRun:
                 status = kube.wait_until(
                     "the Rollout aborted", lambda: _aborted(layout, ns), timeout=300
                 )
+                client.mark("aborted")
                 active_hash = _selector(layout, ns, "model-serving-active")
                 outcome.update(aborted=True, reason=status.get("message", ""),
                                active_stays_blue=active_hash == blue)  # fmt: skip
@@ -294,7 +328,9 @@ class ClusterRun:
                     message = pre.get("message", "")
                     raise ClusterError(f"pre-promotion analysis {pre['phase']}: {message}")
                 kube.plugin(layout, ns, "promote", kube.ROLLOUT)
+                client.mark("promoted")
                 post = self._analysis(ns, green, "PostPromotion", timeout=900)
+                client.mark(f"post-promotion analysis {post['phase']}")
                 outcome["post_promotion"] = post["phase"]
                 if post["phase"] != "Successful":
                     message = post.get("message", "")
@@ -303,9 +339,7 @@ class ClusterRun:
                 outcome["active"] = _selector(layout, ns, "model-serving-active")
                 if outcome["active"] != green:
                     raise ClusterError(f"active Service selects {outcome['active']}, not {green}")
-        outcome["client"] = {"sent": client.sent, "failed": len(client.failures),
-                             "blue_was_serving": blue_serves,
-                             "first_failures": client.failures[:5]}  # fmt: skip
+        outcome["client"] = {**client.summary(), "blue_was_serving": blue_serves}
         if client.failures and blue_serves:
             failed = f"{len(client.failures)} of {client.sent} requests"
             raise ClusterError(f"the active Service failed {failed}: {client.failures[:3]}")

@@ -111,9 +111,9 @@ cluster-run: setup cluster-packages images ## the GitOps loop on the local clust
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)
 	$(PY) -m pipeline_ops.cluster run
 
-cluster-run-test: setup cluster-packages images ## make cluster-run as a test (pytest -m cluster_run, ~20 min; not in make test yet)
+cluster-run-test: setup cluster-packages images ## make cluster-run as a test, alone (pytest -m cluster_run, ~20 min; also part of make test)
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
-	$(PY) -m pytest -m cluster_run -o timeout=3600
+	$(PY) -m pytest -m cluster_run
 
 cluster-env: ## print the exports to use the cluster by hand (KUBECONFIG, kubectl on PATH)
 	@$(PY) -m pipeline_ops.cluster env
@@ -123,7 +123,7 @@ promote: ## staging -> main with staging's digests: the pull request (gh), or PR
 
 test: setup lint validate cluster-packages chromium ## lint, validate, build the images, then the whole test suite against real local servers and the local cluster
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
-	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest -m "not cluster_run"'
+	$(PY) -m pipeline_ops.images with-engine -- sh -c '$(PY) -m pipeline_ops.images build && $(PY) -m pytest'
 
 format: setup
 	$(VENV)/bin/ruff format .

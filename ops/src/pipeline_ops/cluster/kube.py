@@ -35,8 +35,10 @@ def get(layout: Layout, namespace: str, kind: str, name: str) -> dict[str, Any]:
 
 def items(layout: Layout, namespace: str, kind: str, *selector: str) -> list[dict[str, Any]]:
     """Objects of ``kind`` in ``namespace`` (every namespace if empty) matching ``selector``."""
+    # after the verb: kubectl takes an unknown flag before it (--all-namespaces belongs to
+    # `get`) for the start of a plugin's name, and fails
     where = ["-n", namespace] if namespace else ["--all-namespaces"]
-    listing = json.loads(kubectl(layout, *where, "get", kind, *selector, "-o", "json"))
+    listing = json.loads(kubectl(layout, "get", kind, *where, *selector, "-o", "json"))
     return listing["items"]
 
 

@@ -35,8 +35,11 @@ def cluster_run(cluster: Cluster) -> Iterator[tuple[ClusterRun, dict[str, Any]]]
     try:
         yield run, report
     finally:
-        # the environments' platform servers stop with the cluster; the applications go
+        # the environments' platform servers stop with the cluster; the applications and
+        # what they deployed go, so that the cluster tests after this one have the node
         kubectl(cluster.layout, "-n", "argocd", "delete", "application", "--all", "--wait=false")
+        namespaces = [gitops.NAMESPACES[env] for env in (gitops.STAGING, gitops.PRODUCTION)]
+        kubectl(cluster.layout, "delete", "namespace", *namespaces, "--wait=false")
 
 
 def _step(report: dict[str, Any], prefix: str) -> dict[str, Any]:

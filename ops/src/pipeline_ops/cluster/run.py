@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,10 @@ STAGING, PRODUCTION = gitops.STAGING, gitops.PRODUCTION
 # an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
 # starts the pre-promotion analysis, whose model check must fail it.
 WRONG_MODEL_NAME = f"{DEFAULT_MODEL_NAME}-experiment"
+# The registry's copy of the five images and containerd's unpacked one took 10 GB on a
+# fresh clone (the 5.9 GB training image most of it); etcd, on the same disk, dies when the
+# disk fills (a fresh clone's run did, mid-pull).
+MIN_FREE_GB = 15
 
 
 @dataclass
@@ -164,6 +169,7 @@ class ClusterRun:
         with self.step("platform (Vault kubernetes auth, MongoDB, MLflow, S3)") as s:
             s["servers"] = self.platform.up()
         with self.step("images pushed by digest") as s:
+            s["disk_free_gb"] = _require_disk(layout.root, MIN_FREE_GB)
             references = push(layout)
             s["references"] = references
         with self.step("merge to staging, pin digests") as s:
@@ -388,6 +394,18 @@ class ClusterRun:
         self.report_dir.mkdir(parents=True, exist_ok=True)
         (self.report_dir / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
         (self.report_dir / "report.md").write_text(render_report(self.report))
+
+
+def _require_disk(where: Path, gigabytes: float) -> float:
+    """The free space under ``where`` in GB, or an error that names what to free."""
+    free = shutil.disk_usage(where).free / 2**30
+    if free < gigabytes:
+        raise ClusterError(
+            f"{free:.1f} GB free under {where}; the run needs {gigabytes} GB for the images "
+            "in the registry and in containerd (etcd stops when the disk fills). Free space "
+            "(`make clean` in other clones removes their cluster state) and run again"
+        )
+    return round(free, 1)
 
 
 def _new_hash(layout, ns: str, blue: str) -> str | None:

@@ -36,10 +36,13 @@ def cluster_run(cluster: Cluster) -> Iterator[tuple[ClusterRun, dict[str, Any]]]
         yield run, report
     finally:
         # the environments' platform servers stop with the cluster; the applications and
-        # what they deployed go, so that the cluster tests after this one have the node
+        # the workloads they deployed go (the namespaces stay: cluster-up made them), so that
+        # the cluster tests after this one have the node
         kubectl(cluster.layout, "-n", "argocd", "delete", "application", "--all", "--wait=false")
-        namespaces = [gitops.NAMESPACES[env] for env in (gitops.STAGING, gitops.PRODUCTION)]
-        kubectl(cluster.layout, "delete", "namespace", *namespaces, "--wait=false")
+        for env in (gitops.STAGING, gitops.PRODUCTION):
+            kubectl(cluster.layout, "-n", gitops.NAMESPACES[env], "delete", "--all",
+                    "--wait=false", "rollout,cronjob,job,scheduledsparkapplication,"
+                    "sparkapplication")  # fmt: skip
 
 
 def _step(report: dict[str, Any], prefix: str) -> dict[str, Any]:

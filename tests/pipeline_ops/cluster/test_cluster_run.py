@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,24 +24,17 @@ STAGING_NS = gitops.NAMESPACES[gitops.STAGING]
 
 
 @pytest.fixture(scope="module")
-def cluster_run(cluster: Cluster) -> Iterator[tuple[ClusterRun, dict[str, Any]]]:
+def cluster_run(cluster: Cluster) -> tuple[ClusterRun, dict[str, Any]]:
     run = ClusterRun(cluster)
     try:
         report = run.run()
     except Exception:
         print((run.report_dir / "report.md").read_text())
         raise
-    try:
-        yield run, report
-    finally:
-        # the environments' platform servers stop with the cluster; the applications and
-        # the workloads they deployed go (the namespaces stay: cluster-up made them), so that
-        # the cluster tests after this one have the node
-        kubectl(cluster.layout, "-n", "argocd", "delete", "application", "--all", "--wait=false")
-        for env in (gitops.STAGING, gitops.PRODUCTION):
-            kubectl(cluster.layout, "-n", gitops.NAMESPACES[env], "delete", "--all",
-                    "--wait=false", "rollout,cronjob,job,scheduledsparkapplication,"
-                    "sparkapplication")  # fmt: skip
+    # The environments stay deployed until the session's cluster stops: deleting the
+    # Applications would delete their Namespaces too (resources-finalizer), and the cluster
+    # tests after this one use the mlops namespace that cluster-up made.
+    return run, report
 
 
 def _step(report: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Client:
                 # a connection per request, as many independent clients make: a kept-alive
                 # one stays with the pod it was opened to (conntrack), and would never see
                 # the active Service switch to green
-                response = requests.post(f"{self.url}/v1/score", json=self.record, timeout=5)
+                response = self._score()
                 if response.status_code != 200:
                     failure = f"HTTP {response.status_code}: {response.text[:200]}"
                     self.failures.append(f"{self._at()} {failure}")
@@ -94,13 +94,16 @@ class Client:
                 self.failures.append(f"{self._at()} {type(error).__name__}: {error}")
             self._stop.wait(0.1)
 
+    def _score(self) -> requests.Response:
+        return requests.post(f"{self.url}/v1/score", json=self.record, timeout=5)
+
     def wait_answering(self, timeout: float = 120) -> None:
         """Until the Service answers a request: a Rollout is Healthy as soon as its pods are
         ready, a moment before kube-proxy sends the Service's traffic to them."""
 
         def answers() -> bool:
             try:
-                return requests.post(f"{self.url}/v1/score", json=self.record, timeout=5).ok
+                return self._score().ok
             except requests.RequestException:
                 return False
 
@@ -164,12 +167,13 @@ class ClusterRun:
 
     def _run(self) -> None:
         layout = self.layout
+        # before anything is started or pushed
+        self.report["disk_free_gb"] = _require_disk(layout.root, MIN_FREE_GB)
         with self.step("cluster up") as s:
             s["timings"] = self.cluster.up()
         with self.step("platform (Vault kubernetes auth, MongoDB, MLflow, S3)") as s:
             s["servers"] = self.platform.up()
         with self.step("images pushed by digest") as s:
-            s["disk_free_gb"] = _require_disk(layout.root, MIN_FREE_GB)
             references = push(layout)
             s["references"] = references
         with self.step("merge to staging, pin digests") as s:
@@ -200,7 +204,7 @@ class ClusterRun:
             challenger = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
             s.update(self._blue_green(STAGING, challenger, expect="promoted"))
         with self.step("blue/green failure path: a green serving the wrong model") as s:
-            wrong = self._copy_model(version, WRONG_MODEL_NAME)
+            wrong = self._copy_model(challenger, WRONG_MODEL_NAME)
             s.update(self._blue_green(STAGING, wrong, expect="aborted"))
             s["reverted"] = gitops.pin_model(layout, challenger.uri)
             self._synced(STAGING)
@@ -252,10 +256,9 @@ class ClusterRun:
 
         return kube.wait_until(f"Rollout model-serving Healthy in {ns}", healthy, timeout)
 
-    def _copy_model(self, version: str, name: str) -> ModelReference:
-        """Model ``version`` registered again under ``name``; the copy's reference."""
-        source = ModelReference.at_version(DEFAULT_MODEL_NAME, version).uri
-        copied = self._mlflow().copy_model_version(source, name)
+    def _copy_model(self, model: ModelReference, name: str) -> ModelReference:
+        """``model`` registered again under ``name``; the copy's reference."""
+        copied = self._mlflow().copy_model_version(model.uri, name)
         return ModelReference.at_version(name, copied.version)
 
     def _blue_green(self, environment: str, model: ModelReference, expect: str) -> dict[str, Any]:
@@ -397,8 +400,10 @@ class ClusterRun:
 
 
 def _require_disk(where: Path, gigabytes: float) -> float:
-    """The free space under ``where`` in GB, or an error that names what to free."""
-    free = shutil.disk_usage(where).free / 2**30
+    """The free space under ``where`` (made later if it is not there yet) in GB, or an error
+    that names what to free."""
+    existing = next(path for path in (where, *where.parents) if path.exists())
+    free = shutil.disk_usage(existing).free / 2**30
     if free < gigabytes:
         raise ClusterError(
             f"{free:.1f} GB free under {where}; the run needs {gigabytes} GB for the images "

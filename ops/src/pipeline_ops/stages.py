@@ -1,0 +1,83 @@
+"""The pipeline's stages, listed once, in the order the pipeline runs them.
+
+Everything in ops that needs the list reads it here: the images and their Dockerfiles, the
+offline checks, the Vault layout, ``make run``, the cluster run, the container tests and the
+report. ``tests/pipeline_ops/test_stages.py`` fails when a stage's name turns up somewhere
+this list does not know, so a new stage is one entry here plus its own code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str  # the image's repository name, as the workflows push it
+    dockerfile: str  # from the repository root
+    cli: str  # the console script the image runs (its ENTRYPOINT)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the stage everywhere: its image, workflow, Vault role, Kubernetes objects
+    package: str  # the Python package of its code
+    directory: str  # the installable project it lives in
+    image: Image
+    reads: str
+    publishes: str
+
+    @property
+    def cli(self) -> str:
+        return self.image.cli
+
+    @property
+    def vault_role(self) -> str:
+        return self.name
+
+
+def _image(name: str, dockerfile: str, cli: str | None = None) -> Image:
+    return Image(name, dockerfile, cli or name)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "data-fetch", "data_fetch", "data-fetch", _image("data-fetch", "data-fetch/Dockerfile"),
+        reads="GitHub's API (or the bundled sample)", publishes="MongoDB: pull_requests",
+    ),
+    Stage(
+        "spark-preprocess", "ml_pipeline.preprocess", "ml-pipeline",
+        # the image's entrypoint is Spark's own (driver or executor), which then runs the CLI
+        _image("spark-preprocess", "ml-pipeline/Dockerfile.preprocess"),
+        reads="MongoDB: pull_requests", publishes="object storage: versioned feature Parquet",
+    ),
+    Stage(
+        "ml-training", "ml_pipeline.training", "ml-pipeline",
+        _image("ml-training", "ml-pipeline/Dockerfile.training"),
+        reads="object storage: features", publishes="MLflow: a run, and the challenger model",
+    ),
+    Stage(
+        "model-serving", "model_serving", "model-serving",
+        _image("model-serving", "model-serving/Dockerfile"),
+        reads="MLflow: the pinned model", publishes="HTTP: scores, /metrics",
+    ),
+)  # fmt: skip
+# Not a stage: the Locust gate the pre-promotion analysis runs against the preview Service.
+LOAD_GATE = _image("load-gate", "model-serving/Dockerfile.load-gate")
+IMAGES: tuple[Image, ...] = (*(s.image for s in STAGES), LOAD_GATE)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+IMAGE_NAMES: tuple[str, ...] = tuple(i.name for i in IMAGES)
+
+
+def stage(name: str) -> Stage:
+    for candidate in STAGES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no stage {name!r}; the stages are {', '.join(STAGE_NAMES)}")
+
+
+def image(name: str) -> Image:
+    for candidate in IMAGES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no image {name!r}; the images are {', '.join(IMAGE_NAMES)}")

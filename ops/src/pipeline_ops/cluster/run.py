@@ -44,8 +44,8 @@ from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.platform import ClusterPlatform
 from pipeline_ops.cluster.registry import push
-from pipeline_ops.images.container_test import first_sample_record
 from pipeline_ops.promotion import alias_version
+from pipeline_ops.samples import first_sample_record
 
 log = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ from pipeline_ops.images.engine import ContainerEngine, EngineError
 from pipeline_ops.local_env import MODEL_NAME, LocalEnvironment
 from pipeline_ops.local_platform import LocalPlatform, free_port
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, SAMPLES_DIR
+from pipeline_ops.samples import first_sample_record
 from pipeline_ops.validate.checks import walk_nodes
 
 log = logging.getLogger(__name__)
@@ -545,12 +546,6 @@ def check_ml_training(bench: ImageTestBench) -> str:
     fresh = version.creation_timestamp / 1000 >= started - 5
     _expect(fresh, f"the challenger (version {version.version}) is older than this run", result)
     return f"registered {MODEL_NAME} version {version.version} as challenger"
-
-
-def first_sample_record() -> dict[str, Any]:
-    path = sorted(SAMPLES_DIR.glob("*.prs.jsonl.gz"))[0]
-    with gzip.open(path, "rt") as lines:
-        return json.loads(next(lines))
 
 
 @contextlib.contextmanager

@@ -189,7 +189,11 @@ def _prepare_host(cluster: Cluster) -> None:
     """The host's changes, then every fixed address the components bind checked free (the
     bridge's address exists from here on)."""
     cluster.host.prepare()
-    for component in cluster.components:
+    check_listens_free(cluster.components)
+
+
+def check_listens_free(components: tuple[Component, ...]) -> None:
+    for component in components:
         if isinstance(component, HostProcess):
             for address, port in component.listens:
                 port_free(address, port, component.name)

@@ -79,9 +79,6 @@ class Cluster:
             self.state.write({**state, "ports": ports})
         return ports
 
-    def healthy(self, component: HostProcess) -> bool:
-        return component.healthy(self)
-
     def node_ready(self) -> bool:
         try:
             out = self.layout.kubectl()(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_ops.local_platform import free_port
+from pipeline_ops.base.processes import free_port
 from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
 
 SCRIPTS = PROJECT_ROOT / "ops" / "scripts"

@@ -16,7 +16,6 @@ import pytest
 from kube_namespace import SMOKE, Namespace, wait_for
 
 from pipeline_ops.cluster import images
-from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.launcher import Cluster
 
 HERE = Path(__file__).parent
@@ -57,14 +56,14 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.fixture
 def ns(cluster: Cluster) -> Iterator[Namespace]:
     name = f"smoke-{secrets.token_hex(3)}"
-    kubectl(cluster.layout, "create", "namespace", name)
+    cluster.layout.kubectl()("create", "namespace", name)
     # pods need the namespace's default ServiceAccount
     wait_for(
         "default ServiceAccount",
-        lambda: kubectl(cluster.layout, "-n", name, "get", "serviceaccounts", "-o", "name"),
+        lambda: cluster.layout.kubectl()("-n", name, "get", "serviceaccounts", "-o", "name"),
         30,
     )
     try:
         yield Namespace(cluster, name)
     finally:
-        kubectl(cluster.layout, "delete", "namespace", name, "--wait=false")
+        cluster.layout.kubectl()("delete", "namespace", name, "--wait=false")

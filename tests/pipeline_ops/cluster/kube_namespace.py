@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline_ops.cluster import images
-from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.launcher import Cluster
 
 SMOKE = images.ScratchImage("pr-anomaly.local/smoke", "smoke")
@@ -45,7 +44,7 @@ class Namespace:
         self.cluster, self.name = cluster, name
 
     def kubectl(self, *args: str, **kwargs) -> str:
-        return kubectl(self.cluster.layout, "-n", self.name, *args, **kwargs)
+        return self.cluster.layout.kubectl()("-n", self.name, *args, **kwargs)
 
     def apply(self, *manifests: dict) -> None:
         for manifest in manifests:

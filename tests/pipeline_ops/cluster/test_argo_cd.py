@@ -12,7 +12,6 @@ import pytest
 from kube_namespace import Namespace, wait_for
 
 from pipeline_ops.cluster import argo_cd, git_server
-from pipeline_ops.cluster.addons import kubectl
 
 pytestmark = pytest.mark.cluster
 
@@ -57,11 +56,11 @@ def test_argo_cd_syncs_each_commit_pushed_to_the_git_server(ns: Namespace, tmp_p
             "syncPolicy": {"automated": {"prune": True}},
         },
     }
-    kubectl(layout, "apply", "-f", "-", stdin=json.dumps(application))
+    layout.kubectl()("apply", "-f", "-", stdin=json.dumps(application))
 
     def app() -> dict:
         return json.loads(
-            kubectl(layout, "-n", argo_cd.NAMESPACE, "get", "application", ns.name, "-o", "json")
+            layout.kubectl()("-n", argo_cd.NAMESPACE, "get", "application", ns.name, "-o", "json")
         ).get("status", {})
 
     def synced_at(commit: str) -> dict | None:
@@ -79,14 +78,14 @@ def test_argo_cd_syncs_each_commit_pushed_to_the_git_server(ns: Namespace, tmp_p
 
         second = _commit(work, "goodbye")
         # Argo CD polls every ~3 min; a refresh is what a push webhook would trigger.
-        kubectl(layout, "-n", argo_cd.NAMESPACE, "annotate", "--overwrite", "application",
+        layout.kubectl()("-n", argo_cd.NAMESPACE, "annotate", "--overwrite", "application",
                 ns.name, "argocd.argoproj.io/refresh=normal")  # fmt: skip
         wait_for(f"Synced at {second}", lambda: synced_at(second), timeout=120)
         assert greeting() == "goodbye"
         history = [h["revision"] for h in app()["history"]]
         assert history == [first, second]
     finally:
-        kubectl(layout, "-n", argo_cd.NAMESPACE, "delete", "application", ns.name,
+        layout.kubectl()("-n", argo_cd.NAMESPACE, "delete", "application", ns.name,
                 "--wait=false")  # fmt: skip
 
 

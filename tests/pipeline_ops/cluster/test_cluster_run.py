@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from kube_namespace import wait_for
 
-from pipeline_ops.cluster import gitops, kube
-from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.cluster import gitops
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.run import ClusterRun
 
@@ -38,7 +37,7 @@ def cluster_run(cluster: Cluster) -> tuple[ClusterRun, dict[str, Any]]:
 
 
 def _step(report: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return next(s for s in report["steps"] if s["step"].startswith(prefix))
+    return next(s["figures"] for s in report["steps"] if s["name"].startswith(prefix))
 
 
 def test_the_pipeline_runs_in_pods_from_what_argo_cd_synced(cluster_run) -> None:
@@ -103,7 +102,7 @@ def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) 
     this cluster's TokenReview API, logs in as data-fetch; ml-training's secret is refused."""
     run, _ = cluster_run
     layout = run.layout
-    cronjob = kube.get(layout, STAGING_NS, "cronjob", "data-fetch")
+    cronjob = layout.kubectl().get(STAGING_NS, "cronjob", "data-fetch")
     template = cronjob["spec"]["jobTemplate"]["spec"]["template"]
     container = template["spec"]["containers"][0]
     name = f"vault-probe-{secrets.token_hex(3)}"
@@ -114,19 +113,19 @@ def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) 
                  "containers": [{**container, "command": ["python", "-c", VAULT_PROBE],
                                  "args": []}]},
     }  # fmt: skip
-    kubectl(layout, "apply", "-f", "-", stdin=json.dumps(pod))
+    layout.kubectl()("apply", "-f", "-", stdin=json.dumps(pod))
     try:
         wait_for(
             "the probe pod finished",
             lambda: (
-                kube.get(layout, STAGING_NS, "pod", name)["status"].get("phase")
+                layout.kubectl().get(STAGING_NS, "pod", name)["status"].get("phase")
                 in ("Succeeded", "Failed")
             ),
             180,
         )
-        logs = kubectl(layout, "-n", STAGING_NS, "logs", name)
+        logs = layout.kubectl()("-n", STAGING_NS, "logs", name)
         said = json.loads(logs.strip().splitlines()[-1])
         assert "mongo_uri" in said["own"]
         assert "permission denied" in said["other"].lower() or "403" in said["other"], said
     finally:
-        kubectl(layout, "-n", STAGING_NS, "delete", "pod", name, "--wait=false")
+        layout.kubectl()("-n", STAGING_NS, "delete", "pod", name, "--wait=false")

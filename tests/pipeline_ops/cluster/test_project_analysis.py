@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kube_namespace import Namespace, container, wait_for
 
-from pipeline_ops.cluster.addons import LOCAL_REQUESTS, kubectl
+from pipeline_ops.cluster.addons import LOCAL_REQUESTS
 from pipeline_ops.cluster.layout import STAGING_NAMESPACE
 from pipeline_ops.paths import PROJECT_ROOT
 
@@ -83,11 +83,10 @@ def test_the_environments_pods_are_admitted_with_small_requests(cluster) -> None
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": STAGING_NAMESPACE},
            "spec": {"containers": [box]}}  # fmt: skip
-    kubectl(layout, "apply", "-f", "-", stdin=json.dumps(pod))
+    layout.kubectl()("apply", "-f", "-", stdin=json.dumps(pod))
     try:
         resources = yaml.safe_load(
-            kubectl(
-                layout,
+            layout.kubectl()(
                 "-n",
                 STAGING_NAMESPACE,
                 "get",
@@ -100,4 +99,4 @@ def test_the_environments_pods_are_admitted_with_small_requests(cluster) -> None
         assert resources["requests"] == LOCAL_REQUESTS
         assert resources["limits"] == {"cpu": "2", "memory": "4Gi"}
     finally:
-        kubectl(layout, "-n", STAGING_NAMESPACE, "delete", "pod", name, "--wait=false")
+        layout.kubectl()("-n", STAGING_NAMESPACE, "delete", "pod", name, "--wait=false")

@@ -10,8 +10,8 @@ import secrets
 import pytest
 from kube_namespace import wait_for
 
-from pipeline_ops.cluster import ClusterError, spark_operator
-from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.base.errors import OpsError
+from pipeline_ops.cluster import spark_operator
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.registry import pushed
 
@@ -68,11 +68,11 @@ def test_a_spark_application_with_two_executors_completes_through_the_operator(
         },
     }  # fmt: skip
     for manifest in (program, application):
-        kubectl(layout, "apply", "-f", "-", stdin=json.dumps(manifest))
+        layout.kubectl()("apply", "-f", "-", stdin=json.dumps(manifest))
 
     def state() -> dict:
         return json.loads(
-            kubectl(layout, "-n", NAMESPACE, "get", "sparkapplication", name, "-o", "json")
+            layout.kubectl()("-n", NAMESPACE, "get", "sparkapplication", name, "-o", "json")
         ).get("status", {})
 
     try:
@@ -87,18 +87,18 @@ def test_a_spark_application_with_two_executors_completes_through_the_operator(
         )
         driver = status.get("driverInfo", {}).get("podName", f"{name}-driver")
         try:
-            logs = kubectl(layout, "-n", NAMESPACE, "logs", driver, "--tail=200")
-        except ClusterError as error:
+            logs = layout.kubectl()("-n", NAMESPACE, "logs", driver, "--tail=200")
+        except OpsError as error:
             logs = str(error)
         assert status["applicationState"]["state"] == "COMPLETED", (status, logs[-3000:])
         assert "total=999000 executors=2 executor_hosts=2" in logs
         assert len(status["executorState"]) == 2, status
         # the webhook mounted the program's volume into the driver pod
-        mounts = kubectl(
-            layout, "-n", NAMESPACE, "get", "pod", driver, "-o",
+        mounts = layout.kubectl()(
+            "-n", NAMESPACE, "get", "pod", driver, "-o",
             "jsonpath={.spec.containers[0].volumeMounts[*].mountPath}",
         ).split()  # fmt: skip
         assert "/opt/program" in mounts
     finally:
-        kubectl(layout, "-n", NAMESPACE, "delete", "sparkapplication,configmap", name,
+        layout.kubectl()("-n", NAMESPACE, "delete", "sparkapplication,configmap", name,
                 "--wait=false")  # fmt: skip

@@ -6,7 +6,6 @@ Debian's containerd, runc and CNI plugins). One module per concern:
 | module | concern |
 |---|---|
 | layout | versions, binaries, addresses, ports and paths under ``.local/cluster`` |
-| processes | start by pid with start ticks in a state file, health waits, stop by pid |
 | pki | certificates and kubeconfigs made with openssl |
 | host | the host changes (bridge, sysctls, iptables, mounts, netns, cgroups) and their undoing |
 | configs | the components' configuration files |
@@ -18,9 +17,17 @@ Debian's containerd, runc and CNI plugins). One module per concern:
 | git_server | the git daemon Argo CD reads, mirroring this repository's branches |
 | spark_operator | the Spark Operator's controller and webhook |
 | prometheus | Prometheus on the host, discovering and scraping annotated pods |
-| launcher | the order of it all: up, status, down |
+| kubernetes | the Kubernetes components' command lines and health checks |
+| components | the cluster as an ordered table: one entry per component, walked by up and down |
+| launcher | walks the table: up (forward), status, down (backward) |
+
+Everything runs commands through ``pipeline_ops.base.commands``, talks to the API server
+through ``Layout.kubectl()`` (``base.kubectl.Kubectl``) and keeps its host processes as
+``base.processes`` records in one state file.
 """
 
+from pipeline_ops.base.errors import OpsError
 
-class ClusterError(RuntimeError):
+
+class ClusterError(OpsError):
     pass

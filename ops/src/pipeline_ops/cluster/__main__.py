@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from pipeline_ops.cluster import ClusterError
+from pipeline_ops.base.errors import OpsError
 from pipeline_ops.cluster.launcher import Cluster
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.run()
             finally:
                 _print_run(run)
-    except ClusterError as error:
+    except OpsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_status(cluster: Cluster) -> None:
     status = cluster.status()
-    _, phase = cluster.processes.load()
+    phase = cluster.phase
     if phase not in (None, "up"):
         print(f"a cluster-up did not finish (phase {phase}); the next `make cluster-up` cleans up")
     if not any(info.get("running") for info in status.values()):
@@ -86,8 +86,8 @@ def _print_status(cluster: Cluster) -> None:
 
 
 def _print_run(run) -> None:
-    for step in run.steps:
-        print(f"{step['seconds']:7.1f}s  {step['step']:58} {step['outcome']}")
+    for step in run.steps.steps:
+        print(f"{step.seconds:7.1f}s  {step.name:58} {step.outcome}")
     print(f"report: {run.report_dir / 'report.md'} (and report.json)")
     mlflow = run.platform.servers.running().get("mlflow")
     if mlflow:

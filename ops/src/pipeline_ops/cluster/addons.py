@@ -11,12 +11,12 @@ leaves the machine. It listens on 1053 as an unprivileged user; the Service maps
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
+from pipeline_ops.base import commands
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.images import ScratchImage
-from pipeline_ops.cluster.layout import CLUSTER_DOMAIN, DNS_SERVICE_IP, Layout, binaries, binary
+from pipeline_ops.cluster.layout import CLUSTER_DOMAIN, DNS_SERVICE_IP, Layout, binaries
 
 PAUSE = ScratchImage("pr-anomaly.local/pause", "pause")
 COREDNS = ScratchImage("pr-anomaly.local/coredns", "coredns")
@@ -48,19 +48,6 @@ COREFILE = f""".:1053 {{
     reload
 }}
 """
-
-
-def kubectl(layout: Layout, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
-    command = [str(binary("kubectl")), "--kubeconfig", str(layout.kubeconfig), *args]
-    try:
-        result = subprocess.run(
-            command, input=stdin, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as error:
-        raise ClusterError(f"kubectl {' '.join(args)} timed out after {timeout:.0f}s") from error
-    if result.returncode != 0:
-        raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
-    return result.stdout
 
 
 def _coredns_objects() -> list[dict]:
@@ -161,19 +148,16 @@ def _coredns_objects() -> list[dict]:
     ]
 
 
-def apply_coredns(layout: Layout) -> None:
-    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": _coredns_objects()})
-    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+def apply_coredns(layout: Layout, timeout: float) -> None:
+    layout.kubectl().apply(_coredns_objects())
+    layout.kubectl().rolled_out("kube-system", "deployment/coredns", timeout)
 
 
 def module_dir(module: str, version: str) -> Path:
     """The source of a Go module (install manifests, CRDs), from the Go module cache."""
-    result = subprocess.run(
-        ["go", "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise ClusterError(f"go mod download {module}@{version} failed: {result.stderr[-1500:]}")
-    return Path(json.loads(result.stdout)["Dir"])
+    listing = commands.output(["go", "mod", "download", "-json", f"{module}@{version}"],
+                              what=f"the source of {module}@{version}")  # fmt: skip
+    return Path(json.loads(listing)["Dir"])
 
 
 def apply_argo_rollouts(layout: Layout, timeout: float) -> None:
@@ -187,24 +171,11 @@ def apply_argo_rollouts(layout: Layout, timeout: float) -> None:
     manifest = manifest.replace(upstream_image, f"image: {ARGO_ROLLOUTS.ref}").replace(
         "imagePullPolicy: Always", "imagePullPolicy: Never"
     )
+    kubectl = layout.kubectl()
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "argo-rollouts"}}
-    kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(namespace))
-    kubectl(
-        layout, "-n", "argo-rollouts", "apply", "--server-side", "--force-conflicts", "-f", "-",
-        stdin=manifest,
-    )  # fmt: skip
-    wait_rolled_out(layout, "argo-rollouts", "argo-rollouts", timeout)
-
-
-def wait_rolled_out(layout: Layout, namespace: str, deployment: str, timeout: float) -> None:
-    try:
-        kubectl(
-            layout, "-n", namespace, "rollout", "status", f"deployment/{deployment}",
-            f"--timeout={int(timeout)}s", timeout=timeout + 10,
-        )  # fmt: skip
-    except ClusterError as error:
-        pods = kubectl(layout, "-n", namespace, "describe", "pods")
-        raise ClusterError(f"{deployment} did not become ready: {error}\n{pods[-2500:]}") from error
+    kubectl.apply([namespace], force_conflicts=False)
+    kubectl.apply(manifest, namespace="argo-rollouts")
+    kubectl.rolled_out("argo-rollouts", "deployment/argo-rollouts", timeout)
 
 
 def _network_policies_objects(metrics_port: int) -> list[dict]:
@@ -288,17 +259,8 @@ def _network_policies_objects(metrics_port: int) -> list[dict]:
 
 
 def apply_network_policies(layout: Layout, metrics_port: int, timeout: float) -> None:
-    items = _network_policies_objects(metrics_port)
-    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
-    try:
-        kubectl(
-            layout, "-n", "kube-system", "rollout", "status", "daemonset/kube-network-policies",
-            f"--timeout={int(timeout)}s", timeout=timeout + 10,
-        )  # fmt: skip
-    except ClusterError as error:
-        pods = kubectl(layout, "-n", "kube-system", "logs", "daemonset/kube-network-policies")
-        raise ClusterError(f"kube-network-policies not ready: {error}\n{pods[-2500:]}") from error
+    layout.kubectl().apply(_network_policies_objects(metrics_port))
+    layout.kubectl().rolled_out("kube-system", "daemonset/kube-network-policies", timeout)
 
 
 # -- the node's capacity -------------------------------------------------------------------
@@ -355,7 +317,4 @@ def capacity_policy_objects(namespaces: tuple[str, ...]) -> list[dict]:
 
 
 def apply_capacity_policy(layout: Layout, namespaces: tuple[str, ...]) -> None:
-    manifest = json.dumps(
-        {"apiVersion": "v1", "kind": "List", "items": capacity_policy_objects(namespaces)}
-    )
-    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+    layout.kubectl().apply(capacity_policy_objects(namespaces))

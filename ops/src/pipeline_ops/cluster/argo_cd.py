@@ -10,14 +10,12 @@ The server, repo-server, application-controller and redis run as upstream config
 
 from __future__ import annotations
 
-import json
 import logging
 
-import requests
 import yaml
 
 from pipeline_ops.cluster import ClusterError
-from pipeline_ops.cluster.addons import kubectl, module_dir, wait_rolled_out
+from pipeline_ops.cluster.addons import module_dir
 from pipeline_ops.cluster.engine_images import (
     ADDONS_BASE,
     ARGOCD,
@@ -25,7 +23,7 @@ from pipeline_ops.cluster.engine_images import (
     ensure_pushed,
 )
 from pipeline_ops.cluster.layout import Layout, binaries
-from pipeline_ops.cluster.registry import build_engine, pushed
+from pipeline_ops.cluster.registry import build_engine, in_registry, pushed
 
 log = logging.getLogger(__name__)
 # libyaml's safe loader: the install manifests are ~1 MB (pure Python takes seconds)
@@ -68,26 +66,12 @@ def _objects(argocd_image: str, redis_image: str) -> list[dict]:
     return objects
 
 
-def _ref_in_registry(reference: str) -> bool:
-    registry, rest = reference.split("/", 1)
-    repository, digest = rest.split("@")
-    try:
-        response = requests.head(
-            f"http://{registry}/v2/{repository}/manifests/{digest}",
-            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
-            timeout=5,
-        )
-    except requests.RequestException:
-        return False
-    return response.status_code == 200
-
-
 def images(layout: Layout) -> tuple[str, str]:
     """Argo CD's and redis' references by digest: from the registry if pushed before (no
     engine needed), else built and pushed by the project's engine."""
     wanted = (ARGOCD, REDIS)
     known = [pushed(layout).get(image.tag(ADDONS_BASE.tag)) for image in wanted]
-    if all(ref and _ref_in_registry(ref) for ref in known):
+    if all(ref and in_registry(ref) for ref in known):
         return str(known[0]), str(known[1])
     with build_engine() as engine:
         refs = [ensure_pushed(layout, image, engine) for image in wanted]
@@ -97,20 +81,10 @@ def images(layout: Layout) -> tuple[str, str]:
 def apply(layout: Layout) -> None:
     argocd_image, redis_image = images(layout)
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-    kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(namespace))
-    manifest = {"apiVersion": "v1", "kind": "List", "items": _objects(argocd_image, redis_image)}
-    kubectl(
-        layout, "-n", NAMESPACE, "apply", "--server-side", "--force-conflicts", "-f", "-",
-        stdin=json.dumps(manifest),
-    )  # fmt: skip
+    layout.kubectl().apply([namespace], force_conflicts=False)
+    layout.kubectl().apply(_objects(argocd_image, redis_image), namespace=NAMESPACE)
 
 
 def wait(layout: Layout, timeout: float) -> None:
     for kind, name in WAITED:
-        if kind == "deployment":
-            wait_rolled_out(layout, NAMESPACE, name, timeout)
-        else:
-            kubectl(
-                layout, "-n", NAMESPACE, "rollout", "status", f"{kind}/{name}",
-                f"--timeout={int(timeout)}s", timeout=timeout + 10,
-            )  # fmt: skip
+        layout.kubectl().rolled_out(NAMESPACE, f"{kind}/{name}", timeout)

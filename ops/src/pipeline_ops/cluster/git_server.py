@@ -7,10 +7,9 @@ hand); tests add their own bare repositories beside it and push to them by path.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from pipeline_ops.cluster import ClusterError
+from pipeline_ops.base import commands
 from pipeline_ops.cluster.layout import BRIDGE_IP, GIT_PORT, Layout
 from pipeline_ops.paths import PROJECT_ROOT
 
@@ -35,11 +34,8 @@ def command(layout: Layout) -> list[str]:
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
-    """``git ARGS`` (in ``cwd``); its output, or a ClusterError with git's own message."""
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise ClusterError(f"git {' '.join(args)} failed: {result.stderr.strip()[-1500:]}")
-    return result.stdout.strip()
+    """``git ARGS`` (in ``cwd``); its output (an error carries git's own message)."""
+    return commands.output(["git", *args], what="git", cwd=cwd, timeout=120).strip()
 
 
 def init_bare(layout: Layout, repository: str) -> Path:

@@ -22,9 +22,7 @@ import base64
 import json
 import logging
 import os
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +30,10 @@ from typing import Any
 
 import yaml
 
+from pipeline_ops.base import commands
+from pipeline_ops.base.polling import wait_until
+from pipeline_ops.base.processes import minimal_environment
 from pipeline_ops.cluster import ClusterError, argo_cd, git_server
-from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.git_server import git
 from pipeline_ops.cluster.layout import PRODUCTION_NAMESPACE, STAGING_NAMESPACE, Layout
 from pipeline_ops.cluster.pki import Pki
@@ -67,11 +67,9 @@ def bare(layout: Layout) -> Path:
 
 
 def head(layout: Layout, branch: str) -> str | None:
-    out = subprocess.run(
-        ["git", "--git-dir", str(bare(layout)), "rev-parse", "--verify", "-q",
-         f"refs/heads/{branch}"], capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    return out or None
+    found = commands.run(["git", "--git-dir", bare(layout), "rev-parse", "--verify", "-q",
+                          f"refs/heads/{branch}"], what="git", check=False)  # fmt: skip
+    return found.stdout.strip() or None
 
 
 def merge_to_staging(layout: Layout, commit: str = "HEAD") -> str:
@@ -89,15 +87,11 @@ def merge_to_staging(layout: Layout, commit: str = "HEAD") -> str:
 
 def pin_images(layout: Layout, references: dict[str, str]) -> str:
     """Pin each image's digest on staging with the workflows' own bump script; the head."""
+    env = minimal_environment({"KUSTOMIZE": str(TOOLS_DIR / "bin" / "kustomize")})
     for name, reference in references.items():
-        result = subprocess.run(
-            [str(SCRIPTS / "pin-image-digest.sh"), name, reference, str(bare(layout)),
-             BRANCHES[STAGING]],
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, "KUSTOMIZE": str(TOOLS_DIR / "bin" / "kustomize")},
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise ClusterError(f"pin-image-digest.sh {name} failed: {result.stderr[-1500:]}")
+        commands.run([SCRIPTS / "pin-image-digest.sh", name, reference, bare(layout),
+                      BRANCHES[STAGING]], what=f"pinning {name}'s digest on staging",
+                     timeout=300, env=env)  # fmt: skip
     return head(layout, BRANCHES[STAGING]) or ""
 
 
@@ -137,24 +131,21 @@ def served_model(layout: Layout, branch: str) -> str:
 def promote(layout: Layout) -> str:
     """``staging`` -> ``main`` by ``ops/scripts/promote.sh`` against this git server (what
     merging the promotion pull request does); main's new head."""
-    result = subprocess.run(
-        [str(SCRIPTS / "promote.sh")], capture_output=True, text=True, timeout=300,
-        cwd=PROJECT_ROOT, env={**os.environ, "PROMOTE_REMOTE": str(bare(layout))},
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise ClusterError(f"promote.sh failed: {(result.stdout + result.stderr)[-1500:]}")
+    commands.run([SCRIPTS / "promote.sh"], what="the promotion staging -> main", timeout=300,
+                 cwd=PROJECT_ROOT, env=minimal_environment({"PROMOTE_REMOTE": str(bare(layout))}),
+                 )  # fmt: skip
     return head(layout, BRANCHES[PRODUCTION]) or ""
 
 
 def differing_images(layout: Layout, branch: str, other: str) -> str:
     """What ``ops/scripts/compare-digests.sh`` (promote.sh's own check) says differs between
     the images two branches pin; empty when they agree."""
-    result = subprocess.run(
-        [str(SCRIPTS / "compare-digests.sh"), "-C", str(bare(layout)), branch, other],
-        capture_output=True, text=True, timeout=60,
+    result = commands.run(
+        [SCRIPTS / "compare-digests.sh", "-C", bare(layout), branch, other],
+        what="comparing the branches' digests", timeout=60, check=False,
     )  # fmt: skip
     if result.returncode == 2:
-        raise ClusterError(f"compare-digests.sh {branch} {other}: {result.stderr.strip()}")
+        raise ClusterError(f"compare-digests.sh {branch} {other}: {commands.tail(result.stderr)}")
     return "" if result.returncode == 0 else (result.stdout + result.stderr).strip()
 
 
@@ -174,14 +165,10 @@ def images_on(layout: Layout, branch: str) -> dict[str, str]:
 
 # -- Argo CD ------------------------------------------------------------------------------
 def _project_objects() -> list[dict[str, Any]]:
-    kustomize = TOOLS_DIR / "bin" / "kustomize"
-    built = subprocess.run(
-        [str(kustomize), "build", str(PROJECT_ROOT / "argo-apps" / "argocd")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if built.returncode != 0:
-        raise ClusterError(f"kustomize build argo-apps/argocd failed: {built.stderr[-1500:]}")
-    return [o for o in yaml.safe_load_all(built.stdout) if o]
+    built = commands.output([TOOLS_DIR / "bin" / "kustomize", "build",
+                             PROJECT_ROOT / "argo-apps" / "argocd"],
+                            what="Argo CD's AppProject and Applications", timeout=60)  # fmt: skip
+    return [o for o in yaml.safe_load_all(built) if o]
 
 
 def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) -> list[dict]:
@@ -213,8 +200,8 @@ def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) 
 def _cluster_secrets(layout: Layout) -> list[dict]:
     """Argo CD's two clusters: staging is in-cluster; production, the same API server under
     its other name, reached with the application controller's own token."""
-    token = kubectl(layout, "-n", argo_cd.NAMESPACE, "create", "token",
-                    "argocd-application-controller", "--duration=48h").strip()  # fmt: skip
+    token = layout.kubectl()("-n", argo_cd.NAMESPACE, "create", "token",
+                             "argocd-application-controller", "--duration=48h").strip()  # fmt: skip
     ca = base64.b64encode(Pki(layout).ca.read_bytes()).decode()
     configs = {
         STAGING: {"tlsClientConfig": {"insecure": False}},
@@ -233,41 +220,38 @@ def _cluster_secrets(layout: Layout) -> list[dict]:
 
 
 def apply_applications(layout: Layout, environments: tuple[str, ...]) -> None:
-    objects = [*_cluster_secrets(layout), *local_argocd_objects(environments)]
-    listing = {"apiVersion": "v1", "kind": "List", "items": objects}
-    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
-            stdin=json.dumps(listing))  # fmt: skip
+    layout.kubectl().apply([*_cluster_secrets(layout), *local_argocd_objects(environments)])
 
 
 def application(layout: Layout, environment: str) -> dict[str, Any]:
-    name = APPLICATIONS[environment]
-    found = kubectl(layout, "-n", argo_cd.NAMESPACE, "get", "application", name, "-o=json")
-    return json.loads(found)
+    return layout.kubectl().get(argo_cd.NAMESPACE, "application", APPLICATIONS[environment])
 
 
 def refresh(layout: Layout, environment: str) -> None:
     """What a push webhook would do: Argo CD reads the branch now, not in ~3 minutes."""
-    kubectl(layout, "-n", argo_cd.NAMESPACE, "annotate", "--overwrite", "application",
-            APPLICATIONS[environment], "argocd.argoproj.io/refresh=normal")  # fmt: skip
+    layout.kubectl()("-n", argo_cd.NAMESPACE, "annotate", "--overwrite", "application",
+                     APPLICATIONS[environment], "argocd.argoproj.io/refresh=normal")  # fmt: skip
 
 
 def wait_synced(layout: Layout, environment: str, revision: str, timeout: float = 300) -> dict:
     """Until the Application is Synced at ``revision`` with no sync running; its status.
     If it never is, the error carries Argo CD's last sync message."""
     refresh(layout, environment)
-    deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def synced() -> dict[str, Any] | None:
+        nonlocal status
         status = application(layout, environment).get("status", {})
         operation = status.get("operationState", {})
         sync = status.get("sync", {})
         # a failed sync is retried by Argo CD (the Application's retry policy): its message
         # is what the timeout reports
         settled = operation.get("phase") not in ("Running", "Terminating")
-        if sync.get("revision") == revision and sync.get("status") == "Synced" and settled:
-            return status
-        time.sleep(3)
-    raise ClusterError(
-        f"{APPLICATIONS[environment]} did not sync {revision[:12]} in {timeout:.0f}s: "
-        f"sync {status.get('sync')}, operation {status.get('operationState', {}).get('message')}"
-    )
+        done = sync.get("revision") == revision and sync.get("status") == "Synced" and settled
+        return status if done else None
+
+    return wait_until(
+        f"{APPLICATIONS[environment]} to sync {revision[:12]}", synced, timeout, every=3,
+        seen=lambda: f"sync {status.get('sync')}, operation "
+        f"{status.get('operationState', {}).get('message')}",
+    )  # fmt: skip

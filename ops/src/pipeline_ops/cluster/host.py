@@ -24,6 +24,7 @@ import subprocess
 from pathlib import Path
 
 from pipeline_ops import host_sysctls
+from pipeline_ops.base import commands
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import BRIDGE, BRIDGE_IP, RULE_COMMENT, Layout
 
@@ -47,10 +48,7 @@ TABLES = ("filter", "nat", "mangle", "raw")
 
 
 def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise ClusterError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-    return result
+    return commands.run(command, what="the cluster's host changes", check=check)
 
 
 def _chains(tool: str, table: str) -> set[str]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import requests
 
+from pipeline_ops.base import commands
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import Layout, binaries, binary
 
@@ -104,14 +104,13 @@ def oci_archive(image: ScratchImage) -> bytes:
     return out.getvalue()
 
 
-def ctr(layout: Layout, *args: str, stdin: bytes | None = None) -> str:
-    result = subprocess.run(
-        ["ctr", "--address", str(layout.containerd_socket), "--namespace", "k8s.io", *args],
-        input=stdin, capture_output=True,
+def ctr(layout: Layout, *args: str, stdin: bytes | None = None, timeout: float = 600) -> str:
+    """``ctr ARGS`` against the cluster's containerd (namespace k8s.io); its stdout."""
+    result = commands.run(
+        ["ctr", "--address", layout.containerd_socket, "--namespace", "k8s.io", *args],
+        what="ctr (the cluster's containerd)", stdin=stdin, text=False, timeout=timeout,
     )  # fmt: skip
-    if result.returncode != 0:
-        raise ClusterError(f"ctr {' '.join(args)} failed: {result.stderr.decode()[-2000:]}")
-    return result.stdout.decode()
+    return bytes(result.stdout).decode()
 
 
 def ensure_imported(layout: Layout, images: list[ScratchImage]) -> list[str]:

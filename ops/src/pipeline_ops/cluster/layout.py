@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline_ops.base.kubectl import Kubectl
+from pipeline_ops.base.processes import StateFile
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT
 
@@ -78,10 +80,27 @@ class Layout:
 
     def __init__(self, state_dir: Path | None = None):
         self.root = Path(state_dir or LOCAL_DIR / "cluster").absolute()
+        self._kubectl: Kubectl | None = None
+
+    def kubectl(self) -> Kubectl:
+        """The one client of this cluster's API server: the admin's kubeconfig, the built
+        kubectl, and the Argo Rollouts plugin if it is built."""
+        if self._kubectl is None:
+            plugin = binaries()["kubectl-argo-rollouts"].path
+            self._kubectl = Kubectl(
+                self.kubeconfig, binary("kubectl"), plugin if plugin.exists() else None
+            )
+        return self._kubectl
 
     @property
     def state_file(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def state(self) -> StateFile:
+        """The host processes' records, with the phase (``starting``, ``up``) and the ports
+        chosen at start beside them."""
+        return StateFile(self.state_file)
 
     @property
     def pki(self) -> Path:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline_ops.cluster import ClusterError
+from pipeline_ops.base import commands
 from pipeline_ops.cluster.layout import (
     BRIDGE_IP,
     CLUSTER_DOMAIN,
@@ -56,9 +55,7 @@ IDENTITIES = (
 
 
 def _openssl(*args: str | Path) -> None:
-    result = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ClusterError(f"openssl {args[0]} failed:\n{result.stderr[-2000:]}")
+    commands.run(["openssl", *args], what="the cluster's certificates (openssl)")
 
 
 def _key(path: Path) -> None:

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline_ops.cluster import ClusterError
-from pipeline_ops.cluster.addons import kubectl
+from pipeline_ops.base import commands
+from pipeline_ops.base.processes import minimal_environment
 from pipeline_ops.cluster.layout import (
     BRIDGE_IP,
     CLUSTER_DOMAIN,
@@ -70,9 +68,9 @@ SERVICE_NAMES = (
 PROMETHEUS = ServiceName("prometheus", "monitoring", "prometheus-operated", 9090)
 
 
-def host_server_objects(service: ServiceName, host_port: int) -> dict[str, Any]:
+def host_server_objects(service: ServiceName, host_port: int) -> list[dict[str, Any]]:
     """``service`` in the cluster, sent to the host process on ``host_port``."""
-    return {"apiVersion": "v1", "kind": "List", "items": _service_to_host(service, host_port)}
+    return _service_to_host(service, host_port)
 
 
 def _by_server(server: str) -> ServiceName:
@@ -99,9 +97,7 @@ class ClusterPlatform:
         objects: list[dict[str, Any]] = []
         for service in SERVICE_NAMES:
             objects += _service_to_host(service, running[service.server].port)
-        listing = {"apiVersion": "v1", "kind": "List", "items": objects}
-        kubectl(self.layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
-                stdin=json.dumps(listing))  # fmt: skip
+        self.layout.kubectl().apply(objects)
         self.configure_vault()
         return {name: svc.url for name, svc in running.items()}
 
@@ -129,10 +125,10 @@ class ClusterPlatform:
     def configure_vault(self) -> None:
         """`vault_bootstrap --auth kubernetes`, exactly as README gives it for production,
         plus what a Vault outside the cluster needs: the CA and a reviewer token."""
-        kubectl(self.layout, "apply", "--server-side", "-f", "-",
-                stdin=json.dumps(_vault_auth_objects()))  # fmt: skip
+        kubectl = self.layout.kubectl()
+        kubectl.apply(_vault_auth_objects(), force_conflicts=False)
         reviewer = kubectl(
-            self.layout, "-n", "vault", "create", "token", VAULT_AUTH_ACCOUNT, "--duration=48h"
+            "-n", "vault", "create", "token", VAULT_AUTH_ACCOUNT, "--duration=48h"
         ).strip()
         vault = self.servers.service("vault")
         with tempfile.TemporaryDirectory(prefix="vault-bootstrap-") as work:
@@ -150,12 +146,12 @@ class ClusterPlatform:
                 "--secrets-file", str(secrets_file),
                 *(arg for ns in ENVIRONMENT_NAMESPACES for arg in ("--namespace", ns)),
             ]  # fmt: skip
-            env = {**os.environ, "VAULT_ADDR": vault.url,
-                   "VAULT_TOKEN": self.servers.vault_root_token()}  # fmt: skip
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            # the bootstrap never prints a secret value; its error says what failed
-            raise ClusterError(f"vault_bootstrap --auth kubernetes failed: {result.stderr[-1500:]}")
+            # the root token in the child's environment only; the bootstrap never prints a
+            # secret value, and an error's stderr is redacted of both tokens all the same
+            token = self.servers.vault_root_token()
+            env = minimal_environment({"VAULT_ADDR": vault.url, "VAULT_TOKEN": token})
+            commands.run(command, what="vault_bootstrap --auth kubernetes", env=env,
+                         timeout=120, secrets=(token, reviewer))  # fmt: skip
         log.info("Vault: kubernetes auth against %s, roles bound to namespaces %s",
                  self.layout.apiserver_url, ", ".join(ENVIRONMENT_NAMESPACES))  # fmt: skip
 
@@ -185,18 +181,15 @@ def _service_to_host(service: ServiceName, host_port: int) -> list[dict[str, Any
     ]  # fmt: skip
 
 
-def _vault_auth_objects() -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "List",
-        "items": [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vault"}},
-            {"apiVersion": "v1", "kind": "ServiceAccount",
-             "metadata": {"name": VAULT_AUTH_ACCOUNT, "namespace": "vault"}},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-             "metadata": {"name": "pr-anomaly-vault-token-review"},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                         "name": "system:auth-delegator"},
-             "subjects": [{"kind": "ServiceAccount", "name": VAULT_AUTH_ACCOUNT,
-                           "namespace": "vault"}]},
-        ],
-    }  # fmt: skip
+def _vault_auth_objects() -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vault"}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": VAULT_AUTH_ACCOUNT, "namespace": "vault"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "pr-anomaly-vault-token-review"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "system:auth-delegator"},
+         "subjects": [{"kind": "ServiceAccount", "name": VAULT_AUTH_ACCOUNT,
+                       "namespace": "vault"}]},
+    ]  # fmt: skip

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import BRIDGE_IP, PROMETHEUS_PORT, Layout, binary
+from pipeline_ops.cluster.platform import PROMETHEUS, host_server_objects
+
+if TYPE_CHECKING:
+    from pipeline_ops.cluster.launcher import Cluster
 
 USER = "pr-anomaly-prometheus"
 SCRAPE_INTERVAL = "5s"
@@ -29,25 +34,30 @@ def url() -> str:
     return f"http://{BRIDGE_IP}:{PROMETHEUS_PORT}"
 
 
-def rbac() -> dict:
+def start_command(cluster: Cluster) -> list[str]:
+    """Its read-only RBAC and its Service applied, its configuration written: its command."""
+    layout, pki = cluster.layout, cluster.pki
+    layout.kubectl().apply(rbac(), force_conflicts=False)
+    # the Prometheus Operator's Service name, which the post-promotion analysis uses
+    layout.kubectl().apply(host_server_objects(PROMETHEUS, PROMETHEUS_PORT))
+    return command(layout, config(layout, pki.ca, pki.cert("prometheus"), pki.key("prometheus")))
+
+
+def rbac() -> list[dict]:
     rules = [{"apiGroups": [""], "resources": ["pods", "services", "endpoints", "namespaces"],
               "verbs": ["get", "list", "watch"]},
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
               "verbs": ["get", "list", "watch"]}]  # fmt: skip
-    return {
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": [
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-             "metadata": {"name": USER}, "rules": rules},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-             "metadata": {"name": USER},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                         "name": USER},
-             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                           "name": USER}]},
-        ],
-    }  # fmt: skip
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": USER}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": USER},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": USER},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                       "name": USER}]},
+    ]  # fmt: skip
 
 
 def config(layout: Layout, ca: Path, cert: Path, key: Path) -> Path:

@@ -16,12 +16,19 @@ from collections.abc import Iterator
 
 import requests
 
-from pipeline_ops.cluster import ClusterError
-from pipeline_ops.cluster.layout import REGISTRY, Layout
-from pipeline_ops.images.build import IMAGE_ORDER, built_images
-from pipeline_ops.images.engine import ContainerEngine, EngineError
+from pipeline_ops import stages
+from pipeline_ops.base.commands import tail
+from pipeline_ops.cluster import ClusterError, configs
+from pipeline_ops.cluster.layout import REGISTRY, Layout, binary
+from pipeline_ops.images.build import built_images
+from pipeline_ops.images.engine import ContainerEngine
 
 log = logging.getLogger(__name__)
+
+
+def command(layout: Layout) -> list[str]:
+    """The registry's server (distribution), as the cluster's component runs it."""
+    return [str(binary("registry")), "serve", str(configs.registry(layout))]
 
 
 def _pushed_file(layout: Layout):
@@ -48,7 +55,7 @@ def _local_reference(engine: ContainerEngine, name: str) -> str:
             return reference
     raise ClusterError(
         f"push: no image {' or '.join(candidates)} in the project's engine; "
-        f"build it with `make images` (names: {', '.join(IMAGE_ORDER)})"
+        f"build it with `make images` (names: {', '.join(stages.IMAGE_NAMES)})"
     )
 
 
@@ -61,8 +68,6 @@ def build_engine() -> Iterator[ContainerEngine]:
     try:
         engine.up()
         yield engine
-    except EngineError as error:
-        raise ClusterError(f"the project's Docker engine: {error}") from error
     finally:
         if started_here:
             engine.down()
@@ -82,15 +87,12 @@ def push(layout: Layout, names: list[str] | None = None, engine: ContainerEngine
     if engine is None:
         with build_engine() as own:
             return push(layout, names, own)
-    try:
-        return {
-            name.split(":")[0]: push_local(
-                layout, engine, _local_reference(engine, name), name.split(":")[0]
-            )
-            for name in names or list(IMAGE_ORDER)
-        }
-    except EngineError as error:
-        raise ClusterError(f"push: the project's Docker engine: {error}") from error
+    return {
+        name.split(":")[0]: push_local(
+            layout, engine, _local_reference(engine, name), name.split(":")[0]
+        )
+        for name in names or list(stages.IMAGE_NAMES)
+    }
 
 
 def push_local(layout: Layout, engine: ContainerEngine, local: str, repository: str) -> str:
@@ -99,10 +101,10 @@ def push_local(layout: Layout, engine: ContainerEngine, local: str, repository: 
     target = f"{REGISTRY}/{repository}:{local.rsplit(':', 1)[1]}"
     engine.docker("tag", local, target)
     log.info("pushing %s to %s", local, target)
-    result = engine.docker("push", target, check=False)
-    engine.docker("image", "rm", target, check=False)  # the tag only; the image stays
-    if result.returncode != 0:
-        raise ClusterError(f"docker push {target} failed: {result.stderr.strip()[-1500:]}")
+    try:
+        result = engine.docker("push", target)
+    finally:
+        engine.docker("image", "rm", target, check=False)  # the tag only; the image stays
     reference = _digest_reference(result.stdout, repository, target)
     # by name (the latest push) and by the local reference (what exactly was pushed)
     record = {**pushed(layout), repository: reference, local: reference}
@@ -120,4 +122,19 @@ def _digest_reference(push_output: str, repository: str, target: str) -> str:
             digest = words[words.index("digest:") + 1]
             if digest.startswith("sha256:"):
                 return f"{REGISTRY}/{repository}@{digest}"
-    raise ClusterError(f"docker push {target} printed no digest:\n{push_output[-1500:]}")
+    raise ClusterError(f"docker push {target} printed no digest:\n{tail(push_output)}")
+
+
+def in_registry(reference: str) -> bool:
+    """Whether the registry of ``reference`` (``HOST:PORT/NAME@sha256:…``) serves it."""
+    registry, rest = reference.split("/", 1)
+    repository, digest = rest.split("@")
+    try:
+        response = requests.head(
+            f"http://{registry}/v2/{repository}/manifests/{digest}",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            timeout=5,
+        )
+    except requests.RequestException:
+        return False
+    return response.status_code == 200

@@ -39,8 +39,10 @@ import requests
 from mlflow import MlflowClient
 
 from pipeline_contracts.registry import CHAMPION, DEFAULT_MODEL_NAME, ModelReference
+from pipeline_ops import stages
+from pipeline_ops.base.polling import wait_until
+from pipeline_ops.base.steps import StepLog, steps_table
 from pipeline_ops.cluster import ClusterError, gitops, kube
-from pipeline_ops.cluster.addons import kubectl
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.platform import ClusterPlatform
 from pipeline_ops.cluster.registry import push
@@ -50,6 +52,10 @@ from pipeline_ops.samples import first_sample_record
 log = logging.getLogger(__name__)
 
 STAGING, PRODUCTION = gitops.STAGING, gitops.PRODUCTION
+# The stages the run starts as their schedules would (CronJobs, a ScheduledSparkApplication).
+FETCH, PREPROCESS, TRAINING = (
+    stages.stage(name).name for name in ("data-fetch", "spark-preprocess", "ml-training")
+)
 # The failure path's green: the served model copied under another registered name, as when
 # an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
 # starts the pre-promotion analysis, whose model check must fail it.
@@ -107,7 +113,7 @@ class Client:
             except requests.RequestException:
                 return False
 
-        kube.wait_until(f"{self.url} answering", answers, timeout, every=0.5)
+        wait_until(f"{self.url} answering", answers, timeout, every=0.5)
 
     @contextmanager
     def running(self) -> Iterator[Client]:
@@ -131,25 +137,10 @@ class ClusterRun:
         self.layout = self.cluster.layout
         self.report_dir = report_dir or self.layout.root / "run"
         self.platform = ClusterPlatform(self.layout)
-        self.steps: list[dict[str, Any]] = []
-        self.report: dict[str, Any] = {"steps": self.steps}
+        self.steps = StepLog(say=log.info)
+        self.step = self.steps.step
+        self.report: dict[str, Any] = {}
         self.stamp = time.strftime("%H%M%S")
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[dict[str, Any]]:
-        record: dict[str, Any] = {"step": name}
-        log.info("== %s", name)
-        started = time.monotonic()
-        try:
-            yield record
-            record["outcome"] = record.get("outcome", "ok")
-        except Exception as error:
-            record["outcome"] = f"FAILED: {error}"
-            raise
-        finally:
-            record["seconds"] = round(time.monotonic() - started, 1)
-            self.steps.append(record)
-            log.info("   %s (%.1fs)", record["outcome"], record["seconds"])
 
     # -- the run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -170,53 +161,53 @@ class ClusterRun:
         # before anything is started or pushed
         self.report["disk_free_gb"] = _require_disk(layout.root, MIN_FREE_GB)
         with self.step("cluster up") as s:
-            s["timings"] = self.cluster.up()
+            s.figures["timings"] = self.cluster.up()
         with self.step("platform (Vault kubernetes auth, MongoDB, MLflow, S3)") as s:
-            s["servers"] = self.platform.up()
+            s.figures["servers"] = self.platform.up()
         with self.step("images pushed by digest") as s:
-            references = push(layout)
-            s["references"] = references
+            references = push(layout, list(stages.IMAGE_NAMES))
+            s.figures["references"] = references
         with self.step("merge to staging, pin digests") as s:
-            s["merged"] = gitops.merge_to_staging(layout)
-            s["staging"] = gitops.pin_images(layout, references)
+            s.figures["merged"] = gitops.merge_to_staging(layout)
+            s.figures["staging"] = gitops.pin_images(layout, references)
         with self.step("Argo CD syncs staging") as s:
             gitops.apply_applications(layout, (STAGING,))
-            s["revision"] = self._synced(STAGING)
+            s.figures["revision"] = self._synced(STAGING)
         ns = gitops.NAMESPACES[STAGING]
-        with self.step("data-fetch (Job from the CronJob)") as s:
-            logs = kube.run_cronjob(layout, ns, "data-fetch", f"data-fetch-{self.stamp}", 900)
-            s["summary"] = _brief(kube.summary_of(logs))
-        with self.step("spark-preprocess (Spark Operator)") as s:
-            status = kube.run_scheduled_spark(layout, ns, f"spark-preprocess-{self.stamp}", 1200)
-            s["executors"] = len(status.get("executorState", {}))
-            if s["executors"] < 2:
-                raise ClusterError(f"spark-preprocess ran {s['executors']} executor(s), not 2")
-        with self.step("ml-training (Job from the CronJob)") as s:
-            logs = kube.run_cronjob(layout, ns, "ml-training", f"ml-training-{self.stamp}", 1800)
+        with self.step(f"{FETCH} (Job from the CronJob)") as s:
+            logs = kube.run_cronjob(layout, ns, FETCH, f"{FETCH}-{self.stamp}", 900)
+            s.figures["summary"] = _brief(kube.summary_of(logs))
+        with self.step(f"{PREPROCESS} (Spark Operator)") as s:
+            status = kube.run_scheduled_spark(layout, ns, f"{PREPROCESS}-{self.stamp}", 1200)
+            executors = s.figures["executors"] = len(status.get("executorState", {}))
+            if executors < 2:
+                raise ClusterError(f"{PREPROCESS} ran {executors} executor(s), not 2")
+        with self.step(f"{TRAINING} (Job from the CronJob)") as s:
+            logs = kube.run_cronjob(layout, ns, TRAINING, f"{TRAINING}-{self.stamp}", 1800)
             summary = kube.summary_of(logs) or {}
-            s["summary"] = _brief(summary)
+            s.figures["summary"] = _brief(summary)
             if not summary.get("registered"):
-                raise ClusterError(f"ml-training registered no challenger: {summary.get('gate')}")
+                raise ClusterError(f"{TRAINING} registered no challenger: {summary.get('gate')}")
         version = str(summary["model_version"])
         with self.step("serving: the champion") as s:
-            s.update(self._serve_first_champion(version))
+            s.figures.update(self._serve_first_champion(version))
         with self.step("blue/green: the model pinned in git") as s:
             challenger = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
-            s.update(self._blue_green(STAGING, challenger, expect="promoted"))
+            s.figures.update(self._blue_green(STAGING, challenger, expect="promoted"))
         with self.step("blue/green failure path: a green serving the wrong model") as s:
             wrong = self._copy_model(challenger, WRONG_MODEL_NAME)
-            s.update(self._blue_green(STAGING, wrong, expect="aborted"))
-            s["reverted"] = gitops.pin_model(layout, challenger.uri)
+            s.figures.update(self._blue_green(STAGING, wrong, expect="aborted"))
+            s.figures["reverted"] = gitops.pin_model(layout, challenger.uri)
             self._synced(STAGING)
             self._wait_healthy(STAGING)
         with self.step("promotion staging -> main (promote.sh), production syncs") as s:
-            s["main"] = gitops.promote(layout)
+            s.figures["main"] = gitops.promote(layout)
             gitops.apply_applications(layout, (STAGING, PRODUCTION))
             self._synced(PRODUCTION)
             # a first revision goes straight to active; a later one through its blue/green
-            s.update(self._settle(PRODUCTION))
+            s.figures.update(self._settle(PRODUCTION))
         with self.step("both environments run the same digests") as s:
-            s.update(self._compare_environments())
+            s.figures.update(self._compare_environments())
         self.report["analysis_runs"] = {
             env: kube.analysis_runs(layout, gitops.NAMESPACES[env]) for env in (STAGING, PRODUCTION)
         }
@@ -241,8 +232,9 @@ class ClusterRun:
         if champion is None:
             client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
             # the pods of the first revision found no champion at start: start them again
-            kubectl(self.layout, "-n", gitops.NAMESPACES[STAGING], "delete", "pod",
-                    "-l", "app.kubernetes.io/name=model-serving", "--wait=false")  # fmt: skip
+            self.layout.kubectl()("-n", gitops.NAMESPACES[STAGING], "delete", "pod",
+                                  "-l", "app.kubernetes.io/name=model-serving",
+                                  "--wait=false")  # fmt: skip
         settled = self._settle(STAGING)
         return {"champion": champion or version, "first_model": champion is None, **settled}
 
@@ -254,7 +246,7 @@ class ClusterRun:
             ready = status.get("phase") == "Healthy" and status.get("stableRS")
             return status if ready else None
 
-        return kube.wait_until(f"Rollout model-serving Healthy in {ns}", healthy, timeout)
+        return wait_until(f"Rollout model-serving Healthy in {ns}", healthy, timeout)
 
     def _copy_model(self, model: ModelReference, name: str) -> ModelReference:
         """``model`` registered again under ``name``; the copy's reference."""
@@ -284,7 +276,7 @@ class ClusterRun:
             status = kube.rollout(self.layout, ns).get("status", {})
             return status if status.get("currentPodHash") and status.get("stableRS") else None
 
-        status = kube.wait_until(f"the Rollout in {ns}", known, timeout=300)
+        status = wait_until(f"the Rollout in {ns}", known, timeout=300)
         if status["currentPodHash"] == status["stableRS"]:
             self._wait_healthy(environment)
             return {"revision": status["stableRS"], "blue_green": False}
@@ -309,9 +301,7 @@ class ClusterRun:
                 client.mark("committed")
                 self._synced(environment)
                 client.mark("synced")
-            green = kube.wait_until(
-                "a new revision", lambda: _new_hash(layout, ns, blue), timeout=300
-            )
+            green = wait_until("a new revision", lambda: _new_hash(layout, ns, blue), timeout=300)
             outcome["green"] = green
             client.mark(f"green {green} created")
             pre = self._analysis(ns, green, "PrePromotion", timeout=900)
@@ -323,7 +313,7 @@ class ClusterRun:
                 if metric.get("phase") in ("Failed", "Error")
             ]
             if expect == "aborted":
-                status = kube.wait_until(
+                status = wait_until(
                     "the Rollout aborted", lambda: _aborted(layout, ns), timeout=300
                 )
                 client.mark("aborted")
@@ -336,7 +326,7 @@ class ClusterRun:
                 if pre["phase"] != "Successful":
                     message = pre.get("message", "")
                     raise ClusterError(f"pre-promotion analysis {pre['phase']}: {message}")
-                kube.plugin(layout, ns, "promote", kube.ROLLOUT)
+                layout.kubectl().rollouts(ns, "promote", kube.ROLLOUT)
                 client.mark("promoted")
                 post = self._analysis(ns, green, "PostPromotion", timeout=900)
                 client.mark(f"post-promotion analysis {post['phase']}")
@@ -358,8 +348,9 @@ class ClusterRun:
         """The finished AnalysisRun of ``kind`` for revision ``pod_hash``."""
 
         def finished() -> dict[str, Any] | None:
-            for run in kube.items(self.layout, ns, "analysisrun",
-                                  "-l", f"rollouts-pod-template-hash={pod_hash}"):  # fmt: skip
+            for run in self.layout.kubectl().items(
+                ns, "analysisrun", "-l", f"rollouts-pod-template-hash={pod_hash}"
+            ):
                 labels = run["metadata"].get("labels", {})
                 status = run.get("status", {})
                 if labels.get("rollout-type") == kind and status.get("phase") in (
@@ -371,7 +362,7 @@ class ClusterRun:
                     return {"name": run["metadata"]["name"], **status}
             return None
 
-        return kube.wait_until(f"{kind} analysis of {pod_hash}", finished, timeout, every=5)
+        return wait_until(f"{kind} analysis of {pod_hash}", finished, timeout, every=5)
 
     def _compare_environments(self) -> dict[str, Any]:
         """The digests of every image in git (main vs staging) and of what runs now."""
@@ -394,6 +385,7 @@ class ClusterRun:
 
     # -- report -------------------------------------------------------------------------
     def _write_report(self) -> None:
+        self.report["steps"] = self.steps.as_dicts()
         self.report_dir.mkdir(parents=True, exist_ok=True)
         (self.report_dir / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
         (self.report_dir / "report.md").write_text(render_report(self.report))
@@ -424,14 +416,14 @@ def _aborted(layout, ns: str) -> dict[str, Any] | None:
 
 
 def _selector(layout, ns: str, service: str) -> str:
-    selector = kube.get(layout, ns, "service", service)["spec"].get("selector", {})
+    selector = layout.kubectl().get(ns, "service", service)["spec"].get("selector", {})
     return selector.get("rollouts-pod-template-hash", "")
 
 
 def _running_serving_digests(layout, ns: str) -> list[str]:
     """The image digests the ready model-serving pods of the active revision run."""
     active = _selector(layout, ns, "model-serving-active")
-    pods = kube.items(layout, ns, "pod", "-l", f"rollouts-pod-template-hash={active}")
+    pods = layout.kubectl().items(ns, "pod", "-l", f"rollouts-pod-template-hash={active}")
     digests = {
         status["imageID"].rsplit("@", 1)[-1]
         for pod in pods
@@ -448,7 +440,7 @@ def _resources_held(layout) -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines()
     )
     pods: dict[str, int] = {}
-    for pod in kube.items(layout, "", "pods"):
+    for pod in layout.kubectl().items("", "pods"):
         if pod.get("status", {}).get("phase") == "Running":
             namespace = pod["metadata"]["namespace"]
             pods[namespace] = pods.get(namespace, 0) + 1
@@ -472,15 +464,11 @@ def _brief(summary: dict[str, Any] | None) -> dict[str, Any]:
 
 def render_report(report: dict[str, Any]) -> str:
     lines = ["# Cluster run", "", f"Outcome: **{report.get('outcome')}** in "
-             f"{report.get('seconds', 0):.0f} s", "", "| step | seconds | outcome |",
-             "|---|---:|---|"]  # fmt: skip
+             f"{report.get('seconds', 0):.0f} s", "", steps_table(report["steps"])]  # fmt: skip
     for step in report["steps"]:
-        lines.append(f"| {step['step']} | {step['seconds']:.1f} | {step['outcome']} |")
-    for step in report["steps"]:
-        details = {k: v for k, v in step.items() if k not in ("step", "seconds", "outcome")}
-        if details:
-            lines += ["", f"## {step['step']}", "", "```json", json.dumps(details, indent=2,
-                      default=str), "```"]  # fmt: skip
+        if step["figures"]:
+            lines += ["", f"## {step['name']}", "", "```json", json.dumps(step["figures"],
+                      indent=2, default=str), "```"]  # fmt: skip
     for env, runs in (report.get("analysis_runs") or {}).items():
         header = "| run | kind | phase | metric | measurements |"
         lines += ["", f"## AnalysisRuns in {env}", "", header, "|---|---|---|---|---|"]

@@ -13,16 +13,15 @@ webhook makes its own certificate and writes the CA into its webhook configurati
 
 from __future__ import annotations
 
-import json
 import logging
 
 import yaml
 
 from pipeline_ops.cluster import ClusterError
-from pipeline_ops.cluster.addons import kubectl, module_dir, wait_rolled_out
+from pipeline_ops.cluster.addons import module_dir
 from pipeline_ops.cluster.engine_images import AddonImage, ensure_pushed_on
 from pipeline_ops.cluster.layout import ENVIRONMENT_NAMESPACES, Layout, binaries
-from pipeline_ops.cluster.registry import build_engine, pushed
+from pipeline_ops.cluster.registry import build_engine, in_registry, push, pushed
 
 log = logging.getLogger(__name__)
 # libyaml's safe loader: the install manifests are ~1 MB (pure Python takes seconds)
@@ -49,12 +48,9 @@ SPARK_IMAGE = "spark-preprocess"
 def images(layout: Layout) -> tuple[str, str]:
     """The operator's image and the Spark image (spark-preprocess), by digest: as pushed
     before, or pushed now (spark-preprocess built by `make images` if the engine lacks it)."""
-    from pipeline_ops.cluster.argo_cd import _ref_in_registry
-    from pipeline_ops.cluster.registry import push
-
     record = pushed(layout)
     spark, operator = record.get(SPARK_IMAGE), record.get(OPERATOR.name)
-    if spark and operator and _ref_in_registry(spark) and _ref_in_registry(operator):
+    if spark and operator and in_registry(spark) and in_registry(operator):
         return operator, spark
     from pipeline_ops.images.build import build_images
 
@@ -277,14 +273,11 @@ def apply(layout: Layout) -> str:
     """Apply the operator; the Spark image's reference by digest (for SparkApplications)."""
     operator_image, spark_image = images(layout)
     for crd in _crds():
-        kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
-                stdin=json.dumps(crd))  # fmt: skip
-    manifest = {"apiVersion": "v1", "kind": "List", "items": _objects(operator_image)}
-    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
-            stdin=json.dumps(manifest))  # fmt: skip
+        layout.kubectl().apply([crd])
+    layout.kubectl().apply(_objects(operator_image))
     return spark_image
 
 
 def wait(layout: Layout, timeout: float) -> None:
     for name in ("spark-operator-controller", WEBHOOK):
-        wait_rolled_out(layout, NAMESPACE, name, timeout)
+        layout.kubectl().rolled_out(NAMESPACE, f"deployment/{name}", timeout)

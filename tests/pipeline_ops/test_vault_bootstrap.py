@@ -34,7 +34,6 @@ def _stage_token(local_env: LocalEnvironment, stage: str, mount: str = LOCAL_AUT
 
 def test_layout_names_the_stages_of_the_list(local_env: LocalEnvironment):
     assert local_env.layout.stages == STAGES
-    assert len(STAGES) == 4
     assert local_env.layout.secret_path("ml-training") == "secret/mlops/ml-training"
 
 

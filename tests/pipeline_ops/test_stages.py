@@ -383,45 +383,45 @@ def test_ops_reads_the_stages_from_the_list(repo: Repo):
 # ---- the guards catch a sixth stage --------------------------------------------------------
 
 SIXTH = Stage(
-    "drift-report", "drift_report", "drift-report",
-    Image("drift-report", "drift-report/Dockerfile", "drift-report"),
-    reads="MLflow: the champion", publishes="object storage: a drift report", secret=("mlflow",),
+    "weekly-digest", "weekly_digest", "weekly-digest",
+    Image("weekly-digest", "weekly-digest/Dockerfile", "weekly-digest"),
+    reads="MongoDB: pull_requests", publishes="e-mail: a digest", secret=("mongo",),
 )  # fmt: skip
 SIXTH_FILES = {
-    "drift-report/Dockerfile": 'FROM python:3.12-slim\nENTRYPOINT ["drift-report"]\n',
-    "drift-report/pyproject.toml": '[project.scripts]\ndrift-report = "drift_report.cli:main"\n',
-    "drift-report/src/drift_report/__init__.py": "",
-    ".github/workflows/drift-report.yml": """
+    "weekly-digest/Dockerfile": 'FROM python:3.12-slim\nENTRYPOINT ["weekly-digest"]\n',
+    "weekly-digest/pyproject.toml": '[project.scripts]\nweekly-digest = "weekly_digest.cli:main"\n',
+    "weekly-digest/src/weekly_digest/__init__.py": "",
+    ".github/workflows/weekly-digest.yml": """
 jobs:
-  drift-report:
+  weekly-digest:
     uses: ./.github/workflows/stage-image.yml
-    with: {image: drift-report, dockerfile: drift-report/Dockerfile}
+    with: {image: weekly-digest, dockerfile: weekly-digest/Dockerfile}
 """,
-    "argo-apps/base/drift-report-cronjob.yaml": """
+    "argo-apps/base/weekly-digest-cronjob.yaml": """
 apiVersion: batch/v1
 kind: CronJob
 metadata:
-  name: drift-report
-  labels: {app.kubernetes.io/name: drift-report, app.kubernetes.io/component: drift-report}
+  name: weekly-digest
+  labels: {app.kubernetes.io/name: weekly-digest, app.kubernetes.io/component: weekly-digest}
 spec:
   jobTemplate:
     spec:
       template:
         spec:
-          serviceAccountName: drift-report
+          serviceAccountName: weekly-digest
           containers:
-            - name: drift-report
-              image: drift-report
+            - name: weekly-digest
+              image: weekly-digest
               env:
-                - {name: VAULT_ROLE, value: drift-report}
-                - {name: VAULT_SECRET_PATH, value: secret/mlops/drift-report}
+                - {name: VAULT_ROLE, value: weekly-digest}
+                - {name: VAULT_SECRET_PATH, value: secret/mlops/weekly-digest}
 ---
 apiVersion: v1
 kind: ServiceAccount
-metadata: {name: drift-report}
+metadata: {name: weekly-digest}
 """,
-    "argo-apps/base/kustomization.yaml": "kind: Kustomization\nimages:\n- name: drift-report\n",
-    "ops/src/pipeline_ops/drift.py": 'secrets = env.stage_secrets()["drift-report"]\n',
+    "argo-apps/base/kustomization.yaml": "kind: Kustomization\nimages:\n- name: weekly-digest\n",
+    "ops/src/pipeline_ops/drift.py": 'secrets = env.stage_secrets()["weekly-digest"]\n',
 }
 
 
@@ -437,15 +437,15 @@ def test_a_stage_added_without_its_entry_fails_naming_the_file_and_the_name(tmp_
 
     unknown = "is not in pipeline_ops.stages"
     for expected in [
-        f"drift-report/Dockerfile: Dockerfile 'drift-report/Dockerfile' {unknown}",
-        f"drift-report/pyproject.toml: console script 'drift-report' {unknown}",
-        f".github/workflows/drift-report.yml: stage workflow 'drift-report' {unknown}",
-        f".github/workflows/drift-report.yml: image built 'drift-report' {unknown}",
-        f"argo-apps/base/drift-report-cronjob.yaml: VAULT_ROLE 'drift-report' {unknown}",
-        f"argo-apps/base/drift-report-cronjob.yaml: ServiceAccount (a stage's Vault identity) "
-        f"'drift-report' {unknown}",
-        f"argo-apps/base/kustomization.yaml: kustomization image 'drift-report' {unknown}",
-        f"ops/src/pipeline_ops/drift.py:1: named 'drift-report' {unknown}",
+        f"weekly-digest/Dockerfile: Dockerfile 'weekly-digest/Dockerfile' {unknown}",
+        f"weekly-digest/pyproject.toml: console script 'weekly-digest' {unknown}",
+        f".github/workflows/weekly-digest.yml: stage workflow 'weekly-digest' {unknown}",
+        f".github/workflows/weekly-digest.yml: image built 'weekly-digest' {unknown}",
+        f"argo-apps/base/weekly-digest-cronjob.yaml: VAULT_ROLE 'weekly-digest' {unknown}",
+        f"argo-apps/base/weekly-digest-cronjob.yaml: ServiceAccount (a stage's Vault identity) "
+        f"'weekly-digest' {unknown}",
+        f"argo-apps/base/kustomization.yaml: kustomization image 'weekly-digest' {unknown}",
+        f"ops/src/pipeline_ops/drift.py:1: named 'weekly-digest' {unknown}",
     ]:
         assert any(p.startswith(expected) for p in problems), (expected, problems)
     assert unknown_names(_sixth_stage_tree(tmp_path), (*STAGES, SIXTH)) == []
@@ -453,14 +453,15 @@ def test_a_stage_added_without_its_entry_fails_naming_the_file_and_the_name(tmp_
 
 def test_an_entry_without_its_parts_fails_naming_what_is_missing(repo: Repo):
     assert missing_parts(repo, (*STAGES, SIXTH)) == [
-        "image drift-report: no Dockerfile drift-report/Dockerfile",
-        "image drift-report: built by no workflow in .github/workflows (a job calling "
-        "stage-image.yml with image: drift-report)",
-        "image drift-report: not in the images: of argo-apps/base/kustomization.yaml",
-        "image drift-report: no console script drift-report in drift-report/pyproject.toml",
-        "stage drift-report: no package drift_report (drift-report/src/drift_report/__init__.py)",
-        "stage drift-report: no workflow .github/workflows/drift-report.yml",
-        "stage drift-report: no workload in argo-apps/base labelled "
-        "app.kubernetes.io/component: drift-report",
-        "stage drift-report: no ServiceAccount drift-report in argo-apps/base",
+        "image weekly-digest: no Dockerfile weekly-digest/Dockerfile",
+        "image weekly-digest: built by no workflow in .github/workflows (a job calling "
+        "stage-image.yml with image: weekly-digest)",
+        "image weekly-digest: not in the images: of argo-apps/base/kustomization.yaml",
+        "image weekly-digest: no console script weekly-digest in weekly-digest/pyproject.toml",
+        "stage weekly-digest: no package weekly_digest "
+        "(weekly-digest/src/weekly_digest/__init__.py)",
+        "stage weekly-digest: no workflow .github/workflows/weekly-digest.yml",
+        "stage weekly-digest: no workload in argo-apps/base labelled "
+        "app.kubernetes.io/component: weekly-digest",
+        "stage weekly-digest: no ServiceAccount weekly-digest in argo-apps/base",
     ]

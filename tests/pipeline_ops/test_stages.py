@@ -8,8 +8,8 @@ Three guards, offline and fast (git ls-files, YAML/TOML/AST parsing; no servers,
   list does not know fails, naming the file and the name: a sixth stage added without its
   entry;
 - an entry of the list without one of its parts (package, Dockerfile, console script,
-  workflow, workload manifest, service account, image entry, Vault role) fails, naming the
-  stage and what is missing;
+  workflow, workload manifest, service account, image pin, Vault role, its project in
+  `make setup` and in the import layers) fails, naming the stage and what is missing;
 - a module of ops that spells a stage's name out instead of reading the list fails.
 """
 
@@ -225,6 +225,7 @@ def missing_parts(repo: Repo, listed: Iterable[Stage] = STAGES) -> list[str]:
         for d in docs
         if d.get("kind") in WORKLOAD_KINDS
     }
+    installed, layers = _installed(repo), _layers(repo)
     problems = []
     for image in (*(s.image for s in listed), stages.LOAD_GATE):
         where = f"image {image.name}"
@@ -271,7 +272,30 @@ def missing_parts(repo: Repo, listed: Iterable[Stage] = STAGES) -> list[str]:
             )
         if stage.service_account not in accounts:
             problems.append(f"{where}: no ServiceAccount {stage.service_account} in {MANIFESTS}")
+        if stage.directory not in installed:
+            problems.append(f"{where}: {stage.directory} is not in the Makefile's PACKAGES")
+        top = stage.package.partition(".")[0]
+        if not any(top in re.split(r"[\s|:]+", layer) for layer in layers):
+            problems.append(
+                f"{where}: {top} is in no layer of pyproject.toml's import-linter contracts"
+            )
     return problems
+
+
+def _installed(repo: Repo) -> set[str]:
+    """The projects `make setup` installs (the Makefile's PACKAGES)."""
+    found = re.search(r"^PACKAGES\s*:?=(.*)$", repo.text("Makefile"), re.MULTILINE)
+    return set(found[1].split()) if found else set()
+
+
+def _layers(repo: Repo) -> list[str]:
+    linter = tomllib.loads(repo.text("pyproject.toml")).get("tool", {}).get("importlinter", {})
+    return [
+        layer
+        for contract in linter.get("contracts") or []
+        if contract.get("type") == "layers"
+        for layer in contract.get("layers") or []
+    ]
 
 
 def _scripts(repo: Repo, pyproject: str) -> dict[str, str]:
@@ -421,7 +445,7 @@ kind: ServiceAccount
 metadata: {name: weekly-digest}
 """,
     "argo-apps/base/kustomization.yaml": "kind: Kustomization\nimages:\n- name: weekly-digest\n",
-    "ops/src/pipeline_ops/drift.py": 'secrets = env.stage_secrets()["weekly-digest"]\n',
+    "ops/src/pipeline_ops/digest.py": 'secrets = env.stage_secrets()["weekly-digest"]\n',
 }
 
 
@@ -445,14 +469,15 @@ def test_a_stage_added_without_its_entry_fails_naming_the_file_and_the_name(tmp_
         f"argo-apps/base/weekly-digest-cronjob.yaml: ServiceAccount (a stage's Vault identity) "
         f"'weekly-digest' {unknown}",
         f"argo-apps/base/kustomization.yaml: kustomization image 'weekly-digest' {unknown}",
-        f"ops/src/pipeline_ops/drift.py:1: named 'weekly-digest' {unknown}",
+        f"ops/src/pipeline_ops/digest.py:1: named 'weekly-digest' {unknown}",
     ]:
         assert any(p.startswith(expected) for p in problems), (expected, problems)
     assert unknown_names(_sixth_stage_tree(tmp_path), (*STAGES, SIXTH)) == []
 
 
 def test_an_entry_without_its_parts_fails_naming_what_is_missing(repo: Repo):
-    assert missing_parts(repo, (*STAGES, SIXTH)) == [
+    problems = set(missing_parts(repo, (*STAGES, SIXTH))) - set(missing_parts(repo))
+    assert problems == {
         "image weekly-digest: no Dockerfile weekly-digest/Dockerfile",
         "image weekly-digest: built by no workflow in .github/workflows (a job calling "
         "stage-image.yml with image: weekly-digest)",
@@ -464,4 +489,7 @@ def test_an_entry_without_its_parts_fails_naming_what_is_missing(repo: Repo):
         "stage weekly-digest: no workload in argo-apps/base labelled "
         "app.kubernetes.io/component: weekly-digest",
         "stage weekly-digest: no ServiceAccount weekly-digest in argo-apps/base",
-    ]
+        "stage weekly-digest: weekly-digest is not in the Makefile's PACKAGES",
+        "stage weekly-digest: weekly_digest is in no layer of pyproject.toml's import-linter "
+        "contracts",
+    }

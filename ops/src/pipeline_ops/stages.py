@@ -3,7 +3,11 @@
 Everything in ops that needs the list reads it here: the images and their Dockerfiles, the
 offline checks, the Vault layout, ``make run``, the cluster run, the container tests and the
 report. ``tests/pipeline_ops/test_stages.py`` fails when a stage's name turns up somewhere
-this list does not know, so a new stage is one entry here plus its own code.
+this list does not know, and when an entry lacks one of its parts. A new stage is one entry
+here plus its own project, Dockerfile, workflow and manifests, and the registrations every
+project and manifest needs: its image and manifest in ``argo-apps/base/kustomization.yaml``,
+its project in the Makefile's ``PACKAGES`` and in ``pyproject.toml``'s import layers.
+Its Vault role, policy and local secret follow from the entry.
 """
 
 from __future__ import annotations

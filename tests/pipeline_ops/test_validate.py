@@ -244,6 +244,21 @@ def test_vault_contract_fails_when_a_stage_uses_another_stages_role(repo: Path):
     _fails(repo, "vault-contract", "must name stage spark-preprocess")
 
 
+def test_vault_contract_fails_on_a_workload_of_a_stage_not_in_the_list(repo: Path):
+    _edit(
+        repo / "argo-apps/base/data-fetch-cronjob.yaml",
+        "    app.kubernetes.io/component: data-fetch",
+        "    app.kubernetes.io/component: github-fetch",
+    )
+    _fails(
+        repo,
+        "vault-contract",
+        "CronJob/data-fetch: label app.kubernetes.io/component names no stage of "
+        "pipeline_ops.stages (data-fetch, spark-preprocess, ml-training, model-serving)",
+    )
+    _fails(repo, "vault-contract", "stage data-fetch has no workload in argo-apps/base")
+
+
 def test_no_latest_fails_on_a_latest_image_tag(repo: Path):
     _edit(repo / "argo-apps/base/kustomization.yaml", "newTag: 0.1.0", "newTag: latest")
     _fails(repo, "no-latest-tags", "latest")

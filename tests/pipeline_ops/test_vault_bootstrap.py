@@ -13,10 +13,11 @@ import pytest
 
 from pipeline_common.settings import VaultSettings
 from pipeline_common.vault import VaultClient, VaultPermissionError
+from pipeline_ops import stages
 from pipeline_ops.local_env import LOCAL_AUTH_MOUNT, LocalEnvironment
-from pipeline_ops.vault_bootstrap import VaultLayout, bootstrap_vault, main
+from pipeline_ops.vault_bootstrap import bootstrap_vault, main
 
-STAGES = ["data-fetch", "spark-preprocess", "ml-training", "model-serving"]
+STAGES = stages.STAGE_NAMES
 
 
 def _settings(local_env: LocalEnvironment, stage: str, **overrides) -> VaultSettings:
@@ -31,7 +32,7 @@ def _stage_token(local_env: LocalEnvironment, stage: str, mount: str = LOCAL_AUT
     return client.auth.jwt.jwt_login(role=stage, jwt=jwt, path=mount)["auth"]["client_token"]
 
 
-def test_layout_names_the_four_stages(local_env: LocalEnvironment):
+def test_layout_names_the_stages_of_the_list(local_env: LocalEnvironment):
     assert local_env.layout.stages == STAGES
     assert local_env.layout.secret_path("ml-training") == "secret/mlops/ml-training"
 
@@ -160,9 +161,13 @@ def test_operator_cli_needs_an_admin_token(
     assert "set VAULT_ADDR and VAULT_TOKEN" in capsys.readouterr().err
 
 
-def test_layout_file_and_policies_agree():
-    layout = VaultLayout.load()
-    for stage in layout.stages:
-        policy = (layout.policies_dir / f"{stage}.hcl").read_text()
-        assert f'path "secret/data/mlops/{stage}"' in policy
-        assert policy.count("path ") == 1
+def test_each_stage_has_its_role_and_a_policy_for_its_own_secret_only(
+    local_env: LocalEnvironment, vault_admin: hvac.Client
+):
+    for stage in stages.STAGES:
+        policy = vault_admin.sys.read_policy(stage.vault_role)["data"]["rules"]
+        assert re.findall(r'path "([^"]+)"', policy) == [f"secret/data/mlops/{stage.name}"]
+        assert 'capabilities = ["read"]' in policy
+        role = vault_admin.read(f"auth/{LOCAL_AUTH_MOUNT}/role/{stage.vault_role}")["data"]
+        assert role["bound_subject"] == f"system:serviceaccount:mlops:{stage.service_account}"
+        assert role["token_policies"] == [stage.vault_role]

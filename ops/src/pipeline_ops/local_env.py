@@ -16,6 +16,7 @@ import hvac
 from pipeline_contracts.registry import DEFAULT_MODEL_NAME
 from pipeline_ops.local_platform import LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR
+from pipeline_ops.stages import STAGES, SecretPart
 from pipeline_ops.vault_bootstrap import LocalIdentities, VaultLayout, bootstrap_vault
 
 LOCAL_AUTH_MOUNT = "jwt"
@@ -76,12 +77,11 @@ def stage_secrets(
 ) -> dict[str, dict[str, str]]:
     """Each stage's Vault secret (the keys its settings read), for servers at these
     addresses; ``s3`` (the ``s3_*`` keys) when ``features_uri`` is ``s3://``."""
-    storage = {"features_uri": features_uri, **(s3 or {})}
-    mongo = {"mongo_uri": mongo_uri, "mongo_database": MONGO_DATABASE}
-    fetch = {**mongo, **({"github_token": github_token} if github_token else {})}
-    return {
-        "data-fetch": fetch,
-        "spark-preprocess": {**mongo, **storage},
-        "ml-training": {"mlflow_tracking_uri": mlflow_uri, "model_name": MODEL_NAME, **storage},
-        "model-serving": {"mlflow_tracking_uri": mlflow_uri, "model_name": MODEL_NAME},
+    parts: dict[SecretPart, dict[str, str]] = {
+        "mongo": {"mongo_uri": mongo_uri, "mongo_database": MONGO_DATABASE},
+        "features": {"features_uri": features_uri, **(s3 or {})},
+        "mlflow": {"mlflow_tracking_uri": mlflow_uri, "model_name": MODEL_NAME},
+        # optional: without it data-fetch replays the bundled sample
+        "github-token": {"github_token": github_token} if github_token else {},
     }
+    return {s.name: {k: v for part in s.secret for k, v in parts[part].items()} for s in STAGES}

@@ -3,12 +3,21 @@
 Everything in ops that needs the list reads it here: the images and their Dockerfiles, the
 offline checks, the Vault layout, ``make run``, the cluster run, the container tests and the
 report. ``tests/pipeline_ops/test_stages.py`` fails when a stage's name turns up somewhere
-this list does not know, so a new stage is one entry here plus its own code.
+this list does not know, and when an entry lacks one of its parts. A new stage is one entry
+here plus its own project, Dockerfile, workflow and manifests, and the registrations every
+project and manifest needs: its image and manifest in ``argo-apps/base/kustomization.yaml``,
+its project in the Makefile's ``PACKAGES`` and in ``pyproject.toml``'s import layers.
+Its Vault role, policy and local secret follow from the entry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+# What a stage's Vault secret holds, by the servers it talks to; ops spells out the keys
+# (pipeline_ops.local_env.stage_secrets) and fills in the addresses.
+SecretPart = Literal["mongo", "features", "mlflow", "github-token"]
 
 
 @dataclass(frozen=True)
@@ -20,12 +29,14 @@ class Image:
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # the stage everywhere: its image, workflow, Vault role, Kubernetes objects
+    name: str  # the stage everywhere: its image, workflow, Vault role and policy, its
+    # Kubernetes objects and service account, its secret's path
     package: str  # the Python package of its code
     directory: str  # the installable project it lives in
     image: Image
     reads: str
     publishes: str
+    secret: tuple[SecretPart, ...]  # what its Vault secret holds
 
     @property
     def cli(self) -> str:
@@ -34,6 +45,15 @@ class Stage:
     @property
     def vault_role(self) -> str:
         return self.name
+
+    @property
+    def service_account(self) -> str:
+        return self.name
+
+    @property
+    def workflow(self) -> str:
+        """Its workflow, from the repository root: it builds, tests, pushes and pins the image."""
+        return f".github/workflows/{self.name}.yml"
 
 
 def _image(name: str, dockerfile: str, cli: str | None = None) -> Image:
@@ -44,22 +64,26 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "data-fetch", "data_fetch", "data-fetch", _image("data-fetch", "data-fetch/Dockerfile"),
         reads="GitHub's API (or the bundled sample)", publishes="MongoDB: pull_requests",
+        secret=("mongo", "github-token"),
     ),
     Stage(
         "spark-preprocess", "ml_pipeline.preprocess", "ml-pipeline",
         # the image's entrypoint is Spark's own (driver or executor), which then runs the CLI
         _image("spark-preprocess", "ml-pipeline/Dockerfile.preprocess"),
         reads="MongoDB: pull_requests", publishes="object storage: versioned feature Parquet",
+        secret=("mongo", "features"),
     ),
     Stage(
         "ml-training", "ml_pipeline.training", "ml-pipeline",
         _image("ml-training", "ml-pipeline/Dockerfile.training"),
         reads="object storage: features", publishes="MLflow: a run, and the challenger model",
+        secret=("mlflow", "features"),
     ),
     Stage(
         "model-serving", "model_serving", "model-serving",
         _image("model-serving", "model-serving/Dockerfile"),
         reads="MLflow: the pinned model", publishes="HTTP: scores, /metrics",
+        secret=("mlflow",),
     ),
 )  # fmt: skip
 # Not a stage: the Locust gate the pre-promotion analysis runs against the preview Service.

@@ -1,5 +1,8 @@
 """Configure a Vault for the pipeline: secrets engine, per-stage policies, roles, secrets.
 
+One role, one policy and one secret per stage of :mod:`pipeline_ops.stages`; the policy lets
+the stage read its own secret and nothing else.
+
 The same code configures the local dev server and a real Vault; only the auth method
 differs. In a cluster each stage logs in with the ``kubernetes`` auth method using its
 service account; locally the ``jwt`` auth method trusts a key pair generated here, and
@@ -37,7 +40,9 @@ from typing import Any, Literal
 import hvac
 import yaml
 
+from pipeline_ops import stages as pipeline_stages
 from pipeline_ops.paths import VAULT_CONFIG_DIR
+from pipeline_ops.stages import STAGE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +53,16 @@ LOCAL_AUDIENCE = "vault"
 
 @dataclass(frozen=True)
 class VaultLayout:
+    """Where the stages' secrets live and how long their tokens last (``stages.yaml``), for
+    the stages of :mod:`pipeline_ops.stages`: each has a role, a policy and a secret named as
+    it, bound to its service account."""
+
     kv_mount: str
     secret_prefix: str
     namespace: str
     token_ttl: str
     token_max_ttl: str
-    service_accounts: dict[str, str]
-    policies_dir: Path
+    stages: tuple[str, ...] = STAGE_NAMES
 
     @classmethod
     def load(cls, config_dir: Path = VAULT_CONFIG_DIR) -> VaultLayout:
@@ -65,20 +73,23 @@ class VaultLayout:
             namespace=raw["namespace"],
             token_ttl=raw["token_ttl"],
             token_max_ttl=raw["token_max_ttl"],
-            service_accounts={s: v["service_account"] for s, v in raw["stages"].items()},
-            policies_dir=config_dir / "policies",
         )
-
-    @property
-    def stages(self) -> list[str]:
-        return list(self.service_accounts)
 
     def secret_path(self, stage: str) -> str:
         """The stage's secret as VAULT_SECRET_PATH spells it (MOUNT/PATH)."""
         return f"{self.kv_mount}/{self.secret_prefix}/{stage}"
 
+    def service_account(self, stage: str) -> str:
+        return pipeline_stages.stage(stage).service_account
+
     def subject(self, stage: str) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.service_accounts[stage]}"
+        return f"system:serviceaccount:{self.namespace}:{self.service_account(stage)}"
+
+    def policy(self, stage: str) -> str:
+        """The stage's policy: read its own KV v2 secret, nothing else. Renewing and looking
+        up its own token come from Vault's built-in default policy."""
+        path = f"{self.kv_mount}/data/{self.secret_prefix}/{stage}"
+        return f'path "{path}" {{\n  capabilities = ["read"]\n}}\n'
 
 
 def bootstrap_vault(
@@ -103,13 +114,12 @@ def bootstrap_vault(
         raise ValueError("--kubernetes-host is required for the kubernetes auth method")
     if auth == "jwt" and not jwt_public_key:
         raise ValueError("the jwt auth method needs the public key that signs the tokens")
-    unknown = sorted(set(secrets or {}) - set(layout.service_accounts))
+    unknown = sorted(set(secrets or {}) - set(layout.stages))
     if unknown:
-        raise ValueError(f"secrets name unknown stage(s) {unknown}; stages: {layout.stages}")
+        raise ValueError(f"secrets name unknown stage(s) {unknown}; stages: {list(layout.stages)}")
     _ensure_kv_v2(client, layout.kv_mount)
     for stage in layout.stages:
-        policy = (layout.policies_dir / f"{stage}.hcl").read_text()
-        client.sys.create_or_update_policy(name=stage, policy=policy)
+        client.sys.create_or_update_policy(name=stage, policy=layout.policy(stage))
 
     enabled = client.sys.list_auth_methods()["data"]
     if f"{mount}/" not in enabled:
@@ -129,7 +139,7 @@ def bootstrap_vault(
         for stage in layout.stages:
             client.write(
                 f"auth/{mount}/role/{stage}",
-                bound_service_account_names=[layout.service_accounts[stage]],
+                bound_service_account_names=[layout.service_account(stage)],
                 bound_service_account_namespaces=list(namespaces or [layout.namespace]),
                 token_policies=[stage],
                 token_ttl=ttl,
@@ -160,7 +170,11 @@ def bootstrap_vault(
         )
     log.info(
         "Vault configured",
-        extra={"auth": auth, "stages": layout.stages, "secrets_written": sorted(secrets or {})},
+        extra={
+            "auth": auth,
+            "stages": list(layout.stages),
+            "secrets_written": sorted(secrets or {}),
+        },
     )
 
 
@@ -223,7 +237,7 @@ class LocalIdentities:
             "exp": now + lifetime_seconds,
             "kubernetes.io": {
                 "namespace": self.layout.namespace,
-                "serviceaccount": {"name": self.layout.service_accounts[stage]},
+                "serviceaccount": {"name": self.layout.service_account(stage)},
             },
         }
         token = jwt.encode(claims, self.private_key_file.read_bytes(), algorithm="RS256")

@@ -13,12 +13,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pipeline_ops.stages import STAGE_NAMES
 from pipeline_ops.validate.tree import (
     ARGOCD,
     BASE,
     SCHEMAS,
     STAGE_IMAGE_WORKFLOW,
-    STAGES,
     VAULT_CONTRACT,
     WORKFLOWS,
     RepoTree,
@@ -335,8 +335,11 @@ def vault_contract(tree: RepoTree) -> list[str]:
         if obj["kind"] not in WORKLOAD_KINDS:
             continue
         stage = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-        if stage not in STAGES:
-            problems.append(f"{_name(obj)}: label app.kubernetes.io/component names no stage")
+        if stage not in STAGE_NAMES:
+            problems.append(
+                f"{_name(obj)}: label app.kubernetes.io/component names no stage of "
+                f"pipeline_ops.stages ({', '.join(STAGE_NAMES)})"
+            )
             continue
         seen.add(stage)
         env = {e["name"]: e.get("value") for e in _main_env(obj)}
@@ -346,9 +349,9 @@ def vault_contract(tree: RepoTree) -> list[str]:
         elif env["VAULT_ROLE"] != stage or not str(env["VAULT_SECRET_PATH"]).endswith(f"/{stage}"):
             problems.append(
                 f"{_name(obj)}: VAULT_ROLE/VAULT_SECRET_PATH must name stage {stage} "
-                f"(ops/vault/stages.yaml), not {env['VAULT_ROLE']}/{env['VAULT_SECRET_PATH']}"
+                f"(pipeline_ops.stages), not {env['VAULT_ROLE']}/{env['VAULT_SECRET_PATH']}"
             )
-    problems += [f"stage {s} has no workload in {BASE}" for s in STAGES if s not in seen]
+    problems += [f"stage {s} has no workload in {BASE}" for s in STAGE_NAMES if s not in seen]
     return problems
 
 

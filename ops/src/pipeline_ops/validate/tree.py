@@ -20,7 +20,6 @@ WORKFLOWS = Path(".github/workflows")
 # The reusable workflow every stage workflow calls to build, test, push and bump one image.
 STAGE_IMAGE_WORKFLOW = "stage-image.yml"
 VAULT_CONTRACT = ("VAULT_ADDR", "VAULT_PATH_AUTH", "VAULT_ROLE", "VAULT_SECRET_PATH")
-STAGES = ("data-fetch", "spark-preprocess", "ml-training", "model-serving")
 
 # A workflow file as PyYAML reads it: its bare key `on` becomes the boolean True.
 Workflow = dict[str | bool, Any]

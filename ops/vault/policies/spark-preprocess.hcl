@@ -1,5 +1,0 @@
-# spark-preprocess: read its own KV v2 secret, nothing else. Token renewal and lookup of its own
-# token come from Vault's built-in default policy.
-path "secret/data/mlops/spark-preprocess" {
-  capabilities = ["read"]
-}

@@ -338,10 +338,6 @@ NOT_YET_ON_THE_LIST = {
     f"{OPS}{module}"
     for module in (
         "__main__.py",
-        "cluster/gitops.py",
-        "cluster/kube.py",
-        "cluster/run.py",
-        "cluster/spark_operator.py",
         "images/build.py",
         "images/container_test.py",
         "promotion.py",

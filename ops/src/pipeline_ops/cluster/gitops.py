@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from pipeline_ops import stages
 from pipeline_ops.base import commands
 from pipeline_ops.base.polling import wait_until
 from pipeline_ops.base.processes import minimal_environment
@@ -51,7 +52,7 @@ CLUSTER_SERVERS = {
     STAGING: "https://kubernetes.default.svc",
     PRODUCTION: "https://kubernetes.default.svc.cluster.local",
 }
-MODEL_FILE = "argo-apps/base/model-serving-model.env"
+MODEL_FILE = f"argo-apps/base/{stages.stage('model-serving').name}-model.env"
 SCRIPTS = PROJECT_ROOT / "ops" / "scripts"
 GITHUB_REPOSITORY = "https://github.com/pr-anomaly-mlops/pr-anomaly-mlops.git"
 

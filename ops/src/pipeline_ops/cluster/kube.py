@@ -8,13 +8,14 @@ import json
 import re
 from typing import Any
 
+from pipeline_ops import stages
 from pipeline_ops.base import commands
 from pipeline_ops.base.errors import OpsError
 from pipeline_ops.base.polling import wait_until
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.layout import Layout
 
-ROLLOUT = "model-serving"
+ROLLOUT = stages.stage("model-serving").name
 
 
 def summary_of(logs: str) -> dict[str, Any] | None:
@@ -55,7 +56,8 @@ def run_scheduled_spark(layout: Layout, namespace: str, name: str, timeout: floa
     """A SparkApplication from the ScheduledSparkApplication's template (what its schedule
     submits), through the Spark Operator; its final status."""
     kubectl = layout.kubectl()
-    scheduled = kubectl.get(namespace, "scheduledsparkapplication", "spark-preprocess")
+    preprocess = stages.stage("spark-preprocess").name
+    scheduled = kubectl.get(namespace, "scheduledsparkapplication", preprocess)
     application = {
         "apiVersion": "sparkoperator.k8s.io/v1beta2",
         "kind": "SparkApplication",

@@ -53,9 +53,11 @@ log = logging.getLogger(__name__)
 
 STAGING, PRODUCTION = gitops.STAGING, gitops.PRODUCTION
 # The stages the run starts as their schedules would (CronJobs, a ScheduledSparkApplication).
-FETCH, PREPROCESS, TRAINING = (
-    stages.stage(name).name for name in ("data-fetch", "spark-preprocess", "ml-training")
-)
+FETCH = stages.stage("data-fetch").name
+PREPROCESS = stages.stage("spark-preprocess").name
+TRAINING = stages.stage("ml-training").name
+SERVING = kube.ROLLOUT
+ACTIVE_SERVICE = f"{SERVING}-active"  # the Rollout's activeService
 # The failure path's green: the served model copied under another registered name, as when
 # an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
 # starts the pre-promotion analysis, whose model check must fail it.
@@ -233,7 +235,7 @@ class ClusterRun:
             client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
             # the pods of the first revision found no champion at start: start them again
             self.layout.kubectl()("-n", gitops.NAMESPACES[STAGING], "delete", "pod",
-                                  "-l", "app.kubernetes.io/name=model-serving",
+                                  "-l", f"app.kubernetes.io/name={SERVING}",
                                   "--wait=false")  # fmt: skip
         settled = self._settle(STAGING)
         return {"champion": champion or version, "first_model": champion is None, **settled}
@@ -291,7 +293,7 @@ class ClusterRun:
         status = kube.rollout(layout, ns).get("status", {})
         blue = status.get("stableRS", "")
         blue_serves = status.get("phase") == "Healthy" or bool(status.get("pauseConditions"))
-        client = Client(kube.service_url(layout, ns, "model-serving-active"), first_sample_record())
+        client = Client(kube.service_url(layout, ns, ACTIVE_SERVICE), first_sample_record())
         if blue_serves:
             client.wait_answering()
         outcome: dict[str, Any] = {"blue": blue}
@@ -317,7 +319,7 @@ class ClusterRun:
                     "the Rollout aborted", lambda: _aborted(layout, ns), timeout=300
                 )
                 client.mark("aborted")
-                active_hash = _selector(layout, ns, "model-serving-active")
+                active_hash = _selector(layout, ns, ACTIVE_SERVICE)
                 outcome.update(aborted=True, reason=status.get("message", ""),
                                active_stays_blue=active_hash == blue)  # fmt: skip
                 if pre["phase"] == "Successful" or active_hash != blue:
@@ -335,7 +337,7 @@ class ClusterRun:
                     message = post.get("message", "")
                     raise ClusterError(f"post-promotion analysis {post['phase']}: {message}")
                 self._wait_healthy(environment)
-                outcome["active"] = _selector(layout, ns, "model-serving-active")
+                outcome["active"] = _selector(layout, ns, ACTIVE_SERVICE)
                 if outcome["active"] != green:
                     raise ClusterError(f"active Service selects {outcome['active']}, not {green}")
         outcome["client"] = {**client.summary(), "blue_was_serving": blue_serves}
@@ -422,7 +424,7 @@ def _selector(layout, ns: str, service: str) -> str:
 
 def _running_serving_digests(layout, ns: str) -> list[str]:
     """The image digests the ready model-serving pods of the active revision run."""
-    active = _selector(layout, ns, "model-serving-active")
+    active = _selector(layout, ns, ACTIVE_SERVICE)
     pods = layout.kubectl().items(ns, "pod", "-l", f"rollouts-pod-template-hash={active}")
     digests = {
         status["imageID"].rsplit("@", 1)[-1]

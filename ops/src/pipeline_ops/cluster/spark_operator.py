@@ -17,6 +17,7 @@ import logging
 
 import yaml
 
+from pipeline_ops import stages
 from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.addons import module_dir
 from pipeline_ops.cluster.engine_images import AddonImage, ensure_pushed_on
@@ -42,7 +43,7 @@ OPERATOR = AddonImage(
     'ENTRYPOINT ["/usr/local/bin/spark-operator"]\n',
     ("spark-operator",),
 )
-SPARK_IMAGE = "spark-preprocess"
+SPARK_IMAGE = stages.image("spark-preprocess").name
 
 
 def images(layout: Layout) -> tuple[str, str]:

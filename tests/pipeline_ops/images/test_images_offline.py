@@ -118,19 +118,27 @@ def test_make_images_keeps_the_layer_cache_then_prunes_what_is_dangling(
     assert json.loads((build_dir / "built.json").read_text()).keys() == {"data-fetch", "load-gate"}
 
 
-def test_a_failed_build_names_the_image_and_shows_the_end_of_its_log(build_dir: Path) -> None:
+def test_a_failed_build_names_the_image_and_shows_the_end_of_its_log_without_the_index(
+    build_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = "https://user:token@index.invalid/simple"
+    monkeypatch.setattr(build, "host_pip_settings", lambda: {"index-url": index, "timeout": "60"})
+
     class Failing(Engine):
         def run(self, argv, **kwargs):
             result = super().run(argv, **kwargs)
             if _docker(result.args)[:1] == ["build"]:
-                failed = "returned a non-zero code: 1"
-                return subprocess.CompletedProcess(result.args, 1, "Step 6/21 : RUN pip", failed)
+                said = f"Looking in indexes: {index}\nreturned a non-zero code: 1 after 60 s"
+                return subprocess.CompletedProcess(result.args, 1, "Step 6/21 : RUN pip", said)
             return result
 
     with commands.using(Failing()) as fake, pytest.raises(EngineError) as error:
         build.build_images(SystemEngine(), ["load-gate"])
-    assert str(error.value).startswith("building load-gate (model-serving/Dockerfile.load-gate)")
-    assert str(error.value).endswith("returned a non-zero code: 1")
+    message = str(error.value)
+    assert message.startswith("building load-gate (model-serving/Dockerfile.load-gate) failed")
+    assert message.endswith("returned a non-zero code: 1 after 60 s")
+    assert index not in message
+    assert "Looking in indexes: ***" in message
     assert not any(_docker(c)[:2] == ["image", "prune"] for c in fake.calls)
 
 

@@ -34,6 +34,7 @@ CACHE_REPOSITORY = "pr-anomaly-cache"
 # The local runtime base of each image whose base is not plain Python.
 RUNTIME_BASE = {"spark-preprocess": "python-java"}
 MB = 1_000_000
+INDEX_KEYS = ("index-url", "extra-index-url", "trusted-host")  # pip's, never shown
 
 
 @dataclass
@@ -85,7 +86,7 @@ def build_image(engine: ContainerEngine, name: str, dockerfile: str, tag: str) -
         command += ["--build-arg", f"{key}={value}"]
     log.info("building %s from %s", reference, dockerfile)
     # the host's index settings may carry credentials, and pip may print them
-    secrets = tuple(v for v in host_pip_settings().values() if v)
+    secrets = tuple(v for k, v in host_pip_settings().items() if v and k in INDEX_KEYS)
     started = time.monotonic()
     result = engine.docker(*command, str(PROJECT_ROOT), what=f"build of {name}", check=False,
                            secrets=secrets)  # fmt: skip

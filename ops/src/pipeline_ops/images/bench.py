@@ -47,7 +47,7 @@ class ContainerResult:
                     return value
         with contextlib.suppress(json.JSONDecodeError):
             return json.loads(self.stdout)
-        raise ImageTestError(f"no JSON summary in stdout:\n{self.stdout[-2000:]}")
+        raise ImageTestError(f"no JSON summary in stdout:\n{tail(self.stdout)}")
 
 
 class ImageTestBench:
@@ -162,7 +162,7 @@ def _give(path: Path, policy: RunPolicy, read_only: bool = False) -> None:
 def expect(condition: bool, message: str, result: ContainerResult | None = None) -> None:
     if not condition:
         detail = (
-            f"\n--- stdout\n{result.stdout[-2500:]}\n--- stderr\n{result.stderr[-2500:]}"
+            f"\n--- stdout\n{tail(result.stdout)}\n--- stderr\n{tail(result.stderr)}"
             if result
             else ""
         )

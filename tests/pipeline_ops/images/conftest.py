@@ -1,5 +1,6 @@
 """The project's Docker engine and the five images, for the container tests (marker
-`images`: `pytest -m images` runs just these, `-m "not images"` skips them).
+`images`: `pytest -m images` runs just these, `-m "not images"` skips them; the unit tests
+here, through the fake command runner, carry no marker and need no engine).
 
 The engine is the machine's one engine (`make engine-up`); if these tests start it, they
 stop it at the end. The images are built as `make images` builds them: cached layers make a
@@ -12,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipeline_ops.images.bench import ImageTestBench, open_bench
 from pipeline_ops.images.build import BuiltImage, build_images
-from pipeline_ops.images.container_test import ImageTestBench, open_bench
 from pipeline_ops.images.engine import ContainerEngine
 
 

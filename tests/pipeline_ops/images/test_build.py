@@ -8,17 +8,21 @@ import json
 
 import pytest
 
+from pipeline_ops import stages
 from pipeline_ops.images.bases import HOST_CA_BUNDLE, host_pip_settings
-from pipeline_ops.images.build import IMAGE_ORDER, build_image, image_tag, workflow_images
+from pipeline_ops.images.build import BUILD_DIR, CACHE_REPOSITORY, build_image, image_tag
 from pipeline_ops.images.engine import ContainerEngine
 
 pytestmark = pytest.mark.images
 
 
-def test_the_five_images_are_built_from_the_workflows_dockerfiles_and_tagged_with_the_commit(
+def test_the_five_images_are_built_from_the_stage_lists_dockerfiles_and_tagged_with_the_commit(
     built,
 ) -> None:
-    assert sorted(built) == sorted(IMAGE_ORDER) == sorted(workflow_images())
+    assert sorted(built) == sorted(stages.IMAGE_NAMES)
+    assert {b.name: b.dockerfile for b in built.values()} == {
+        i.name: i.dockerfile for i in stages.IMAGES
+    }
     tag = image_tag()
     for image in built.values():
         assert image.reference == f"{image.name}:{tag}"
@@ -65,9 +69,21 @@ def test_no_shipped_image_carries_the_hosts_ca_bundle_or_index_settings(
         assert "No such file" in listing.stdout, f"{image.name} carries a pip.conf"
 
 
+def test_a_build_leaves_no_dangling_image_but_keeps_each_stage_as_the_layer_cache(
+    engine: ContainerEngine, built
+) -> None:
+    dangling = engine.docker("images", "--quiet", "--filter", "dangling=true").stdout.split()
+    assert dangling == [], "make images prunes what earlier builds left"
+    kept = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert f"{CACHE_REPOSITORY}/ml-training:dependencies" in kept
+
+
 def test_a_rebuild_with_unchanged_inputs_reuses_every_layer(engine: ContainerEngine, built) -> None:
+    """After the prune of `make images` too: every step of every stage comes from the cache
+    (the install stages' results are the ones the prune would take if they were untagged)."""
     first = built["load-gate"]
     again = build_image(engine, "load-gate", first.dockerfile, image_tag())
     assert again.image_id == first.image_id
     info = json.loads(engine.docker("image", "inspect", again.reference).stdout)[0]
     assert info["Config"]["Entrypoint"] == ["load-gate"]
+    assert "Running in" not in (BUILD_DIR / "load-gate.build.log").read_text()

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ops.images import container_test as checks
-from pipeline_ops.images.build import IMAGE_ORDER, BuiltImage
-from pipeline_ops.images.container_test import ImageTestBench, ImageTestError, manifest_policy
+from pipeline_ops import stages
+from pipeline_ops.images import checks
+from pipeline_ops.images.bench import ImageTestBench, ImageTestError
+from pipeline_ops.images.build import BuiltImage
 from pipeline_ops.images.engine import ContainerEngine
+from pipeline_ops.images.policy import manifest_policy
 
 pytestmark = pytest.mark.images
 
 
-@pytest.mark.parametrize("image", IMAGE_ORDER)
+@pytest.mark.parametrize("image", stages.IMAGE_NAMES)
 def test_every_image_answers_help_and_refuses_to_start_without_configuration(
     bench: ImageTestBench, image: str
 ) -> None:
@@ -27,28 +29,30 @@ def test_every_image_answers_help_and_refuses_to_start_without_configuration(
 
 
 def test_data_fetch_replays_the_sample_into_mongodb_from_the_container(bench) -> None:
-    said = checks.check_data_fetch(bench)
+    said = checks.check_data_fetch(bench, "data-fetch")
     assert f"{checks.sample_count()} pull requests in MongoDB" in said
 
 
 def test_spark_preprocess_publishes_features_from_the_container(bench) -> None:
-    checks.check_spark_preprocess(bench)
+    checks.check_spark_preprocess(bench, "spark-preprocess")
     assert list((bench.data_dir / "features").rglob("*.parquet"))
 
 
 def test_spark_preprocess_runs_as_the_operator_runs_it_driver_and_two_executors(bench) -> None:
     """Executors with a read-only root: they used to copy `spark.jars` into their working
     directory (/app, read-only), so every task failed."""
-    said = checks.check_spark_kubernetes_shape(bench, executors=2)
+    said = checks.check_spark_kubernetes_shape(bench, "spark-preprocess", executors=2)
     assert "driver + 2 executors" in said
 
 
 def test_ml_training_registers_a_challenger_from_the_container(bench) -> None:
-    checks.check_ml_training(bench)
+    checks.check_ml_training(bench, "ml-training")
 
 
 def test_model_serving_serves_the_challenger_and_passes_the_load_gate_image(bench) -> None:
-    said = checks.check_model_serving(bench, lambda url: checks.check_load_gate(bench, url))
+    said = checks.check_model_serving(
+        bench, "model-serving", lambda url: checks.check_load_gate(bench, url)
+    )
     assert "load gate passed" in said
 
 
@@ -111,7 +115,7 @@ def test_an_image_whose_user_is_root_fails(broken, bench) -> None:
 
 
 def test_each_image_runs_with_its_manifests_security_context_and_limits() -> None:
-    for image in IMAGE_ORDER:
+    for image in stages.IMAGE_NAMES:
         policy = manifest_policy(image)
         assert (policy.user, policy.group) == (10001, 10001), image
         assert policy.read_only, image

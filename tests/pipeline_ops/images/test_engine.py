@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from pipeline_ops.base.processes import start_ticks
 from pipeline_ops.host_sysctls import read_sysctl
 from pipeline_ops.images.engine import (
     BRIDGE,
@@ -21,7 +22,6 @@ from pipeline_ops.images.engine import (
     link_exists,
     processes_mentioning,
 )
-from pipeline_ops.local_platform import proc_start_ticks
 
 pytestmark = pytest.mark.images
 
@@ -45,20 +45,20 @@ def test_a_killed_engine_and_its_containers_are_cleaned_up_by_the_next_start(
     time.sleep(1)
     assert engine.running() is None
     assert processes_mentioning(engine.home), "a killed dockerd leaves containerd and shims"
-    assert proc_start_ticks(pid) is not None, "and its containers keep running"
+    assert start_ticks(pid) is not None, "and its containers keep running"
 
     replaced = engine.up()
 
     assert replaced.pid != killed.pid
     assert engine.answers()
-    assert proc_start_ticks(pid) is None, "the orphaned container's process was stopped"
+    assert start_ticks(pid) is None, "the orphaned container's process was stopped"
     running = engine.docker("ps", "--quiet", "--no-trunc").stdout.split()
     assert container not in running
 
 
 def test_stopping_the_engine_restores_the_host(engine: ContainerEngine) -> None:
     engine.up()
-    recorded = engine._load()
+    recorded = engine.host_before()
     assert recorded is not None
     assert link_exists(BRIDGE)
 

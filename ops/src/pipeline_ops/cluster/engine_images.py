@@ -79,7 +79,9 @@ def ensure_pushed_on(layout: Layout, image: AddonImage, base: str, engine: Conta
     """The image built ``FROM base`` (an image the engine has), pushed: its reference. Its tag
     hashes ``key`` (default: the base's image id, so a rebuilt base makes a new image)."""
     if key is None:
-        key = engine.docker("image", "inspect", "--format", "{{.Id}}", base).stdout.strip()
+        said = engine.docker("image", "inspect", "--format", "{{.Id}}", base,
+                             what=f"the id of the {image.name} image's base")  # fmt: skip
+        key = said.stdout.strip()
     tag = image.tag(key)
     if engine.docker("image", "inspect", tag, check=False).returncode != 0:
         _build(engine, image, base, tag)
@@ -93,4 +95,5 @@ def _build(engine: ContainerEngine, image: AddonImage, base: str, tag: str) -> N
         for name in image.binaries:
             shutil.copy2(binary(name), context / name)
         (context / "Dockerfile").write_text(image.dockerfile.format(base=base))
-        engine.docker("build", "--quiet", "-t", tag, str(context))
+        engine.docker("build", "--quiet", "-t", tag, str(context),
+                      what=f"build of the {image.name} image")  # fmt: skip

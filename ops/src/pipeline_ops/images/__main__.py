@@ -8,22 +8,25 @@ import argparse
 import json
 import logging
 import signal
-import subprocess
 import sys
 
-from pipeline_ops.images.engine import ContainerEngine, EngineError, SystemEngine
+from pipeline_ops.base import commands
+from pipeline_ops.base.errors import OpsError
+from pipeline_ops.images.engine import ContainerEngine, SystemEngine
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline_ops.images", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("engine-up", help="install (once) and start the Docker engine")
-    commands.add_parser("engine-down", help="stop the engine and undo its host changes")
-    commands.add_parser("engine-status", help="show the engine's pid, socket and health")
-    commands.add_parser("env", help="print the exports that point a docker client at it")
-    build = commands.add_parser("build", help="build the images with local bases; print a table")
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    subcommands.add_parser("engine-up", help="install (once) and start the Docker engine")
+    subcommands.add_parser("engine-down", help="stop the engine and undo its host changes")
+    subcommands.add_parser("engine-status", help="show the engine's pid, socket and health")
+    subcommands.add_parser("env", help="print the exports that point a docker client at it")
+    build = subcommands.add_parser("build", help="build the images with local bases; print a table")
     build.add_argument("images", nargs="*", help="only these (default: all five)")
-    test = commands.add_parser("test", help="test images as containers, the way manifests run them")
+    test = subcommands.add_parser(
+        "test", help="test images as containers, the way manifests run them"
+    )
     test.add_argument("stages", nargs="*", help="only these (default: all five, in order)")
     test.add_argument(
         "--image",
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         help="project: the engine of `make engine-up` (default); default: the one the docker "
         "client reaches already (a CI runner's)",
     )
-    with_engine = commands.add_parser(
+    with_engine = subcommands.add_parser(
         "with-engine",
         help="run a command with the engine up; stop it afterwards if it was not running before",
     )
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_image_tests(
                 engine, args.stages or None, dict(i.split("=", 1) for i in args.image)
             )
-    except EngineError as error:
+    except OpsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -92,7 +95,10 @@ def run_with_engine(engine: ContainerEngine | SystemEngine, argv: list[str]) -> 
     started_here = engine.running() is None
     engine.up()
     try:
-        return subprocess.run(command, check=False).returncode
+        return commands.run(
+            command, what="the command run with the engine", check=False, timeout=None,
+            capture_stdout=False, capture_stderr=False,
+        ).returncode  # fmt: skip
     finally:
         if started_here:
             engine.down()

@@ -25,12 +25,12 @@ import inspect
 import logging
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline_ops.base import commands
 from pipeline_ops.images.engine import ContainerEngine, EngineError
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def ensure_base(engine: ContainerEngine, recipe: BaseRecipe) -> str:
     if engine.docker("image", "inspect", recipe.tag, check=False).returncode == 0:
         return recipe.tag
     started = time.monotonic()
+    mirror = apt_mirror()  # this machine's: redacted from every message
     with tempfile.TemporaryDirectory(prefix=f"base-{recipe.name}-") as tmp:
         root = Path(tmp) / "root"
         command = [
@@ -101,16 +102,17 @@ def ensure_base(engine: ContainerEngine, recipe: BaseRecipe) -> str:
             f"--include={','.join(recipe.packages)}",
             SUITE,
             str(root),
-            apt_mirror(),
+            mirror,
         ]
         log.info("debootstrap of base %s (a few minutes, once per recipe)", recipe.name)
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = commands.run(command, what=f"debootstrap of base {recipe.name}", check=False,
+                              timeout=None, secrets=(mirror,))  # fmt: skip
         if result.returncode != 0:
-            raise EngineError(f"debootstrap of {recipe.name} failed:\n{result.stdout[-3000:]}")
+            said = commands.redact(commands.tail(result.stdout + result.stderr, 3000), (mirror,))
+            raise EngineError(f"debootstrap of {recipe.name} failed:\n{said}")
         _strip(root)
         changes = [arg for change in recipe.changes for arg in ("--change", change)]
-        with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
-            engine.docker("import", *changes, "-", recipe.tag, stdin=tar.stdout)
+        engine.import_tree(root, recipe.tag, changes, what=f"import of base {recipe.name}")
     log.info("base %s made in %.0f s", recipe.tag, time.monotonic() - started)
     return recipe.tag
 
@@ -136,11 +138,11 @@ PIP_KEYS = ("index-url", "extra-index-url", "trusted-host", "default-timeout", "
 
 def host_pip_settings() -> dict[str, str]:
     """The host's effective pip index settings (``pip config list``), without its paths."""
-    result = subprocess.run(
-        ["python3", "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
+    listed = commands.output(
+        ["python3", "-m", "pip", "config", "list"], what="the host's pip settings", check=False
     )
     settings = {}
-    for line in result.stdout.splitlines():
+    for line in listed.splitlines():
         key, _, value = line.partition("=")
         name = key.rsplit(".", 1)[-1]
         if name in PIP_KEYS:
@@ -177,5 +179,6 @@ def ensure_build_variant(engine: ContainerEngine, base: str, tool: str) -> str:
             (context / relative).write_bytes(content)
             lines.append(f"COPY {relative} /{relative}")
         (context / "Dockerfile").write_text("\n".join(lines) + "\n")
-        engine.docker("build", "--quiet", "-t", tag, str(context))
+        engine.docker("build", "--quiet", "-t", tag, str(context),
+                      what=f"build of the {tool} build variant of {base}")  # fmt: skip
     return tag

@@ -12,18 +12,20 @@ sysctls and the FORWARD policy recorded before the start, and no Docker bridge o
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline_ops import host_sysctls
-from pipeline_ops.local_platform import proc_start_ticks
+from pipeline_ops.base import commands, processes
+from pipeline_ops.base.errors import CommandError, OpsError, WaitTimeout
+from pipeline_ops.base.polling import wait_until
+from pipeline_ops.base.processes import ProcessRecord, StateFile, reap
 from pipeline_ops.paths import CACHE_DIR
 
 log = logging.getLogger(__name__)
@@ -46,17 +48,18 @@ PACKAGES = {  # command -> Debian package
     "iptables": "iptables",
     "debootstrap": "debootstrap",
 }
+DOCKERD = "dockerd"  # the engine's name in its state file and its errors
 
 
-class EngineError(RuntimeError):
+class EngineError(OpsError):
     pass
 
 
 @dataclass
-class EngineState:
-    pid: int
-    start_ticks: int | None
-    log_file: str
+class HostBefore:
+    """What the machine had before the engine started, put back by ``down``. Kept in the
+    engine's state file beside its process record."""
+
     sysctls: dict[str, str | None] = field(default_factory=dict)  # the machine's own values
     forward_policy: str = "ACCEPT"
     bridge_existed: bool = False
@@ -66,7 +69,7 @@ class ContainerEngine:
     def __init__(self, home: Path | None = None):
         self.home = Path(home or CACHE_DIR / "engine")
         self.socket = self.home / "docker.sock"
-        self.state_file = self.home / "state.json"
+        self.state = StateFile(self.home / "state.json")
         self.data_root = self.home / "data"
         self.exec_root = self.home / "run"
         self.log_file = self.home / "dockerd.log"
@@ -77,18 +80,31 @@ class ContainerEngine:
         ships no buildx)."""
         return {"DOCKER_HOST": f"unix://{self.socket}", "DOCKER_BUILDKIT": "0"}
 
-    def docker(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        client = shutil.which("docker")
-        if not client:
-            raise EngineError("the docker client is missing; run `make engine-up`")
-        return subprocess.run(
-            [client, *args],
-            env={**os.environ, **self.env()},
-            check=check,
-            text=True,
-            capture_output=kwargs.pop("capture_output", True),
-            **kwargs,
-        )
+    def docker(
+        self,
+        *args: str,
+        what: str = "",
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        secrets: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess[Any]:
+        """``docker ARGS`` against this engine (the operator's environment plus ``env()``:
+        a CI runner's engine is reached through its own DOCKER_* settings)."""
+        return commands.run(
+            [_client(), *args], what=what or f"docker {args[0]}", check=check, timeout=timeout,
+            stdin=stdin, env={**os.environ, **self.env()}, secrets=secrets,
+        )  # fmt: skip
+
+    def import_tree(self, root: Path, reference: str, changes: list[str], what: str) -> None:
+        """``docker import`` of the directory ``root`` as ``reference``, streamed: tar piped
+        into the client. The pipe is the shell's (with pipefail), as the one runner runs
+        commands, not pipes; a tarball on disk would double the root's size for a moment."""
+        commands.run(
+            ["bash", "-o", "pipefail", "-c", 'tar -C "$1" -c . | "$2" import "${@:3}"', "bash",
+             root, _client(), *changes, "-", reference],
+            what=what, env={**os.environ, **self.env()}, timeout=None,
+        )  # fmt: skip
 
     def answers(self) -> bool:
         if not self.socket.exists():
@@ -97,64 +113,63 @@ class ContainerEngine:
             result = self.docker(
                 "version", "--format", "{{.Server.Version}}", check=False, timeout=10
             )
-        except subprocess.TimeoutExpired:
+        except CommandError:  # timed out
             return False
         return result.returncode == 0
 
     # -- state ---------------------------------------------------------------------------
-    def _load(self) -> EngineState | None:
-        if not self.state_file.exists():
+    def recorded(self) -> ProcessRecord | None:
+        """The dockerd last started here, alive or not."""
+        return self.state.records().get(DOCKERD)
+
+    def host_before(self) -> HostBefore | None:
+        """The host's settings recorded before the engine started (None: nothing recorded)."""
+        state = self.state.read()
+        if not state:
             return None
-        return EngineState(**json.loads(self.state_file.read_text()))
+        return HostBefore(**{k: state[k] for k in asdict(HostBefore()) if k in state})
 
-    def _save(self, state: EngineState) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=2))
-        tmp.replace(self.state_file)
-
-    def running(self) -> EngineState | None:
+    def running(self) -> ProcessRecord | None:
         """The recorded engine if its dockerd is still the process we started."""
-        state = self._load()
-        if (
-            state
-            and state.start_ticks is not None
-            and proc_start_ticks(state.pid) == state.start_ticks
-        ):
-            return state
-        return None
+        record = self.recorded()
+        return record if record and record.alive else None
 
     # -- start ---------------------------------------------------------------------------
-    def up(self, timeout: float = 90) -> EngineState:
+    def up(self, timeout: float = 90) -> ProcessRecord:
         install_packages()
-        state = self.running()
-        if state and self.answers():
-            return state
-        if state:  # alive but not answering: replace it
-            log.warning("engine pid %s does not answer; restarting it", state.pid)
-            self._stop(state)
-        recorded = self._load()
+        record = self.running()
+        if record and self.answers():
+            return record
+        if record:  # alive but not answering: replace it
+            log.warning("engine pid %s does not answer; restarting it", record.pid)
+            processes.stop(record, timeout=60, group=False)
+        recorded = self.recorded()
         if recorded:
             log.warning("engine pid %s was killed; cleaning what it left behind", recorded.pid)
-        self._clean_leftovers(recorded)
-        state = self._start()
-        self._save(state)
-        self._wait(state, timeout)
-        log.info("container engine ready on %s (pid %s)", self.socket, state.pid)
-        return state
-
-    def _start(self) -> EngineState:
+        self._clean_leftovers()
+        self.home.mkdir(parents=True, exist_ok=True)
         for folder in (self.data_root, self.exec_root):
             folder.mkdir(parents=True, exist_ok=True)
-        before = EngineState(
-            pid=0,
-            start_ticks=None,
-            log_file=str(self.log_file),
+        host = HostBefore(
             sysctls=host_sysctls.originals(RECORDED_SYSCTLS),
             forward_policy=forward_policy(),
             bridge_existed=link_exists(BRIDGE),
         )
-        command = [
+        # dockerd's own environment: it finds containerd, runc and iptables on PATH and
+        # needs nothing else of the operator's.
+        record = processes.start(
+            DOCKERD, self.command(), log_file=self.log_file, env=processes.minimal_environment(),
+            append=True,
+        )  # fmt: skip
+        self.state.write({**asdict(host), "processes": {DOCKERD: asdict(record)}})
+        processes.wait_healthy(
+            record, self.answers, timeout, what=f"answering on {self.socket}", every=0.3
+        )
+        log.info("container engine ready on %s (pid %s)", self.socket, record.pid)
+        return record
+
+    def command(self) -> list[str]:
+        return [
             "dockerd",
             f"--host=unix://{self.socket}",
             f"--data-root={self.data_root}",
@@ -169,107 +184,64 @@ class ContainerEngine:
             f"--cgroup-parent=/{CGROUP_PARENT}",
             "--log-level=warn",
         ]
-        self.log_file.touch(mode=0o600)
-        with self.log_file.open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        before.pid = process.pid
-        before.start_ticks = proc_start_ticks(process.pid)
-        return before
-
-    def _wait(self, state: EngineState, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc_start_ticks(state.pid) != state.start_ticks:
-                raise EngineError(f"dockerd exited during start; log tail:\n{self._log_tail()}")
-            if self.answers():
-                return
-            time.sleep(0.3)
-        raise EngineError(
-            f"dockerd not answering after {timeout:.0f}s on {self.socket}; log tail:\n"
-            f"{self._log_tail()}"
-        )
-
-    def _log_tail(self, size: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_file.read_text(errors="replace")[-size:]
-        return "(no log)"
 
     # -- stop ----------------------------------------------------------------------------
     def down(self) -> bool:
         """Stop the engine (containers are stopped by dockerd itself) and undo what it did to
         the host. Returns whether an engine was running."""
-        state = self._load()
-        if state is None:
+        if not self.state.read():
             return False
-        was_running = self.running() is not None
-        if was_running:
-            self._stop(state)
-        self._clean_leftovers(state)
-        return was_running
+        record = self.running()
+        if record:
+            # dockerd alone, not its process group: it stops its containers and containerd
+            processes.stop(record, timeout=60, group=False)
+        self._clean_leftovers()
+        return record is not None
 
-    def _stop(self, state: EngineState, timeout: float = 60) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc_start_ticks(state.pid) == state.start_ticks:
-            time.sleep(0.2)
-        if proc_start_ticks(state.pid) == state.start_ticks:
-            log.warning("dockerd (pid %s) ignored SIGTERM for %ss; killing it", state.pid, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(state.pid, os.WNOHANG)
-        log.info("stopped dockerd (pid %s)", state.pid)
-
-    def _clean_leftovers(self, state: EngineState | None) -> None:
+    def _clean_leftovers(self) -> None:
         """Remove whatever an engine under this home left: its containerd and shims, mounts
         below the data and exec roots, the bridge, Docker's iptables chains; then put the
         recorded host settings back."""
-        if state:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(state.pid, os.WNOHANG)  # a killed child of ours: reap it
+        recorded, host = self.recorded(), self.host_before()
+        if recorded:
+            reap(recorded.pid)  # a killed child of ours
         for pid in processes_mentioning(self.home):
             log.info("killing leftover engine process %s", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         remove_cgroups(CGROUP_PARENT)
         for mount_point in mounts_below(self.home):
-            subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
+            commands.run(["umount", "-l", mount_point], what="unmount a killed engine's mount",
+                         check=False)  # fmt: skip
         # The exec root is runtime state of processes that are gone now. Left in place, the
         # next containerd tries to restore every dead task in it, one by one, and on a busy
         # machine overruns dockerd's 15 s wait for containerd ("timeout waiting for
         # containerd to start").
         shutil.rmtree(self.exec_root, ignore_errors=True)
         remove_docker_iptables()
-        bridge_existed = state.bridge_existed if state else False
+        bridge_existed = host.bridge_existed if host else False
         if not bridge_existed and link_exists(BRIDGE):
-            subprocess.run(["ip", "link", "delete", BRIDGE], check=False, capture_output=True)
-        if state:
-            set_forward_policy(state.forward_policy)
-            restored = host_sysctls.restore(state.sysctls, own_bridge=BRIDGE)
+            commands.run(["ip", "link", "delete", BRIDGE], what="remove the engine's bridge",
+                         check=False)  # fmt: skip
+        if host:
+            set_forward_policy(host.forward_policy)
+            restored = host_sysctls.restore(host.sysctls, own_bridge=BRIDGE)
             if host_sysctls.other_project_bridges(BRIDGE):
                 log.info("leaving the host's sysctls as they are: the local cluster still runs")
             for change in restored:
                 log.info("restored %s", change)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_file.unlink()
+        self.state.forget()
         # dockerd refuses to start while its pid file names a live process, and a killed
         # dockerd leaves it behind: its pid may since belong to any other program.
         for stale in (self.socket, self.home / "docker.pid"):
             stale.unlink(missing_ok=True)
 
     def status(self) -> dict[str, object]:
-        state = self.running()
+        record = self.running()
         return {
-            "running": state is not None,
-            "pid": state.pid if state else None,
-            "answers": self.answers() if state else False,
+            "running": record is not None,
+            "pid": record.pid if record else None,
+            "answers": self.answers() if record else False,
             "socket": str(self.socket),
             "data_root": str(self.data_root),
             "log": str(self.log_file),
@@ -277,6 +249,13 @@ class ContainerEngine:
 
 
 # -- host helpers ----------------------------------------------------------------------------
+
+
+def _client() -> str:
+    client = shutil.which("docker")
+    if not client:
+        raise EngineError("the docker client is missing; run `make engine-up`")
+    return client
 
 
 def install_packages() -> None:
@@ -295,9 +274,7 @@ def install_packages() -> None:
         ["apt-get", "update", "-qq"],
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
     ):
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise EngineError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        commands.run(command, what="install the engine's Debian packages", env=env, timeout=None)
 
 
 def processes_mentioning(path: Path) -> list[int]:
@@ -334,16 +311,20 @@ def remove_cgroups(parent: str) -> None:
         _rmdir_when_empty(group)
 
 
-def _rmdir_when_empty(folder: Path, attempts: int = 20) -> None:
-    for _ in range(attempts):  # a killed process leaves its cgroup a moment later
+def _rmdir_when_empty(folder: Path) -> None:
+    def removed() -> bool:
         try:
             folder.rmdir()
-            return
         except FileNotFoundError:
-            return
+            pass
         except OSError:
-            time.sleep(0.1)
-    log.warning("could not remove cgroup %s", folder)
+            return False
+        return True
+
+    try:  # a killed process leaves its cgroup a moment later
+        wait_until(f"cgroup {folder} to empty", removed, timeout=2, every=0.1)
+    except WaitTimeout:
+        log.warning("could not remove cgroup %s", folder)
 
 
 def mounts_below(path: Path) -> list[str]:
@@ -361,8 +342,8 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-def _iptables(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, check=False)
+def _iptables(*args: str) -> subprocess.CompletedProcess[Any]:
+    return commands.run(["iptables", "-w", *args], what="iptables (Docker's rules)", check=False)
 
 
 def forward_policy() -> str:
@@ -405,13 +386,13 @@ class SystemEngine(ContainerEngine):
     def answers(self) -> bool:
         try:
             return self.docker("version", check=False, timeout=10).returncode == 0
-        except subprocess.TimeoutExpired:
+        except CommandError:  # timed out
             return False
 
-    def up(self, timeout: float = 90) -> EngineState:
+    def up(self, timeout: float = 90) -> ProcessRecord:
         if not self.answers():
             raise EngineError("no docker engine answers; start one or use `make engine-up`")
-        return EngineState(pid=0, start_ticks=None, log_file="")
+        return ProcessRecord("docker", 0, None, [], "")
 
     def down(self) -> bool:
         return False

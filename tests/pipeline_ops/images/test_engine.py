@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from pipeline_ops.base.processes import start_ticks as proc_start_ticks
 from pipeline_ops.host_sysctls import read_sysctl
 from pipeline_ops.images.engine import (
     BRIDGE,
@@ -21,7 +22,6 @@ from pipeline_ops.images.engine import (
     link_exists,
     processes_mentioning,
 )
-from pipeline_ops.local_platform import proc_start_ticks
 
 pytestmark = pytest.mark.images
 

@@ -41,10 +41,11 @@ from typing import Any
 import requests
 import yaml
 
+from pipeline_ops.base.processes import free_port
 from pipeline_ops.images.build import IMAGE_ORDER, built_images
 from pipeline_ops.images.engine import ContainerEngine, EngineError
 from pipeline_ops.local_env import MODEL_NAME, LocalEnvironment
-from pipeline_ops.local_platform import LocalPlatform, free_port
+from pipeline_ops.local_platform import LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, SAMPLES_DIR
 from pipeline_ops.samples import first_sample_record
 from pipeline_ops.validate.checks import walk_nodes

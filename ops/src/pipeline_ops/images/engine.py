@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline_ops import host_sysctls
-from pipeline_ops.local_platform import proc_start_ticks
+from pipeline_ops.base.processes import start_ticks as proc_start_ticks
 from pipeline_ops.paths import CACHE_DIR
 
 log = logging.getLogger(__name__)

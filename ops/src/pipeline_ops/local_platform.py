@@ -40,6 +40,8 @@ from typing import Any
 
 import requests
 
+import pipeline_ops
+from pipeline_ops import mlflow_server
 from pipeline_ops.base import locks, processes
 from pipeline_ops.base.errors import OpsError
 from pipeline_ops.base.processes import ProcessRecord, StateFile, free_port, minimal_environment
@@ -307,18 +309,43 @@ def _mongo(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
 
 
 def _mlflow(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
+    artifacts = data_dir / "artifacts"
     command = [
         _venv_bin("mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{data_dir}/mlflow.db",
-        "--artifacts-destination", str(data_dir / "artifacts"),
+        "--artifacts-destination", str(artifacts),
         "--host", platform.host, "--port", str(port), "--workers", "1",
+        # MLflow's app, answering a full artifact store by name at once (mlflow_server)
+        "--app-name", mlflow_server.APP_NAME,
     ]  # fmt: skip
     if platform.host != "127.0.0.1":
         # MLflow answers only the Host names it allows (DNS rebinding): by default loopback
         # and private ranges, which the cluster's bridge address and Service names are not.
         names = (platform.host, *platform.client_names)
         command += ["--allowed-hosts", ",".join(f"{name}:*" for name in names)]
-    return Launch(command, minimal_environment({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
+    # the entry point naming that app, and this very pipeline_ops for the server to import
+    python_path = [_mlflow_app_entry_point(data_dir), Path(pipeline_ops.__file__).parents[1]]
+    env = minimal_environment({
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        mlflow_server.ARTIFACTS_VARIABLE: str(artifacts),
+        "PYTHONPATH": os.pathsep.join(str(path) for path in python_path),
+    })  # fmt: skip
+    return Launch(command, env)
+
+
+def _mlflow_app_entry_point(data_dir: Path) -> Path:
+    """A directory whose package metadata declares the ``mlflow.app`` entry point
+    ``pr-anomaly`` (``mlflow server --app-name`` finds apps only by entry point)."""
+    root = data_dir / "app"
+    metadata = root / "pr_anomaly_mlflow_app-0.dist-info"
+    metadata.mkdir(parents=True, exist_ok=True)
+    (metadata / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: pr-anomaly-mlflow-app\nVersion: 0\n"
+    )
+    (metadata / "entry_points.txt").write_text(
+        f"[mlflow.app]\n{mlflow_server.APP_NAME} = {mlflow_server.__name__}:app\n"
+    )
+    return root
 
 
 def _s3(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:

@@ -116,8 +116,8 @@ def test_dead_pid_in_state_file_is_dropped(local: LocalPlatform):
     _record(local, "vault", finished.pid, ticks)
 
     assert local.running() == {}
-    assert json.loads(local.state.path.read_text())["processes"] == {}  # cleaned up
     assert local.down() == []
+    assert json.loads(local.state.path.read_text())["processes"] == {}  # cleaned up
 
 
 def test_recycled_pid_is_not_trusted_nor_stopped(local: LocalPlatform, bystander: subprocess.Popen):

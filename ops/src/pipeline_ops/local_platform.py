@@ -126,8 +126,10 @@ class LocalPlatform:
 
     # -- state ---------------------------------------------------------------------
     def running(self) -> dict[str, ProcessRecord]:
-        """Every recorded process still alive; stale records dropped."""
-        return self.state.running()
+        """Every recorded process still alive. Only reads the state file: stale records are
+        dropped by ``up`` and ``down``, under the lock, so a reader never overwrites a record
+        that an ``up`` running meanwhile has just added."""
+        return {name: r for name, r in self.state.records().items() if r.alive}
 
     def service(self, name: str) -> ProcessRecord:
         running = self.running()
@@ -151,7 +153,7 @@ class LocalPlatform:
             if name not in SERVICES:
                 raise PlatformError(f"unknown service {name!r}; choose from {tuple(SERVICES)}")
         with self.held("make up"):
-            running = self.running()
+            running = self.state.running()  # stale records dropped
             for name in services:
                 if name in running and self._healthy(running[name]):
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -72,10 +73,22 @@ def _reachable(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _talk_tls_without_a_client_certificate(host: str, port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # HTTP/2's preface, as gRPC
+        return tls.recv(64)
+
+
 def test_the_buckets_are_reached_through_s3_with_its_keys_only(tmp_path: Path) -> None:
     """SeaweedFS's filer serves every bucket over plain HTTP (read, write, list) without the
-    S3 keys. On a host address (the cluster's bridge; here 127.0.0.2) only S3 listens; on
-    loopback the filer and the volume server answer only with a JWT of this start."""
+    S3 keys. On a host address (the cluster's bridge; here 127.0.0.2) only the S3 gateway
+    listens; on loopback the filer and the volume server answer only with a JWT of this
+    start."""
     local = LocalPlatform(tmp_path / "platform", host="127.0.0.2")
     try:
         s3 = local.up(["s3"])["s3"]
@@ -111,6 +124,9 @@ def test_the_buckets_are_reached_through_s3_with_its_keys_only(tmp_path: Path) -
         assert all(b"not for anonymous" not in r.content for r in anonymous.values())
         with pytest.raises(FileNotFoundError):
             fs.open_input_stream(f"{bucket}/x/planted.txt")
+        # the S3 gateway's gRPC port (its Configure call replaces the keys) takes no one
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            _talk_tls_without_a_client_certificate("127.0.0.2", s3.ports["s3.port.grpc"])
     finally:
         local.down()
 

@@ -351,14 +351,14 @@ def _mlflow_app_entry_point(data_dir: Path) -> Path:
 
 
 def _s3(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
-    """``weed server`` with master, volume, filer and S3 in one process. Only the S3 port
-    (which checks the keys) listens on ``platform.host``; the master, volume and filer
-    listen on loopback alone (``weed mini`` binds all of them to one address), and their
-    HTTP APIs ask for a JWT signed with keys of this start (security.toml in the data
-    directory, SeaweedFS's working directory), so that no one reads or writes a bucket
-    through the filer without the S3 keys."""
+    """``weed server`` with master, volume, filer and S3 in one process. Only the S3
+    gateway (its port checks the keys; its gRPC port takes no client) listens on
+    ``platform.host``; the master, volume and filer listen on loopback alone (``weed mini``
+    binds all of them to one address), and their HTTP APIs ask for a JWT signed with keys
+    of this start (security.toml in the data directory, SeaweedFS's working directory), so
+    that no one reads or writes a bucket through the filer without the S3 keys."""
     extra = {flag: free_port() for flag in _WEED_PORT_FLAGS}
-    _write_weed_security(data_dir)
+    _write_weed_security(data_dir, platform.host)
     credentials = platform.s3_credentials()
     env = minimal_environment({
         "AWS_ACCESS_KEY_ID": credentials["access_key_id"],
@@ -377,16 +377,79 @@ def _s3(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
     return Launch(command, env, extra)
 
 
-def _write_weed_security(data_dir: Path) -> None:
-    keys = {
-        section: secrets.token_urlsafe(32)
+def _write_weed_security(data_dir: Path, host: str) -> None:
+    """security.toml: JWT keys of this start for the HTTP APIs, and TLS with client
+    certificates for the S3 gateway's gRPC port, the one other port on ``host`` (its
+    ``Configure`` call would replace the S3 keys): signed by a CA whose key is thrown away,
+    so no client ever holds a certificate it accepts; nothing of ours calls it."""
+    tls = data_dir / "grpc-tls"
+    tls.mkdir(exist_ok=True)
+    for name, data in _s3_grpc_certificates(host).items():
+        path = tls / name
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        path.write_bytes(data)
+    sections: dict[str, dict[str, str]] = {
+        section: {"key": secrets.token_urlsafe(32)}
         for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing",
                         "jwt.filer_signing.read")
     }  # fmt: skip
+    sections["grpc"] = {"ca": str(tls / "ca.crt")}
+    sections["grpc.s3"] = {"cert": str(tls / "s3.crt"), "key": str(tls / "s3.key")}
     security = data_dir / "security.toml"
     security.unlink(missing_ok=True)
     security.touch(mode=0o600)
-    security.write_text("".join(f'[{s}]\nkey = "{k}"\n\n' for s, k in keys.items()))
+    security.write_text(
+        "".join(
+            f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+            for section, values in sections.items()
+        )
+    )
+
+
+def _s3_grpc_certificates(host: str) -> dict[str, bytes]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = (
+        x509.CertificateBuilder().subject_name(name("platform s3 grpc ca"))
+        .issuer_name(name("platform s3 grpc ca")).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    addresses = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address(host)}
+    server = (
+        x509.CertificateBuilder().subject_name(name("s3")).issuer_name(ca.subject)
+        .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(a) for a in addresses]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    return {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "s3.crt": server.public_bytes(serialization.Encoding.PEM),
+        "s3.key": server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    }
 
 
 SERVICES: dict[str, Service] = {

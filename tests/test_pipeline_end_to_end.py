@@ -108,11 +108,11 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         assert "ml-training      no new features" in stdout
         if promoted:
             assert f"version {version.group(1)} is already champion" in stdout
-        services = json.loads(state_file.read_text())["services"]
+        services = json.loads(state_file.read_text())["processes"]
         assert set(services) == {"vault", "mongo", "mlflow"}
     finally:
         if state_file.exists() and not services:
-            services = json.loads(state_file.read_text())["services"]
+            services = json.loads(state_file.read_text())["processes"]
         code, stdout, stderr = _pipeline_ops("down", env, timeout=180)
     assert code == 0, stderr
     assert "stopped: " in stdout
@@ -125,4 +125,4 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
     server_groups = {svc["pid"] for svc in services.values()}
     leftovers = {pid for pid, group in _process_groups().items() if group in server_groups}
     assert not leftovers, f"processes of the stopped servers remain: {leftovers}"
-    assert json.loads(state_file.read_text())["services"] == {}
+    assert json.loads(state_file.read_text())["processes"] == {}

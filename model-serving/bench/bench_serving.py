@@ -183,8 +183,9 @@ def mlflow_bodies(records: list[dict], size: int) -> list[str]:
 
 
 def main() -> int:
+    from pipeline_ops.base.processes import free_port
     from pipeline_ops.local_env import LocalEnvironment
-    from pipeline_ops.local_platform import LocalPlatform, free_port
+    from pipeline_ops.local_platform import LocalPlatform
 
     if len(os.sched_getaffinity(0)) < 2:
         print("bench-serving needs 2 cores (server on one, load on the other)", file=sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline_ops.local_platform import free_port
+from pipeline_ops.base.processes import free_port
 
 BIN = Path(sys.executable).parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ops.local_platform import free_port
+from pipeline_ops.base.processes import free_port
 
 LOAD_GATE = str(Path(sys.executable).parent / "load-gate")
 GENEROUS = ["--max-error-ratio", "0.01", "--max-p95-ms", "2000", "--max-p99-ms", "5000"]

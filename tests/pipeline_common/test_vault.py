@@ -33,8 +33,8 @@ from pipeline_common.vault import (
     load_stage_secret,
     read_stage_secret,
 )
+from pipeline_ops.base.processes import free_port
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.local_platform import free_port
 from pipeline_ops.vault_bootstrap import bootstrap_vault
 
 PLANTED = "sup3r-s3cret-value"

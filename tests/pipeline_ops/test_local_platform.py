@@ -1,5 +1,5 @@
-"""The launcher: start, report, stop by pid, and never trust a stale state file. Uses its
-own state directory and only the Vault dev server (quick to start)."""
+"""The launcher: start, report, stop by pid, never trust a stale state file, one operator at
+a time. Uses its own state directory and mostly the Vault dev server (quick to start)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import hvac
 import pytest
 import requests
 
-from pipeline_ops.local_platform import LocalPlatform, PlatformError, free_port, proc_start_ticks
+from pipeline_ops.base import processes
+from pipeline_ops.base.errors import ProcessExited
+from pipeline_ops.base.processes import free_port, start_ticks
+from pipeline_ops.local_platform import LocalPlatform, PlatformError, platform_state
 
 
 @pytest.fixture
@@ -29,22 +33,22 @@ def local(tmp_path: Path) -> Iterator[LocalPlatform]:
 
 def _gone(pid: int) -> bool:
     """True when no process has this pid (a zombie counts as gone: it runs nothing)."""
-    return proc_start_ticks(pid) is None
+    return start_ticks(pid) is None
 
 
-def _record(local: LocalPlatform, name: str, pid: int, start_ticks: int | None) -> None:
+def _record(local: LocalPlatform, name: str, pid: int, ticks: int | None) -> None:
     local.state_dir.mkdir(parents=True, exist_ok=True)
-    local.state_file.write_text(
+    local.state.path.write_text(
         json.dumps(
             {
-                "services": {
+                "processes": {
                     name: {
                         "name": name,
                         "pid": pid,
-                        "ports": {"main": 1},
+                        "start_ticks": ticks,
                         "command": ["bao", "server", "-dev"],
                         "log_file": str(local.state_dir / "x.log"),
-                        "start_ticks": start_ticks,
+                        "ports": {"main": 1},
                     }
                 }
             }
@@ -78,7 +82,7 @@ def test_up_reports_healthy_service_with_its_pid(local: LocalPlatform):
     response = requests.get(f"http://127.0.0.1:{vault['port']}/v1/sys/health", timeout=5)
     assert response.json()["initialized"] is True
     # the recorded pid is the one in the state file a later `make down` will use
-    saved = json.loads(local.state_file.read_text())["services"]["vault"]
+    saved = json.loads(local.state.path.read_text())["processes"]["vault"]
     assert saved["pid"] == vault["pid"]
 
 
@@ -107,18 +111,18 @@ def test_down_stops_by_pid_and_the_process_is_gone(local: LocalPlatform):
 
 def test_dead_pid_in_state_file_is_dropped(local: LocalPlatform):
     finished = subprocess.Popen(["true"])
-    ticks = proc_start_ticks(finished.pid)
+    ticks = start_ticks(finished.pid)
     finished.wait()
     _record(local, "vault", finished.pid, ticks)
 
     assert local.running() == {}
-    assert json.loads(local.state_file.read_text())["services"] == {}  # cleaned up
     assert local.down() == []
+    assert json.loads(local.state.path.read_text())["processes"] == {}  # cleaned up
 
 
 def test_recycled_pid_is_not_trusted_nor_stopped(local: LocalPlatform, bystander: subprocess.Popen):
     """The recorded pid now belongs to another program (other start time)."""
-    real_ticks = proc_start_ticks(bystander.pid)
+    real_ticks = start_ticks(bystander.pid)
     assert real_ticks is not None
     _record(local, "vault", bystander.pid, real_ticks - 1)
 
@@ -133,7 +137,7 @@ def test_recycled_pid_is_not_trusted_nor_stopped(local: LocalPlatform, bystander
 def test_up_replaces_a_stale_record_with_a_real_server(
     local: LocalPlatform, bystander: subprocess.Popen
 ):
-    _record(local, "vault", bystander.pid, (proc_start_ticks(bystander.pid) or 0) + 1)
+    _record(local, "vault", bystander.pid, (start_ticks(bystander.pid) or 0) + 1)
 
     started = local.up(["vault"])["vault"]
 
@@ -170,7 +174,7 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(
         holder.listen()
         monkeypatch.setenv("PLATFORM_VAULT_PORT", str(port))
 
-        with pytest.raises(PlatformError, match="vault exited during start; log tail") as err:
+        with pytest.raises(ProcessExited, match="vault exited during start") as err:
             local.up(["vault"], timeout=30)
 
     assert "address already in use" in str(err.value)
@@ -199,3 +203,156 @@ def test_the_root_token_is_not_in_the_process_list(local: LocalPlatform):
     assert local.vault_root_token().encode() not in arguments
     client = hvac.Client(url=vault.url, token=local.vault_root_token())
     assert client.is_authenticated()
+
+
+def _process_group(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+
+
+def test_servers_get_only_the_environment_they_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The operator's own token and cloud key stay with the operator: no server (nor any of
+    its children) sees them; SeaweedFS gets the platform's S3 keys, Vault its root token."""
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_operators-own-dummy-token")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operators-own-dummy-cloud-key")
+    monkeypatch.setenv("VAULT_TOKEN", "operators-own-dummy-vault-token")
+    local = LocalPlatform(tmp_path / "platform")
+    try:
+        running = local.up(["vault", "mongo", "mlflow", "s3"])
+
+        seen = {}
+        for name, record in running.items():
+            group = _process_group(record.pid)
+            assert record.pid in group
+            for pid in group:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+                seen[f"{name} pid {pid}"] = [
+                    value
+                    for value in (b"ghp_operators-own", b"operators-own-dummy", b"GITHUB_TOKEN")
+                    if value in environ
+                ]
+        assert all(not found for found in seen.values()), seen
+        assert len(seen) >= 4
+        s3 = _environ(running["s3"].pid)
+        assert s3["AWS_SECRET_ACCESS_KEY"] == local.s3_credentials()["secret_access_key"]
+        assert _environ(running["vault"].pid)["BAO_DEV_ROOT_TOKEN_ID"] == local.vault_root_token()
+    finally:
+        local.down()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_down_stops_every_recorded_process_newest_first(local: LocalPlatform, tmp_path: Path):
+    """What `make run` adds to the platform's state file (a model-serving instance) is
+    listed by status and stopped by down, before the servers it depends on."""
+    local.up(["vault"])
+    port = free_port()
+    serving = processes.start(
+        "model-serving-blue",
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        log_file=tmp_path / "blue.log", env=processes.minimal_environment(), ports={"main": port},
+    )  # fmt: skip
+    platform_state(local.state_dir).add(serving)
+    processes.wait_healthy(serving, lambda: _listening(port), 20)
+
+    status = local.status()
+
+    assert list(status) == ["vault", "model-serving-blue"]
+    assert status["model-serving-blue"]["healthy"] is True
+    assert status["model-serving-blue"]["port"] == port
+    vault_pid = status["vault"]["pid"]
+    assert local.down() == ["model-serving-blue", "vault"]
+    assert _gone(serving.pid)
+    assert _gone(vault_pid)
+    assert local.status() == {}
+
+
+UP = """
+import json, sys
+from pathlib import Path
+from pipeline_ops import local_platform
+from pipeline_ops.base.errors import OpsError
+
+local_platform.LOCK_WAIT = float(sys.argv[2])
+try:
+    record = local_platform.LocalPlatform(Path(sys.argv[1])).up(["vault"])["vault"]
+except OpsError as error:
+    sys.exit(f"error: {error}")
+print(json.dumps({"pid": record.pid}))
+"""
+
+
+def _up_in_another_process(state_dir: Path, wait: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", UP, str(state_dir), str(wait)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _vault_servers_in(state_dir: Path) -> list[int]:
+    found = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            if cwd.resolve() == (state_dir / "vault").resolve():
+                found.append(int(cwd.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_two_operators_at_once_share_one_set_of_servers(local: LocalPlatform):
+    """Two `make up` at the same moment: the second waits for the first and finds its
+    servers running; never two Vaults in one state directory."""
+    first = _up_in_another_process(local.state_dir, 120)
+    second = _up_in_another_process(local.state_dir, 120)
+
+    outcomes = [process.communicate(timeout=180) for process in (first, second)]
+
+    assert (first.returncode, second.returncode) == (0, 0), outcomes
+    pids = {json.loads(stdout)["pid"] for stdout, _ in outcomes}
+    assert len(pids) == 1
+    assert _vault_servers_in(local.state_dir) == list(pids)
+    assert local.status()["vault"]["healthy"] is True
+
+
+def test_a_second_operator_is_refused_by_name(local: LocalPlatform):
+    """While another operator holds the platform (a `make run`), `make up` waits its time,
+    then is refused with who holds it, having started nothing."""
+    with local.held("make run"):
+        started = time.monotonic()
+        second = _up_in_another_process(local.state_dir, 2)
+        _, stderr = second.communicate(timeout=60)
+        waited = time.monotonic() - started
+
+    assert second.returncode == 1
+    assert f"make up: {local.state_dir} is in use by pid {os.getpid()}" in stderr, stderr
+    assert waited >= 2
+    assert local.status() == {}
+    assert _vault_servers_in(local.state_dir) == []
+
+
+def test_up_inside_a_run_that_holds_the_platform_does_not_wait_for_itself(
+    local: LocalPlatform, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("pipeline_ops.local_platform.LOCK_WAIT", 1)
+    with local.held("make run"):
+        local.up(["vault"])
+        assert local.down() == ["vault"]

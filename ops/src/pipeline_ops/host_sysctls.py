@@ -10,10 +10,10 @@ record, and only the last to stop puts the values back and drops the record.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeline_ops.base import commands
 from pipeline_ops.paths import CACHE_DIR
 
 # Every bridge of the project's engine and cluster has an address in 198.18.0.0/15.
@@ -67,7 +67,7 @@ def originals(names: Iterable[str]) -> dict[str, str | None]:
 def other_project_bridges(own: str) -> list[str]:
     """Interfaces besides ``own`` with an address in the project's range: the other part
     (engine or cluster) still runs and needs the host as it set it."""
-    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    out = commands.output(["ip", "-o", "-4", "addr"], what="list the host's addresses")
     found = []
     for line in out.splitlines():
         words = line.split()

@@ -2,16 +2,23 @@
 
 Every server binds 127.0.0.1 (or, for the local cluster's pods, the cluster's bridge
 address: ``LocalPlatform(host=...)``) on a free port (or one configured as
-``PLATFORM_<SERVICE>_PORT``), is waited on until healthy, and is stopped by the process id
-this module recorded in ``<state dir>/state.json``. A pid file left by a killed run is
-recognised (the pid is gone, or now belongs to another program) and cleaned up.
+``PLATFORM_<SERVICE>_PORT``), starts with only the environment it needs (never the
+operator's: no token, no cloud key of theirs), is waited on until healthy, and is stopped
+by the process id this module recorded (``base.processes``): the state file
+``<state dir>/state.json`` (``platform_state(state_dir)``) holds one record per process.
+Others add their own records to it (``make run``'s model-serving instances); ``down``
+stops every record, newest first, and ``status`` lists every one. A record left by a
+killed run is recognised (the pid is gone, or now belongs to another program) and dropped.
+
+One operator at a time per state directory: ``up`` and ``down`` hold its lock
+(``LocalPlatform.held``); a second one waits for the first, then is refused by name.
 
 | service | server | health check |
 |---|---|---|
 | vault  | OpenBao dev server (Vault API) | GET /v1/sys/health |
 | mongo  | FerretDB, SQLite backend (MongoDB wire protocol) | pymongo ping |
 | mlflow | mlflow server, SQLite store, one worker | GET /health |
-| s3     | SeaweedFS ``weed mini`` (S3 API) | GET on the S3 port |
+| s3     | SeaweedFS ``weed server`` (S3 API) | GET on the S3 port |
 """
 
 from __future__ import annotations
@@ -22,41 +29,51 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import requests
 
+import pipeline_ops
+from pipeline_ops import mlflow_server
+from pipeline_ops.base import locks, processes
+from pipeline_ops.base.errors import OpsError
+from pipeline_ops.base.processes import ProcessRecord, StateFile, free_port, minimal_environment
 from pipeline_ops.paths import LOCAL_DIR, TOOLS_DIR
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVICES = ("vault", "mongo", "mlflow")
+STOP_TIMEOUT = 45  # seconds of SIGTERM before SIGKILL
+# A second operator waits this long for the first one's `make up` / `make down` / `make run`
+# to end (the first `make up` of a machine takes about a minute), then is refused.
+LOCK_WAIT = 300
 
-
+# SeaweedFS's own listeners besides the S3 port, each on a free loopback port so that
+# parallel runs on one machine cannot collide (the Iceberg and Lance catalogs are off).
 _WEED_PORT_FLAGS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "volume.port.public",
-    "filer.port", "filer.port.grpc", "filer.port.public", "s3.port.grpc", "s3.port.iceberg",
-    "s3.port.lance", "s3.metricsPort", "s3.debug.port", "admin.port", "admin.port.grpc",
-    "webdav.port", "metricsPort", "debug.port",
+    "filer.port", "filer.port.grpc", "filer.port.public", "s3.port.grpc",
 )  # fmt: skip
 
+# The state directories this process holds the lock of (``LocalPlatform.held`` nests).
+_held_here: Counter[Path] = Counter()
 
-class PlatformError(RuntimeError):
+
+class PlatformError(OpsError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def platform_state(state_dir: Path) -> StateFile:
+    """The records of every process started under ``state_dir``: the platform's servers and
+    whatever else is added to it (``StateFile.add``), all stopped by ``down``."""
+    return StateFile(state_dir / "state.json")
 
 
 def _venv_bin(name: str) -> str:
@@ -69,42 +86,6 @@ def _venv_bin(name: str) -> str:
     return found
 
 
-@dataclass
-class RunningService:
-    name: str
-    pid: int
-    ports: dict[str, int]
-    command: list[str]
-    log_file: str
-    start_ticks: int | None = None
-    started_at: float = field(default_factory=time.time)
-    host: str = "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return self.ports["main"]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (None if gone or a zombie): with the pid it
-    identifies one process, so a recycled pid is never mistaken for our server."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def _pid_alive(svc: RunningService) -> bool:
-    return svc.start_ticks is not None and proc_start_ticks(svc.pid) == svc.start_ticks
-
-
 class LocalPlatform:
     """The local servers under one state directory (default ``.local/platform``)."""
 
@@ -115,37 +96,42 @@ class LocalPlatform:
         client_names: Iterable[str] = (),
     ):
         self.state_dir = Path(state_dir or LOCAL_DIR / "platform")
-        self.state_file = self.state_dir / "state.json"
-        self.host = host  # the address every server binds
+        self.state = platform_state(self.state_dir)
+        self.host = host  # the address clients reach the servers on
         # the host names clients use besides ``host`` (Service names in the cluster)
         self.client_names = tuple(client_names)
 
+    # -- one operator at a time -------------------------------------------------------
+    @contextlib.contextmanager
+    def held(self, what: str, wait: float | None = None) -> Iterator[None]:
+        """The state directory's lock (``base.locks.held``) for the block; another operator
+        holding it is waited for ``wait`` seconds (default ``LOCK_WAIT``), then refused by
+        name. Held already by this process (``up`` inside a ``make run`` that holds it), it
+        is not taken again."""
+        wait = LOCK_WAIT if wait is None else wait
+        key = self.state_dir.resolve()
+        with contextlib.ExitStack() as stack:
+            if not _held_here[key]:
+                try:
+                    stack.enter_context(locks.held(self.state_dir, what))
+                except locks.StateLocked:
+                    log.info("%s: another operator holds %s; waiting up to %.0fs for it", what,
+                             self.state_dir, wait)  # fmt: skip
+                    stack.enter_context(locks.held(self.state_dir, what, wait))
+            _held_here[key] += 1
+            try:
+                yield
+            finally:
+                _held_here[key] -= 1
+
     # -- state ---------------------------------------------------------------------
-    def _load(self) -> dict[str, RunningService]:
-        if not self.state_file.exists():
-            return {}
-        raw = json.loads(self.state_file.read_text())
-        return {name: RunningService(**svc) for name, svc in raw.get("services", {}).items()}
+    def running(self) -> dict[str, ProcessRecord]:
+        """Every recorded process still alive. Only reads the state file: stale records are
+        dropped by ``up`` and ``down``, under the lock, so a reader never overwrites a record
+        that an ``up`` running meanwhile has just added."""
+        return {name: r for name, r in self.state.records().items() if r.alive}
 
-    def _save(self, services: dict[str, RunningService]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"services": {n: asdict(s) for n, s in services.items()}}, indent=2)
-        )
-        tmp.replace(self.state_file)
-
-    def running(self) -> dict[str, RunningService]:
-        """Services recorded as started whose process is still alive; stale entries dropped."""
-        services = self._load()
-        alive = {n: s for n, s in services.items() if _pid_alive(s)}
-        if alive.keys() != services.keys():
-            for name in services.keys() - alive.keys():
-                log.info("dropping stale record of %s (pid %s is gone)", name, services[name].pid)
-            self._save(alive)
-        return alive
-
-    def service(self, name: str) -> RunningService:
+    def service(self, name: str) -> ProcessRecord:
         running = self.running()
         if name not in running:
             raise PlatformError(f"{name} is not running; start it with `make up`")
@@ -161,43 +147,40 @@ class LocalPlatform:
     # -- start -----------------------------------------------------------------------
     def up(
         self, services: Iterable[str] = DEFAULT_SERVICES, timeout: float = 120
-    ) -> dict[str, RunningService]:
-        running = self.running()
+    ) -> dict[str, ProcessRecord]:
+        services = list(services)
         for name in services:
             if name not in SERVICES:
                 raise PlatformError(f"unknown service {name!r}; choose from {tuple(SERVICES)}")
-            if name in running and self._healthy(running[name]):
-                continue
-            if name in running:  # alive but unhealthy: replace it
-                self._stop_one(running.pop(name))
-            svc = self._start(name)
-            running[name] = svc
-            self._save(running)
-            self._wait_healthy(svc, timeout)
-            log.info("%s ready on %s:%s (pid %s)", name, svc.host, svc.port, svc.pid)
-        return running
+        with self.held("make up"):
+            running = self.state.running()  # stale records dropped
+            for name in services:
+                if name in running and self._healthy(running[name]):
+                    continue
+                if name in running:  # alive but unhealthy: replace it
+                    processes.stop(running.pop(name), STOP_TIMEOUT)
+                    self.state.remove(name)
+                record = self._start(name)
+                running[name] = record
+                self.state.add(record)
+                processes.wait_healthy(record, partial(self._healthy, record), timeout)
+                log.info("%s ready on %s:%s (pid %s)", name, record.host, record.port, record.pid)
+            return running
 
     def _port(self, name: str) -> int:
         configured = os.environ.get(f"PLATFORM_{name.upper()}_PORT")
         return int(configured) if configured else free_port()
 
-    def _start(self, name: str) -> RunningService:
+    def _start(self, name: str) -> ProcessRecord:
         data_dir = self.state_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         port = self._port(name)
         launch = SERVICES[name].launch(self, data_dir, port)
-        ports = {"main": port, **launch.ports}
-        log_file = data_dir / f"{name}.log"
-        # Server logs may hold dev credentials (the dev Vault prints its root token).
-        log_file.touch(mode=0o600)
-        with log_file.open("ab") as out:
-            process = subprocess.Popen(
-                launch.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=launch.env, cwd=data_dir, start_new_session=True,
-            )  # fmt: skip
-        return RunningService(
-            name, process.pid, ports, launch.command, str(log_file),
-            proc_start_ticks(process.pid), host=self.host,
+        # Server logs may hold dev credentials (the dev Vault prints its root token): the
+        # log is created 0600.
+        return processes.start(
+            name, launch.command, log_file=data_dir / f"{name}.log", env=launch.env,
+            cwd=data_dir, ports={"main": port, **launch.ports}, host=self.host, append=True,
         )  # fmt: skip
 
     def s3_credentials(self) -> dict[str, str]:
@@ -205,6 +188,7 @@ class LocalPlatform:
         key_file = self.state_dir / "s3" / "credentials.json"
         if not key_file.exists():
             key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.touch(mode=0o600)
             key_file.write_text(
                 json.dumps(
                     {
@@ -213,66 +197,44 @@ class LocalPlatform:
                     }
                 )
             )
-            key_file.chmod(0o600)
-        return json.loads(key_file.read_text())
+        return dict(json.loads(key_file.read_text()))
 
     # -- health ------------------------------------------------------------------------
-    def _healthy(self, svc: RunningService) -> bool:
-        return SERVICES[svc.name].healthy(svc)
-
-    def _wait_healthy(self, svc: RunningService, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _pid_alive(svc):
-                tail = Path(svc.log_file).read_text(errors="replace")[-2000:]
-                raise PlatformError(f"{svc.name} exited during start; log tail:\n{tail}")
-            if self._healthy(svc):
-                return
-            time.sleep(0.2)
-        raise PlatformError(f"{svc.name} not healthy after {timeout:.0f}s; see {svc.log_file}")
+    def _healthy(self, record: ProcessRecord) -> bool:
+        if record.name in SERVICES:
+            return SERVICES[record.name].healthy(record)
+        # a process someone else added (a model-serving instance): alive and listening
+        return record.alive and ("main" not in record.ports or _listening(record))
 
     # -- stop --------------------------------------------------------------------------
     def down(self, services: Iterable[str] | None = None) -> list[str]:
-        running = self._load()
-        names = [n for n in (services or list(running)) if n in running]
-        for name in names:
-            self._stop_one(running.pop(name))
-            self._save(running)
-        return names
-
-    def _stop_one(self, svc: RunningService, timeout: float = 45) -> None:
-        if not _pid_alive(svc):
-            return
-        try:
-            os.killpg(svc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(svc):
-            time.sleep(0.1)
-        if _pid_alive(svc):
-            log.warning(
-                "%s (pid %s) ignored SIGTERM for %ss; killing it", svc.name, svc.pid, timeout
-            )
-            os.killpg(svc.pid, signal.SIGKILL)
-        reap(svc.pid)
-        log.info("stopped %s (pid %s)", svc.name, svc.pid)
+        """Stop every recorded process (or only ``services``), the newest first; the names
+        of those that were running."""
+        with self.held("make down"):
+            records = self.state.records()
+            wanted = records.keys() if services is None else set(services)
+            newest_first = sorted(
+                (r for n, r in records.items() if n in wanted),
+                key=lambda r: r.started_at, reverse=True,
+            )  # fmt: skip
+            stopped = []
+            for record in newest_first:
+                if processes.stop(record, STOP_TIMEOUT):
+                    stopped.append(record.name)
+                self.state.remove(record.name)
+            return stopped
 
     def status(self) -> dict[str, dict[str, object]]:
+        """Every recorded process still running, with its health."""
         return {
             name: {
-                "pid": svc.pid,
-                "port": svc.port,
-                "healthy": self._healthy(svc),
-                "log": svc.log_file,
+                "pid": record.pid,
+                "port": record.ports.get("main"),
+                "healthy": self._healthy(record),
+                "log": record.log_file,
             }
-            for name, svc in self.running().items()
+            for name, record in self.running().items()
         }
-
-
-def reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _http_ok(url: str, *, any_status: bool = False) -> bool:
@@ -283,12 +245,18 @@ def _http_ok(url: str, *, any_status: bool = False) -> bool:
     return any_status or response.status_code == 200
 
 
-def _mongo_ok(svc: RunningService) -> bool:
+def _listening(record: ProcessRecord) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((record.host, record.port)) == 0
+
+
+def _mongo_ok(record: ProcessRecord) -> bool:
     import pymongo
 
     try:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            f"mongodb://{svc.host}:{svc.port}/", serverSelectionTimeoutMS=1000
+            f"mongodb://{record.host}:{record.port}/", serverSelectionTimeoutMS=1000
         )
         with client:
             client.admin.command("ping")
@@ -301,26 +269,25 @@ def _mongo_ok(svc: RunningService) -> bool:
 @dataclass
 class Launch:
     command: list[str]
-    env: dict[str, str]
+    env: dict[str, str]  # all of it: minimal_environment plus what this server needs
     ports: dict[str, int] = field(default_factory=dict)  # besides the main port
 
 
 @dataclass(frozen=True)
 class Service:
     launch: Callable[[LocalPlatform, Path, int], Launch]
-    healthy: Callable[[RunningService], bool]
+    healthy: Callable[[ProcessRecord], bool]
 
 
 def _vault(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
     token_file = platform.vault_root_token_file
     if not token_file.exists():
+        token_file.touch(mode=0o600)
         token_file.write_text(secrets.token_urlsafe(24))
-        token_file.chmod(0o600)
     # The dev server keeps everything in memory: each start is a fresh Vault, which the
     # bootstrap then configures. The root token goes in the environment, not the command
     # line: any user can read another process's arguments, not its environment.
-    env = {k: v for k, v in os.environ.items() if k != "VAULT_TOKEN"}
-    env["BAO_DEV_ROOT_TOKEN_ID"] = platform.vault_root_token()
+    env = minimal_environment({"BAO_DEV_ROOT_TOKEN_ID": platform.vault_root_token()})
     command = [
         _venv_bin("bao"), "server", "-dev", f"-dev-listen-address={platform.host}:{port}",
         # Without this the dev server writes its root token to ~/.vault-token, where every
@@ -340,46 +307,154 @@ def _mongo(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
         f"--listen-addr={platform.host}:{port}", f"--debug-addr=127.0.0.1:{debug}",
         f"--state-dir={data_dir}", "--telemetry=disable", "--log-level=warn",
     ]  # fmt: skip
-    return Launch(command, {**os.environ}, {"debug": debug})
+    return Launch(command, minimal_environment(), {"debug": debug})
 
 
 def _mlflow(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
+    artifacts = data_dir / "artifacts"
     command = [
         _venv_bin("mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{data_dir}/mlflow.db",
-        "--artifacts-destination", str(data_dir / "artifacts"),
+        "--artifacts-destination", str(artifacts),
         "--host", platform.host, "--port", str(port), "--workers", "1",
+        # MLflow's app, answering a full artifact store by name at once (mlflow_server)
+        "--app-name", mlflow_server.APP_NAME,
     ]  # fmt: skip
     if platform.host != "127.0.0.1":
         # MLflow answers only the Host names it allows (DNS rebinding): by default loopback
         # and private ranges, which the cluster's bridge address and Service names are not.
         names = (platform.host, *platform.client_names)
         command += ["--allowed-hosts", ",".join(f"{name}:*" for name in names)]
-    return Launch(command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    # the entry point naming that app, and this very pipeline_ops for the server to import
+    python_path = [_mlflow_app_entry_point(data_dir), Path(pipeline_ops.__file__).parents[1]]
+    env = minimal_environment({
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        mlflow_server.ARTIFACTS_VARIABLE: str(artifacts),
+        "PYTHONPATH": os.pathsep.join(str(path) for path in python_path),
+    })  # fmt: skip
+    return Launch(command, env)
+
+
+def _mlflow_app_entry_point(data_dir: Path) -> Path:
+    """A directory whose package metadata declares the ``mlflow.app`` entry point
+    ``pr-anomaly`` (``mlflow server --app-name`` finds apps only by entry point)."""
+    root = data_dir / "app"
+    metadata = root / "pr_anomaly_mlflow_app-0.dist-info"
+    metadata.mkdir(parents=True, exist_ok=True)
+    (metadata / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: pr-anomaly-mlflow-app\nVersion: 0\n"
+    )
+    (metadata / "entry_points.txt").write_text(
+        f"[mlflow.app]\n{mlflow_server.APP_NAME} = {mlflow_server.__name__}:app\n"
+    )
+    return root
 
 
 def _s3(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
-    # weed mini opens many listeners; each gets a free port so that parallel runs on one
-    # machine cannot collide.
+    """``weed server`` with master, volume, filer and S3 in one process. Only the S3
+    gateway (its port checks the keys; its gRPC port takes no client) listens on
+    ``platform.host``; the master, volume and filer listen on loopback alone (``weed mini``
+    binds all of them to one address), and their HTTP APIs ask for a JWT signed with keys
+    of this start (security.toml in the data directory, SeaweedFS's working directory), so
+    that no one reads or writes a bucket through the filer without the S3 keys."""
     extra = {flag: free_port() for flag in _WEED_PORT_FLAGS}
+    _write_weed_security(data_dir, platform.host)
     credentials = platform.s3_credentials()
-    env = {
-        **os.environ,
+    env = minimal_environment({
         "AWS_ACCESS_KEY_ID": credentials["access_key_id"],
         "AWS_SECRET_ACCESS_KEY": credentials["secret_access_key"],
-    }
+    })  # fmt: skip
     command = [
-        _venv_bin("weed"), "mini", f"-dir={data_dir}", f"-ip={platform.host}",
-        f"-ip.bind={platform.host}",
-        f"-s3.port={port}", *(f"-{flag}={p}" for flag, p in extra.items()),
-        "-admin.ui=false", "-webdav=false",
+        _venv_bin("weed"), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-filer", "-s3", f"-s3.ip.bind={platform.host}", f"-s3.port={port}",
+        *(f"-{flag}={p}" for flag, p in extra.items()),
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        # what `weed mini` sets for a small dev store: small volumes, as many as fit, a
+        # quick stop; and no report to SeaweedFS's telemetry server
+        "-master.volumeSizeLimitMB=128", "-volume.max=0", "-volume.preStopSeconds=1",
+        "-master.telemetry=false",
     ]  # fmt: skip
     return Launch(command, env, extra)
 
 
+def _write_weed_security(data_dir: Path, host: str) -> None:
+    """security.toml: JWT keys of this start for the HTTP APIs, and TLS with client
+    certificates for the S3 gateway's gRPC port, the one other port on ``host`` (its
+    ``Configure`` call would replace the S3 keys): signed by a CA whose key is thrown away,
+    so no client ever holds a certificate it accepts; nothing of ours calls it."""
+    tls = data_dir / "grpc-tls"
+    tls.mkdir(exist_ok=True)
+    for name, data in _s3_grpc_certificates(host).items():
+        path = tls / name
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        path.write_bytes(data)
+    sections: dict[str, dict[str, str]] = {
+        section: {"key": secrets.token_urlsafe(32)}
+        for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing",
+                        "jwt.filer_signing.read")
+    }  # fmt: skip
+    sections["grpc"] = {"ca": str(tls / "ca.crt")}
+    sections["grpc.s3"] = {"cert": str(tls / "s3.crt"), "key": str(tls / "s3.key")}
+    security = data_dir / "security.toml"
+    security.unlink(missing_ok=True)
+    security.touch(mode=0o600)
+    security.write_text(
+        "".join(
+            f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+            for section, values in sections.items()
+        )
+    )
+
+
+def _s3_grpc_certificates(host: str) -> dict[str, bytes]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = (
+        x509.CertificateBuilder().subject_name(name("platform s3 grpc ca"))
+        .issuer_name(name("platform s3 grpc ca")).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    addresses = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address(host)}
+    server = (
+        x509.CertificateBuilder().subject_name(name("s3")).issuer_name(ca.subject)
+        .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(a) for a in addresses]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    return {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "s3.crt": server.public_bytes(serialization.Encoding.PEM),
+        "s3.key": server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    }
+
+
 SERVICES: dict[str, Service] = {
-    "vault": Service(_vault, lambda s: _http_ok(f"{s.url}/v1/sys/health")),
+    "vault": Service(_vault, lambda r: _http_ok(f"{r.url}/v1/sys/health")),
     "mongo": Service(_mongo, _mongo_ok),
-    "mlflow": Service(_mlflow, lambda s: _http_ok(f"{s.url}/health")),
-    "s3": Service(_s3, lambda s: _http_ok(f"{s.url}/", any_status=True)),
+    "mlflow": Service(_mlflow, lambda r: _http_ok(f"{r.url}/health")),
+    "s3": Service(_s3, lambda r: _http_ok(f"{r.url}/", any_status=True)),
 }

@@ -27,7 +27,7 @@ import yaml
 
 from pipeline_contracts.readiness import load_failed
 from pipeline_contracts.registry import CHALLENGER, CHAMPION, ModelReference
-from pipeline_ops.local_platform import free_port
+from pipeline_ops.base.processes import free_port
 from pipeline_ops.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,10 @@ MLflow server): OpenBao, FerretDB, MLflow and SeaweedFS run as host processes on
 bridge address (the launchers of `make run`, ``LocalPlatform(host=BRIDGE_IP)``), and pods
 reach them by the Service names a production cluster would give them: a Service without a
 selector per server, its EndpointSlice pointing at the host process. Vault answers at
-``vault.vault.svc:8200``, the address the manifests carry. (The cluster's Prometheus, also on
+``vault.vault.svc:8200``, the address the manifests carry. Of SeaweedFS only the S3 port
+(which checks the keys) listens on the bridge; its master, volume and filer listen on
+loopback and ask for a JWT, so a pod reaches the buckets through S3 with its keys or not at
+all. (The cluster's Prometheus, also on
 the host, is fronted the same way at cluster-up: ``prometheus-operated.monitoring.svc``.)
 
 Vault is configured by the production command, ``python -m pipeline_ops.vault_bootstrap

@@ -175,3 +175,28 @@ def test_a_failing_stage_is_named_and_its_step_marked_failed(local_env) -> None:
         runner.run_stage_process(local_env, "data-fetch", argv)
     assert log.steps[0].failed
     assert "| data-fetch |" in log.table()
+
+
+def test_a_stage_that_overruns_goes_with_everything_it_started(tmp_path) -> None:
+    """A stage's own children (Spark's JVM, say) are in its process group: stopped with it."""
+    marker = tmp_path / "child"
+    script = ("import subprocess, sys, time; "
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(marker)!r}, 'w').write(str(c.pid)); time.sleep(60)")  # fmt: skip
+    with pytest.raises(CommandError, match="timed out after 3s"):
+        runner.commands.run([sys.executable, "-c", script], what="a stage", timeout=3,
+                            own_group=True)  # fmt: skip
+    child = int(marker.read_text())
+    for _ in range(50):
+        if not Path(f"/proc/{child}").exists() or "Z" in _state(child):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the stage's child {child} survived it")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"

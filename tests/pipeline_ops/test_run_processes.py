@@ -20,6 +20,7 @@ import pytest
 from pipeline_contracts.registry import ModelReference
 from pipeline_ops import __main__ as cli
 from pipeline_ops import report, runner
+from pipeline_ops.base import commands
 from pipeline_ops.base.errors import CommandError
 from pipeline_ops.base.locks import held
 from pipeline_ops.base.processes import StateFile, minimal_environment
@@ -184,8 +185,8 @@ def test_a_stage_that_overruns_goes_with_everything_it_started(tmp_path) -> None
               "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
               f"open({str(marker)!r}, 'w').write(str(c.pid)); time.sleep(60)")  # fmt: skip
     with pytest.raises(CommandError, match="timed out after 3s"):
-        runner.commands.run([sys.executable, "-c", script], what="a stage", timeout=3,
-                            own_group=True)  # fmt: skip
+        commands.run([sys.executable, "-c", script], what="a stage", timeout=3,
+                     own_group=True)  # fmt: skip
     child = int(marker.read_text())
     for _ in range(50):
         if not Path(f"/proc/{child}").exists() or "Z" in _state(child):

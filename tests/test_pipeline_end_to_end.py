@@ -74,8 +74,8 @@ def _running(platform_dir: Path) -> dict[str, tuple[int, int | None]]:
     """pid and start ticks of every process on the platform's record (servers, kept
     model-serving), alive."""
     recorded = {n: (s.pid, s.start_ticks) for n, s in LocalPlatform(platform_dir).running().items()}
-    recorded.update({n: (r.pid, r.start_ticks) for n, r in
-                     StateFile(platform_dir / "state.json").running().items()})  # fmt: skip
+    records = StateFile(platform_dir / "state.json").records()  # read only: no stale drop
+    recorded.update({n: (r.pid, r.start_ticks) for n, r in records.items() if r.alive})
     return recorded
 
 

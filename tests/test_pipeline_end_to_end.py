@@ -1,18 +1,22 @@
 """`python -m pipeline_ops run`, the one-command local pipeline, end to end: its own
-platform in a temporary state directory, every stage as a process, and a served answer.
-Afterwards `down` must leave no server of that state directory running."""
+platform in a temporary state directory, every stage as a process, and a served answer; a
+second operator's run meanwhile refused. Afterwards `down` must leave no server of that state
+directory running, the service a run kept included."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from pipeline_ops.base.processes import StateFile
+from pipeline_ops.local_platform import LocalPlatform
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_PULL_REQUESTS = 5053  # both bundled sample files
@@ -39,9 +43,9 @@ def _start_ticks(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
-def _pipeline_ops(command: str, env: dict[str, str], timeout: float):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline_ops", command],
+def _start(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline_ops", *args],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -49,13 +53,30 @@ def _pipeline_ops(command: str, env: dict[str, str], timeout: float):
         text=True,
         start_new_session=True,  # its stage processes can be stopped with it on timeout
     )
+
+
+def _finish(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        pytest.fail(f"`pipeline_ops {command}` timed out after {timeout}s:\n{stderr[-3000:]}")
+        pytest.fail(f"`pipeline_ops {process.args[3:]}` timed out after {timeout}s:\n"
+                    f"{stderr[-3000:]}")  # fmt: skip
     return process.returncode, stdout, stderr
+
+
+def _pipeline_ops(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str, str]:
+    return _finish(_start(env, *args), timeout)
+
+
+def _running(platform_dir: Path) -> dict[str, tuple[int, int | None]]:
+    """pid and start ticks of every process on the platform's record (servers, kept
+    model-serving), alive."""
+    recorded = {n: (s.pid, s.start_ticks) for n, s in LocalPlatform(platform_dir).running().items()}
+    records = StateFile(platform_dir / "state.json").records()  # read only: no stale drop
+    recorded.update({n: (r.pid, r.start_ticks) for n, r in records.items() if r.alive})
+    return recorded
 
 
 @pytest.mark.slow
@@ -67,10 +88,25 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         if not k.startswith(("VAULT_", "PLATFORM_", "PIPELINE_"))
     }
     env["PIPELINE_LOCAL_DIR"] = str(local_dir)  # read by pipeline_ops.paths at import
-    state_file = local_dir / "platform" / "state.json"
-    services: dict[str, dict] = {}
+    platform_dir = local_dir / "platform"
+    lock = platform_dir / ".lock"
+    services: dict[str, tuple[int, int | None]] = {}
     try:
-        code, stdout, stderr = _pipeline_ops("run", env, timeout=600)
+        first = _start(env, "run", "--keep-serving")
+        for _ in range(300):  # until the first run holds the platform
+            if lock.exists() and f"pid {first.pid} " in lock.read_text():
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the first `make run` never took the platform's lock")
+        # a second operator's `make run` meanwhile is refused at once, naming the first
+        started = time.monotonic()
+        code, _, stderr = _pipeline_ops(env, "run", timeout=60)
+        assert code == 1, stderr
+        assert f"make run: {platform_dir} is in use by pid {first.pid} (" in stderr, stderr
+        assert time.monotonic() - started < 30
+
+        code, stdout, stderr = _finish(first, timeout=600)
         assert code == 0, f"run exited {code}:\n{stdout[-2000:]}\n{stderr[-4000:]}"
         assert f"{SAMPLE_PULL_REQUESTS} pull requests" in stdout
         rows = re.search(r"spark-preprocess (\d+) feature rows in (\S+)", stdout)
@@ -82,6 +118,11 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         report = Path(re.search(r"report +(\S+report\.md)", stdout).group(1))
         text = report.read_text()
         assert report.with_name("report.html").exists()
+        # the steps as the step log's table, in the stages' order
+        assert "| step | seconds | share | outcome |" in text
+        names = re.findall(r"^\| ([^|]+?) \| [\d.]+ \| \d+% \|", text, re.M)
+        assert names == ["platform: Vault, MongoDB, MLflow", "data-fetch", "spark-preprocess",
+                         "ml-training", "blue/green: analysis and promotion"]  # fmt: skip
         # the evaluation as tables a reader can scan: one row per feature, one per fold
         assert "| feature | mean | stddev | min | max |" in text
         assert "| log_additions |" in text
@@ -91,38 +132,44 @@ def test_pipeline_runs_end_to_end_and_down_stops_everything(tmp_path: Path) -> N
         # The first run has no champion: green is promoted if it passes the cluster's
         # analysis. On a loaded machine the load gate may refuse it; then nothing moves.
         promoted = "promotion        promoted: first model" in stdout
+        kept = _running(platform_dir).get("model-serving-green")
         if promoted:
             assert f"champion         version {version.group(1)}" in stdout
             assert "PROMOTED" in text, text
             assert "analysis load-gate | pass" in text, text
+            assert kept, "KEEP_SERVING: the promoted service is on the platform's record"
+            assert re.search(r"serving +http://127\.0\.0\.1:\d+ \(stop with `make down`\)",
+                             stdout)  # fmt: skip
         else:
             assert "promotion        not promoted: analysis failed: load-gate" in stdout, stdout
             assert "champion         version None" in stdout
             assert "analysis load-gate | FAIL" in text, text
+            assert kept is None
 
-        # a second run with no new data rebuilds nothing
-        code, stdout, stderr = _pipeline_ops("run", env, timeout=600)
+        # a second run with no new data rebuilds nothing; kept serving, it reuses the service
+        code, stdout, stderr = _pipeline_ops(env, "run", "--keep-serving", timeout=600)
         assert code == 0, f"second run exited {code}:\n{stdout[-2000:]}\n{stderr[-4000:]}"
         assert "0 new, 0 updated" in stdout
         assert "spark-preprocess no new data" in stdout
         assert "ml-training      no new features" in stdout
         if promoted:
             assert f"version {version.group(1)} is already champion" in stdout
-        services = json.loads(state_file.read_text())["processes"]
-        assert set(services) == {"vault", "mongo", "mlflow"}
+            assert _running(platform_dir).get("model-serving-green") == kept
+        services = _running(platform_dir)
+        assert {"vault", "mongo", "mlflow"} <= set(services)
     finally:
-        if state_file.exists() and not services:
-            services = json.loads(state_file.read_text())["processes"]
-        code, stdout, stderr = _pipeline_ops("down", env, timeout=180)
+        if platform_dir.exists() and not services:
+            services = _running(platform_dir)
+        code, stdout, stderr = _pipeline_ops(env, "down", timeout=180)
     assert code == 0, stderr
     assert "stopped: " in stdout
+    if promoted:
+        assert "model-serving-green" in stdout
     still_running = {
-        name: svc["pid"]
-        for name, svc in services.items()
-        if _start_ticks(svc["pid"]) == svc["start_ticks"]
+        name: pid for name, (pid, ticks) in services.items() if _start_ticks(pid) == ticks
     }
     assert not still_running
-    server_groups = {svc["pid"] for svc in services.values()}
+    server_groups = {pid for pid, _ in services.values()}
     leftovers = {pid for pid, group in _process_groups().items() if group in server_groups}
     assert not leftovers, f"processes of the stopped servers remain: {leftovers}"
-    assert json.loads(state_file.read_text())["processes"] == {}
+    assert _running(platform_dir) == {}

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pipeline_ops.base.steps import StepLog, steps_table
 from pipeline_ops.report import write_run_report
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, installed by `make chromium`
@@ -176,3 +177,26 @@ def test_the_report_lays_out_the_evaluation_section_by_section(report) -> None:
     assert "images/drift/reference_bins.png" in drift
     statistics = sections["Feature statistics (published rows)"]
     assert "| log_additions |" in statistics
+
+
+def test_the_steps_are_the_step_logs_table_and_the_stages_in_the_lists_order(tmp_path) -> None:
+    steps = StepLog(say=None)
+    with steps.step("data-fetch") as step:
+        step.outcome = "5053 inserted | 0 updated"
+    summary = {
+        "steps": steps.as_dicts(),
+        "total_seconds": steps.seconds,
+        "promotion": {"promoted": False, "reason": "no challenger is registered"},
+        "spark-preprocess": {"rows": 5053},
+        "data-fetch": {"inserted": 5053},
+    }
+    paths = write_run_report(summary, "http://127.0.0.1:9", tmp_path)
+
+    text = Path(paths["markdown"]).read_text()
+    assert steps_table(summary["steps"]) in text
+    assert re.findall(r"^## (.+)$", text, re.M) == [
+        "Steps", "Data: data-fetch", "Features: spark-preprocess", "Promotion (blue/green)",
+    ]  # fmt: skip
+    page = Path(paths["html"]).read_text()
+    assert "<th>step</th><th>seconds</th><th>share</th><th>outcome</th>" in page
+    assert "<td>5053 inserted | 0 updated</td>" in page

@@ -339,7 +339,6 @@ NOT_YET_ON_THE_LIST = {
     for module in (
         "__main__.py",
         "images/build.py",
-        "images/container_test.py",
         "promotion.py",
         "report.py",
         "runner.py",

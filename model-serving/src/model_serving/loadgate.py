@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -152,13 +151,13 @@ def run_locust(args: argparse.Namespace, run_seconds: int, report_dir: Path) -> 
         "WARNING",
     ]
     with open(report_dir / "locust.log", "w") as log:
-        process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        # in the gate's own process group: whoever stops the gate (`make run` on Ctrl-C, a
+        # Job's deletion) stops Locust with it
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             process.wait(timeout=run_seconds + STOP_TIMEOUT_SECONDS + START_ALLOWANCE_SECONDS)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait()
             return None
     if not latency_file.exists():

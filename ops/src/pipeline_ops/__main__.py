@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pipeline_contracts.registry import CHAMPION, ModelReference
+from pipeline_ops.base.errors import CommandError, OpsError
 from pipeline_ops.local_env import LocalEnvironment
-from pipeline_ops.local_platform import DEFAULT_SERVICES, LocalPlatform, PlatformError
+from pipeline_ops.local_platform import DEFAULT_SERVICES, LocalPlatform
+from pipeline_ops.runner import run_pipeline, stage_process_env
+from pipeline_ops.stages import STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,36 +45,68 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     platform = LocalPlatform()
     try:
-        if args.command == "up":
-            services = [*DEFAULT_SERVICES, "s3"] if args.with_s3 else list(DEFAULT_SERVICES)
-            platform.up(services)
-            LocalEnvironment(platform).configure_vault()
-            _print_status(platform)
-        elif args.command == "down":
-            stopped = _stop_kept_serving() + platform.down()
-            print("stopped: " + (", ".join(stopped) or "nothing was running"))
-        elif args.command == "status":
+        if args.command in LOCKED:
+            # one operator per platform: the lock is taken here, once per command, so that
+            # `run` (which brings the platform up) and the platform's own code never nest it
+            with platform.held(LOCKED[args.command], wait=0), _terminated():
+                return _locked(args, platform)
+        if args.command == "status":
             _print_status(platform)
         elif args.command == "env":
             for key, value in LocalEnvironment(platform).stage_env(args.stage).items():
                 print(f"export {key}={value}")
-        elif args.command == "run":
-            from pipeline_ops.runner import StageFailedError, run_pipeline
-
-            try:
-                summary = run_pipeline(
-                    platform, keep_serving=args.keep_serving, gate_run_time=args.gate_run_time
-                )
-            except StageFailedError as error:
-                print(f"pipeline failed: {error}", file=sys.stderr)
-                return 1
-            _print_run(summary)
-        elif args.command == "demo":
-            return _demo(platform)
-    except PlatformError as error:
+    except KeyboardInterrupt:
+        print(f"{args.command}: interrupted; what it had started is stopped", file=sys.stderr)
+        return 130
+    except OpsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+# The commands that start or stop processes of the platform's state directory, as the
+# Makefile names them.
+LOCKED = {"up": "make up", "down": "make down", "run": "make run", "demo": "make demo-anomaly"}
+
+
+def _locked(args: argparse.Namespace, platform: LocalPlatform) -> int:
+    if args.command == "up":
+        services = [*DEFAULT_SERVICES, "s3"] if args.with_s3 else list(DEFAULT_SERVICES)
+        platform.up(services)
+        LocalEnvironment(platform).configure_vault()
+        _print_status(platform)
+    elif args.command == "down":
+        # every process on record, the newest first: what runs left running (model-serving
+        # reads MLflow) before the platform's servers
+        stopped = platform.down()
+        print("stopped: " + (", ".join(stopped) or "nothing was running"))
+    elif args.command == "run":
+        try:
+            summary = run_pipeline(
+                platform, keep_serving=args.keep_serving, gate_run_time=args.gate_run_time
+            )
+        except CommandError as error:
+            print(f"pipeline failed: {error}", file=sys.stderr)
+            return 1
+        _print_run(summary)
+    elif args.command == "demo":
+        return _demo(platform)
+    return 0
+
+
+@contextlib.contextmanager
+def _terminated() -> Iterator[None]:
+    """SIGTERM (`kill`, a CI's timeout) ends the command as Ctrl-C does: through its cleanup,
+    which stops what it started."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_status(platform: LocalPlatform) -> None:
@@ -81,57 +120,71 @@ def _print_status(platform: LocalPlatform) -> None:
         )
 
 
-def _print_run(summary: dict) -> None:
-    fetch, pre, train = (summary[k] for k in ("data-fetch", "spark-preprocess", "ml-training"))
-    promotion = summary["promotion"]
+def _print_run(summary: dict[str, Any]) -> None:
     print()
     print(f"Pipeline finished in {summary['total_seconds']:.1f}s.")
-    print(
-        f"  data-fetch       MongoDB {fetch['collection']}: "
-        f"{fetch['collection_count']} pull requests "
-        f"({fetch['inserted']} new, {fetch['updated']} updated, {fetch['quarantined']} quarantined)"
-    )
-    if pre.get("skipped"):
-        print(f"  spark-preprocess no new data: kept feature run {pre['run_id']}")
-    else:
-        print(f"  spark-preprocess {pre['rows']} feature rows in {pre['features_path']}")
-    if train.get("skipped"):
-        print("  ml-training      no new features: kept the last model")
-    elif not train.get("registered", True):
-        print(f"  ml-training      quality gate refused the model: {train.get('gate')}")
-    else:
-        print(
-            f"  ml-training      model {train.get('model_name')} version "
-            f"{train.get('model_version')} (alias {train.get('alias')})"
-        )
-    verdict = "promoted" if promotion["promoted"] else "not promoted"
-    print(f"  promotion        {verdict}: {promotion['reason']}")
-    print(f"  champion         version {promotion['champion_after']}")
-    if promotion.get("active_url"):
-        print(f"  serving          {promotion['active_url']} (stop with `make down`)")
+    for stage in STAGES:
+        for line in STAGE_LINES[stage.name](summary):
+            print(f"  {line}")
     print(f"  report           {summary['report']['markdown']}")
 
 
-def _stop_kept_serving() -> list[str]:
-    from pipeline_ops.pipeline_state import PipelineState
-    from pipeline_ops.promotion import stop_kept_serving
+def _fetch_lines(summary: dict[str, Any]) -> list[str]:
+    fetch = summary["data-fetch"]
+    return [
+        f"data-fetch       MongoDB {fetch['collection']}: "
+        f"{fetch['collection_count']} pull requests "
+        f"({fetch['inserted']} new, {fetch['updated']} updated, {fetch['quarantined']} quarantined)"
+    ]
 
-    state = PipelineState()
-    if not state.path.exists():
-        return []
-    stopped = stop_kept_serving(state.read().get("active_pid"))
-    state.update(active_url=None, active_pid=None)
-    return ["model-serving"] if stopped else []
+
+def _preprocess_lines(summary: dict[str, Any]) -> list[str]:
+    pre = summary["spark-preprocess"]
+    if pre.get("skipped"):
+        return [f"spark-preprocess no new data: kept feature run {pre['run_id']}"]
+    return [f"spark-preprocess {pre['rows']} feature rows in {pre['features_path']}"]
+
+
+def _training_lines(summary: dict[str, Any]) -> list[str]:
+    train = summary["ml-training"]
+    if train.get("skipped"):
+        return ["ml-training      no new features: kept the last model"]
+    if not train.get("registered", True):
+        return [f"ml-training      quality gate refused the model: {train.get('gate')}"]
+    return [
+        f"ml-training      model {train.get('model_name')} version "
+        f"{train.get('model_version')} (alias {train.get('alias')})"
+    ]
+
+
+def _promotion_lines(summary: dict[str, Any]) -> list[str]:
+    promotion = summary["promotion"]
+    verdict = "promoted" if promotion["promoted"] else "not promoted"
+    lines = [
+        f"promotion        {verdict}: {promotion['reason']}",
+        f"champion         version {promotion['champion_after']}",
+    ]
+    if promotion.get("active_url"):
+        lines.append(f"serving          {promotion['active_url']} (stop with `make down`)")
+    return lines
+
+
+# What the summary says of each stage, by the stage's name, shown in the list's order.
+STAGE_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "data-fetch": _fetch_lines,
+    "spark-preprocess": _preprocess_lines,
+    "ml-training": _training_lines,
+    "model-serving": _promotion_lines,
+}
 
 
 def _demo(platform: LocalPlatform) -> int:
     from pipeline_ops.demo import score_and_show, serving_url
-    from pipeline_ops.runner import stage_process_env
 
     env = LocalEnvironment(platform)
     model_name = env.stage_secrets()["model-serving"]["model_name"]
     champion = ModelReference.at_alias(model_name, CHAMPION)
-    with serving_url(stage_process_env(env, "model-serving"), champion) as url:
+    with serving_url(stage_process_env(env, "model-serving"), champion, platform.state) as url:
         score_and_show(url)
     return 0
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from pipeline_ops.base import commands
 from pipeline_ops.paths import PROJECT_ROOT
 
 
 def _run(env: dict[str, str], *args: str) -> None:
-    command = [sys.executable, "-m", "pipeline_ops", *args]
-    subprocess.run(command, cwd=PROJECT_ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    """`python -m pipeline_ops ARGS` as the operator runs it (their environment: `make run`
+    itself decides what its stages get); its logs pass through."""
+    commands.run([sys.executable, "-m", "pipeline_ops", *args], what=f"make {args[0]}",
+                 cwd=PROJECT_ROOT, env=env, timeout=None, capture_stderr=False)  # fmt: skip
 
 
 def main() -> int:

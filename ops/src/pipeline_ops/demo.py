@@ -6,15 +6,15 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import requests
 
 from pipeline_contracts.registry import ModelReference
+from pipeline_ops.base.processes import StateFile
 from pipeline_ops.paths import LOCAL_DIR, SAMPLES_DIR
-from pipeline_ops.pipeline_state import PipelineState
 
 
 def real_pull_requests(count: int = 3) -> list[dict[str, Any]]:
@@ -51,23 +51,23 @@ def unusual_pull_requests(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def serving_url(env: dict[str, str], model: ModelReference) -> Iterator[str]:
-    """The URL `make run --keep-serving` left running, or a temporary champion service."""
-    from pipeline_ops.promotion import start_serving
+def serving_url(env: Mapping[str, str], model: ModelReference, state: StateFile) -> Iterator[str]:
+    """The URL `make run KEEP_SERVING=1` left running (in the platform's state record), or a
+    temporary champion service, recorded there while the demo runs."""
+    from pipeline_ops.promotion import kept_serving, start_serving, stop
 
-    url = PipelineState().read().get("active_url")
-    if url:
+    for kept in kept_serving(state):
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                yield url
+            if requests.get(f"{kept.url}/readyz", timeout=2).status_code == 200:
+                yield kept.url
                 return
         except requests.RequestException:
             pass
-    instance = start_serving("demo", model, env, LOCAL_DIR / "pipeline" / "serving")
+    record = start_serving("demo", model, env, LOCAL_DIR / "pipeline" / "serving", state)
     try:
-        yield instance.url
+        yield record.url
     finally:
-        instance.stop()
+        stop(state, record)
 
 
 def score_and_show(url: str) -> list[dict[str, Any]]:

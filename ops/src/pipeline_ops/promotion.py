@@ -13,11 +13,10 @@ import json
 import logging
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,9 @@ import yaml
 
 from pipeline_contracts.readiness import load_failed
 from pipeline_contracts.registry import CHALLENGER, CHAMPION, ModelReference
-from pipeline_ops.base.processes import free_port
+from pipeline_ops.base import processes
+from pipeline_ops.base.errors import OpsError, ProcessExited, WaitTimeout
+from pipeline_ops.base.processes import ProcessRecord, StateFile
 from pipeline_ops.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,14 @@ ANALYSIS_TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-analys
 PRE_PROMOTION = "model-serving-pre-promotion"
 # How the template addresses the preview Service; locally, green's URL stands in for it.
 PREVIEW_SERVICE_URL = "http://model-serving-preview.{{args.namespace}}.svc.cluster.local:8080"
+# The names of what a run starts, in the platform's state record (`make down` stops them).
+SERVING = "model-serving"
+LOAD_GATE = "load-gate"
+# The load gate's own knobs (LOAD_GATE_SAMPLE, ...), the only variables it takes from ours.
+LOAD_GATE_KNOBS = "LOAD_GATE_"
 
 
-class PromotionError(RuntimeError):
+class PromotionError(OpsError):
     pass
 
 
@@ -47,72 +53,89 @@ def _bin(name: str) -> str:
 
 
 # -- serving instances ---------------------------------------------------------------------
-@dataclass
-class ServingInstance:
-    colour: str
-    model: ModelReference
-    url: str
-    process: subprocess.Popen
-    log_path: Path
+@contextmanager
+def recorded(state: StateFile, record: ProcessRecord) -> Iterator[ProcessRecord]:
+    """``record`` in the platform's state record while the block runs, stopped (its whole
+    group) and dropped from it if the block fails or is interrupted."""
+    state.add(record)
+    try:
+        yield record
+    except BaseException:
+        stop(state, record)
+        raise
 
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (in-flight requests finish), then SIGKILL if it does not exit in time."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+
+def stop(state: StateFile, record: ProcessRecord) -> None:
+    """SIGTERM (in-flight requests finish), then SIGKILL; dropped from the state record."""
+    processes.stop(record)
+    state.remove(record.name)
+
+
+def serving_name(colour: str) -> str:
+    return f"{SERVING}-{colour}"
 
 
 def start_serving(
     colour: str,
     model: ModelReference,
-    env: dict[str, str],
+    env: Mapping[str, str],
     log_dir: Path,
+    state: StateFile,
     *,
     port: int | None = None,
     timeout: float = 120,
-) -> ServingInstance:
-    """Start model-serving for ``model`` on 127.0.0.1 and wait until /readyz answers 200."""
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"model-serving-{colour}.log"
+) -> ProcessRecord:
+    """Start model-serving for ``model`` on 127.0.0.1, recorded in ``state`` as
+    ``model-serving-<colour>``, and wait until /readyz answers 200."""
+    port = port or processes.free_port()
     argv = [_bin("model-serving"), "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            argv,
-            env={**env, "SERVING_MODEL_URI": model.uri},
-            cwd=PROJECT_ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    instance = ServingInstance(colour, model, url, process, log_path)
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise PromotionError(
-                f"model-serving ({colour}, {model}) exited with {process.returncode} during "
-                f"start; see {log_path}"
-            )
+    record = processes.start(
+        serving_name(colour), argv, log_file=log_dir / f"model-serving-{colour}.log",
+        env={**env, "SERVING_MODEL_URI": model.uri}, cwd=PROJECT_ROOT, ports={"main": port},
+        append=True,
+    )  # fmt: skip
+    with recorded(state, record):
         try:
-            ready = requests.get(f"{url}/readyz", timeout=2)
-            if ready.status_code == 200:
-                return instance
-            detail = ready.json().get("detail")
-            if load_failed(detail):  # it will not recover
-                instance.stop()
-                raise PromotionError(f"model-serving ({colour}, {model}) cannot serve: {detail}")
-        except (requests.RequestException, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            instance.stop()
-            raise PromotionError(f"model-serving ({colour}) not ready after {timeout:.0f}s")
-        time.sleep(0.3)
+            processes.wait_healthy(record, lambda: _ready(record, colour, model), timeout,
+                                   what="ready", every=0.3)  # fmt: skip
+        except (ProcessExited, WaitTimeout) as error:
+            raise PromotionError(f"model-serving ({colour}, {model}): {error}") from error
+    return record
+
+
+def _ready(record: ProcessRecord, colour: str, model: ModelReference) -> bool:
+    try:
+        ready = requests.get(f"{record.url}/readyz", timeout=2)
+        if ready.status_code == 200:
+            return True
+        detail = ready.json().get("detail")
+    except (requests.RequestException, ValueError):
+        return False
+    if load_failed(detail):  # it will not recover
+        raise PromotionError(f"model-serving ({colour}, {model}) cannot serve: {detail}")
+    return False
+
+
+def kept_serving(state: StateFile) -> list[ProcessRecord]:
+    """The model-serving instances a run left running (``KEEP_SERVING=1``)."""
+    return [r for n, r in state.running().items() if n.startswith(f"{SERVING}-")]
+
+
+def stop_kept_serving(state: StateFile) -> list[str]:
+    """Stop what a run left running (and a load gate an interrupted run could not stop)."""
+    stopped = []
+    for name, record in state.running().items():
+        if name.startswith(f"{SERVING}-") or name == LOAD_GATE:
+            stop(state, record)
+            stopped.append(name)
+    return stopped
+
+
+def served_version(url: str) -> str | None:
+    try:
+        return str(requests.get(f"{url}/version", timeout=5).json().get("model_version"))
+    except (requests.RequestException, ValueError):
+        return None
 
 
 # -- the analysis, read from the AnalysisTemplate ---------------------------------------
@@ -203,7 +226,7 @@ def _job_metric(
     args: dict[str, str],
     report_dir: Path,
     run_time: str | None,
-    env: dict[str, str],
+    state: StateFile,
 ) -> MetricResult:
     container = metric["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]
     if container["image"].split(":")[0].split("/")[-1] != "load-gate":
@@ -213,24 +236,32 @@ def _job_metric(
     if run_time:
         argv = _set_option(argv, "--run-time", run_time)
     report_dir.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [_bin("load-gate"), *argv], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True
-    )
-    (report_dir / "load-gate.log").write_text(result.stdout + result.stderr)
+    knobs = {k: v for k, v in os.environ.items() if k.startswith(LOAD_GATE_KNOBS)}
+    record = processes.start(
+        LOAD_GATE, [_bin("load-gate"), *argv], log_file=report_dir / "load-gate.log",
+        env=processes.minimal_environment(knobs), cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    with recorded(state, record):
+        returncode = _exit_code(record)
+    state.remove(record.name)
     report_path = report_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    if result.returncode == 0:
+    if returncode == 0:
         return MetricResult(metric["name"], True, "service levels met", report)
     breached = [
         f"{c['name']} {c['measured']} (limit {c['limit']})"
         for c in report.get("checks", [])
         if not c.get("passed")
     ]
-    stderr_tail = (result.stderr.strip().splitlines() or [""])[-1]
-    reason = "; ".join(breached) or report.get("error") or stderr_tail
-    return MetricResult(
-        metric["name"], False, f"load gate exited {result.returncode}: {reason}", report
-    )
+    log_tail = (record.log_tail().splitlines() or [""])[-1]
+    reason = "; ".join(breached) or report.get("error") or log_tail
+    return MetricResult(metric["name"], False, f"load gate exited {returncode}: {reason}", report)
+
+
+def _exit_code(record: ProcessRecord) -> int:
+    """Wait for ``record``'s process (a child of ours) to end; its exit code."""
+    _, status = os.waitpid(record.pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def _set_option(argv: list[str], option: str, value: str) -> list[str]:
@@ -247,9 +278,10 @@ def run_analysis(
     *,
     run_time: str | None = None,
     template: dict[str, Any] | None = None,
-    env: dict[str, str] | None = None,
+    state: StateFile,
 ) -> AnalysisResult:
-    """Evaluate every metric of the pre-promotion template against ``preview_url``."""
+    """Evaluate every metric of the pre-promotion template against ``preview_url``; the
+    load gate, while it runs, is in ``state``."""
     template = template or load_template()
     as_text = json.dumps(template)
     if PREVIEW_SERVICE_URL not in as_text:
@@ -263,7 +295,7 @@ def run_analysis(
         if "web" in provider:
             results.append(_web_metric(metric, args))
         elif "job" in provider:
-            results.append(_job_metric(metric, args, report_dir, run_time, env or dict(os.environ)))
+            results.append(_job_metric(metric, args, report_dir, run_time, state))
         else:
             raise PromotionError(f"metric {metric['name']!r}: only web and job run locally")
     return AnalysisResult(results)
@@ -312,35 +344,38 @@ def alias_version(client, model_name: str, alias: str) -> str | None:
 def blue_green(
     client,
     model_name: str,
-    serving_env: dict[str, str],
+    serving_env: Mapping[str, str],
     work_dir: Path,
+    state: StateFile,
     *,
     gate_run_time: str | None = None,
     keep_serving: bool = False,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> PromotionDecision:
-    """Blue = `champion`, green = `challenger`; promote green if the analysis passes."""
+    """Blue = `champion`, green = `challenger`; promote green if the analysis passes. What
+    a previous run kept serving (in ``state``) is reused if it still serves the champion and
+    nothing is to be promoted, else stopped."""
     champion = alias_version(client, model_name, CHAMPION)
     challenger = alias_version(client, model_name, CHALLENGER)
-    if challenger is None:
-        return PromotionDecision(False, "no challenger is registered", champion, None, champion)
-    if challenger == champion:
-        return PromotionDecision(
-            False,
-            f"version {champion} is already champion: nothing to promote",
-            champion,
-            challenger,
-            champion,
+    if challenger is None or challenger == champion:
+        reason = (
+            "no challenger is registered"
+            if challenger is None
+            else f"version {champion} is already champion: nothing to promote"
         )
-    blue = green = None
+        kept = _reuse_kept(state, champion, keep_serving, on_step)
+        return PromotionDecision(False, reason, champion, challenger, champion, None, *_where(kept))
+    for name in stop_kept_serving(state):
+        on_step(f"stopped {name}, kept by an earlier run")
+    blue: tuple[ProcessRecord, str] | None = None
+    green: tuple[ProcessRecord, str] | None = None
     blue_problem = ""
     try:
         if champion is not None:
             on_step(f"blue: serving champion v{champion}")
             try:
-                blue = start_serving(
-                    "blue", ModelReference.at_version(model_name, champion), serving_env, work_dir
-                )
+                blue = (start_serving("blue", ModelReference.at_version(model_name, champion),
+                                      serving_env, work_dir, state), champion)  # fmt: skip
             except PromotionError as error:
                 # In the cluster blue runs the image it was deployed with; here it runs this
                 # code, which may not read an older champion (another feature spec): green
@@ -348,22 +383,18 @@ def blue_green(
                 blue_problem = f" (blue could not be served: {error})"
                 on_step(f"blue: not served, green is judged alone{blue_problem}")
         on_step(f"green: serving challenger v{challenger}")
-        green = start_serving(
-            "green", ModelReference.at_version(model_name, challenger), serving_env, work_dir
-        )
+        green = (start_serving("green", ModelReference.at_version(model_name, challenger),
+                               serving_env, work_dir, state), challenger)  # fmt: skip
         on_step("analysis: readiness, model check, load gate against green")
         analysis = run_analysis(
-            green.url,
-            model_name,
-            work_dir / "load-gate",
-            run_time=gate_run_time,
-            env=serving_env,
-        )
-        version_check = _version_check(green.url, challenger)
+            green[0].url, model_name, work_dir / "load-gate", run_time=gate_run_time,
+            state=state,
+        )  # fmt: skip
+        version_check = _version_check(green[0].url, challenger)
         analysis.metrics.append(version_check)
         if not analysis.passed:
             reason = "analysis failed: " + "; ".join(analysis.failures())
-            kept = blue if blue and keep_serving else None
+            kept = blue[0] if blue and keep_serving else None
             return PromotionDecision(
                 False, reason, champion, challenger, champion, analysis, *_where(kept)
             )
@@ -381,55 +412,56 @@ def blue_green(
             challenger,
             challenger,
             analysis,
-            *_where(green if keep_serving else None),
+            *_where(green[0] if keep_serving else None),
         )
     finally:
-        _stop_unless_kept(blue, green, keep_serving, client, model_name)
+        _stop_unless_kept(state, (blue, green), keep_serving, client, model_name)
 
 
-def _where(instance: ServingInstance | None) -> tuple[str | None, int | None]:
-    return (instance.url, instance.process.pid) if instance else (None, None)
+def _where(record: ProcessRecord | None) -> tuple[str | None, int | None]:
+    return (record.url, record.pid) if record else (None, None)
 
 
-def stop_kept_serving(pid: int | None) -> bool:
-    """Stop a model-serving that `run --keep-serving` left, if that pid still is one."""
-    if not pid:
-        return False
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if not any(part.endswith(b"model-serving") for part in command):
-        return False  # the pid was reused by something else: leave it alone
-    os.killpg(pid, signal.SIGTERM)
-    for _ in range(150):
-        if not Path(f"/proc/{pid}").exists():
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    return True
+def _reuse_kept(
+    state: StateFile, champion: str | None, keep_serving: bool, on_step: Callable[[str], None]
+) -> ProcessRecord | None:
+    """The instance an earlier run kept, if this run keeps serving and it serves the
+    champion; every other kept instance is stopped."""
+    reused = None
+    for record in kept_serving(state):
+        if keep_serving and reused is None and champion and served_version(record.url) == champion:
+            reused = record
+            on_step(f"{record.name} kept by an earlier run still serves v{champion}: kept")
+        else:
+            stop(state, record)
+            on_step(f"stopped {record.name}, kept by an earlier run")
+    return reused
 
 
 def _version_check(url: str, expected_version: str) -> MetricResult:
-    try:
-        served = str(requests.get(f"{url}/version", timeout=5).json().get("model_version"))
-    except (requests.RequestException, ValueError) as error:
-        return MetricResult("preview-model-version", False, f"GET {url}/version failed: {error}")
+    served = served_version(url)
+    if served is None:
+        return MetricResult("preview-model-version", False, f"GET {url}/version failed")
     ok = served == expected_version
     return MetricResult(
         "preview-model-version", ok, f"serves v{served}, expected v{expected_version}"
     )
 
 
-def _stop_unless_kept(blue, green, keep_serving: bool, client, model_name: str) -> None:
+def _stop_unless_kept(
+    state: StateFile,
+    instances: tuple[tuple[ProcessRecord, str] | None, ...],
+    keep_serving: bool,
+    client,
+    model_name: str,
+) -> None:
     """Keep only the instance serving the champion, and only when asked to."""
-    champion = alias_version(client, model_name, CHAMPION)
-    for instance in (blue, green):
+    champion = alias_version(client, model_name, CHAMPION) if keep_serving else None
+    for instance in instances:
         if instance is None:
             continue
-        serves_champion = instance.model.version == champion
-        if keep_serving and serves_champion:
-            log.info("left running", extra={"url": instance.url, "pid": instance.process.pid})
+        record, version = instance
+        if champion is not None and version == champion:
+            log.info("left running", extra={"url": record.url, "pid": record.pid})
             continue
-        instance.stop()
+        stop(state, record)

@@ -1,13 +1,18 @@
-"""The run report of `make run`: one structure, rendered as Markdown and as HTML."""
+"""The run report of `make run`: one structure, rendered as Markdown and as HTML; the steps
+as the step log's own table (``steps_table``), then a section per stage in the list's order."""
 
 from __future__ import annotations
 
 import html
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline_ops.base.steps import STEP_COLUMNS, step_rows, steps_table
+from pipeline_ops.stages import STAGES
 
 
 @dataclass
@@ -18,6 +23,7 @@ class Section:
     images: list[str] = field(default_factory=list)  # paths relative to the report
     columns: list[str] = field(default_factory=list)  # a table with a header, when given
     table: list[list[str]] = field(default_factory=list)
+    markdown: str = ""  # the table in Markdown as given (the step log's), instead of columns
 
 
 @dataclass
@@ -44,7 +50,9 @@ class RunReport:
                 lines += ["| | |", "|---|---|"]
                 lines += [f"| {_md(k)} | {_md(v)} |" for k, v in section.rows]
                 lines.append("")
-            if section.columns:
+            if section.markdown:
+                lines += [section.markdown, ""]
+            elif section.columns:
                 lines.append("| " + " | ".join(_md(c) for c in section.columns) + " |")
                 lines.append("|" + "---|" * len(section.columns))
                 lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in section.table]
@@ -284,25 +292,11 @@ def _drift_text(document: dict[str, Any]) -> str:
     )
 
 
-def write_run_report(
-    summary: dict[str, Any], tracking_uri: str, reports_dir: Path
-) -> dict[str, str]:
-    """Markdown and HTML report of one `make run`, in ``reports_dir/<timestamp>/``; the
-    training run's figures and plots are read from MLflow at ``tracking_uri``."""
-    from datetime import UTC, datetime
-
-    out = reports_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = RunReport("Pipeline run")
-    total = summary.get("total_seconds") or 1.0
-    report.add(
-        "Steps",
-        text=f"Total {total:.1f} s after setup." if summary.get("steps") else "",
-        rows=[
-            (s["name"], f"{s['seconds']:.1f} s ({100 * s['seconds'] / total:.0f} %) {s['outcome']}")
-            for s in summary.get("steps", [])
-        ],
-    )
+def _fetch_sections(report: RunReport, summary: dict[str, Any], _uri: str, _out: Path) -> None:
     report.add("Data: data-fetch", rows=_scalars(summary.get("data-fetch", {})))
+
+
+def _feature_sections(report: RunReport, summary: dict[str, Any], _uri: str, _out: Path) -> None:
     pre = summary.get("spark-preprocess", {})
     features = report.add("Features: spark-preprocess", rows=_scalars(pre))
     manifest = _read_manifest(pre.get("manifest"))
@@ -319,8 +313,38 @@ def write_run_report(
                 for name, stats in statistics.items()
             ],
         )
+
+
+def _training_sections(
+    report: RunReport, summary: dict[str, Any], tracking_uri: str, out: Path
+) -> None:
     _evaluation_sections(report, summary.get("ml-training", {}), tracking_uri, out)
+
+
+def _serving_sections(report: RunReport, summary: dict[str, Any], _uri: str, _out: Path) -> None:
     _promotion_sections(report, summary.get("promotion"))
+
+
+def write_run_report(
+    summary: dict[str, Any], tracking_uri: str, reports_dir: Path
+) -> dict[str, str]:
+    """Markdown and HTML report of one `make run`, in ``reports_dir/<timestamp>/``; the
+    training run's figures and plots are read from MLflow at ``tracking_uri``."""
+    from datetime import UTC, datetime
+
+    out = reports_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report = RunReport("Pipeline run")
+    total = summary.get("total_seconds") or 1.0
+    steps = summary.get("steps", [])
+    report.add(
+        "Steps",
+        text=f"Total {total:.1f} s after setup." if steps else "",
+        columns=list(STEP_COLUMNS) if steps else [],
+        table=step_rows(steps),
+        markdown=steps_table(steps) if steps else "",
+    )
+    for stage in STAGES:
+        STAGE_SECTIONS[stage.name](report, summary, tracking_uri, out)
     paths = report.write(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return paths
@@ -357,3 +381,13 @@ def _promotion_sections(report: RunReport, promotion: dict[str, Any] | None) -> 
         )
         for c in gate.get("checks", [])
     ]
+
+
+# Each stage's sections of the report, by the stage's name (a test checks every stage has
+# its entry); the report shows them in the list's order.
+STAGE_SECTIONS: dict[str, Callable[[RunReport, dict[str, Any], str, Path], None]] = {
+    "data-fetch": _fetch_sections,
+    "spark-preprocess": _feature_sections,
+    "ml-training": _training_sections,
+    "model-serving": _serving_sections,
+}

@@ -1,32 +1,36 @@
-"""Run the pipeline's stages against the local platform, each as its own process with
-only the VAULT_* contract in its environment, exactly as a pod would run it."""
+"""Run the pipeline's stages against the local platform, each as its own process with only the
+VAULT_* contract (and the non-secret knobs README lists) in its environment, exactly as a pod
+would run it, in the order of ``stages.STAGES``."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline_contracts.features import FEATURE_SPEC_VERSION
+from pipeline_ops.base import commands
+from pipeline_ops.base.processes import minimal_environment
+from pipeline_ops.base.steps import StepLog
 from pipeline_ops.local_env import LocalEnvironment
 from pipeline_ops.local_platform import DEFAULT_SERVICES, LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, TOOLS_DIR
 from pipeline_ops.pipeline_state import PipelineState
-from pipeline_ops.promotion import blue_green
+from pipeline_ops.promotion import PromotionDecision, blue_green
 from pipeline_ops.report import write_run_report
+from pipeline_ops.stages import STAGES
 
 log = logging.getLogger(__name__)
 
-
-class StageFailedError(RuntimeError):
-    pass
+# The stages' non-secret settings (README, "Non-secret knobs"), passed on when the operator
+# sets them; no other variable of the operator's reaches a stage.
+STAGE_KNOBS = ("SPARK_", "PREPROCESS_", "TRAINING_", "SERVING_", "GITHUB_API_URL")
 
 
 def _bin(name: str) -> str:
@@ -34,27 +38,31 @@ def _bin(name: str) -> str:
 
 
 def stage_process_env(env: LocalEnvironment, stage: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-    return {
-        **base,
-        **env.stage_env(stage),
-        "SPARK_JARS_DIR": str(TOOLS_DIR / "jars"),
-        "PYSPARK_PYTHON": sys.executable,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
+    """The whole environment of ``stage``'s process: its VAULT_* contract, what Spark needs,
+    the knobs, and nothing else of ours (no token, no cloud key)."""
+    passed = {k: v for k, v in os.environ.items() if k.startswith(STAGE_KNOBS)}
+    return minimal_environment(
+        {
+            **passed,
+            "SPARK_JARS_DIR": str(TOOLS_DIR / "jars"),
+            "PYSPARK_PYTHON": sys.executable,
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            **env.stage_env(stage),
+        }
+    )
 
 
 def run_stage_process(env: LocalEnvironment, stage: str, argv: list[str]) -> dict[str, Any]:
-    """Run one stage entrypoint as its own process, with only the VAULT_* contract for its
-    secrets, as a pod runs it; its JSON summary (stdout) is returned, logs pass through."""
+    """Run one stage entrypoint to its end as its own process (group), as a pod runs it; its
+    JSON summary (stdout) is returned, its logs pass through. Interrupted, the stage's whole
+    group is stopped (SIGTERM first: ml-training ends its MLflow run as KILLED)."""
     started = time.monotonic()
     print(f"==> {stage}: {Path(argv[0]).name} {' '.join(argv[1:])}", flush=True)
-    result = subprocess.run(
-        argv, env=stage_process_env(env, stage), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
-    )
-    if result.returncode != 0:
-        raise StageFailedError(f"{stage} exited with {result.returncode}")
-    summary = json.loads(result.stdout)
+    result = commands.run(
+        argv, what=stage, env=stage_process_env(env, stage), cwd=PROJECT_ROOT, timeout=None,
+        capture_stderr=False, own_group=True,
+    )  # fmt: skip
+    summary: dict[str, Any] = json.loads(result.stdout)
     print(f"<== {stage} done in {time.monotonic() - started:.1f}s", flush=True)
     return summary
 
@@ -81,81 +89,37 @@ def _input_snapshot(env: LocalEnvironment) -> dict[str, Any]:
         }
 
 
-@dataclass
-class StepRecord:
-    name: str
-    seconds: float
-    outcome: str
+# What `make run` does for a stage: its step's title, and the step (summary -> outcome).
+StageStep = tuple[str, Callable[[dict[str, Any]], str]]
 
 
 @dataclass
 class PipelineRun:
-    """`make run`: every stage, then a local blue/green promotion, then a report."""
+    """`make run`: every stage in the list's order (model-serving: a local blue/green
+    promotion), then a report."""
 
     platform: LocalPlatform
     keep_serving: bool = False
     gate_run_time: str | None = "15s"
-    steps: list[StepRecord] = field(default_factory=list)
+    steps: StepLog = field(default_factory=StepLog)
     state: PipelineState = field(default_factory=PipelineState)
-
-    @contextmanager
-    def step(self, name: str):
-        number = len(self.steps) + 1
-        print(f"==> [{number}] {name}", flush=True)
-        started = time.monotonic()
-        record = StepRecord(name, 0.0, "")
-        yield record
-        record.seconds = time.monotonic() - started
-        self.steps.append(record)
-        print(f"<== [{number}] {name}: {record.seconds:.1f}s  {record.outcome}", flush=True)
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         summary: dict[str, Any] = {}
-        with self.step("platform: Vault, MongoDB, MLflow") as step:
+        with self.steps.step("platform: Vault, MongoDB, MLflow") as step:
             self.platform.up(DEFAULT_SERVICES)
             env = LocalEnvironment(self.platform)
             env.configure_vault()
             step.outcome = "running and seeded"
-        with self.step("data-fetch") as step:
-            summary["data-fetch"] = fetch = run_stage_process(
-                env, "data-fetch", [_bin("data-fetch")]
-            )
-            step.outcome = _fetch_outcome(fetch)
-        state = self.state.read()
-        # new formulas (another feature spec) mean new features, even with no new data
-        snapshot = {**_input_snapshot(env), "feature_spec_version": FEATURE_SPEC_VERSION}
-        with self.step("spark-preprocess") as step:
-            if state.get("preprocessed_snapshot") == snapshot and state.get("features_run_id"):
-                summary["spark-preprocess"] = {"skipped": True, "run_id": state["features_run_id"]}
-                step.outcome = "skipped: no new data since run " + state["features_run_id"]
-            else:
-                pre = run_stage_process(env, "spark-preprocess", [_bin("spark-preprocess")])
-                summary["spark-preprocess"] = pre
-                self.state.update(preprocessed_snapshot=snapshot, features_run_id=pre["run_id"])
-                step.outcome = f"{pre['rows']} feature rows, run {pre['run_id']}"
-        features_run_id = self.state.read()["features_run_id"]
-        with self.step("ml-training") as step:
-            if state.get("trained_on") == features_run_id:
-                summary["ml-training"] = {"skipped": True, **state.get("training", {})}
-                step.outcome = f"skipped: features run {features_run_id} already trained on"
-            else:
-                argv = [_bin("ml-training"), "--features-run-id", features_run_id]
-                training = run_stage_process(env, "ml-training", argv)
-                summary["ml-training"] = training
-                self.state.update(trained_on=features_run_id, training=training)
-                step.outcome = (
-                    f"model version {training['model_version']} registered as challenger"
-                    if training.get("registered", True)
-                    else f"not registered: {training.get('gate')}"
-                )
-        with self.step("blue/green: analysis and promotion") as step:
-            decision = self._promote(env)
-            summary["promotion"] = decision.as_dict()
-            step.outcome = decision.reason
-        summary["steps"] = [vars(s) for s in self.steps]
+        stage_steps = self.stage_steps(env)
+        for stage in STAGES:
+            title, body = stage_steps[stage.name]
+            with self.steps.step(title) as step:
+                step.outcome = body(summary)
+        summary["steps"] = self.steps.as_dicts()
         summary["total_seconds"] = time.monotonic() - started
-        with self.step("report") as step:
+        with self.steps.step("report") as step:
             summary["report"] = write_run_report(
                 summary,
                 env.stage_secrets()["ml-training"]["mlflow_tracking_uri"],
@@ -164,27 +128,67 @@ class PipelineRun:
             step.outcome = summary["report"]["markdown"]
         return summary
 
-    def _promote(self, env: LocalEnvironment):
+    def stage_steps(self, env: LocalEnvironment) -> dict[str, StageStep]:
+        """Each stage's step, by the stage's name (a test checks every stage has one)."""
+        return {
+            "data-fetch": ("data-fetch", lambda summary: self._fetch(env, summary)),
+            "spark-preprocess": ("spark-preprocess", lambda s: self._preprocess(env, s)),
+            "ml-training": ("ml-training", lambda summary: self._train(env, summary)),
+            "model-serving": (
+                "blue/green: analysis and promotion",
+                lambda summary: self._promote(env, summary),
+            ),
+        }
+
+    def _fetch(self, env: LocalEnvironment, summary: dict[str, Any]) -> str:
+        summary["data-fetch"] = fetch = run_stage_process(env, "data-fetch", [_bin("data-fetch")])
+        keys = ("inserted", "updated", "unchanged", "quarantined")
+        return ", ".join(f"{fetch[k]} {k}" for k in keys if k in fetch)
+
+    def _preprocess(self, env: LocalEnvironment, summary: dict[str, Any]) -> str:
+        state = self.state.read()
+        # new formulas (another feature spec) mean new features, even with no new data
+        snapshot = {**_input_snapshot(env), "feature_spec_version": FEATURE_SPEC_VERSION}
+        if state.get("preprocessed_snapshot") == snapshot and state.get("features_run_id"):
+            summary["spark-preprocess"] = {"skipped": True, "run_id": state["features_run_id"]}
+            return "skipped: no new data since run " + state["features_run_id"]
+        pre = run_stage_process(env, "spark-preprocess", [_bin("spark-preprocess")])
+        summary["spark-preprocess"] = pre
+        self.state.update(preprocessed_snapshot=snapshot, features_run_id=pre["run_id"])
+        return f"{pre['rows']} feature rows, run {pre['run_id']}"
+
+    def _train(self, env: LocalEnvironment, summary: dict[str, Any]) -> str:
+        state = self.state.read()
+        features_run_id = state["features_run_id"]
+        if state.get("trained_on") == features_run_id:
+            summary["ml-training"] = {"skipped": True, **state.get("training", {})}
+            return f"skipped: features run {features_run_id} already trained on"
+        argv = [_bin("ml-training"), "--features-run-id", features_run_id]
+        training = run_stage_process(env, "ml-training", argv)
+        summary["ml-training"] = training
+        self.state.update(trained_on=features_run_id, training=training)
+        return (
+            f"model version {training['model_version']} registered as challenger"
+            if training.get("registered", True)
+            else f"not registered: {training.get('gate')}"
+        )
+
+    def _promote(self, env: LocalEnvironment, summary: dict[str, Any]) -> str:
         from mlflow import MlflowClient
 
         secret = env.stage_secrets()["model-serving"]
-        client = MlflowClient(secret["mlflow_tracking_uri"])
-        decision = blue_green(
-            client,
+        decision: PromotionDecision = blue_green(
+            MlflowClient(secret["mlflow_tracking_uri"]),
             secret["model_name"],
             stage_process_env(env, "model-serving"),
             LOCAL_DIR / "pipeline" / "serving",
+            self.platform.state,
             gate_run_time=self.gate_run_time,
             keep_serving=self.keep_serving,
             on_step=lambda text: print(f"    {text}", flush=True),
         )
-        self.state.update(active_url=decision.active_url, active_pid=decision.active_pid)
-        return decision
-
-
-def _fetch_outcome(fetch: dict[str, Any]) -> str:
-    keys = ("inserted", "updated", "unchanged", "quarantined")
-    return ", ".join(f"{fetch[k]} {k}" for k in keys if k in fetch)
+        summary["promotion"] = decision.as_dict()
+        return decision.reason
 
 
 def run_pipeline(

@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def job() -> dict:
+        from ml_pipeline.training.interrupt import runs_killed_on_signal
         from ml_pipeline.training.job import TrainingJob
         from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
 
         settings = load_settings(TrainingSettings)
         secret = load_stage_secret(TrainingSecret)
-        return TrainingJob(secret, settings, args.features_run_id).run()
+        with runs_killed_on_signal():
+            return TrainingJob(secret, settings, args.features_run_id).run()
 
     return run_stage("ml-training", job, log_level=args.log_level)
 

@@ -32,11 +32,12 @@ from pipeline_ops.base.errors import OpsError, ProcessExited, WaitTimeout
 log = logging.getLogger(__name__)
 
 # What a child needs from the operator's environment to run at all (programs, locale,
-# temporary files, Java), and the standard proxy and CA settings by name, so that a child
-# that reaches the network does so the way this machine does. Nothing else: no token, no
-# cloud key, no VAULT_* of the operator's own.
+# temporary files, Java, which Python sources: a checkout's, when ops was given them), and
+# the standard proxy and CA settings by name, so that a child that reaches the network does
+# so the way this machine does. Nothing else: no token, no cloud key, no VAULT_* of the
+# operator's own.
 PASSED_VARIABLES = (
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "JAVA_HOME",
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "JAVA_HOME", "PYTHONPATH",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
 )  # fmt: skip

@@ -67,11 +67,19 @@ class StepLog:
         return steps_table(self.as_dicts())
 
 
-def steps_table(steps: list[dict[str, Any]]) -> str:
+STEP_COLUMNS = ("step", "seconds", "share", "outcome")
+
+
+def step_rows(steps: list[dict[str, Any]]) -> list[list[str]]:
+    """The cells of ``steps_table``, for a report that renders its own tables (HTML)."""
     total = sum(s["seconds"] for s in steps) or 1.0
-    lines = ["| step | seconds | share | outcome |", "|---|---:|---:|---|"]
-    for s in steps:
-        outcome = str(s["outcome"]).replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {s['name']} | {s['seconds']:.1f} | {s['seconds'] / total:.0%} | "
-                     f"{outcome} |")  # fmt: skip
+    return [[str(s["name"]), f"{s['seconds']:.1f}", f"{s['seconds'] / total:.0%}",
+             str(s["outcome"])] for s in steps]  # fmt: skip
+
+
+def steps_table(steps: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(STEP_COLUMNS) + " |", "|---|---:|---:|---|"]
+    for row in step_rows(steps):
+        cells = [cell.replace("|", "\\|").replace("\n", " ") for cell in row]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -350,7 +350,7 @@ def check_model_serving(
 
 def check_load_gate(bench: ImageTestBench, url: str) -> str:
     result = bench.docker_run(
-        GATE, ["--host", url, *CI_GATE_ARGS, "--report-dir", "/tmp/load-gate"], timeout=300
+        GATE, ["--host", url, *CI_GATE_ARGS, "--report-dir", f"/tmp/{GATE}"], timeout=300
     )
     expect(result.returncode == 0, f"the load gate failed (exit {result.returncode})", result)
     return "load gate passed: " + result.stdout.strip().splitlines()[-1][:160]
@@ -359,13 +359,13 @@ def check_load_gate(bench: ImageTestBench, url: str) -> str:
 # What each stage's image is run for beyond `help` and `config-error`: every stage of
 # pipeline_ops.stages has its entry (tests/pipeline_ops/images/test_checks.py holds it to it).
 STAGE_CHECKS: dict[str, tuple[tuple[str, Callable[[ImageTestBench, str], str]], ...]] = {
-    "data-fetch": (("runs", check_data_fetch),),
-    "spark-preprocess": (
+    stages.stage("data-fetch").name: (("runs", check_data_fetch),),
+    stages.stage("spark-preprocess").name: (
         ("runs", check_spark_preprocess),
         ("kubernetes", check_spark_kubernetes_shape),
     ),
-    "ml-training": (("runs", check_ml_training),),
-    "model-serving": (("runs", check_model_serving),),
+    stages.stage("ml-training").name: (("runs", check_ml_training),),
+    stages.stage("model-serving").name: (("runs", check_model_serving),),
 }
 
 

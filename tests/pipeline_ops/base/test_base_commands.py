@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pipeline_ops.base import commands
-from pipeline_ops.base.errors import CommandError
+from pipeline_ops.base.errors import TAIL_CHARS, CommandError
 
 
 def test_a_failing_command_is_named_with_its_stderr_tail_and_no_secret():
@@ -21,7 +21,7 @@ def test_a_failing_command_is_named_with_its_stderr_tail_and_no_secret():
     assert "exited 3" in message
     assert message.endswith("token=*** bad")
     assert secret not in message
-    assert len(message) < commands.TAIL_CHARS + 400
+    assert len(message) < TAIL_CHARS + 400
     assert caught.value.returncode == 3
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pipeline_ops.base import commands
-from pipeline_ops.base.errors import CommandError
+from pipeline_ops.base.errors import TAIL_CHARS, CommandError
 from pipeline_ops.base.processes import ProcessRecord, start_ticks
 from pipeline_ops.cluster import ClusterError, images
 from pipeline_ops.cluster.components import (
@@ -216,7 +216,7 @@ def test_a_kubectl_error_names_the_command_and_shows_the_end_of_its_stderr(
     assert message.startswith("kubectl: `kubectl-v1.34.3 --kubeconfig")
     assert "-n mlops get pod web -o json` exited 1" in message
     assert message.endswith('pods "web" not found')
-    assert len(message) < commands.TAIL_CHARS + 500  # the tail, not the whole stderr
+    assert len(message) < TAIL_CHARS + 500  # the tail, not the whole stderr
     assert runner.argv[:3] == [str(built_layout.kubectl().binary), "--kubeconfig",
                                str(built_layout.kubeconfig)]  # fmt: skip
 

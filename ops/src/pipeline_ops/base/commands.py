@@ -1,7 +1,7 @@
 """One way to run a command to its end: ``run(argv, what=...)``.
 
 A failure raises ``CommandError`` whose message names what the command was for, the command
-itself and the tail of its stderr (``TAIL_CHARS``), with every value given as ``secrets``
+itself and the tail of its stderr (``errors.TAIL_CHARS``), with every value given as ``secrets``
 replaced by ``***`` in both. A command that outlives its ``timeout`` is killed and named.
 
 With ``own_group=True`` the command runs in a process group of its own (a terminal's Ctrl-C
@@ -23,20 +23,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline_ops.base.errors import CommandError
+from pipeline_ops.base.errors import CommandError, tail
 
-TAIL_CHARS = 2000
 Argv = Sequence[str | Path]
-
-
-def tail(text: str | bytes | None, chars: int = TAIL_CHARS) -> str:
-    """The end of a command's output or a log, as much as an error message should carry."""
-    if text is None:
-        return ""
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    text = text.strip()
-    return text if len(text) <= chars else "…" + text[-chars:]
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+TAIL_CHARS = 2000
+
+
+def tail(text: str | bytes | None, chars: int = TAIL_CHARS) -> str:
+    """The end of a command's output or a log, as much as an error message should carry."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    text = text.strip()
+    return text if len(text) <= chars else "…" + text[-chars:]
+
 
 class OpsError(RuntimeError):
     """Something ops could not do; the message says what, and what to do about it."""

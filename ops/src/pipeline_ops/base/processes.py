@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline_ops.base.commands import tail
-from pipeline_ops.base.errors import OpsError, ProcessExited, WaitTimeout
+from pipeline_ops.base.errors import OpsError, ProcessExited, WaitTimeout, tail
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import hvac
 import pytest
 import requests
+from proc_table import environ, group_members
 
 from pipeline_ops.base import processes
 from pipeline_ops.base.errors import ProcessExited
@@ -205,23 +206,6 @@ def test_the_root_token_is_not_in_the_process_list(local: LocalPlatform):
     assert client.is_authenticated()
 
 
-def _process_group(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid:
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _environ(pid: int) -> dict[str, str]:
-    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
-
-
 def test_servers_get_only_the_environment_they_need(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -236,20 +220,20 @@ def test_servers_get_only_the_environment_they_need(
 
         seen = {}
         for name, record in running.items():
-            group = _process_group(record.pid)
+            group = group_members(record.pid)
             assert record.pid in group
             for pid in group:
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
+                raw = Path(f"/proc/{pid}/environ").read_bytes()
                 seen[f"{name} pid {pid}"] = [
                     value
                     for value in (b"ghp_operators-own", b"operators-own-dummy", b"GITHUB_TOKEN")
-                    if value in environ
+                    if value in raw
                 ]
         assert all(not found for found in seen.values()), seen
         assert len(seen) >= 4
-        s3 = _environ(running["s3"].pid)
+        s3 = environ(running["s3"].pid)
         assert s3["AWS_SECRET_ACCESS_KEY"] == local.s3_credentials()["secret_access_key"]
-        assert _environ(running["vault"].pid)["BAO_DEV_ROOT_TOKEN_ID"] == local.vault_root_token()
+        assert environ(running["vault"].pid)["BAO_DEV_ROOT_TOKEN_ID"] == local.vault_root_token()
     finally:
         local.down()
 

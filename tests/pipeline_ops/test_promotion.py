@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from proc_table import cmdline, group_members
 
 from pipeline_contracts.registry import ModelReference
 from pipeline_ops.base import processes
@@ -186,21 +187,8 @@ def test_down_stops_a_kept_service(register_scorer, serving_env, state, tmp_path
                            serving_env, tmp_path, state)  # fmt: skip
     assert stop_kept_serving(state) == ["model-serving-green"]
     assert not record.alive
-    assert not _group_members(record.pid)
+    assert not group_members(record.pid)
     assert state.read()["processes"] == {}
-
-
-def _group_members(group: int) -> list[int]:
-    """The live processes of process group ``group``."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == group:
-            members.append(int(stat.parent.name))
-    return members
 
 
 def test_a_challenger_failing_analysis_leaves_the_champion(
@@ -318,7 +306,7 @@ def test_ctrl_c_while_green_starts_leaves_no_model_serving(
     _ctrl_c(run)
 
     assert not green.alive
-    assert not _group_members(green.pid)
+    assert not group_members(green.pid)
     assert state.records() == {}
 
 
@@ -328,7 +316,7 @@ def test_ctrl_c_during_the_load_gate_leaves_no_locust(green, state, tmp_path) ->
                               "state": str(state.path)})  # fmt: skip
     gate = _on_record(state, "load-gate", run)
     for _ in range(300):  # until Locust itself runs, in the gate's process group
-        if any(b"locust" in _cmdline(pid) for pid in _group_members(gate.pid) if pid != gate.pid):
+        if any(b"locust" in cmdline(pid) for pid in group_members(gate.pid) if pid != gate.pid):
             break
         time.sleep(0.1)
     else:
@@ -337,13 +325,6 @@ def test_ctrl_c_during_the_load_gate_leaves_no_locust(green, state, tmp_path) ->
     _ctrl_c(run)
 
     assert not gate.alive
-    assert not _group_members(gate.pid)
+    assert not group_members(gate.pid)
     assert state.records() == {}
     assert instance.alive  # what the interrupted run did not start is left alone
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""

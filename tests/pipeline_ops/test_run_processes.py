@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from proc_table import children, environ, group_members
 
 from pipeline_contracts.registry import ModelReference
 from pipeline_ops import __main__ as cli
@@ -32,12 +33,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_SECRETS = {"GITHUB_TOKEN": "ghp_operator_only", "AWS_SECRET_ACCESS_KEY": "operator-only"}
 
 
-def _environ(pid: int) -> dict[str, str]:
-    """What the kernel says process ``pid`` was started with."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(entry.decode().split("=", 1) for entry in raw.split(b"\0") if b"=" in entry)
-
-
 def test_a_stage_started_as_make_run_starts_it_gets_no_operator_secret(
     local_env, register_scorer, tmp_path, monkeypatch
 ) -> None:
@@ -51,7 +46,7 @@ def test_a_stage_started_as_make_run_starts_it_gets_no_operator_secret(
     serving = start_serving("blue", model, runner.stage_process_env(local_env, "model-serving"),
                             tmp_path, state)  # fmt: skip
     try:
-        seen = _environ(serving.pid)
+        seen = environ(serving.pid)
     finally:
         stop(state, serving)
 
@@ -83,30 +78,6 @@ run_stage_process(env, "ml-training", [_bin("ml-training"), "--features-run-id",
 """
 
 
-def _group_members(group: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == group:
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def test_ctrl_c_during_training_ends_its_mlflow_run_as_killed(
     local_env, read_samples, feature_rows, write_feature_run
 ) -> None:
@@ -132,7 +103,7 @@ def test_ctrl_c_during_training_ends_its_mlflow_run_as_killed(
             time.sleep(0.1)
         else:
             raise AssertionError("training never opened its MLflow run")
-        (training,) = _children(make_run.pid)
+        (training,) = children(make_run.pid)
 
         os.killpg(make_run.pid, signal.SIGINT)  # Ctrl-C, as a terminal sends it
         make_run.wait(timeout=90)
@@ -141,7 +112,7 @@ def test_ctrl_c_during_training_ends_its_mlflow_run_as_killed(
             os.killpg(make_run.pid, signal.SIGKILL)
 
     assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
-    assert not _group_members(training)
+    assert not group_members(training)
 
 
 # -- two operators ---------------------------------------------------------------------------

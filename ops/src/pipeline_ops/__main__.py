@@ -11,11 +11,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_contracts.registry import CHAMPION, ModelReference
+from pipeline_ops import stages
 from pipeline_ops.base.errors import CommandError, OpsError
 from pipeline_ops.local_env import LocalEnvironment
 from pipeline_ops.local_platform import DEFAULT_SERVICES, LocalPlatform
 from pipeline_ops.runner import run_pipeline, stage_process_env
-from pipeline_ops.stages import STAGES
+
+FETCH = stages.stage("data-fetch")
+PREPROCESS = stages.stage("spark-preprocess")
+TRAINING = stages.stage("ml-training")
+SERVING = stages.stage("model-serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,36 +128,36 @@ def _print_status(platform: LocalPlatform) -> None:
 def _print_run(summary: dict[str, Any]) -> None:
     print()
     print(f"Pipeline finished in {summary['total_seconds']:.1f}s.")
-    for stage in STAGES:
+    for stage in stages.STAGES:
         for line in STAGE_LINES[stage.name](summary):
             print(f"  {line}")
     print(f"  report           {summary['report']['markdown']}")
 
 
 def _fetch_lines(summary: dict[str, Any]) -> list[str]:
-    fetch = summary["data-fetch"]
+    fetch = summary[FETCH.name]
     return [
-        f"data-fetch       MongoDB {fetch['collection']}: "
+        f"{FETCH.name:16} MongoDB {fetch['collection']}: "
         f"{fetch['collection_count']} pull requests "
         f"({fetch['inserted']} new, {fetch['updated']} updated, {fetch['quarantined']} quarantined)"
     ]
 
 
 def _preprocess_lines(summary: dict[str, Any]) -> list[str]:
-    pre = summary["spark-preprocess"]
+    pre = summary[PREPROCESS.name]
     if pre.get("skipped"):
-        return [f"spark-preprocess no new data: kept feature run {pre['run_id']}"]
-    return [f"spark-preprocess {pre['rows']} feature rows in {pre['features_path']}"]
+        return [f"{PREPROCESS.name:16} no new data: kept feature run {pre['run_id']}"]
+    return [f"{PREPROCESS.name:16} {pre['rows']} feature rows in {pre['features_path']}"]
 
 
 def _training_lines(summary: dict[str, Any]) -> list[str]:
-    train = summary["ml-training"]
+    train = summary[TRAINING.name]
     if train.get("skipped"):
-        return ["ml-training      no new features: kept the last model"]
+        return [f"{TRAINING.name:16} no new features: kept the last model"]
     if not train.get("registered", True):
-        return [f"ml-training      quality gate refused the model: {train.get('gate')}"]
+        return [f"{TRAINING.name:16} quality gate refused the model: {train.get('gate')}"]
     return [
-        f"ml-training      model {train.get('model_name')} version "
+        f"{TRAINING.name:16} model {train.get('model_name')} version "
         f"{train.get('model_version')} (alias {train.get('alias')})"
     ]
 
@@ -171,10 +176,10 @@ def _promotion_lines(summary: dict[str, Any]) -> list[str]:
 
 # What the summary says of each stage, by the stage's name, shown in the list's order.
 STAGE_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "data-fetch": _fetch_lines,
-    "spark-preprocess": _preprocess_lines,
-    "ml-training": _training_lines,
-    "model-serving": _promotion_lines,
+    FETCH.name: _fetch_lines,
+    PREPROCESS.name: _preprocess_lines,
+    TRAINING.name: _training_lines,
+    SERVING.name: _promotion_lines,
 }
 
 
@@ -182,9 +187,9 @@ def _demo(platform: LocalPlatform) -> int:
     from pipeline_ops.demo import score_and_show, serving_url
 
     env = LocalEnvironment(platform)
-    model_name = env.stage_secrets()["model-serving"]["model_name"]
+    model_name = env.stage_secrets()[SERVING.name]["model_name"]
     champion = ModelReference.at_alias(model_name, CHAMPION)
-    with serving_url(stage_process_env(env, "model-serving"), champion, platform.state) as url:
+    with serving_url(stage_process_env(env, SERVING.name), champion, platform.state) as url:
         score_and_show(url)
     return 0
 

@@ -26,6 +26,7 @@ import yaml
 
 from pipeline_contracts.readiness import load_failed
 from pipeline_contracts.registry import CHALLENGER, CHAMPION, ModelReference
+from pipeline_ops import stages
 from pipeline_ops.base import processes
 from pipeline_ops.base.errors import OpsError, ProcessExited, WaitTimeout
 from pipeline_ops.base.processes import ProcessRecord, StateFile
@@ -33,13 +34,15 @@ from pipeline_ops.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-analysistemplates.yaml"
-PRE_PROMOTION = "model-serving-pre-promotion"
+# What a run starts: serving instances (blue, green) and the load gate, each a process in the
+# platform's state record under its name (`make down` stops them).
+SERVING = stages.stage("model-serving")
+LOAD_GATE = stages.LOAD_GATE
+ANALYSIS_TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / f"{SERVING.name}-analysistemplates.yaml"
+PRE_PROMOTION = f"{SERVING.name}-pre-promotion"
 # How the template addresses the preview Service; locally, green's URL stands in for it.
-PREVIEW_SERVICE_URL = "http://model-serving-preview.{{args.namespace}}.svc.cluster.local:8080"
-# The names of what a run starts, in the platform's state record (`make down` stops them).
-SERVING = "model-serving"
-LOAD_GATE = "load-gate"
+NAMESPACE_ARG = "{{args.namespace}}"
+PREVIEW_SERVICE_URL = f"http://{SERVING.name}-preview.{NAMESPACE_ARG}.svc.cluster.local:8080"
 # The load gate's own knobs (LOAD_GATE_SAMPLE, ...), the only variables it takes from ours.
 LOAD_GATE_KNOBS = "LOAD_GATE_"
 
@@ -72,7 +75,7 @@ def stop(state: StateFile, record: ProcessRecord) -> None:
 
 
 def serving_name(colour: str) -> str:
-    return f"{SERVING}-{colour}"
+    return f"{SERVING.name}-{colour}"
 
 
 def start_serving(
@@ -88,9 +91,9 @@ def start_serving(
     """Start model-serving for ``model`` on 127.0.0.1, recorded in ``state`` as
     ``model-serving-<colour>``, and wait until /readyz answers 200."""
     port = port or processes.free_port()
-    argv = [_bin("model-serving"), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [_bin(SERVING.cli), "--host", "127.0.0.1", "--port", str(port)]
     record = processes.start(
-        serving_name(colour), argv, log_file=log_dir / f"model-serving-{colour}.log",
+        serving_name(colour), argv, log_file=log_dir / f"{serving_name(colour)}.log",
         env={**env, "SERVING_MODEL_URI": model.uri}, cwd=PROJECT_ROOT, ports={"main": port},
         append=True,
     )  # fmt: skip
@@ -99,7 +102,7 @@ def start_serving(
             processes.wait_healthy(record, lambda: _ready(record, colour, model), timeout,
                                    what="ready", every=0.3)  # fmt: skip
         except (ProcessExited, WaitTimeout) as error:
-            raise PromotionError(f"model-serving ({colour}, {model}): {error}") from error
+            raise PromotionError(f"{SERVING.name} ({colour}, {model}): {error}") from error
     return record
 
 
@@ -112,20 +115,20 @@ def _ready(record: ProcessRecord, colour: str, model: ModelReference) -> bool:
     except (requests.RequestException, ValueError):
         return False
     if load_failed(detail):  # it will not recover
-        raise PromotionError(f"model-serving ({colour}, {model}) cannot serve: {detail}")
+        raise PromotionError(f"{SERVING.name} ({colour}, {model}) cannot serve: {detail}")
     return False
 
 
 def kept_serving(state: StateFile) -> list[ProcessRecord]:
     """The model-serving instances a run left running (``KEEP_SERVING=1``)."""
-    return [r for n, r in state.running().items() if n.startswith(f"{SERVING}-")]
+    return [r for n, r in state.running().items() if n.startswith(f"{SERVING.name}-")]
 
 
 def stop_kept_serving(state: StateFile) -> list[str]:
     """Stop what a run left running (and a load gate an interrupted run could not stop)."""
     stopped = []
     for name, record in state.running().items():
-        if name.startswith(f"{SERVING}-") or name == LOAD_GATE:
+        if name.startswith(f"{SERVING.name}-") or name == LOAD_GATE.name:
             stop(state, record)
             stopped.append(name)
     return stopped
@@ -229,7 +232,7 @@ def _job_metric(
     state: StateFile,
 ) -> MetricResult:
     container = metric["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]
-    if container["image"].split(":")[0].split("/")[-1] != "load-gate":
+    if container["image"].split(":")[0].split("/")[-1] != LOAD_GATE.name:
         raise PromotionError(f"the analysis job runs {container['image']!r}, not the load gate")
     argv = [_substitute(str(a), args) for a in container.get("args", [])]
     argv = _set_option(argv, "--report-dir", str(report_dir))
@@ -238,7 +241,7 @@ def _job_metric(
     report_dir.mkdir(parents=True, exist_ok=True)
     knobs = {k: v for k, v in os.environ.items() if k.startswith(LOAD_GATE_KNOBS)}
     record = processes.start(
-        LOAD_GATE, [_bin("load-gate"), *argv], log_file=report_dir / "load-gate.log",
+        LOAD_GATE.name, [_bin(LOAD_GATE.cli), *argv], log_file=report_dir / f"{LOAD_GATE.name}.log",
         env=processes.minimal_environment(knobs), cwd=PROJECT_ROOT,
     )  # fmt: skip
     with recorded(state, record):
@@ -387,7 +390,7 @@ def blue_green(
                                serving_env, work_dir, state), challenger)  # fmt: skip
         on_step("analysis: readiness, model check, load gate against green")
         analysis = run_analysis(
-            green[0].url, model_name, work_dir / "load-gate", run_time=gate_run_time,
+            green[0].url, model_name, work_dir / LOAD_GATE.name, run_time=gate_run_time,
             state=state,
         )  # fmt: skip
         version_check = _version_check(green[0].url, challenger)

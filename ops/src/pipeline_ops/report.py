@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline_ops import stages
 from pipeline_ops.base.steps import STEP_COLUMNS, step_rows, steps_table
-from pipeline_ops.stages import STAGES
+
+FETCH = stages.stage("data-fetch")
+PREPROCESS = stages.stage("spark-preprocess")
+TRAINING = stages.stage("ml-training")
+SERVING = stages.stage("model-serving")
 
 
 @dataclass
@@ -293,12 +298,12 @@ def _drift_text(document: dict[str, Any]) -> str:
 
 
 def _fetch_sections(report: RunReport, summary: dict[str, Any], _uri: str, _out: Path) -> None:
-    report.add("Data: data-fetch", rows=_scalars(summary.get("data-fetch", {})))
+    report.add(f"Data: {FETCH.name}", rows=_scalars(summary.get(FETCH.name, {})))
 
 
 def _feature_sections(report: RunReport, summary: dict[str, Any], _uri: str, _out: Path) -> None:
-    pre = summary.get("spark-preprocess", {})
-    features = report.add("Features: spark-preprocess", rows=_scalars(pre))
+    pre = summary.get(PREPROCESS.name, {})
+    features = report.add(f"Features: {PREPROCESS.name}", rows=_scalars(pre))
     manifest = _read_manifest(pre.get("manifest"))
     for key in ("rows", "quarantined", "quarantine", "content_hash", "feature_spec_version"):
         if key in manifest:
@@ -318,7 +323,7 @@ def _feature_sections(report: RunReport, summary: dict[str, Any], _uri: str, _ou
 def _training_sections(
     report: RunReport, summary: dict[str, Any], tracking_uri: str, out: Path
 ) -> None:
-    _evaluation_sections(report, summary.get("ml-training", {}), tracking_uri, out)
+    _evaluation_sections(report, summary.get(TRAINING.name, {}), tracking_uri, out)
 
 
 def _serving_sections(report: RunReport, summary: dict[str, Any], _uri: str, _out: Path) -> None:
@@ -343,7 +348,7 @@ def write_run_report(
         table=step_rows(steps),
         markdown=steps_table(steps) if steps else "",
     )
-    for stage in STAGES:
+    for stage in stages.STAGES:
         STAGE_SECTIONS[stage.name](report, summary, tracking_uri, out)
     paths = report.write(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -386,8 +391,8 @@ def _promotion_sections(report: RunReport, promotion: dict[str, Any] | None) -> 
 # Each stage's sections of the report, by the stage's name (a test checks every stage has
 # its entry); the report shows them in the list's order.
 STAGE_SECTIONS: dict[str, Callable[[RunReport, dict[str, Any], str, Path], None]] = {
-    "data-fetch": _fetch_sections,
-    "spark-preprocess": _feature_sections,
-    "ml-training": _training_sections,
-    "model-serving": _serving_sections,
+    FETCH.name: _fetch_sections,
+    PREPROCESS.name: _feature_sections,
+    TRAINING.name: _training_sections,
+    SERVING.name: _serving_sections,
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_contracts.features import FEATURE_SPEC_VERSION
+from pipeline_ops import stages
 from pipeline_ops.base import commands
 from pipeline_ops.base.processes import minimal_environment
 from pipeline_ops.base.steps import StepLog
@@ -24,9 +25,13 @@ from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT, TOOLS_DIR
 from pipeline_ops.pipeline_state import PipelineState
 from pipeline_ops.promotion import PromotionDecision, blue_green
 from pipeline_ops.report import write_run_report
-from pipeline_ops.stages import STAGES
 
 log = logging.getLogger(__name__)
+
+FETCH = stages.stage("data-fetch")
+PREPROCESS = stages.stage("spark-preprocess")
+TRAINING = stages.stage("ml-training")
+SERVING = stages.stage("model-serving")
 
 # The stages' non-secret settings (README, "Non-secret knobs"), passed on when the operator
 # sets them; no other variable of the operator's reaches a stage.
@@ -74,7 +79,7 @@ def _input_snapshot(env: LocalEnvironment) -> dict[str, Any]:
     re-run has anything new to preprocess and train on."""
     from pymongo import MongoClient
 
-    secret = env.stage_secrets()["spark-preprocess"]
+    secret = env.stage_secrets()[PREPROCESS.name]
     client: MongoClient[dict[str, Any]] = MongoClient(
         secret["mongo_uri"], serverSelectionTimeoutMS=5000
     )
@@ -113,7 +118,7 @@ class PipelineRun:
             env.configure_vault()
             step.outcome = "running and seeded"
         stage_steps = self.stage_steps(env)
-        for stage in STAGES:
+        for stage in stages.STAGES:
             title, body = stage_steps[stage.name]
             with self.steps.step(title) as step:
                 step.outcome = body(summary)
@@ -122,7 +127,7 @@ class PipelineRun:
         with self.steps.step("report") as step:
             summary["report"] = write_run_report(
                 summary,
-                env.stage_secrets()["ml-training"]["mlflow_tracking_uri"],
+                env.stage_secrets()[TRAINING.name]["mlflow_tracking_uri"],
                 LOCAL_DIR / "reports",
             )
             step.outcome = summary["report"]["markdown"]
@@ -131,17 +136,17 @@ class PipelineRun:
     def stage_steps(self, env: LocalEnvironment) -> dict[str, StageStep]:
         """Each stage's step, by the stage's name (a test checks every stage has one)."""
         return {
-            "data-fetch": ("data-fetch", lambda summary: self._fetch(env, summary)),
-            "spark-preprocess": ("spark-preprocess", lambda s: self._preprocess(env, s)),
-            "ml-training": ("ml-training", lambda summary: self._train(env, summary)),
-            "model-serving": (
+            FETCH.name: (FETCH.name, lambda summary: self._fetch(env, summary)),
+            PREPROCESS.name: (PREPROCESS.name, lambda summary: self._preprocess(env, summary)),
+            TRAINING.name: (TRAINING.name, lambda summary: self._train(env, summary)),
+            SERVING.name: (
                 "blue/green: analysis and promotion",
                 lambda summary: self._promote(env, summary),
             ),
         }
 
     def _fetch(self, env: LocalEnvironment, summary: dict[str, Any]) -> str:
-        summary["data-fetch"] = fetch = run_stage_process(env, "data-fetch", [_bin("data-fetch")])
+        summary[FETCH.name] = fetch = run_stage_process(env, FETCH.name, [_bin(FETCH.cli)])
         keys = ("inserted", "updated", "unchanged", "quarantined")
         return ", ".join(f"{fetch[k]} {k}" for k in keys if k in fetch)
 
@@ -150,10 +155,10 @@ class PipelineRun:
         # new formulas (another feature spec) mean new features, even with no new data
         snapshot = {**_input_snapshot(env), "feature_spec_version": FEATURE_SPEC_VERSION}
         if state.get("preprocessed_snapshot") == snapshot and state.get("features_run_id"):
-            summary["spark-preprocess"] = {"skipped": True, "run_id": state["features_run_id"]}
+            summary[PREPROCESS.name] = {"skipped": True, "run_id": state["features_run_id"]}
             return "skipped: no new data since run " + state["features_run_id"]
-        pre = run_stage_process(env, "spark-preprocess", [_bin("spark-preprocess")])
-        summary["spark-preprocess"] = pre
+        pre = run_stage_process(env, PREPROCESS.name, [_bin(PREPROCESS.cli)])
+        summary[PREPROCESS.name] = pre
         self.state.update(preprocessed_snapshot=snapshot, features_run_id=pre["run_id"])
         return f"{pre['rows']} feature rows, run {pre['run_id']}"
 
@@ -161,11 +166,11 @@ class PipelineRun:
         state = self.state.read()
         features_run_id = state["features_run_id"]
         if state.get("trained_on") == features_run_id:
-            summary["ml-training"] = {"skipped": True, **state.get("training", {})}
+            summary[TRAINING.name] = {"skipped": True, **state.get("training", {})}
             return f"skipped: features run {features_run_id} already trained on"
-        argv = [_bin("ml-training"), "--features-run-id", features_run_id]
-        training = run_stage_process(env, "ml-training", argv)
-        summary["ml-training"] = training
+        argv = [_bin(TRAINING.cli), "--features-run-id", features_run_id]
+        training = run_stage_process(env, TRAINING.name, argv)
+        summary[TRAINING.name] = training
         self.state.update(trained_on=features_run_id, training=training)
         return (
             f"model version {training['model_version']} registered as challenger"
@@ -176,11 +181,11 @@ class PipelineRun:
     def _promote(self, env: LocalEnvironment, summary: dict[str, Any]) -> str:
         from mlflow import MlflowClient
 
-        secret = env.stage_secrets()["model-serving"]
+        secret = env.stage_secrets()[SERVING.name]
         decision: PromotionDecision = blue_green(
             MlflowClient(secret["mlflow_tracking_uri"]),
             secret["model_name"],
-            stage_process_env(env, "model-serving"),
+            stage_process_env(env, SERVING.name),
             LOCAL_DIR / "pipeline" / "serving",
             self.platform.state,
             gate_run_time=self.gate_run_time,

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 BUILD_DIR = LOCAL_DIR / "images"
 CACHE_REPOSITORY = "pr-anomaly-cache"
 # The local runtime base of each image whose base is not plain Python.
-RUNTIME_BASE = {"spark-preprocess": "python-java"}
+RUNTIME_BASE = {stages.stage("spark-preprocess").name: "python-java"}
 MB = 1_000_000
 INDEX_KEYS = ("index-url", "extra-index-url", "trusted-host")  # pip's, never shown
 

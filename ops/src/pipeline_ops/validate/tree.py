@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from pipeline_ops.base import commands
+
 BASE = Path("argo-apps/base")
 ARGOCD = Path("argo-apps/argocd")
 SCHEMAS = Path("argo-apps/schemas")
@@ -50,8 +52,9 @@ class RepoTree:
         raise ToolMissing(f"{name} is not installed: run `make setup`")
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            args, cwd=self.root, capture_output=True, text=True, check=False, timeout=120
+        """A checker's run in the repository; its result, pass or fail (the check reads it)."""
+        return commands.run(
+            args, what=f"validate: {Path(args[0]).name}", cwd=self.root, check=False, timeout=120
         )
 
     def build(self, kustomization: Path) -> list[dict[str, Any]]:

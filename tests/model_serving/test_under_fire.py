@@ -417,3 +417,5 @@ def test_a_scorer_with_non_finite_values_is_not_served(
     assert response.status_code == 503
     scoring = httpx.post(server.url + "/v1/score", json={}, timeout=5)
     assert scoring.status_code == 503
+    assert reason in scoring.json()["detail"]  # scoring says why too
+    assert reason in httpx.get(server.probe_url + "/readyz", timeout=5).json()["detail"]

@@ -500,9 +500,10 @@ async def serving(request: Request) -> Serving:
 
 
 async def loaded_model(state: Annotated[Serving, Depends(serving)]) -> LoadedModel:
-    """The model, or 503 while it loads (or after its load failed)."""
+    """The model, or 503 while it loads (or, naming why, while its load fails)."""
     if state.holder.model is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=MODEL_LOADING)
+        detail = state.holder.error or MODEL_LOADING
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail)
     return state.holder.model
 
 

@@ -39,11 +39,12 @@ class ServingSettings(BaseSettings):
     graceful_shutdown_seconds: float = Field(
         default=20, ge=0, description="time in-flight requests get to finish on SIGTERM"
     )
-    # Admission control (per worker process): one worker scores about 20,000 records/s
-    # (README, "Serving under load"); 4,000 records in flight is about 0.2 s of work, so an
-    # admitted request is answered well within a client's patience and the probes never
-    # wait longer than one such batch. Past either bound: 429 with Retry-After, counted as
-    # shed.
+    # Admission control (per worker process): one worker scores 20,000-40,000 records/s
+    # (README, the serving benchmark); 4,000 records in flight is 0.1-0.2 s of work, so an
+    # admitted request is answered well within a client's patience and nothing waits
+    # longer than one such batch. Past either bound: 429 with Retry-After, counted as shed.
+    # The kernel's queue before them is kept short (backlog) so that what they admit is
+    # still fresh: under overload uvloop accepts about as fast as it scores.
     max_requests_in_flight: int = Field(
         default=64, ge=1, description="scoring requests one worker holds at once"
     )

@@ -177,8 +177,9 @@ def overload_figures(
             text=True,
             timeout=120,
             preexec_fn=lambda: os.sched_setaffinity(0, LOAD_CPU),
-            check=True,
         )
+        if result.returncode != 0:
+            raise RuntimeError(f"overload.py failed: {result.stderr[-2000:]}")
         figure = {"multiple": multiple, "capacity": capacity, **json.loads(result.stdout)}
         figures.append(figure)
         print(

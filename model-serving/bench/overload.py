@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -65,25 +67,31 @@ async def overload(
             status = await asyncio.wait_for(exchange(port, request), max(remaining, 0.001))
         except TimeoutError:
             outcomes["late"] += 1
-        except OSError:
+        except (OSError, EOFError, ValueError):  # refused, reset, or cut short
             outcomes["error"] += 1
         else:
             outcomes[
                 "ok" if status == 200 else "shed" if status in (429, 503) else f"status_{status}"
             ] += 1
 
-    async def prober() -> None:
-        health = b"GET /healthz HTTP/1.1\r\nHost: overload\r\n\r\n"
+    def prober() -> None:
+        """A thread with blocking sockets: the probe's latency is the server's, not this
+        process's busy event loop's."""
+        health = b"GET /healthz HTTP/1.1\r\nHost: overload\r\nConnection: close\r\n\r\n"
         while time.perf_counter() < stop_at:
             sent = time.perf_counter()
             try:
-                await asyncio.wait_for(exchange(probe_port, health), 10)
+                with socket.create_connection(("127.0.0.1", probe_port), timeout=10) as sock:
+                    sock.sendall(health)
+                    while sock.recv(65536):  # the server closes after its answer
+                        pass
                 probes.append(time.perf_counter() - sent)
-            except (TimeoutError, OSError):
+            except OSError:
                 probes.append(10.0)
-            await asyncio.sleep(probe)
+            time.sleep(probe)
 
-    probing = asyncio.create_task(prober())
+    probing = threading.Thread(target=prober, daemon=True)
+    probing.start()
     clients = []
     index = 0
     while (due := start + index / rate) < stop_at:
@@ -98,9 +106,10 @@ async def overload(
         try:
             if await asyncio.wait_for(exchange(port, request), 30) == 200:
                 lone = time.perf_counter() - sent
-        except (TimeoutError, OSError):  # refused while the queue drains: ask again
+        except (TimeoutError, OSError, EOFError, ValueError):  # refused while the queue drains
             await asyncio.sleep(0.05)
-    await asyncio.gather(*clients, probing)
+    await asyncio.gather(*clients)
+    probing.join()
     probes.sort()
     return {
         "offered": index,

@@ -154,6 +154,44 @@ def drive(port: int, path: str, bodies: list[str], workdir: Path, **options) -> 
     return json.loads(result.stdout)
 
 
+def overload_figures(
+    port: int, probe_port: int, records: list[dict], results: dict, workdir: Path
+) -> list[dict]:
+    """Goodput at 2x, 4x and 8x the closed-loop capacity with batches of 200 (open loop, a
+    new connection per request, clients that give up after 2 s; 4 s each) and the probe
+    port's latency meanwhile: README, "Under fire"."""
+    body = workdir / "batch200.json"
+    body.write_text(ours_bodies(records, 200)[0])
+    results["ours batch 200"] = drive(port, "/v1/score", [body.read_text()], workdir, connections=4)
+    capacity = results["ours batch 200"]["rps"]
+    print(f"  capacity, batches of 200: {capacity:.0f} req/s; overload, 4 s at each multiple:")
+    figures = []
+    for multiple in (2, 4, 8):
+        time.sleep(2)  # the previous run's queue drained
+        command = [sys.executable, str(HERE / "overload.py"), "--port", str(port)]
+        command += ["--probe-port", str(probe_port), "--body", str(body), "--seconds", "4"]
+        command += ["--rate", f"{multiple * capacity:.0f}"]
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda: os.sched_setaffinity(0, LOAD_CPU),
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"overload.py failed: {result.stderr[-2000:]}")
+        figure = {"multiple": multiple, "capacity": capacity, **json.loads(result.stdout)}
+        figures.append(figure)
+        print(
+            f"  {multiple}x: goodput {figure['goodput']:.0f} req/s "
+            f"({figure['goodput'] / capacity:.0%} of capacity), 429 {figure['shed']}, "
+            f"refused {figure['error']}, late {figure['late']}; /healthz p50 "
+            f"{figure['probe_p50_ms']:.0f} ms, max {figure['probe_max_ms']:.0f} ms",
+            flush=True,
+        )
+    return figures
+
+
 def batches(records: list[dict], size: int, count: int = 8) -> list[list[dict]]:
     """Up to ``count`` disjoint batches of exactly ``size`` records (records/s = size x req/s)."""
     return [records[i : i + size] for i in range(0, len(records) - size + 1, size)][:count]
@@ -195,6 +233,7 @@ def main() -> int:
     platform = LocalPlatform(work / "platform")
     servers: list[Server] = []
     results: dict[str, dict] = {}
+    under_fire: list[dict] = []
     try:
         print("starting Vault, MongoDB, MLflow; training and registering the model ...")
         platform.up(["vault", "mongo", "mlflow"])
@@ -237,7 +276,11 @@ def main() -> int:
         ours = run_server(
             "ours",
             [str(BIN / "model-serving")],
-            {**env.stage_env("model-serving"), "SERVING_MODEL_URI": model_uri},
+            {
+                **env.stage_env("model-serving"),
+                "SERVING_MODEL_URI": model_uri,
+                "SERVING_PROBE_PORT": str(probe_port := free_port()),
+            },
             "/v1/score",
             single[0],
         )
@@ -254,6 +297,7 @@ def main() -> int:
             rate=half,
             connections=64,
         )
+        under_fire = overload_figures(ours.port, probe_port, records, results, work)
         ours.stop()
 
         print("mlflow models serve --env-manager local, 1 worker")
@@ -289,7 +333,19 @@ def main() -> int:
         platform.down()
 
     report(results, body_costs(ours_bodies(records, 1000)[0]))
+    report_overload(under_fire)
     return 0
+
+
+def report_overload(figures: list[dict]) -> None:
+    print("\n| offered | goodput req/s | of capacity | 429 | refused | late | probe p50/max ms |")
+    print("|---|---|---|---|---|---|---|")
+    for f in figures:
+        print(
+            f"| {f['multiple']}x ({f['rate']:,.0f} req/s) | {f['goodput']:,.0f} "
+            f"| {f['goodput'] / f['capacity']:.0%} | {f['shed']:,} | {f['error']:,} "
+            f"| {f['late']:,} | {f['probe_p50_ms']:.0f} / {f['probe_max_ms']:.0f} |"
+        )
 
 
 def body_costs(body: str) -> dict[str, float]:

@@ -390,3 +390,24 @@ def test_training_reads_its_features_from_s3(trained, s3_config) -> None:
     without_keys = trained["secret"].model_copy(update={"features_uri": uri})
     with pytest.raises(ValueError, match="no S3 connection"):
         TrainingJob(without_keys, trained["settings"]).run()
+
+
+def test_a_password_in_the_tracking_uri_reaches_neither_the_summary_nor_the_output(
+    training_run, platform, capfd
+) -> None:
+    """Through the stage's entry (run_stage), as `make run` stores its summary: the
+    credentials of a tracking URI are in neither the summary nor MLflow's "View run" line."""
+    from pipeline_common.cli import run_stage
+
+    password = "pw-train-5d1"
+    url = platform.service("mlflow").url
+    secret = training_run["secret"].model_copy(
+        update={"mlflow_tracking_uri": url.replace("http://", f"http://trainer:{password}@")}
+    )
+    job = TrainingJob(secret, training_run["settings"], "run-600")
+
+    assert run_stage("ml-training", job.run) == 0
+    out, err = capfd.readouterr()
+    assert password not in out + err
+    assert json.loads(out)["tracking_uri"] == url.replace("http://", "http://***@")
+    assert re.search(r"View run \S+ at: http://\*\*\*@127\.0\.0\.1", err), err[-2000:]

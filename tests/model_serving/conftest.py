@@ -47,6 +47,10 @@ class ServingProcess:
     def __init__(self, env: dict[str, str], *args: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # the probes' own listener, as in the Rollout
+        env = {"SERVING_PROBE_PORT": str(free_port()), **env}
+        self.probe_port = int(env["SERVING_PROBE_PORT"])
+        self.probe_url = f"http://127.0.0.1:{self.probe_port}"
         command = [str(BIN / "model-serving"), "--port", str(self.port), *args]
         self.process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -33,6 +33,7 @@ from model_serving.app import (
     feature_inputs,
 )
 from model_serving.model_source import LoadedModel, load_model
+from model_serving.settings import ServingSettings
 from pipeline_common.limits import MAX_COUNT
 from pipeline_contracts.drift import DRIFT_ALERT_PSI
 from pipeline_contracts.features import (
@@ -81,7 +82,9 @@ def model(registered_model) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def client(model: LoadedModel) -> Iterator[TestClient]:
-    app = create_app(lambda: model, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY_BYTES)
+    app = create_app(
+        lambda: model, ServingSettings(max_batch=MAX_BATCH, max_body_bytes=MAX_BODY_BYTES)
+    )
     with TestClient(app) as client:
         assert wait_ready(client).status_code == 200
         yield client

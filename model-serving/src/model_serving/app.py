@@ -36,11 +36,17 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from model_serving.metrics import MetricsMiddleware, ServingMetrics
+from model_serving.admission import Admission, Overloaded
+from model_serving.connections import CUT_OFF_KEY, LIMITS_KEY, ConnectionLimits
+from model_serving.metrics import CLIENT_CLOSED, MetricsMiddleware, ServingMetrics
 from model_serving.model_source import LoadedModel
+from model_serving.probes import Heartbeat, ProbeListener
+from model_serving.settings import ServingSettings
 from pipeline_common.limits import EARLIEST_TIME, LATEST_TIME, MAX_COUNT
+from pipeline_common.redaction import redact_credentials
 from pipeline_contracts.features import (
     FEATURE_NAMES,
     FEATURE_SPEC_VERSION,
@@ -50,8 +56,6 @@ from pipeline_contracts.features import (
 from pipeline_contracts.readiness import MODEL_LOADING, READY
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def _service_version() -> str:
@@ -198,23 +202,54 @@ class BodyTooLarge(Exception):
 
 
 class ModelHolder:
-    """The model, loaded once per process in the background; /readyz says when."""
+    """The model, loaded once per process in the background; /readyz says when.
 
-    def __init__(self, loader: Callable[[], LoadedModel], on_loaded: Callable[[LoadedModel], None]):
+    A failed load (MLflow down, the alias missing, an unservable scorer) is retried with a
+    backoff doubling from ``retry_initial`` up to ``retry_max`` seconds, until it succeeds
+    or the app stops: an instance started while MLflow is away is ready within
+    ``retry_max`` seconds of its return, without a restart."""
+
+    def __init__(
+        self,
+        loader: Callable[[], LoadedModel],
+        on_loaded: Callable[[LoadedModel], None],
+        retry_initial: float = 0.5,
+        retry_max: float = 5.0,
+    ):
         self._loader = loader
         self._on_loaded = on_loaded
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
         self.model: LoadedModel | None = None
         self.error: str | None = None
+        self.attempts = 0
 
-    def load(self) -> None:
+    def load(self) -> bool:
+        """One attempt; whether the model is loaded."""
+        self.attempts += 1
         try:
             model = self._loader()
             self._on_loaded(model)
-            self.model = model
-            log.info("model loaded", extra={"model": model.name, "version": model.version})
         except Exception as error:  # reported by /readyz; the process stays up for probes
-            self.error = f"{type(error).__name__}: {error}"
-            log.error("model load failed: %s", self.error)
+            # answered to anyone who asks /readyz: never a credential of the tracking URI
+            self.error = redact_credentials(f"{type(error).__name__}: {error}")
+            return False
+        self.model, self.error = model, None
+        log.info("model loaded", extra={"model": model.name, "version": model.version})
+        return True
+
+    def load_until_loaded(self, stop: threading.Event) -> None:
+        delay = self._retry_initial
+        while not stop.is_set() and not self.load():
+            log.warning(
+                "model load failed (attempt %d, next in %.1f s): %s",
+                self.attempts,
+                delay,
+                self.error,
+            )
+            self.error = f"{self.error} (attempt {self.attempts}; next in {delay:g} s)"
+            stop.wait(delay)
+            delay = min(delay * 2, self._retry_max)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -416,6 +451,10 @@ def _scoring_responses(what: str) -> dict[int | str, dict[str, Any]]:
         413: {"model": Problem, "description": f"too many {what} or too large a body"},
         415: {"model": Problem, "description": "the body is not declared JSON"},
         422: {"model": InvalidInput, "description": "invalid input; `loc` names the field"},
+        429: {
+            "model": Problem,
+            "description": "overloaded: too much work in flight; retry after `Retry-After` s",
+        },
         503: {"model": Problem, "description": "the model is not loaded (yet)"},
     }
 
@@ -428,6 +467,7 @@ class Serving:
     holder: ModelHolder
     batcher: MicroBatcher
     metrics: ServingMetrics
+    admission: Admission
     max_batch: int
     max_body_bytes: int
 
@@ -460,9 +500,10 @@ async def serving(request: Request) -> Serving:
 
 
 async def loaded_model(state: Annotated[Serving, Depends(serving)]) -> LoadedModel:
-    """The model, or 503 while it loads (or after its load failed)."""
+    """The model, or 503 while it loads (or, naming why, while its load fails)."""
     if state.holder.model is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=MODEL_LOADING)
+        detail = state.holder.error or MODEL_LOADING
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail)
     return state.holder.model
 
 
@@ -480,12 +521,17 @@ async def healthz() -> dict[str, str]:
 
 @probes.get("/readyz", responses={503: {"model": Problem, "description": "model not loaded"}})
 async def readyz(state: ServingState) -> dict[str, str]:
-    holder = state.holder
+    code, document = readiness(state.holder)
+    if code != 200:
+        raise HTTPException(code, detail=document["detail"])
+    return document
+
+
+def readiness(holder: ModelHolder) -> tuple[int, dict[str, str]]:
+    """/readyz's answer, on the scoring port and the probes' own (:mod:`.probes`)."""
     if holder.model is None:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail=holder.error or MODEL_LOADING
-        )
-    return {"status": READY, "model_version": holder.model.version}
+        return status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": holder.error or MODEL_LOADING}
+    return status.HTTP_200_OK, {"status": READY, "model_version": holder.model.version}
 
 
 @probes.get("/version")
@@ -514,14 +560,18 @@ async def prometheus_metrics(state: ServingState) -> Response:
 )
 async def score(request: Request, state: ServingState, model: Model) -> Response:
     """Score one raw GitHub pull request (an object) or a batch (a list of them)."""
-    records, is_list = await state.read(request, _ONE_RECORD, _RECORDS)
-    if not records:
-        return _json({"results": []})
-    try:
-        verdicts = await state.batcher.score(records)
-    except UnscorableRecordError as error:
-        log.warning("refused a request: record %s %s", error.index, error.problem)
-        return _json({"detail": error.detail(is_list)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    with state.admission.request():
+        records, is_list = await state.read(request, _ONE_RECORD, _RECORDS)
+        if not records:
+            return _json({"results": []})
+        with state.admission.holding(len(records)):
+            try:
+                verdicts = await state.batcher.score(records)
+            except UnscorableRecordError as error:
+                log.warning("refused a request: record %s %s", error.index, error.problem)
+                return _json(
+                    {"detail": error.detail(is_list)}, status.HTTP_422_UNPROCESSABLE_CONTENT
+                )
     for record, verdict in zip(records, verdicts, strict=True):
         verdict["number"] = record.number
     return state.respond(model, "pull_request", verdicts)
@@ -535,26 +585,29 @@ async def score(request: Request, state: ServingState, model: Model) -> Response
 )
 async def score_features(request: Request, state: ServingState, model: Model) -> Response:
     """Score ready feature vectors (objects keyed by feature name), one or a list."""
-    vectors, _ = await state.read(request, _ONE_VECTOR, _VECTORS)
-    if not vectors:
-        return _json({"results": []})
-    names = model.scorer.feature_names
-    matrix = np.array([[getattr(v, n) for n in names] for v in vectors], dtype=np.float64)
-    verdicts = model.scorer.score_features(matrix)
+    with state.admission.request():
+        vectors, _ = await state.read(request, _ONE_VECTOR, _VECTORS)
+        if not vectors:
+            return _json({"results": []})
+        with state.admission.holding(len(vectors)):
+            names = model.scorer.feature_names
+            matrix = np.array([[getattr(v, n) for n in names] for v in vectors], dtype=np.float64)
+            verdicts = model.scorer.score_features(matrix)
     state.metrics.observe_features(matrix)
     return state.respond(model, "features", verdicts)
 
 
 def create_app(
     loader: Callable[[], LoadedModel],
-    max_batch: int = 1000,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    batch_wait_seconds: float = 0.001,
+    settings: ServingSettings | None = None,
     load_before_serving: bool = False,
+    probe_host: str | None = None,
 ) -> FastAPI:
     """``load_before_serving``: with several workers on one socket, a worker that has not
     loaded its model must not accept connections (its 503s would reach clients of a pod
-    that reports ready), so each worker loads before it starts serving."""
+    that reports ready), so each worker loads (retrying) before it starts serving.
+    ``probe_host``: where the probes' own listener binds (``settings.probe_port``)."""
+    settings = settings or ServingSettings()
     metrics = ServingMetrics()
 
     def on_loaded(model: LoadedModel) -> None:
@@ -563,21 +616,81 @@ def create_app(
         ).set(1)
         metrics.watch_drift(model.scorer)
 
-    holder = ModelHolder(loader, on_loaded)
+    holder = ModelHolder(
+        loader, on_loaded, settings.load_retry_initial_seconds, settings.load_retry_max_seconds
+    )
+    batcher = MicroBatcher(holder, settings.batch_wait_ms / 1000, metrics.observe_features)
+    admission = Admission(
+        settings.max_requests_in_flight,
+        settings.max_records_in_flight,
+        settings.retry_after_seconds,
+        on_shed=lambda reason: metrics.shed.labels(reason).inc(),
+    )
+
+    async def shed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """A scoring request refused by the server's protocol while admission is full."""
+        error = admission.refusal()
+        metrics.requests.labels(scope["method"], scope["path"], "429").inc()
+        body = _JSON.dump_json({"detail": str(error)})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(error.retry_after).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    connection_limits = ConnectionLimits(
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_connections=settings.max_connections,
+        on_cut=lambda reason: metrics.connections_cut.labels(reason).inc(),
+        admission=admission,
+        scoring_paths=frozenset(route.path for route in scoring.routes),  # type: ignore[attr-defined]
+        shed=shed,
+    )
+
+    heartbeat = Heartbeat()
+
+    def liveness() -> tuple[int, dict[str, str]]:
+        stalled = heartbeat.age()
+        if stalled > settings.liveness_stall_seconds:
+            return 503, {"detail": f"the event loop has not run for {stalled:.0f} s"}
+        return 200, {"status": "ok"}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        stop = threading.Event()
+        heartbeat.start(asyncio.get_running_loop())
+        listener = None
+        if settings.probe_port is not None:
+            listener = ProbeListener(
+                probe_host or "127.0.0.1",
+                settings.probe_port,
+                {"/healthz": liveness, "/readyz": lambda: readiness(holder)},
+            )
+            listener.start()
         if load_before_serving:
-            await asyncio.to_thread(holder.load)
+            await asyncio.to_thread(holder.load_until_loaded, stop)
         else:
-            threading.Thread(target=holder.load, name="model-loader", daemon=True).start()
-        yield
+            threading.Thread(
+                target=holder.load_until_loaded, args=(stop,), name="model-loader", daemon=True
+            ).start()
+        # the lifespan state reaches uvicorn's protocol (model_serving.connections)
+        yield {LIMITS_KEY: connection_limits}
+        stop.set()
+        heartbeat.stop()
+        if listener is not None:
+            listener.stop()
 
     app = FastAPI(title="Pull-request anomaly scoring", version="1", lifespan=lifespan)
-    batcher = MicroBatcher(holder, batch_wait_seconds, metrics.observe_features)
-    app.state.serving = Serving(holder, batcher, metrics, max_batch, max_body_bytes)
+    app.state.serving = Serving(
+        holder, batcher, metrics, admission, settings.max_batch, settings.max_body_bytes
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_exception_handler(BodyTooLarge, _body_too_large)
+    app.add_exception_handler(Overloaded, _overloaded)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.include_router(probes)
     app.include_router(scoring)
 
@@ -593,3 +706,29 @@ def create_app(
 
 async def _body_too_large(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status.HTTP_413_CONTENT_TOO_LARGE)
+
+
+async def _overloaded(request: Request, error: Exception) -> JSONResponse:
+    """Shed before the body is read: the connection stays usable (uvicorn skips the rest
+    of the body), and the client is told when to come back."""
+    assert isinstance(error, Overloaded)
+    return JSONResponse(
+        {"detail": str(error)},
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(error.retry_after)},
+    )
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    """The client hung up (or was cut off for sending too slowly) before its answer: not a
+    server error. One line, no traceback; counted under its own status (499, or 408 for a
+    cut). Nobody reads the answer."""
+    cut_off = request.scope.get(CUT_OFF_KEY)
+    log.info(
+        "client %s before its answer: %s %s",
+        f"cut off ({cut_off})" if cut_off else "disconnected",
+        request.method,
+        request.url.path,
+    )
+    code = status.HTTP_408_REQUEST_TIMEOUT if cut_off else CLIENT_CLOSED
+    return Response(status_code=code)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import sys
 import tempfile
 
 from pipeline_common.cli import run_stage
 from pipeline_common.logging import configure_logging
-from pipeline_common.settings import load_settings
+from pipeline_common.settings import ConfigError, load_settings
 from pipeline_common.vault import load_stage_secret
 
 STAGE = "model-serving"
 # Set for worker processes (spawned by uvicorn when --workers > 1) to configure logging.
 _WORKER_LOG_LEVEL = "MODEL_SERVING_WORKER_LOG_LEVEL"
+_WORKER_HOST = "MODEL_SERVING_WORKER_HOST"  # where their probe listener binds
 
 
-def build_app():
+def build_app(host: str | None = None):
     """The app of one server process: settings, Vault secret, model loader (runs per worker)."""
     from model_serving.app import create_app
     from model_serving.model_source import load_model
@@ -29,13 +31,32 @@ def build_app():
     settings = load_settings(ServingSettings)
     secret = load_stage_secret(ServingSecret)
     reference = settings.model_reference(secret.model_name)
+    # One attempt to load is a few seconds, not MLflow's minutes of retries: the app
+    # retries the whole load itself, and /readyz says why meanwhile.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_request_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault(
+        "MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.mlflow_request_timeout_seconds)
+    )
     return create_app(
         lambda: load_model(secret.mlflow_tracking_uri, reference),
-        max_batch=settings.max_batch,
-        max_body_bytes=settings.max_body_bytes,
-        batch_wait_seconds=settings.batch_wait_ms / 1000,
+        settings,
         load_before_serving=settings.workers > 1,
+        probe_host=host or os.environ.get(_WORKER_HOST),
     )
+
+
+def set_open_files_limit(wanted: int) -> None:
+    """Raise (or lower) this process's soft descriptor limit to ``wanted``: the connection
+    limit is sized below it, whatever limit the container runtime gave."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        raise ConfigError(
+            f"SERVING_OPEN_FILES_LIMIT is {wanted}, above this process's hard limit {hard}: "
+            "lower it (and SERVING_MAX_CONNECTIONS) or raise the container's nofile limit"
+        )
+    if soft != wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve pull-request anomaly scores. The MLflow connection comes from the "
         "stage's Vault secret (VAULT_* variables); SERVING_MODEL_ALIAS or SERVING_MODEL_URI "
         "picks the model; SERVING_WORKERS, SERVING_MAX_BATCH, SERVING_MAX_BODY_BYTES, "
-        "SERVING_GRACEFUL_SHUTDOWN_SECONDS tune the server.",
+        "SERVING_GRACEFUL_SHUTDOWN_SECONDS, the admission bounds (SERVING_MAX_*_IN_FLIGHT), "
+        "the connection limits and timeouts (README: model-serving) tune the server.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -61,19 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     def serve() -> None:
         import uvicorn
 
+        from model_serving.connections import PROTOCOL
         from model_serving.settings import ServingSecret, ServingSettings
 
         overrides = {"workers": args.workers} if args.workers else {}
         settings = load_settings(ServingSettings, **overrides)
+        set_open_files_limit(settings.open_files_limit)
         common = {
             "host": args.host,
             "port": args.port,
             "log_config": None,
             "access_log": False,  # /metrics counts every request; a log line each costs ~10%
             "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+            "timeout_keep_alive": settings.keep_alive_seconds,
+            "http": PROTOCOL,  # header and body deadlines, a connection limit
+            "backlog": settings.backlog,
         }
         if settings.workers == 1:
-            app = build_app()
+            app = build_app(args.host)
             # uvicorn drains the requests in flight on SIGTERM, then re-raises the signal to
             # the handler it found: a no-op one makes that asked-for stop exit 0, as the
             # multi-worker supervisor does.
@@ -87,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="model-serving-metrics-")
         )
         os.environ[_WORKER_LOG_LEVEL] = args.log_level
+        os.environ[_WORKER_HOST] = args.host
         uvicorn.run("model_serving.cli:build_app", factory=True, workers=settings.workers, **common)
 
     return run_stage(STAGE, serve, log_level=args.log_level)

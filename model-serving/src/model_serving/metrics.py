@@ -40,6 +40,9 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+# nginx's code for a client that closed the connection before its answer: a 4xx, so not
+# in the analysis' error rate (status=~"5.."), and apart from the answers actually sent
+CLIENT_CLOSED = 499
 UNMATCHED_ROUTE = "unmatched"  # 404s: one label value, not one per probed path
 DRIFT_WINDOW = 1000  # the last records scored, per process
 
@@ -101,6 +104,19 @@ class ServingMetrics:
             "records in the drift window (the PSI means little over a few)",
             registry=self.registry,
             multiprocess_mode="max",
+        )
+        self.shed = Counter(
+            "model_serving_shed_requests_total",
+            "scoring requests refused (429) by admission control, by the bound reached",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.connections_cut = Counter(
+            "model_serving_connections_cut_total",
+            "client connections closed by the server: header_timeout, body_timeout, evicted "
+            "(the longest-waiting one, to make room at the connection limit), refused",
+            ("reason",),
+            registry=self.registry,
         )
         self.drift: DriftWindow | None = None
         self._scored = 0

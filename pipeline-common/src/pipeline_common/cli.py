@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from pipeline_common.logging import configure_logging
+from pipeline_common.redaction import redact_credentials
 from pipeline_common.settings import ConfigError
 from pipeline_common.vault import VaultError
 
@@ -28,21 +30,41 @@ def run_stage(
     failures end with one clear line and a distinct exit code rather than a traceback."""
     configure_logging(stage, log_level)
     try:
-        # stdout carries only the summary; libraries that print (MLflow does) go to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
+        # stdout carries only the summary; libraries that print (MLflow does, a "View run
+        # at" line with the tracking URI) go to stderr, credentials redacted.
+        with contextlib.redirect_stdout(RedactingStream(sys.stderr)):
             summary = job()
     except ConfigError as error:
-        print(f"{stage}: configuration error: {error}", file=sys.stderr)
+        print(redact_credentials(f"{stage}: configuration error: {error}"), file=sys.stderr)
         return EXIT_CONFIG
     except VaultError as error:
-        print(f"{stage}: Vault error: {error}", file=sys.stderr)
+        print(redact_credentials(f"{stage}: Vault error: {error}"), file=sys.stderr)
         return EXIT_VAULT
     except StageError as error:
-        print(f"{stage}: {error}", file=sys.stderr)
+        print(redact_credentials(f"{stage}: {error}"), file=sys.stderr)
         return error.exit_code
     if summary is not None:
-        print(json.dumps(summary, default=str, indent=2))
+        print(redact_credentials(json.dumps(summary, default=str, indent=2)))
     return EXIT_OK
+
+
+class RedactingStream(io.TextIOBase):
+    """Writes to ``stream`` with the credentials of any URI redacted (a library writes a
+    line at a time, so a URI is not split across writes)."""
+
+    def __init__(self, stream: IO[str]):
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact_credentials(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
 
 
 class StageError(RuntimeError):

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import IO
 
+from pipeline_common.redaction import redact_credentials
+
 # Attributes every LogRecord has; anything else was passed through ``extra=``.
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -37,6 +39,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's lines with the credentials of any URI in them redacted: a
+    library's message or an exception may quote a tracking URI read from Vault."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_credentials(self.inner.format(record))
+
+
 def configure_logging(
     stage: str,
     level: str | int = "INFO",
@@ -50,13 +64,13 @@ def configure_logging(
         json_logs = not stream.isatty()
     if json_logs:
         handler: logging.Handler = logging.StreamHandler(stream)
-        handler.setFormatter(JsonFormatter(stage))
+        handler.setFormatter(RedactingFormatter(JsonFormatter(stage)))
     else:
         from rich.console import Console
         from rich.logging import RichHandler
 
         handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter(f"[{stage}] %(message)s"))
+        handler.setFormatter(RedactingFormatter(logging.Formatter(f"[{stage}] %(message)s")))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

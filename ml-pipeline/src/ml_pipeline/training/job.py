@@ -32,6 +32,7 @@ from ml_pipeline.training.tracking import (
     register_challenger,
 )
 from pipeline_common.cli import StageError
+from pipeline_common.redaction import redact_credentials
 from pipeline_contracts.registry import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ class TrainingJob:
             return {
                 "stage": "ml-training",
                 "mlflow_run_id": run.info.run_id,
-                "tracking_uri": self.secret.mlflow_tracking_uri,
+                # the summary is printed and stored (make run's state.json): no credentials
+                "tracking_uri": redact_credentials(self.secret.mlflow_tracking_uri),
                 "model_name": name,
                 "model_version": version,
                 "alias": CHALLENGER,

@@ -114,7 +114,7 @@ def _ready(record: ProcessRecord, colour: str, model: ModelReference) -> bool:
         detail = ready.json().get("detail")
     except (requests.RequestException, ValueError):
         return False
-    if load_failed(detail):  # it will not recover
+    if load_failed(detail):  # a pinned model that fails to load is not one to promote
         raise PromotionError(f"{SERVING.name} ({colour}, {model}) cannot serve: {detail}")
     return False
 

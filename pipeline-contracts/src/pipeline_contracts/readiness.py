@@ -1,6 +1,8 @@
 """What model-serving's ``/readyz`` answers, and what a caller (promotion, a probe) reads
 from it: 200 ``{"status": "ready", "model_version": ...}``; 503 with ``detail`` either
-:data:`MODEL_LOADING` (wait) or the load's error (it will not recover: stop waiting)."""
+:data:`MODEL_LOADING` (wait) or the last load's error (the server keeps retrying with a
+backoff, so a transient cause such as MLflow restarting clears by itself; a caller for whom
+any failed load is final, such as a promotion, stops waiting)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@
 # Debian's prometheus 2.42 package is compiled without Kubernetes service discovery.)
 # nftables: the launcher reads and restores the host's nft tables (a fresh machine has no nft).
 set -euo pipefail
+# shellcheck source=lib/as-root.sh
+source "$(dirname "$0")/lib/as-root.sh"
 packages=(containerd runc containernetworking-plugins iptables nftables openssl iproute2 git)
 missing=()
 for package in "${packages[@]}"; do
@@ -21,9 +23,10 @@ echo "cluster packages: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 policy=/usr/sbin/policy-rc.d
 if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\n# put here by install-cluster-packages.sh: start no service\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\n# put here by install-cluster-packages.sh: start no service\nexit 101\n' |
+        as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    trap 'as_root rm -f "$policy"' EXIT
 fi
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+as_root apt-get update -q
+as_root apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -194,6 +194,74 @@ def test_stage_workflow_triggers_fail_on_one_bump_group_for_all_images(repo: Pat
     _fails(repo, "stage-workflow-triggers", "job bump: concurrency group 'bump-${{ github.ref }}'")
 
 
+def test_stage_workflow_triggers_fail_on_a_pin_pushed_with_github_token(repo: Path):
+    # the defect as it was: the promotion pull request never saw the bump commits' checks
+    _edit(
+        repo / ".github/workflows/stage-image.yml",
+        "GH_TOKEN: ${{ steps.app-token.outputs.token }}",
+        "GH_TOKEN: ${{ secrets.GITHUB_TOKEN }}",
+    )
+    _fails(repo, "stage-workflow-triggers", "pushes the pin with GITHUB_TOKEN")
+
+
+def test_workflow_paths_fail_to_cover_the_manifest_that_runs_the_image(repo: Path):
+    _edit(
+        repo / ".github/workflows/ml-training.yml",
+        "      - argo-apps/base/ml-training-*.yaml\n",
+        "",
+    )
+    _fails(
+        repo,
+        "workflow-paths-cover-inputs",
+        "does not cover argo-apps/base/ml-training-cronjob.yaml (the manifest the image test",
+    )
+
+
+def test_pins_rebuild_nothing_fails_on_a_workflow_that_builds_on_any_manifest(repo: Path):
+    # the defect as it was: every pin under argo-apps/base rebuilt and re-pinned five images
+    _edit(
+        repo / ".github/workflows/model-serving.yml",
+        "      - argo-apps/base/model-serving-*.yaml\n",
+        "      - argo-apps/base/**\n",
+    )
+    problems = run_checks(_tree(repo), ["pins-rebuild-nothing"])["pins-rebuild-nothing"]
+    assert {p.split(" selects ")[1].split(",")[0] for p in problems} == {
+        "argo-apps/base/kustomization.yaml",
+        "argo-apps/base/model-serving-model.env",
+    }, problems
+
+
+def test_pins_rebuild_nothing_fails_on_a_stage_workflow_without_paths(repo: Path):
+    text = (repo / ".github/workflows/data-fetch.yml").read_text(encoding="utf-8")
+    start = text.index("    paths: &paths")
+    end = text.index("  # Not on main")
+    unfiltered = text[:start] + "    branches: [main]\n" + text[end:]
+    unfiltered = unfiltered.replace("    paths: *paths\n", "")
+    (repo / ".github/workflows/data-fetch.yml").write_text(unfiltered, encoding="utf-8")
+    _fails(repo, "pins-rebuild-nothing", "data-fetch.yml: pull_request has no paths: filter")
+
+
+def test_hosted_runner_steps_fail_on_make_test_without_sudo(repo: Path):
+    # the defect as it was: ci.yml ran `make test` as the runner's user, which cannot start
+    # the engine or the cluster, on every pull request
+    _edit(repo / ".github/workflows/ci.yml", "run: make test-checks", "run: make test")
+    _fails(repo, "hosted-runner-steps", "ci.yml: job checks, step 'lint, validate")
+
+
+def test_hosted_runner_steps_fail_on_a_cluster_target_without_sudo(repo: Path):
+    _edit(
+        repo / ".github/workflows/ci.yml",
+        'run: sudo --preserve-env=PR_ANOMALY_CACHE env "PATH=$PATH" make test',
+        "run: make setup && PR_ANOMALY_CACHE=/tmp/cache make cluster-run",
+    )
+    _fails(repo, "hosted-runner-steps", "make cluster-run needs root")
+
+
+def test_hosted_runner_steps_fail_on_apt_get_without_sudo(repo: Path):
+    _edit(repo / ".github/workflows/ci.yml", "run: make test-checks", "run: apt-get install -y jq")
+    _fails(repo, "hosted-runner-steps", "apt-get without sudo")
+
+
 def test_dockerfile_copy_fails_on_a_missing_source(repo: Path):
     _edit(repo / "data-fetch/Dockerfile", "COPY data/samples", "COPY data/sample")
     _fails(repo, "dockerfile-copy-sources-exist", "data/sample ")

@@ -45,8 +45,11 @@ STAGE_WORKFLOW_INPUTS = {
     "requirements/dev.txt": "the lock make setup installs for lint and tests",
     ".dockerignore": "what the build context leaves out",
     "ops/src/pipeline_ops/images": "the image test",
-    "argo-apps/base": "the manifests the image test runs the image as",
 }
+# GitHub-hosted runners (a job's `runs-on`) run steps as an unprivileged user with sudo.
+HOSTED_RUNNERS = re.compile(r"(ubuntu|windows|macos)-")
+# The Makefile's marker prerequisite of the targets that need root (see its `as-root`).
+ROOT_MARKER = "as-root"
 # The one cancel-in-progress a stage workflow may have: a newer push to a pull request cancels
 # its older run; a push to staging's run is never cancelled.
 PULL_REQUESTS_ONLY = "${{ github.event_name == 'pull_request' }}"
@@ -216,6 +219,9 @@ def workflow_paths_cover_inputs(tree: RepoTree) -> list[str]:
         for call in calls:
             dockerfile = str(call.get("dockerfile"))
             inputs.setdefault(dockerfile, (f"the Dockerfile of {call.get('image')}", False))
+            for manifest in _manifests_running(tree, str(call.get("image"))):
+                why = f"the manifest the image test runs {call.get('image')} as"
+                inputs.setdefault(manifest, (why, False))
             if (tree.root / dockerfile).is_file():
                 for source in _copy_sources(tree.root / dockerfile):
                     inputs.setdefault(source, (f"COPY source of {dockerfile}", True))
@@ -237,6 +243,72 @@ def workflow_paths_cover_inputs(tree: RepoTree) -> list[str]:
                         f"{tree.rel(path)}: the {event} paths: filter does not cover {name} "
                         f"({why}): a change to {uncovered} would not run the workflow"
                     )
+    return problems
+
+
+def pins_rebuild_nothing(tree: RepoTree) -> list[str]:
+    """No stage workflow runs on a pin: a commit that only pins an image (the `images:` list
+    of kustomization.yaml) or a model (a configMapGenerator's env file) builds no image.
+
+    Otherwise each bump commit rebuilds and re-pins every image, and a one-line model pin
+    starts five builds and a second Rollout revision in the middle of an analysis. A stage
+    workflow selects its own manifests by name instead of all of argo-apps/base.
+    """
+    pins = [(BASE / "kustomization.yaml").as_posix()]
+    for generator in tree.kustomization.get("configMapGenerator") or []:
+        pins += [(BASE / env).as_posix() for env in generator.get("envs") or []]
+    problems = []
+    for path, workflow in tree.workflows().items():
+        if not stage_image_calls(workflow):
+            continue
+        for event, spec in workflow_triggers(workflow).items():
+            if event not in ("push", "pull_request"):
+                continue
+            filters = spec.get("paths") if isinstance(spec, dict) else None
+            if filters is None:
+                problems.append(
+                    f"{tree.rel(path)}: {event} has no paths: filter, so every pin commit "
+                    "rebuilds and re-pins its images; list the stage's inputs"
+                )
+                continue
+            for pin in pins:
+                if _filtered_in(pin, filters):
+                    problems.append(
+                        f"{tree.rel(path)}: the {event} paths: filter selects {pin}, so every "
+                        "pin commit rebuilds and re-pins its images; select the stage's own "
+                        f"manifests ({BASE}/STAGE-*.yaml) instead"
+                    )
+    return problems
+
+
+def hosted_runner_steps(tree: RepoTree) -> list[str]:
+    """A job on a GitHub-hosted runner runs as the runner's own user: a step that runs a make
+    target needing root (the Makefile's `as-root` ones: the engine, the cluster) or apt-get
+    without sudo fails there, so every pull request would fail its required check."""
+    root_targets = makefile_root_targets(tree.root / "Makefile")
+    problems = []
+    for path, workflow in tree.workflows().items():
+        for name, job in (workflow.get("jobs") or {}).items():
+            labels = job.get("runs-on")
+            labels = [labels] if isinstance(labels, str) else list(labels or [])
+            if not any(HOSTED_RUNNERS.match(str(label)) for label in labels):
+                continue
+            for step in job.get("steps") or []:
+                for command in _shell_commands(str(step.get("run") or "")):
+                    if not command or command[0] == "sudo":
+                        continue
+                    where = f"{tree.rel(path)}: job {name}, step {step.get('name', command[0])!r}"
+                    if "apt-get" in command:
+                        problems.append(f"{where}: apt-get without sudo (the runner is no root)")
+                    if "make" in command:
+                        after = command[command.index("make") + 1 :]
+                        needing = [t for t in after if t in root_targets]
+                        if needing:
+                            problems.append(
+                                f"{where}: make {' '.join(needing)} needs root (the Makefile's "
+                                f"{ROOT_MARKER}) and the runner's user is not: run it as "
+                                '`sudo env "PATH=$PATH" make ...`, or run a target without root'
+                            )
     return problems
 
 
@@ -270,12 +342,22 @@ def stage_workflow_triggers(tree: RepoTree) -> list[str]:
     if stage_image.is_file():
         jobs = load_yaml(stage_image).get("jobs") or {}
         for name, job in jobs.items():
-            if (job.get("permissions") or {}).get("contents") != "write":
-                continue  # only the bump job writes to the repository
-            concurrency = _concurrency(job)
+            steps = json.dumps(job.get("steps") or [])
             where = f"{WORKFLOWS / STAGE_IMAGE_WORKFLOW}: job {name}"
-            if "ops/scripts/pin-image-digest.sh" not in json.dumps(job.get("steps") or []):
-                problems.append(f"{where}: pins digests without ops/scripts/pin-image-digest.sh")
+            if (job.get("permissions") or {}).get("contents") == "write":
+                problems.append(
+                    f"{where}: GITHUB_TOKEN may write contents; the pin is pushed with the "
+                    "delivery App's token and no job needs more than contents: read"
+                )
+            if "ops/scripts/pin-image-digest.sh" not in steps:
+                continue  # only the bump job pushes to the repository
+            if "secrets.GITHUB_TOKEN" in steps:
+                problems.append(
+                    f"{where}: pushes the pin with GITHUB_TOKEN, whose pushes start no workflow "
+                    "run: the promotion pull request would keep an older head's checks; push "
+                    "with the delivery App's token (actions/create-github-app-token)"
+                )
+            concurrency = _concurrency(job)
             if "inputs.image" not in str(concurrency.get("group", "")):
                 problems.append(
                     f"{where}: concurrency group {concurrency.get('group')!r} is not per image "
@@ -434,6 +516,8 @@ CHECKS: dict[str, Check] = {
     "workflow-paths-exist": workflow_paths_exist,
     "workflow-paths-cover-inputs": workflow_paths_cover_inputs,
     "stage-workflow-triggers": stage_workflow_triggers,
+    "pins-rebuild-nothing": pins_rebuild_nothing,
+    "hosted-runner-steps": hosted_runner_steps,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
     "vault-contract": vault_contract,
@@ -561,6 +645,53 @@ def _glob_regex(pattern: str) -> str:
     parts = re.split(r"(\*\*/?|\*|\?)", pattern)
     translate = {"**": ".*", "**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}
     return "".join(translate.get(part, re.escape(part)) for part in parts)
+
+
+def _manifests_running(tree: RepoTree, image: str) -> list[str]:
+    """The files of argo-apps/base whose objects run ``image`` (by its name in the images:
+    list, as the manifests write it before kustomize sets the reference)."""
+    found = []
+    for path in sorted((tree.root / BASE).glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        documents = yaml.load_all(path.read_text(encoding="utf-8"), Loader=YAML_LOADER)
+        if any(node.get("image") == image for doc in documents for node in walk_nodes(doc)):
+            found.append(tree.rel(path))
+    return found
+
+
+def makefile_root_targets(makefile: Path) -> set[str]:
+    """The targets that need root: those with the marker prerequisite, and every target that
+    depends on one of them."""
+    prerequisites: dict[str, list[str]] = {}
+    rule = re.compile(r"^([a-z][a-z0-9-]*):(?!=)([^#]*)")
+    for line in makefile.read_text(encoding="utf-8").splitlines():
+        match = rule.match(line)
+        if match:
+            words = match.group(2).replace("|", " ").split()
+            prerequisites.setdefault(match.group(1), []).extend(words)
+    needing = {ROOT_MARKER}
+    changed = True
+    while changed:
+        changed = False
+        for target, needs in prerequisites.items():
+            if target not in needing and needing.intersection(needs):
+                needing.add(target)
+                changed = True
+    return needing - {ROOT_MARKER}
+
+
+def _shell_commands(script: str) -> Iterator[list[str]]:
+    """The simple commands of a step's `run:` script, as words (a rough split on ; && || |
+    and newlines, enough to see which program each one starts)."""
+    for part in re.split(r"\n|;|&&|\|\||\|", script):
+        try:
+            words = shlex.split(part, comments=True)
+        except ValueError:
+            words = part.split()
+        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+            words = words[1:]  # VAR=value before the program
+        yield words
 
 
 def _concurrency(node: dict[Any, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Argo Rollouts for real (the controller in the cluster, the kubectl plugin on the host): a
 blue/green Rollout waits on preview and is promoted with `kubectl argo rollouts promote`; an
 AnalysisRun's `web` and `job` metrics pass against a healthy target and fail against a
-broken one."""
+broken one; model-serving's disruption budget keeps an active pod through a drain."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import json
 import subprocess
 
 import pytest
+import yaml
 from kube_namespace import Namespace, container, wait_for
+
+from pipeline_ops.base.errors import CommandError
+from pipeline_ops.paths import PROJECT_ROOT
+
+BASE = PROJECT_ROOT / "argo-apps" / "base"
 
 pytestmark = pytest.mark.cluster
 
@@ -176,3 +182,95 @@ def test_an_analysis_run_fails_on_a_broken_target(ns: Namespace) -> None:
     assert status["phase"] in ("Failed", "Error"), status
     job = next(m for m in status["metricResults"] if m["name"] == "target-answers")
     assert job["phase"] == "Failed", status
+
+
+def _evict(ns: Namespace, pod: str) -> bool:
+    """Ask the Eviction API to evict ``pod`` (what a node drain does): True if it was
+    evicted, False if a disruption budget refused it."""
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": ns.name},
+    }
+    try:
+        ns.kubectl(
+            "create", "--raw", f"/api/v1/namespaces/{ns.name}/pods/{pod}/eviction", "-f", "-",
+            stdin=json.dumps(eviction),
+        )  # fmt: skip
+    except CommandError as error:
+        assert "disruption budget" in str(error), error
+        return False
+    return True
+
+
+def test_a_drain_during_blue_green_keeps_an_active_serving_pod(ns: Namespace) -> None:
+    """model-serving's PodDisruptionBudget, as shipped, over a paused blue/green: two active
+    and two preview pods match it; evicting the active ones one after another (a drain) is
+    refused at the second, so the active Service keeps a pod."""
+    shipped = yaml.safe_load((BASE / "model-serving-pdb.yaml").read_text())
+    labels = {"app.kubernetes.io/name": "model-serving"}
+    assert shipped["spec"]["selector"]["matchLabels"] == labels
+    services = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+        for name in ("serving-active", "serving-preview")
+    ]
+    server = container("serving", ["serve", "8080"])
+    # a replacement pod is not ready for a while, as a model-serving pod loading its model
+    server["readinessProbe"] = {
+        "httpGet": {"path": "/", "port": 8080},
+        "initialDelaySeconds": 20,
+        "periodSeconds": 2,
+    }
+    rollout = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "serving"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [server]}},
+            "strategy": {
+                "blueGreen": {
+                    "activeService": "serving-active",
+                    "previewService": "serving-preview",
+                    "autoPromotionEnabled": False,
+                }
+            },
+        },
+    }
+    ns.apply(*services, rollout, shipped)
+
+    def status() -> dict:
+        return ns.get("rollout", "serving").get("status", {})
+
+    blue = wait_for(
+        "Healthy", lambda: (s := status()).get("phase") == "Healthy" and s.get("stableRS"), 180
+    )
+    server["env"] = [{"name": "COLOR", "value": "green"}]
+    ns.apply(rollout)
+    wait_for(
+        "Paused with green on preview",
+        lambda: (s := status()).get("phase") == "Paused" and s.get("currentPodHash") != blue,
+        180,
+    )
+    wait_for(
+        "the budget counting four healthy pods (two active, two preview)",
+        lambda: ns.get("pdb", "model-serving").get("status", {}).get("currentHealthy") == 4,
+        120,
+    )
+    active = ns.kubectl(
+        "get", "pods", "-l", f"rollouts-pod-template-hash={blue}",
+        "-o", "jsonpath={.items[*].metadata.name}",
+    ).split()  # fmt: skip
+    assert len(active) == 2
+    assert _evict(ns, active[0])
+    assert not _evict(ns, active[1]), "both active pods evicted: the active Service has none"
+    endpoints = ns.kubectl(
+        "get", "endpoints", "serving-active", "-o", "jsonpath={.subsets[*].addresses[*].ip}"
+    ).split()
+    assert endpoints, "the active Service lost every endpoint during the drain"

@@ -262,6 +262,41 @@ def test_hosted_runner_steps_fail_on_apt_get_without_sudo(repo: Path):
     _fails(repo, "hosted-runner-steps", "apt-get without sudo")
 
 
+def test_pod_security_fails_on_a_namespace_that_does_not_enforce_restricted(repo: Path):
+    _edit(
+        repo / "argo-apps/base/namespace.yaml",
+        "pod-security.kubernetes.io/enforce: restricted",
+        "pod-security.kubernetes.io/enforce: baseline",
+    )
+    _fails(repo, "pod-security-restricted", "no label pod-security.kubernetes.io/enforce")
+
+
+def test_pod_security_fails_on_a_container_that_may_escalate(repo: Path):
+    _edit(
+        repo / "argo-apps/base/data-fetch-cronjob.yaml",
+        "allowPrivilegeEscalation: false",
+        "allowPrivilegeEscalation: true",
+    )
+    _fails(
+        repo,
+        "pod-security-restricted",
+        "CronJob/data-fetch: container data-fetch must set allowPrivilegeEscalation: false",
+    )
+
+
+def test_pod_security_fails_on_a_spark_executor_without_seccomp(repo: Path):
+    path = repo / "argo-apps/base/spark-preprocess-scheduledsparkapplication.yaml"
+    text = path.read_text(encoding="utf-8")
+    executor = text.index("    executor:")
+    cut = text.index("        seccompProfile:\n          type: RuntimeDefault\n", executor)
+    path.write_text(
+        text[:cut]
+        + text[cut:].replace("        seccompProfile:\n          type: RuntimeDefault\n", "", 1),
+        encoding="utf-8",
+    )
+    _fails(repo, "pod-security-restricted", "(executor): container executor needs a RuntimeDefault")
+
+
 def test_dockerfile_copy_fails_on_a_missing_source(repo: Path):
     _edit(repo / "data-fetch/Dockerfile", "COPY data/samples", "COPY data/sample")
     _fails(repo, "dockerfile-copy-sources-exist", "data/sample ")

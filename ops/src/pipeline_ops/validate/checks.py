@@ -46,6 +46,12 @@ STAGE_WORKFLOW_INPUTS = {
     ".dockerignore": "what the build context leaves out",
     "ops/src/pipeline_ops/images": "the image test",
 }
+# Pod Security admission: what our namespace enforces, warns about and audits.
+POD_SECURITY_MODES = ("enforce", "warn", "audit")
+RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+}  # fmt: skip
 # GitHub-hosted runners (a job's `runs-on`) run steps as an unprivileged user with sudo.
 HOSTED_RUNNERS = re.compile(r"(ubuntu|windows|macos)-")
 # The Makefile's marker prerequisite of the targets that need root (see its `as-root`).
@@ -312,6 +318,33 @@ def hosted_runner_steps(tree: RepoTree) -> list[str]:
     return problems
 
 
+def pod_security_restricted(tree: RepoTree) -> list[str]:
+    """Our namespace enforces Pod Security's `restricted` profile, and every pod the base
+    runs meets it, so the API server admits them all (it refuses a pod that does not meet
+    it: `tests/pipeline_ops/cluster/test_pod_security.py`). The rules checked here are the
+    profile's, read from its definition for Kubernetes 1.34: no host namespaces, ports or
+    paths, nothing privileged, only the restricted volume types, non-root, no privilege
+    escalation, every capability dropped (NET_BIND_SERVICE alone may be added back), and a
+    RuntimeDefault or Localhost seccomp profile. The Spark Operator's driver and executor
+    specs are checked the same way (its webhook puts them on the pods)."""
+    problems = []
+    namespaces = [o for o in tree.base_objects if o["kind"] == "Namespace"]
+    for namespace in namespaces:
+        labels = namespace["metadata"].get("labels") or {}
+        for mode in POD_SECURITY_MODES:
+            if labels.get(f"pod-security.kubernetes.io/{mode}") != "restricted":
+                problems.append(
+                    f"Namespace {namespace['metadata']['name']}: no label "
+                    f"pod-security.kubernetes.io/{mode}: restricted"
+                )
+    if not namespaces:
+        problems.append(f"{BASE} has no Namespace to carry the Pod Security labels")
+    for obj in tree.base_objects:
+        for where, pod, containers in _pod_specs(obj):
+            problems += [f"{_name(obj)}{where}: {p}" for p in _restricted_breaks(pod, containers)]
+    return problems
+
+
 def stage_workflow_triggers(tree: RepoTree) -> list[str]:
     """Images are built on pull requests and pushes to staging, and no push's bump is lost.
 
@@ -517,6 +550,7 @@ CHECKS: dict[str, Check] = {
     "workflow-paths-cover-inputs": workflow_paths_cover_inputs,
     "stage-workflow-triggers": stage_workflow_triggers,
     "pins-rebuild-nothing": pins_rebuild_nothing,
+    "pod-security-restricted": pod_security_restricted,
     "hosted-runner-steps": hosted_runner_steps,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
@@ -569,6 +603,61 @@ def _containers(objects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
                 image = spec.get(role, {}).get("image", spec.get("image"))
                 if image:
                     yield {"name": f"{obj['metadata']['name']}-{role}", "image": image}
+
+
+def _pod_specs(
+    obj: dict[str, Any],
+) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """Every pod an object runs, as (where, pod-level security fields, containers): pod
+    templates wherever they are (a mapping with `containers`), and the Spark Operator's
+    driver and executor (`podSecurityContext` and `securityContext` on the role)."""
+    for node in walk_nodes(obj):
+        if isinstance(node.get("containers"), list):
+            containers = [*node["containers"], *(node.get("initContainers") or [])]
+            yield "", node, containers
+    if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
+        spec = obj["spec"].get("template", obj["spec"])
+        for role in ("driver", "executor"):
+            part = spec.get(role) or {}
+            pod = {"securityContext": part.get("podSecurityContext") or {}}
+            pod["volumes"] = spec.get("volumes") or []
+            yield f" ({role})", pod, [{"name": role, **part}]
+
+
+def _restricted_breaks(pod: dict[str, Any], containers: list[dict[str, Any]]) -> list[str]:
+    """How one pod breaks the `restricted` profile (empty: it meets it)."""
+    breaks = []
+    context = pod.get("securityContext") or {}
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            breaks.append(f"{field} is not allowed")
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            breaks.append(f"volume {volume.get('name')} of type {', '.join(sorted(kinds))}")
+    pod_seccomp = (context.get("seccompProfile") or {}).get("type")
+    for container in containers:
+        name = f"container {container.get('name')}"
+        own = container.get("securityContext") or {}
+        if own.get("privileged"):
+            breaks.append(f"{name} is privileged")
+        if own.get("allowPrivilegeEscalation") is not False:
+            breaks.append(f"{name} must set allowPrivilegeEscalation: false")
+        if not own.get("runAsNonRoot", context.get("runAsNonRoot")):
+            breaks.append(f"{name} must run as non-root (runAsNonRoot: true)")
+        if 0 in (own.get("runAsUser"), context.get("runAsUser")):
+            breaks.append(f"{name} runs as uid 0")
+        capabilities = own.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            breaks.append(f"{name} must drop ALL capabilities")
+        if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            breaks.append(f"{name} adds capabilities {capabilities['add']}")
+        seccomp = (own.get("seccompProfile") or {}).get("type", pod_seccomp)
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            breaks.append(f"{name} needs a RuntimeDefault (or Localhost) seccomp profile")
+        if any(port.get("hostPort") for port in container.get("ports") or []):
+            breaks.append(f"{name} uses a host port")
+    return breaks
 
 
 def _service_accounts(obj: dict[str, Any]) -> Iterator[str]:

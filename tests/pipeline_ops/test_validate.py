@@ -297,6 +297,30 @@ def test_pod_security_fails_on_a_spark_executor_without_seccomp(repo: Path):
     _fails(repo, "pod-security-restricted", "(executor): container executor needs a RuntimeDefault")
 
 
+def test_service_account_tokens_fail_on_executors_sharing_the_drivers_identity(repo: Path):
+    # the defect as it was: executors ran as the driver, which may create pods, with a token
+    _edit(
+        repo / "argo-apps/base/spark-preprocess-scheduledsparkapplication.yaml",
+        "serviceAccount: spark-preprocess-executor",
+        "serviceAccount: spark-preprocess",
+    )
+    _fails(repo, "service-account-tokens", "the executors run as spark-preprocess, which may")
+
+
+def test_service_account_tokens_fail_on_an_unbound_identity_that_mounts_a_token(repo: Path):
+    _edit(repo / "argo-apps/base/serviceaccounts.yaml", "automountServiceAccountToken: false\n", "")
+    _fails(repo, "service-account-tokens", "ServiceAccount spark-preprocess-executor: neither")
+
+
+def test_service_account_tokens_fail_on_a_pod_with_the_default_identitys_token(repo: Path):
+    _edit(
+        repo / "argo-apps/base/model-serving-analysistemplates.yaml",
+        "automountServiceAccountToken: false",
+        "automountServiceAccountToken: true",
+    )
+    _fails(repo, "service-account-tokens", "model-serving-pre-promotion: runs as the namespace")
+
+
 def test_dockerfile_copy_fails_on_a_missing_source(repo: Path):
     _edit(repo / "data-fetch/Dockerfile", "COPY data/samples", "COPY data/sample")
     _fails(repo, "dockerfile-copy-sources-exist", "data/sample ")

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from pipeline_ops.stages import STAGE_NAMES
+from pipeline_ops.stages import STAGE_NAMES, STAGES
 from pipeline_ops.validate.tree import (
     ARGOCD,
     BASE,
@@ -345,6 +345,55 @@ def pod_security_restricted(tree: RepoTree) -> list[str]:
     return problems
 
 
+def service_account_tokens(tree: RepoTree) -> list[str]:
+    """Only an identity that needs a token mounts one: a stage's (its pods log in to Vault
+    with it, ops/vault/stages.yaml) or one a RoleBinding gives API rights (the Spark driver's).
+    Every other ServiceAccount sets `automountServiceAccountToken: false`, and so does every
+    pod that runs under the namespace's `default` one (the load gate)."""
+    stage_identities = {s.service_account for s in STAGES}
+    bound = {
+        subject.get("name")
+        for obj in tree.base_objects
+        if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        for subject in obj.get("subjects") or []
+        if subject.get("kind") == "ServiceAccount"
+    }
+    problems = []
+    for obj in tree.base_objects:
+        name = obj["metadata"]["name"]
+        mounts_token = obj.get("automountServiceAccountToken") is not False
+        if (
+            obj["kind"] == "ServiceAccount"
+            and name not in stage_identities | bound
+            and mounts_token
+        ):
+            problems.append(
+                f"ServiceAccount {name}: neither a stage's Vault identity nor bound to a "
+                "Role, yet it mounts a token; set automountServiceAccountToken: false"
+            )
+        if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
+            spec = obj["spec"].get("template", obj["spec"])
+            executor = (spec.get("executor") or {}).get("serviceAccount")
+            if not executor or executor in bound | stage_identities:
+                problems.append(
+                    f"{_name(obj)}: the executors run as {executor or 'the default identity'}, "
+                    "which may call the API or read Vault; give them their own ServiceAccount "
+                    "with no rights and no token"
+                )
+        for where, pod, _ in _pod_specs(obj):
+            account = pod.get("serviceAccountName") or pod.get("serviceAccount")
+            if (
+                "containers" in pod
+                and not account
+                and pod.get("automountServiceAccountToken") is not False
+            ):
+                problems.append(
+                    f"{_name(obj)}{where}: runs as the namespace's default ServiceAccount with "
+                    "a token it has no use for; set automountServiceAccountToken: false"
+                )
+    return problems
+
+
 def stage_workflow_triggers(tree: RepoTree) -> list[str]:
     """Images are built on pull requests and pushes to staging, and no push's bump is lost.
 
@@ -551,6 +600,7 @@ CHECKS: dict[str, Check] = {
     "stage-workflow-triggers": stage_workflow_triggers,
     "pins-rebuild-nothing": pins_rebuild_nothing,
     "pod-security-restricted": pod_security_restricted,
+    "service-account-tokens": service_account_tokens,
     "hosted-runner-steps": hosted_runner_steps,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,

@@ -165,7 +165,9 @@ def _named(repo: Repo) -> Iterator[tuple[str, str, str, str]]:
 def _manifest_names(doc: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     kind = doc.get("kind")
     name = (doc.get("metadata") or {}).get("name")
-    if kind == "ServiceAccount":
+    # an identity with a token is one a stage logs in to Vault with; one without (the Spark
+    # executors') cannot log in to anything
+    if kind == "ServiceAccount" and doc.get("automountServiceAccountToken") is not False:
         yield f"{kind} (a stage's Vault identity)", name, "a stage"
     if kind == "Kustomization":
         for entry in doc.get("images") or []:

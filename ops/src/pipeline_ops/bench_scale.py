@@ -17,9 +17,11 @@ as the kernel kills a container past its memory limit, and reported as out of me
   page costing ``SCALE_GRAPHQL_COST``) with the hour compressed into
   ``SCALE_RATE_WINDOW_SECONDS``.
 
-Bounded in time (``SCALE_BUDGET_SECONDS``): a point whose linear estimate from the size before
-it does not fit in what is left is skipped and says so. Loopback only; every process is
-stopped by pid. The table is printed; ``results.json`` and one PNG per stage go to
+Bounded in time (``SCALE_BUDGET_SECONDS``, default 20 minutes): every point runs once,
+smallest first (a point whose linear estimate from the size before it does not fit in what
+is left is skipped and says so), then the points that ran are repeated, cheapest first, up
+to ``SCALE_REPEATS`` runs while the budget lasts; the tables give medians, the number of
+runs and their spread. Loopback only; every process is stopped by pid. The table is printed; ``results.json`` and one PNG per stage go to
 ``SCALE_OUT`` (default ``.local/bench-scale``).
 
     SCALE_SIZES=100000,1000000 SCALE_FETCH_SIZES=10000,100000 make bench-scale
@@ -33,11 +35,13 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +81,7 @@ class ScaleBenchSettings(BaseSettings):
     )
     memory_gb: float = Field(default=8, gt=0, description="every process tree's memory cap")
     epochs: int = Field(default=2, ge=1, description="epochs timed per training point")
+    repeats: int = Field(default=3, ge=1, description="runs a point, budget allowing (medians)")
     seed: int = Field(default=0, description="the synthetic pull requests' seed")
     pulls_per_repository: int = Field(default=1000, ge=1, description="mean repository size")
     rate_window_seconds: int = Field(
@@ -108,26 +113,73 @@ class ScaleBenchSettings(BaseSettings):
 
 
 @dataclass
+class Run:
+    """One process of a point, measured from outside."""
+
+    outcome: str  # ok, out of memory, timed out, failed
+    wall_seconds: float
+    peak_bytes: int
+    result: dict[str, Any] = field(default_factory=dict)  # the worker's JSON line
+    note: str = ""
+
+
+@dataclass
 class Point:
-    """One measured process: a stage (and engine) at one size."""
+    """A stage (and engine) at one size: its runs (the first decides the outcome; repeats
+    follow an ``ok`` first run while the budget lasts), or why it never ran."""
 
     series: str
     rows: int
-    outcome: str  # ok, out of memory, timed out, failed, skipped
-    wall_seconds: float | None = None
-    peak_bytes: int | None = None
-    result: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
+    runs: list[Run] = field(default_factory=list)
+    skipped: str = ""
+
+    @property
+    def outcome(self) -> str:
+        return self.runs[0].outcome if self.runs else "skipped"
 
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
 
     @property
+    def note(self) -> str:
+        return self.runs[0].note if self.runs else self.skipped
+
+    @property
+    def good_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.outcome == "ok"]
+
+    @property
     def seconds(self) -> float | None:
-        """The stage's own seconds as the worker timed them (no interpreter or JVM start)."""
-        value = self.result.get("seconds")
-        return float(value) if value is not None else None
+        """The median of the stage's own seconds as the worker timed them (no interpreter or
+        JVM start)."""
+        return _median([r.result.get("seconds") for r in self.good_runs])
+
+    @property
+    def wall_seconds(self) -> float | None:
+        return _median([r.wall_seconds for r in self.good_runs])
+
+    @property
+    def peak_bytes(self) -> float | None:
+        """The median peak of the good runs, or the peak a failed first run reached."""
+        if self.good_runs:
+            return _median([r.peak_bytes for r in self.good_runs])
+        return self.runs[0].peak_bytes if self.runs else None
+
+    def median(self, key: str) -> float | None:
+        return _median([r.result.get(key) for r in self.good_runs])
+
+    def spread(self) -> str:
+        """min-max of the stage's seconds over the good runs (empty for one run)."""
+        values = [float(r.result["seconds"]) for r in self.good_runs if "seconds" in r.result]
+        if len(values) < 2:
+            return ""
+        return f"{figure(min(values))}-{figure(max(values))}"
+
+
+def _median(values: Iterable[Any]) -> float | None:
+    numbers = [float(v) for v in values if v is not None]
+    return statistics.median(numbers) if numbers else None
 
 
 # -- measuring a process tree ---------------------------------------------------------------
@@ -232,50 +284,67 @@ def worker_result(log: Path) -> dict[str, Any]:
 # -- the bench ------------------------------------------------------------------------------
 @dataclass
 class Bench:
+    """Every point once, smallest first, then repeats of the points that ran, cheapest
+    first, while ``SCALE_BUDGET_SECONDS`` lasts."""
+
     settings: ScaleBenchSettings
     work: Path
     started: float = field(default_factory=time.monotonic)
     points: list[Point] = field(default_factory=list)
+    _runners: dict[tuple[str, int], Callable[[], Run]] = field(default_factory=dict)
 
     @property
     def left(self) -> float:
         return self.settings.budget_seconds - (time.monotonic() - self.started)
 
-    def measure(self, series: str, rows: int, argv: list[str], *, memory_gb: float) -> Point:
-        skip = self._skip_reason(series, rows)
-        if skip:
-            point = Point(series, rows, "skipped", note=skip)
-        else:
-            cap = int(min(memory_gb, self.settings.memory_gb) * GIB)
-            log = self.settings.out / "logs" / f"{series.replace(' ', '-')}-{rows}.log"
-            run = run_measured(
-                series,
-                argv,
-                log=log,
-                memory_cap=cap,
-                timeout=max(self.left, 1),
-                env=worker_environment(),
-            )
-            point = Point(series, rows, "ok", run.wall_seconds, run.peak_bytes)
-            point.result = worker_result(log)
-            if run.stopped == "memory":
-                point.outcome = "out of memory"
-                point.note = f"passed its {cap / GIB:g} GiB cap after {run.wall_seconds:.0f} s"
-            elif run.stopped == "time":
-                point.outcome = "timed out"
-                point.note = "ran past SCALE_BUDGET_SECONDS"
-            elif run.exit_code != 0 or not point.result:
-                point.outcome = "failed"
-                point.note = f"exit code {run.exit_code}; see {log}"
+    def run_point(self, series: str, rows: int, runner: Callable[[], Run]) -> Point:
+        point = Point(series, rows, skipped=self._skip_reason(series, rows))
         self.points.append(point)
+        if not point.skipped:
+            point.runs.append(runner())
+            self._runners[(series, rows)] = runner
         print(f"  {describe(point)}", flush=True)
         return point
+
+    def repeat_points(self) -> None:
+        """Up to ``SCALE_REPEATS`` runs a point, cheapest first, each only if its last run's
+        time fits in what is left of the budget."""
+        for round_number in range(2, self.settings.repeats + 1):
+            candidates = sorted((p for p in self.points if p.ok), key=lambda p: p.wall_seconds or 0)
+            if not candidates:
+                return
+            print(f"\nround {round_number} of {self.settings.repeats} (repeats for medians)")
+            for point in candidates:
+                expected = point.runs[-1].wall_seconds
+                if expected > self.left:
+                    continue
+                run = self._runners[(point.series, point.rows)]()
+                if run.outcome == "ok":
+                    point.runs.append(run)
+                print(f"  {describe(point)}", flush=True)
+
+    def measure(self, name: str, rows: int, argv: list[str], *, memory_gb: float) -> Run:
+        cap = int(min(memory_gb, self.settings.memory_gb) * GIB)
+        log = self.settings.out / "logs" / f"{name.replace(' ', '-')}-{rows}.log"
+        tree = run_measured(
+            name, argv, log=log, memory_cap=cap, timeout=max(self.left, 1),
+            env=worker_environment(),
+        )  # fmt: skip
+        run = Run("ok", tree.wall_seconds, tree.peak_bytes, worker_result(log))
+        if tree.stopped == "memory":
+            run.outcome = "out of memory"
+            run.note = f"passed its {cap / GIB:g} GiB cap after {tree.wall_seconds:.0f} s"
+        elif tree.stopped == "time":
+            run.outcome, run.note = "timed out", "ran past SCALE_BUDGET_SECONDS"
+        elif tree.exit_code != 0 or not run.result:
+            run.outcome, run.note = "failed", f"exit code {tree.exit_code}; see {log}"
+        return run
 
     def _skip_reason(self, series: str, rows: int) -> str:
         earlier = [p for p in self.points if p.series == series and p.rows < rows]
         if any(p.outcome == "out of memory" for p in earlier):
             return "a smaller size already ran out of memory"
-        done = [p for p in earlier if p.ok and p.wall_seconds]
+        done = [p for p in earlier if p.ok]
         if done:
             last = max(done, key=lambda p: p.rows)
             expected = (last.wall_seconds or 0) * rows / last.rows
@@ -289,7 +358,7 @@ class Bench:
         return ""
 
     # -- stages ---------------------------------------------------------------------------
-    def fetch_curve(self) -> None:
+    def fetch_curve(self, mongo_uri: str) -> None:
         s = self.settings
         print(
             f"\ndata-fetch: GraphQL against the replay server, {GITHUB_POINTS_PER_HOUR:,} points "
@@ -297,28 +366,22 @@ class Bench:
             "a page",
             flush=True,
         )
-        platform = LocalPlatform(self.work / "platform")
-        try:
-            platform.up(["mongo"])
-            uri = f"mongodb://127.0.0.1:{platform.service('mongo').port}/"
-            for rows in s.fetch_sizes:
-                self._fetch_point(rows, uri)
-        finally:
-            platform.down()
+        for rows in s.fetch_sizes:
+            folder = self.work / f"fetch-{rows}"
+            folder.mkdir()
+            frame = synthetic_pulls.synthetic_pull_requests(
+                rows, s.seed, pulls_per_repository=s.pulls_per_repository
+            )
+            with (folder / "pulls.prs.jsonl").open("w") as out:
+                for payload in synthetic_pulls.rest_payloads(frame):
+                    out.write(json.dumps(payload) + "\n")
+            (folder / "repositories.txt").write_text("\n".join(frame["repository"].unique()))
+            del frame
+            self.run_point("data-fetch", rows, partial(self._fetch_run, rows, folder, mongo_uri))
 
-    def _fetch_point(self, rows: int, mongo_uri: str) -> None:
+    def _fetch_run(self, rows: int, folder: Path, mongo_uri: str) -> Run:
+        """One fetch against a fresh replay server (a full budget)."""
         s = self.settings
-        folder = self.work / f"fetch-{rows}"
-        folder.mkdir()
-        frame = synthetic_pulls.synthetic_pull_requests(
-            rows, s.seed, pulls_per_repository=s.pulls_per_repository
-        )
-        with (folder / "pulls.prs.jsonl").open("w") as out:
-            for payload in synthetic_pulls.rest_payloads(frame):
-                out.write(json.dumps(payload) + "\n")
-        repositories = folder / "repositories.txt"
-        repositories.write_text("\n".join(frame["repository"].unique()) + "\n")
-        del frame
         port = processes.free_port()
         server = processes.start(
             "github-replay",
@@ -326,21 +389,20 @@ class Bench:
              "--port", str(port), "--rate-limit", str(GITHUB_POINTS_PER_HOUR),
              "--window-seconds", str(s.rate_window_seconds),
              "--graphql-cost", str(s.graphql_cost)],
-            log_file=self.settings.out / "logs" / f"github-replay-{rows}.log",
+            log_file=s.out / "logs" / f"github-replay-{rows}.log",
             env=worker_environment(), cwd=PROJECT_ROOT, ports={"main": port},
         )  # fmt: skip
         try:
-            processes.wait_healthy(server, lambda: _answers(f"{server.url}/rate_limit"), 120)
-            self.measure(
+            processes.wait_healthy(server, lambda: _answers(f"{server.url}/rate_limit"), 300)
+            return self.measure(
                 "data-fetch",
                 rows,
                 [sys.executable, "-u", str(FETCH_WORKER), "--api-url", server.url,
-                 "--mongo-uri", mongo_uri, "--repositories", str(repositories)],
+                 "--mongo-uri", mongo_uri, "--repositories", str(folder / "repositories.txt")],
                 memory_gb=s.memory_gb,
             )  # fmt: skip
         finally:
             processes.stop(server, timeout=10)
-            shutil.rmtree(folder, ignore_errors=True)
 
     def preprocess_and_training_curves(self) -> None:
         s = self.settings
@@ -364,12 +426,24 @@ class Bench:
                 out = self.work / f"{engine}-{rows}"
                 argv = [sys.executable, "-u", str(PREPROCESS_WORKER), "--engine", engine,
                         "--input", str(source), "--out", str(out)]  # fmt: skip
-                self.measure(f"preprocess {engine}", rows, argv, memory_gb=cap)
-                shutil.rmtree(out, ignore_errors=True)
+                self.run_point(
+                    f"preprocess {engine}",
+                    rows,
+                    partial(self._preprocess_run, engine, rows, argv, cap),
+                )
             argv = [sys.executable, "-u", str(TRAIN_WORKER), "--input", str(source),
                     "--epochs", str(s.epochs)]  # fmt: skip
-            self.measure("training", rows, argv, memory_gb=s.memory_gb)
-            source.unlink()
+            self.run_point(
+                "training",
+                rows,
+                partial(self.measure, "training", rows, argv, memory_gb=s.memory_gb),
+            )
+
+    def _preprocess_run(self, engine: str, rows: int, argv: list[str], cap: float) -> Run:
+        try:
+            return self.measure(f"preprocess {engine}", rows, argv, memory_gb=cap)
+        finally:
+            shutil.rmtree(self.work / f"{engine}-{rows}", ignore_errors=True)
 
 
 def worker_environment() -> dict[str, str]:
@@ -396,11 +470,13 @@ def describe(point: Point) -> str:
         return f"{head}  {point.outcome}: {point.note}"
     extra = ""
     if point.series == "data-fetch":
-        waited = point.result["waited_seconds"]
-        extra = f", {point.result['requests']:,} requests, {waited:.0f} s waiting for the budget"
+        requests_made, waited = point.median("requests") or 0, point.median("waited_seconds")
+        extra = f", {requests_made:,.0f} requests, {figure(waited)} s waiting for the budget"
+    runs = len(point.good_runs)
     return (
         f"{head}  {figure(point.seconds):>8} s (process {figure(point.wall_seconds)} s), "
         f"peak {gib(point.peak_bytes):.2f} GiB{extra}"
+        + (f"; median of {runs} runs" if runs > 1 else "")
     )
 
 
@@ -425,7 +501,7 @@ def print_tables(points: list[Point], settings: ScaleBenchSettings) -> None:
     series = list(dict.fromkeys(p.series for p in points))
     print("\nGrowth per stage (x: against the size before it)")
     header = (
-        f"  {'stage':<20}{'rows':>11}{'seconds':>10}{'peak GiB':>10}"
+        f"  {'stage':<20}{'rows':>11}{'runs':>5}{'seconds':>10}{'min-max':>14}{'peak GiB':>10}"
         f"{'rows x':>8}{'time x':>8}{'memory x':>10}  outcome"
     )
     print(header)
@@ -441,7 +517,8 @@ def print_tables(points: list[Point], settings: ScaleBenchSettings) -> None:
             )  # fmt: skip
             outcome = point.outcome if point.ok else f"{point.outcome}: {point.note}"
             print(
-                f"  {name:<20}{point.rows:>11,}{seconds:>10}{peak:>10}"
+                f"  {name:<20}{point.rows:>11,}{len(point.good_runs):>5}{seconds:>10}"
+                f"{point.spread():>14}{peak:>10}"
                 f"{grows[0]:>8}{grows[1]:>8}{grows[2]:>10}  {outcome}"
             )
             if point.ok:
@@ -472,15 +549,19 @@ def print_tables(points: list[Point], settings: ScaleBenchSettings) -> None:
         )
         print(
             f"  {'pull requests':>14}{'requests':>10}{'per 1,000':>10}{'points':>9}"
-            f"{'resets':>8}{'here s':>8}{'waiting s':>11}{'token-hours on GitHub':>23}"
+            f"{'resets':>8}{'here s':>8}{'waiting s':>11}{'PRs/s working':>15}"
+            f"{'token-hours on GitHub':>23}"
         )
         for p in fetched:
-            requests_made = p.result["requests"]
+            requests_made = int(p.median("requests") or 0)
             points_used = requests_made * settings.graphql_cost
+            waited = p.median("waited_seconds") or 0.0
+            working = (p.seconds or 0.0) - waited
             print(
                 f"  {p.rows:>14,}{requests_made:>10,}{1000 * requests_made / p.rows:>10.1f}"
                 f"{points_used:>9,}{math.ceil(points_used / GITHUB_POINTS_PER_HOUR) - 1:>8}"
-                f"{figure(p.seconds):>8}{figure(p.result['waited_seconds']):>11}"
+                f"{figure(p.seconds):>8}{figure(waited):>11}"
+                f"{p.rows / working if working > 0 else 0:>15,.0f}"
                 f"{points_used / GITHUB_POINTS_PER_HOUR:>23.2f}"
             )
 
@@ -554,18 +635,24 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
         bench = Bench(settings, Path(work))
-        bench.fetch_curve()
-        bench.preprocess_and_training_curves()
+        platform = LocalPlatform(Path(work) / "platform")  # MongoDB: data-fetch's state
+        try:
+            platform.up(["mongo"])
+            bench.fetch_curve(f"mongodb://127.0.0.1:{platform.service('mongo').port}/")
+            bench.preprocess_and_training_curves()
+            bench.repeat_points()
+        finally:
+            platform.down()
     print_tables(bench.points, settings)
     results = settings.out / "results.json"
+    summary = [
+        {"series": p.series, "rows": p.rows, "outcome": p.outcome, "note": p.note,
+         "seconds": p.seconds, "wall_seconds": p.wall_seconds, "peak_bytes": p.peak_bytes,
+         "runs": [asdict(r) for r in p.runs]}
+        for p in bench.points
+    ]  # fmt: skip
     results.write_text(
-        json.dumps(
-            {
-                "settings": settings.model_dump(mode="json"),
-                "points": [asdict(p) for p in bench.points],
-            },
-            indent=1,
-        )
+        json.dumps({"settings": settings.model_dump(mode="json"), "points": summary}, indent=1)
     )
     plots = plot(bench.points, settings.out, settings)
     print(f"\nwrote {results} and {', '.join(str(p) for p in plots)}")

@@ -21,8 +21,9 @@ Bounded in time (``SCALE_BUDGET_SECONDS``, default 20 minutes): every point runs
 smallest first (a point whose linear estimate from the size before it does not fit in what
 is left is skipped and says so), then the points that ran are repeated, cheapest first, up
 to ``SCALE_REPEATS`` runs while the budget lasts; the tables give medians, the number of
-runs and their spread. Loopback only; every process is stopped by pid. The table is printed; ``results.json`` and one PNG per stage go to
-``SCALE_OUT`` (default ``.local/bench-scale``).
+runs and their spread. Loopback only; every process is stopped by pid. The tables are
+printed; ``results.json``, the logs and one PNG per stage go to ``SCALE_OUT`` (default
+``.local/bench-scale``).
 
     SCALE_SIZES=100000,1000000 SCALE_FETCH_SIZES=10000,100000 make bench-scale
 """
@@ -619,6 +620,11 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
     return written
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def main() -> int:
     try:
         settings = load_settings(ScaleBenchSettings)
@@ -630,7 +636,7 @@ def main() -> int:
         f"bench-scale: sizes {settings.sizes}, fetch sizes {settings.fetch_sizes}, seed "
         f"{settings.seed}, budget {settings.budget_seconds:.0f} s, memory caps: pandas "
         f"{settings.pandas_memory_gb:g} GiB, every run {settings.memory_gb:g} GiB; "
-        f"{os.cpu_count()} cores",
+        f"{os.cpu_count()} cores, load average {_load()}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
@@ -657,7 +663,10 @@ def main() -> int:
     plots = plot(bench.points, settings.out, settings)
     print(f"\nwrote {results} and {', '.join(str(p) for p in plots)}")
     total = time.monotonic() - bench.started
-    print(f"bench-scale took {total:.0f} s (budget {settings.budget_seconds:.0f} s)")
+    print(
+        f"bench-scale took {total:.0f} s (budget {settings.budget_seconds:.0f} s); "
+        f"load average {_load()}"
+    )
     return 0
 
 

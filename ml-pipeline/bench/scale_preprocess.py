@@ -1,9 +1,11 @@
 """One point of `make bench-scale`'s preprocessing curve: publish the features of a Parquet
 file of pull requests (``pipeline_ops.synthetic_pulls``) with Spark (``PreprocessJob.publish``:
-everything the stage does after reading MongoDB, in local[*]) or with the single-process pandas
-reference of ``bench_preprocess.py``. Prints one JSON line: rows published and seconds.
+everything the stage does after reading MongoDB, in local[*], with the read and shuffle
+partitions and the driver memory given) or with the single-process pandas reference of
+``bench_preprocess.py``. Prints one JSON line: rows published and seconds.
 
-    python ml-pipeline/bench/scale_preprocess.py --engine spark --input IN.parquet --out DIR
+    python ml-pipeline/bench/scale_preprocess.py --engine spark --input IN.parquet --out DIR \
+        --partitions 12 --driver-memory 2g
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ def with_document_id(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(_id=frame["repository"] + "#" + frame["number"].astype(str))
 
 
-def run_pandas(source: Path, out: Path) -> dict:
+def run_pandas(source: Path, out: Path, partitions: int, driver_memory: str) -> dict:
     started = time.perf_counter()
     frame = with_document_id(pd.read_parquet(source))
     rows = pandas_publish(frame, out)
     return {"rows": rows, "seconds": time.perf_counter() - started}
 
 
-def run_spark(source: Path, out: Path) -> dict:
+def run_spark(source: Path, out: Path, partitions: int, driver_memory: str) -> dict:
     from pyspark.sql import functions as F
 
     from ml_pipeline.preprocess.job import READ_COLUMNS, PreprocessJob
@@ -46,8 +48,19 @@ def run_spark(source: Path, out: Path) -> dict:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     started = time.perf_counter()
-    spark = build_spark_session(PreprocessSettings(jars_dir=str(ROOT / ".tools" / "jars")))
+    spark = build_spark_session(
+        PreprocessSettings(
+            jars_dir=str(ROOT / ".tools" / "jars"),
+            shuffle_partitions=partitions,
+            driver_memory=driver_memory,
+        )
+    )
     session = time.perf_counter() - started
+    # The file read in ``partitions`` parts, as the stage's MongoDB reader plans about
+    # PREPROCESS_READ_PARTITIONS (without this Spark would split it by its size and cores);
+    # the same number for the shuffle (SPARK_SHUFFLE_PARTITIONS): each task's rows are
+    # then about rows / partitions in both.
+    spark.conf.set("spark.sql.files.maxPartitionBytes", source.stat().st_size // partitions + 1)
     # the rows as the MongoDB reader gives them (READ_SCHEMA): nothing for the reader to report
     records = (
         spark.read.parquet(str(source))
@@ -73,9 +86,19 @@ def main() -> int:
     parser.add_argument("--engine", choices=("spark", "pandas"), required=True)
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="Spark: read and shuffle partitions (the stage's defaults: 4 and 4)",
+    )
+    parser.add_argument(
+        "--driver-memory", default="1g", help="Spark: spark.driver.memory (the stage's: 1g)"
+    )
     args = parser.parse_args()
     run = run_spark if args.engine == "spark" else run_pandas
-    print(json.dumps(run(args.input, args.out)), flush=True)
+    result = run(args.input, args.out, args.partitions, args.driver_memory)
+    print(json.dumps(result), flush=True)
     return 0
 
 

@@ -9,7 +9,9 @@ as the kernel kills a container past its memory limit, and reported as out of me
 
 - spark-preprocess (``ml-pipeline/bench/scale_preprocess.py``): Spark in local[*] against
   the single-process pandas reference, the same Parquet file of pull requests in, features
-  and quarantine published; pandas runs under ``SCALE_PANDAS_MEMORY_GB``.
+  and quarantine published; pandas runs under ``SCALE_PANDAS_MEMORY_GB``, Spark with
+  ``SCALE_SPARK_DRIVER_MEMORY`` and a read and shuffle partition per
+  ``SCALE_SPARK_ROWS_PER_PARTITION`` rows.
 - ml-training (``ml-pipeline/bench/scale_train.py``): seconds per epoch over the training
   split, the process holding the published feature rows.
 - data-fetch (``data-fetch/bench/scale_fetch.py``): API requests and wall time against the
@@ -81,6 +83,17 @@ class ScaleBenchSettings(BaseSettings):
         default=4, gt=0, description="pandas' memory cap (a container's memory limit)"
     )
     memory_gb: float = Field(default=8, gt=0, description="every process tree's memory cap")
+    spark_driver_memory: str = Field(
+        default="2g",
+        pattern=r"^[0-9]+[mg]$",
+        description="Spark's spark.driver.memory in local[*] (the stage's default, 1g, runs out "
+        "of heap at 3,000,000 pull requests)",
+    )
+    spark_rows_per_partition: int = Field(
+        default=250_000,
+        ge=1,
+        description="Spark's read and shuffle partitions: rows / this, at least the stage's 4",
+    )
     epochs: int = Field(default=2, ge=1, description="epochs timed per training point")
     repeats: int = Field(default=3, ge=1, description="runs a point, budget allowing (medians)")
     seed: int = Field(default=0, description="the synthetic pull requests' seed")
@@ -339,6 +352,11 @@ class Bench:
             run.outcome, run.note = "timed out", "ran past SCALE_BUDGET_SECONDS"
         elif tree.exit_code != 0 or not run.result:
             run.outcome, run.note = "failed", f"exit code {tree.exit_code}; see {log}"
+            if "java.lang.OutOfMemoryError" in log.read_text(errors="replace"):
+                run.outcome = "out of memory"
+                run.note = (
+                    f"Java heap space (spark.driver.memory {self.settings.spark_driver_memory})"
+                )
         return run
 
     def _skip_reason(self, series: str, rows: int) -> str:
@@ -408,7 +426,8 @@ class Bench:
     def preprocess_and_training_curves(self) -> None:
         s = self.settings
         print(
-            f"\nspark-preprocess (Spark local[*] and pandas, pandas capped at "
+            f"\nspark-preprocess (Spark local[*], driver memory {s.spark_driver_memory}, a "
+            f"partition per {s.spark_rows_per_partition:,} rows; pandas capped at "
             f"{s.pandas_memory_gb:g} GiB) and ml-training ({s.epochs} epochs timed)",
             flush=True,
         )
@@ -425,8 +444,10 @@ class Bench:
             )
             for engine, cap in (("pandas", s.pandas_memory_gb), ("spark", s.memory_gb)):
                 out = self.work / f"{engine}-{rows}"
+                partitions = max(4, math.ceil(rows / s.spark_rows_per_partition))
                 argv = [sys.executable, "-u", str(PREPROCESS_WORKER), "--engine", engine,
-                        "--input", str(source), "--out", str(out)]  # fmt: skip
+                        "--input", str(source), "--out", str(out), "--partitions", str(partitions),
+                        "--driver-memory", s.spark_driver_memory]  # fmt: skip
                 self.run_point(
                     f"preprocess {engine}",
                     rows,

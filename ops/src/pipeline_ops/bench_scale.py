@@ -604,7 +604,11 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
         measured = [p for p in points if p.series in members and p.peak_bytes]
         if not measured:
             continue
-        figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+        fetch = name == "fetch"
+        figure, axes = plt.subplots(
+            1, 3 if fetch else 2, figsize=(15 if fetch else 10, 4), layout="constrained"
+        )
+        time_axis, memory_axis = axes[-2], axes[-1]
         for series in members:
             mine = [p for p in measured if p.series == series]
             done = [p for p in mine if p.ok]
@@ -618,20 +622,45 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
                 if p.outcome == "out of memory":
                     memory_axis.plot([p.rows], [gib(p.peak_bytes)], "rx", markersize=10)
                     memory_axis.annotate(
-                        f"{label}: out of memory", (p.rows, gib(p.peak_bytes)), fontsize=8
+                        f"{label}: out of memory ",
+                        (p.rows, gib(p.peak_bytes)),
+                        fontsize=8,
+                        ha="right",
+                        va="bottom",
                     )
         if name == "preprocess":
             memory_axis.axhline(
                 settings.pandas_memory_gb, color="grey", linestyle=":", label="pandas cap"
             )
-        for axis in (time_axis, memory_axis):
+        if fetch:
+            done = [p for p in measured if p.ok]
+            rows = [p.rows for p in done]
+            pages = [p.median("requests") or 0 for p in done]
+            axes[0].plot(rows, pages, "o-", label="API requests (GraphQL pages)")
+            axes[0].plot(
+                rows,
+                [n * settings.graphql_cost for n in pages],
+                "s--",
+                label=f"budget points ({settings.graphql_cost} a page)",
+            )
+            axes[0].set_yscale("log")
+            axes[0].set_ylabel("requests, points")
+            time_axis.plot(
+                rows,
+                [p.median("waited_seconds") for p in done],
+                "s--",
+                label=f"waiting for the budget (an hour = {settings.rate_window_seconds} s)",
+            )
+        for axis in axes:
             axis.set_xscale("log")
             axis.set_xlabel("pull requests")
             axis.grid(True, which="both", alpha=0.3)
-            axis.legend()
-        time_axis.set_yscale("log")
+            axis.legend(fontsize=8)
+        if not fetch:
+            time_axis.set_yscale("log")
         unit = "seconds per epoch" if name == "training" else "seconds"
         time_axis.set_ylabel(unit)
+        memory_axis.set_ylim(0, memory_axis.get_ylim()[1] * 1.15)
         memory_axis.set_ylabel("peak resident memory of the process tree (GiB)")
         figure.suptitle(f"make bench-scale: {name}")
         path = out / f"{name}.png"

@@ -18,7 +18,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: help as-root setup up down status run test test-checks lint validate promote format clean demo-anomaly chromium
-.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train
+.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train bench-scale
 .PHONY: engine-up engine-down engine-status images image-test
 .PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push cluster-run cluster-run-test
 
@@ -169,3 +169,6 @@ bench-preprocess: setup ## spark-preprocess rows/s vs single-process pandas: rea
 
 bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: rolling-origin backtest, time split, 100k-row epoch
 	$(PY) -m ml_pipeline.training.bench
+
+bench-scale: setup ## cost curves: each stage's time and peak memory against pull requests (synthetic; SCALE_SIZES, SCALE_FETCH_SIZES; <= 20 min)
+	$(PY) -u -m pipeline_ops.bench_scale

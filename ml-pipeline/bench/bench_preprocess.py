@@ -60,6 +60,12 @@ def pandas_preprocess(uri: str, database: str, out: Path) -> int:
     frame["author"] = frame.get("author", pd.Series(index=frame.index, dtype=object)).fillna(
         frame.get(LEGACY_AUTHOR_FIELD)
     )
+    return pandas_publish(frame, out)
+
+
+def pandas_publish(frame: pd.DataFrame, out: Path) -> int:
+    """Everything after the read, in one process (``frame``: the pull requests' documents):
+    validate, context, features, write the features and the quarantine as Parquet."""
     frame = frame.reindex(columns=READ_COLUMNS)
     reasons = input_problems(frame)
     valid = frame[reasons.isna()].copy()

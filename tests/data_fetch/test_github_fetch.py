@@ -20,7 +20,13 @@ import pymongo
 import pytest
 from pydantic import SecretStr
 
-from data_fetch.github import BudgetExhaustedError, GitHubClient, GitHubError, RetryPolicy
+from data_fetch.github import (
+    BudgetExhaustedError,
+    GitHubClient,
+    GitHubError,
+    RetryPolicy,
+    graphql_pages,
+)
 from data_fetch.job import FetchJob
 from data_fetch.settings import FetchSecret
 from pipeline_ops.github_replay_server import GitHubReplayServer, load_samples
@@ -201,6 +207,29 @@ def test_a_short_primary_reset_is_waited_for(database, github: GitHubReplayServe
     summary = _fetch(secret, github)
 
     assert summary["inserted"] == 1511
+
+
+def test_a_fetch_bigger_than_the_budget_waits_for_each_reset(samples) -> None:
+    """GitHub's budget in small: 4 points a 1-second window, a page costs 2."""
+    pulls = samples[FLASK][:500]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    with GitHubReplayServer(
+        {FLASK: pulls}, rate_limit=4, window_seconds=1, graphql_cost=2
+    ) as server:
+        client = GitHubClient(
+            server.url, SecretStr(TOKEN), retry=RetryPolicy(wait_for_reset=True), sleep=sleep
+        )
+        pages = list(graphql_pages(client, FLASK, None))
+
+    assert sum(len(page.payloads) for page in pages) == 500
+    assert client.requests_made == 5  # no page refused: the client waits before asking
+    assert len(waits) == 2  # two pages a window
+    assert server.requests["graphql"] == 5
 
 
 def test_bad_records_from_github_are_quarantined_with_reasons(

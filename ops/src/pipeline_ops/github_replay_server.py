@@ -15,6 +15,11 @@ newest first, opaque cursors), ``GET /repos/O/R/pulls`` (list pages without the 
 Faults: ``502``, ``truncated`` (half a JSON body), ``secondary-403`` and ``secondary-429``
 (with ``Retry-After``), ``primary`` (budget exhausted: 403 for REST, a RATE_LIMITED error for
 GraphQL, ``X-RateLimit-Remaining: 0``). ``graphql_enabled=False`` answers 404 on /graphql.
+
+The primary budget is GitHub's: ``rate_limit`` points a window of ``window_seconds`` (an
+hour), a REST request costs one, a GraphQL query ``graphql_cost`` (GitHub derives it from
+the query's connections; the default 1 is the floor), and a request the points left cannot
+pay for is refused until the window resets. A shorter window replays hours in seconds.
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ class GitHubReplayServer:
         repositories: dict[str, list[dict[str, Any]]],
         *,
         rate_limit: int = 5000,
-        reset_after_seconds: int = 3600,
+        window_seconds: int = 3600,
+        graphql_cost: int = 1,
         retry_after_seconds: int = 1,
         graphql_enabled: bool = True,
         delay_seconds: float = 0.0,
@@ -113,7 +119,9 @@ class GitHubReplayServer:
         }
         self.rate_limit = rate_limit
         self.remaining = rate_limit
-        self.reset_at = int(time.time()) + reset_after_seconds
+        self.window_seconds = window_seconds
+        self.graphql_cost = graphql_cost
+        self.reset_at = int(time.time()) + window_seconds
         self.retry_after_seconds = retry_after_seconds
         self.graphql_enabled = graphql_enabled
         self.delay_seconds = delay_seconds
@@ -236,13 +244,14 @@ class GitHubReplayServer:
         with self._lock:
             if time.time() >= self.reset_at:  # a new rate-limit window
                 self.remaining = self.rate_limit
-                self.reset_at = int(time.time()) + 3600
+                self.reset_at = int(time.time()) + self.window_seconds
             fault = self._faults.popleft() if self._faults and kind != "rate" else None
-            if kind != "rate" and self.remaining > 0 and fault != "primary":
-                self.remaining -= 1
             if fault == "primary":
                 self.remaining = 0
-            exhausted = self.remaining == 0 and kind != "rate"
+            cost = 0 if kind == "rate" else self.graphql_cost if kind == "graphql" else 1
+            exhausted = cost > self.remaining
+            # refused: GitHub answers X-RateLimit-Remaining: 0 until the window resets
+            self.remaining = 0 if exhausted else self.remaining - cost
             self.requests[kind] += 1
             if fault:
                 self.requests[f"fault:{fault}"] += 1
@@ -258,7 +267,7 @@ class GitHubReplayServer:
             headers["Retry-After"] = str(self.retry_after_seconds)
             message = "You have exceeded a secondary rate limit. Please wait a few minutes."
             return self._send(request, int(fault[-3:]), {"message": message}, headers)
-        if exhausted and (fault == "primary" or kind != "rate"):
+        if exhausted:
             if kind == "graphql":
                 error = {"type": "RATE_LIMITED", "message": "API rate limit exceeded"}
                 return self._send(request, 200, {"errors": [error]}, headers)
@@ -335,7 +344,7 @@ class GitHubReplayServer:
         return {
             "data": {
                 "rateLimit": {
-                    "cost": 1,
+                    "cost": self.graphql_cost,
                     "remaining": self.remaining,
                     "resetAt": datetime.fromtimestamp(self.reset_at, UTC).isoformat(),
                 },
@@ -373,13 +382,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=Path, default=Path("data/samples"))
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--rate-limit", type=int, default=5000)
+    parser.add_argument("--rate-limit", type=int, default=5000, help="points a window")
+    parser.add_argument("--window-seconds", type=int, default=3600, help="a rate-limit window")
+    parser.add_argument("--graphql-cost", type=int, default=1, help="points a GraphQL query")
     parser.add_argument("--no-graphql", action="store_true")
     args = parser.parse_args(argv)
     server = GitHubReplayServer.from_samples(
         args.samples,
         port=args.port,
         rate_limit=args.rate_limit,
+        window_seconds=args.window_seconds,
+        graphql_cost=args.graphql_cost,
         graphql_enabled=not args.no_graphql,
     )
     print(f"GitHub replay server on {server.url} (GraphQL at {server.url}/graphql)", flush=True)

@@ -234,6 +234,12 @@ class PreprocessJob:
     run_id: str = field(default_factory=new_run_id)
 
     def run(self) -> dict[str, Any]:
+        source = f"mongodb:{self.secret.mongo_database}.{self.secret.mongo_collection}"
+        return self.publish(read_pull_requests(self.spark, self.secret, self.settings), source)
+
+    def publish(self, records: DataFrame, source: str) -> dict[str, Any]:
+        """Everything :meth:`run` does after reading MongoDB, for ``records`` in
+        :data:`READ_SCHEMA` read from ``source`` (the benchmarks hand in rows from a file)."""
         s3 = self.secret.s3()
         root = StorageLocation.parse(self.secret.features_uri)
         if root.scheme == "s3" and s3 is None:
@@ -242,10 +248,7 @@ class PreprocessJob:
                 "s3_access_key_id/s3_secret_access_key: add them to the Vault secret"
             )
         run_dir = root.child(self.run_id)
-        source = f"mongodb:{self.secret.mongo_database}.{self.secret.mongo_collection}"
-
-        records = read_pull_requests(self.spark, self.secret, self.settings)
-        # read MongoDB once: every later step (two writes, statistics) starts from here
+        # read the source once: every later step (two writes, statistics) starts from here
         records = records.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             return self._publish(records, root, run_dir, source, s3)

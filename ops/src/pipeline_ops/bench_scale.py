@@ -53,7 +53,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline_common.settings import ConfigError, load_settings
-from pipeline_ops import synthetic_pulls
+from pipeline_ops import stages, synthetic_pulls
 from pipeline_ops.base import processes
 from pipeline_ops.local_platform import LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT
@@ -64,7 +64,8 @@ GITHUB_POINTS_PER_HOUR = 5000  # per token, REST requests and GraphQL points ali
 PAGE_SIZE = 100  # pull requests a GraphQL page (data-fetch's query)
 PREPROCESS_WORKER = PROJECT_ROOT / "ml-pipeline" / "bench" / "scale_preprocess.py"
 TRAIN_WORKER = PROJECT_ROOT / "ml-pipeline" / "bench" / "scale_train.py"
-FETCH_WORKER = PROJECT_ROOT / "data-fetch" / "bench" / "scale_fetch.py"
+FETCH = stages.stage("data-fetch")
+FETCH_WORKER = PROJECT_ROOT / FETCH.directory / "bench" / "scale_fetch.py"
 
 
 class ScaleBenchSettings(BaseSettings):
@@ -396,7 +397,7 @@ class Bench:
                     out.write(json.dumps(payload) + "\n")
             (folder / "repositories.txt").write_text("\n".join(frame["repository"].unique()))
             del frame
-            self.run_point("data-fetch", rows, partial(self._fetch_run, rows, folder, mongo_uri))
+            self.run_point(FETCH.name, rows, partial(self._fetch_run, rows, folder, mongo_uri))
 
     def _fetch_run(self, rows: int, folder: Path, mongo_uri: str) -> Run:
         """One fetch against a fresh replay server (a full budget)."""
@@ -414,7 +415,7 @@ class Bench:
         try:
             processes.wait_healthy(server, lambda: _answers(f"{server.url}/rate_limit"), 300)
             return self.measure(
-                "data-fetch",
+                FETCH.name,
                 rows,
                 [sys.executable, "-u", str(FETCH_WORKER), "--api-url", server.url,
                  "--mongo-uri", mongo_uri, "--repositories", str(folder / "repositories.txt")],
@@ -491,7 +492,7 @@ def describe(point: Point) -> str:
     if not point.ok:
         return f"{head}  {point.outcome}: {point.note}"
     extra = ""
-    if point.series == "data-fetch":
+    if point.series == FETCH.name:
         requests_made, waited = point.median("requests") or 0, point.median("waited_seconds")
         extra = f", {requests_made:,.0f} requests, {figure(waited)} s waiting for the budget"
     runs = len(point.good_runs)
@@ -562,7 +563,7 @@ def print_tables(points: list[Point], settings: ScaleBenchSettings) -> None:
 
             speed = ratio(a.seconds, b.seconds) if a and b and a.ok and b.ok else "-"
             print(f"  {rows:>11,}{cell(a)}{cell(b)}{speed:>8}")
-    fetched = [p for p in points if p.series == "data-fetch" and p.ok]
+    fetched = [p for p in points if p.series == FETCH.name and p.ok]
     if fetched:
         print(
             f"\ndata-fetch under GitHub's budget ({GITHUB_POINTS_PER_HOUR:,} points an hour a "
@@ -598,7 +599,7 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
     groups = {
         "preprocess": ["preprocess pandas", "preprocess spark"],
         "training": ["training"],
-        "fetch": ["data-fetch"],
+        "fetch": [FETCH.name],
     }
     for name, members in groups.items():
         measured = [p for p in points if p.series in members and p.peak_bytes]

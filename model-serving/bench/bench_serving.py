@@ -62,16 +62,17 @@ def sample_records() -> list[dict]:
     return [{k: r.get(k) for k in MODEL_FIELDS} for r in records]
 
 
-def register_model(tracking_uri: str, name: str, records: list[dict], workdir: Path) -> str:
-    import mlflow
+def train_scorer(records: list[dict]):
+    """A small autoencoder trained on the sample's first 2,000 pull requests with their
+    context and drift reference, as ml-training builds a scorer (10 epochs: a few seconds)."""
     import numpy as np
     import pandas as pd
-    from mlflow import MlflowClient
 
     from ml_pipeline.feature_frames import attach_context, compute_features, feature_context
-    from ml_pipeline.training.pyfunc import log_scorer_model
     from ml_pipeline.training.settings import TrainingSettings
     from ml_pipeline.training.steps import fit_autoencoder
+    from pipeline_contracts.drift import reference_distribution
+    from pipeline_contracts.features import FEATURE_NAMES
     from pipeline_contracts.scorer import AnomalyScorer
 
     training = pd.DataFrame(records[:2000])
@@ -81,8 +82,21 @@ def register_model(tracking_uri: str, name: str, records: list[dict], workdir: P
     scale[scale == 0] = 1.0
     scaled = (features - mean) / scale
     model, _ = fit_autoencoder(scaled[:1600], scaled[1600:], TrainingSettings(max_epochs=10))
-    scorer = AnomalyScorer(model.dense_network(), mean, scale, threshold=0.0, context=context)
+    reference = reference_distribution(features[:1600], FEATURE_NAMES)
+    scorer = AnomalyScorer(
+        model.dense_network(), mean, scale, threshold=0.0, context=context, reference=reference
+    )
     scorer.threshold = float(np.quantile(scorer.errors(features[1600:]).mean(axis=1), 0.99))
+    return scorer
+
+
+def register_model(tracking_uri: str, name: str, records: list[dict], workdir: Path) -> str:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ml_pipeline.training.pyfunc import log_scorer_model
+
+    scorer = train_scorer(records)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("bench-serving")
     with mlflow.start_run():

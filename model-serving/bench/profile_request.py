@@ -1,0 +1,271 @@
+"""`make profile-serving`: where a scoring request's time goes, phase by phase, at batch 1
+and batch 1,000.
+
+In one process on one core, with a real model (trained on the bundled sample as the
+benchmark trains it) and real request bodies (the sample's pull requests, the fields the
+model reads): each phase is what the `/v1/score` route does, timed alone over many
+repetitions (the median, per request). Then the whole request through the ASGI app, with
+no socket and no micro-batch wait: what it costs above the phases' sum is the framework's
+(routing, dependencies, middleware, the micro-batcher's hand-off). What the socket and
+HTTP parsing add is the benchmark's served time per request less that whole.
+
+JSON decode is the untyped parse by the parser the path uses; validation is the typed
+decode's excess over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# one core, as the server runs (its CLI sets these before numpy loads)
+for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
+from bench_serving import ours_bodies, sample_records, train_scorer  # noqa: E402
+
+SIZES = (1, 1000)
+ROUNDS = 5  # of each phase, interleaved: a busy moment spoils one round, not one phase
+SECONDS_PER_ROUND = 0.25
+UNTYPED = "JSON decode (untyped, same parser)"
+TYPED = "decode + validation (typed)"
+WHOLE = "whole request (ASGI app)"
+
+
+def median_seconds(work: Callable[[], Any], calls: int = 1, rounds: int = ROUNDS) -> float:
+    """The median time of one call, ``work`` making ``calls`` of them: the median of
+    ``rounds`` rounds' medians."""
+    work()  # warm
+    medians = []
+    for _ in range(rounds):
+        times: list[float] = []
+        stop = time.perf_counter() + SECONDS_PER_ROUND
+        while (start := time.perf_counter()) < stop or len(times) < 5:
+            work()
+            times.append((time.perf_counter() - start) / calls)
+        medians.append(statistics.median(times))
+    return statistics.median(medians)
+
+
+def asgi_request(path: str, body: bytes, state: dict[str, Any], chunk: int = 65536):
+    """The ASGI scope and receive of a POST with ``body``, delivered in ``chunk``-byte parts
+    as uvicorn hands a body over (what it has read so far, up to its 64 KiB buffer)."""
+    parts = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": dict(state),
+    }
+    messages = iter(
+        [
+            {"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
+            for i, part in enumerate(parts)
+        ]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    return scope, receive
+
+
+def run_async(
+    loop: asyncio.AbstractEventLoop, make: Callable[[], Any], calls: int
+) -> Callable[[], Any]:
+    """``calls`` awaits of ``make()`` one after the other in the running loop (entering the
+    loop once costs more than a small request)."""
+
+    async def sequence() -> None:
+        for _ in range(calls):
+            await make()
+
+    return lambda: loop.run_until_complete(sequence())
+
+
+def profile(scorer) -> dict[int, list[tuple[str, float]]]:
+    """Each phase's median seconds per request, per batch size."""
+    from model_serving.app import create_app
+    from model_serving.model_source import LoadedModel
+    from model_serving.settings import ServingSettings
+
+    records = sample_records()
+    model = LoadedModel("bench", "1", "models:/bench@bench", scorer)
+    # no micro-batch wait: the whole request's time is work, not a timer
+    settings = ServingSettings(batch_wait_ms=0, max_batch=1000)
+    app = create_app(lambda: model, settings, load_before_serving=True)
+    loop = asyncio.new_event_loop()
+    lifespan = app.router.lifespan_context(app)
+    state = loop.run_until_complete(lifespan.__aenter__())
+    try:
+        return {
+            size: phases(ours_bodies(records, size)[0].encode(), app, loop, state, model)
+            for size in SIZES
+        }
+    finally:
+        loop.run_until_complete(lifespan.__aexit__(None, None, None))
+        loop.close()
+
+
+def phases(body: bytes, app, loop, state: dict[str, Any], model) -> list[tuple[str, float]]:
+    """The median seconds of each phase of one request with ``body``, in the route's order."""
+    import numpy as np
+    from pydantic_core import from_json
+    from starlette.requests import Request
+
+    from model_serving import app as serving_app
+    from model_serving.metrics import ServingMetrics
+
+    scorer = model.scorer
+    metrics = ServingMetrics()
+    metrics.watch_drift(scorer)
+    calls = max(1, 100 * 1000 // len(body))  # requests per timed run of an async phase
+    one, many = serving_app._ONE_RECORD, serving_app._RECORDS  # noqa: SLF001
+
+    async def read() -> bytes:
+        scope, receive = asgi_request("/v1/score", body, state)
+        return await serving_app.read_body(Request(scope, receive), len(body) + 1)
+
+    parsed, _ = serving_app.parse_body(body, one, many)
+
+    def inputs():
+        return (
+            serving_app.feature_inputs(parsed),
+            [r.repository for r in parsed],
+            [r.author for r in parsed],
+        )
+
+    feature_inputs, repositories, authors = inputs()
+    features = scorer.features_of(feature_inputs, repositories, authors)
+
+    def scores():
+        errors = scorer.errors(features)
+        return errors, errors.mean(axis=1, dtype=np.float64) > scorer.threshold
+
+    verdicts = scorer.score_features(features)
+
+    def respond():
+        for record, verdict in zip(parsed, verdicts, strict=True):
+            verdict["number"] = record.number
+            verdict["model_name"], verdict["model_version"] = model.name, model.version
+        return serving_app._json({"results": verdicts})  # noqa: SLF001
+
+    def count():
+        metrics.observe_scores("pull_request", len(verdicts), 0)
+        labels = ("POST", "/v1/score", "200")
+        metrics.requests.labels(*labels).inc()
+        metrics.latency.labels(*labels).observe(0.001)
+
+    async def whole():
+        scope, receive = asgi_request("/v1/score", body, state)
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 200, sent
+
+    scoring = median_seconds(scores)
+    return [
+        (
+            "body read (ASGI receive, 64 KiB parts)",
+            median_seconds(run_async(loop, read, calls), calls),
+        ),
+        (UNTYPED, median_seconds(lambda: from_json(body))),
+        (TYPED, median_seconds(lambda: serving_app.parse_body(body, one, many))),
+        ("feature inputs (records -> arrays)", median_seconds(inputs)),
+        (
+            "features (context, spec formulas)",
+            median_seconds(lambda: scorer.features_of(feature_inputs, repositories, authors)),
+        ),
+        ("scoring (forward pass, errors, scores)", scoring),
+        (
+            "top features and verdicts",
+            median_seconds(lambda: scorer.score_features(features)) - scoring,
+        ),
+        ("drift window", median_seconds(lambda: metrics.observe_features(features))),
+        ("response encoding", median_seconds(respond)),
+        ("metrics", median_seconds(count)),
+        (WHOLE, median_seconds(run_async(loop, whole, calls), calls)),
+    ]
+
+
+def rows(phases: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The table's rows: validation as the typed decode's excess over the untyped one, and
+    the framework as the whole request's excess over the phases."""
+    named = dict(phases)
+    table: list[tuple[str, float]] = []
+    for name, seconds in phases:
+        if name == TYPED:
+            table.append(("validation (typed decode - untyped)", seconds - named[UNTYPED]))
+        elif name == WHOLE:
+            table.append(
+                (
+                    "framework and hand-offs (whole - phases)",
+                    seconds - sum(s for n, s in phases if n not in (UNTYPED, WHOLE)),
+                )
+            )
+            table.append((f"**{name}**", seconds))
+        else:
+            table.append((name, seconds))
+    return table
+
+
+def report(results: dict[int, list[tuple[str, float]]]) -> None:
+    print("\n| phase | batch 1, µs/request | batch 1,000, ms/request | µs/record |")
+    print("|---|---|---|---|")
+    for (name, one), (_, many) in zip(rows(results[1]), rows(results[1000]), strict=True):
+        print(f"| {name} | {one * 1e6:.1f} | {many * 1e3:.2f} | {many * 1e3:.2f} |")
+
+
+def trained_scorer(workdir: Path):
+    """The benchmark's scorer, trained in a child process: this one's heap then holds what
+    a server's does (no torch, pandas or MLflow), which the garbage collector's passes see."""
+    from pipeline_contracts.scorer import AnomalyScorer
+
+    path = workdir / "scorer.npz"
+    subprocess.run([sys.executable, __file__, "--train-to", str(path)], check=True)
+    return AnomalyScorer.load(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-to", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train_to:
+        train_scorer(sample_records()).save(args.train_to)
+        return 0
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores; training ...")
+    with tempfile.TemporaryDirectory(prefix="profile-serving-") as workdir:
+        scorer = trained_scorer(Path(workdir))
+    report(profile(scorer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

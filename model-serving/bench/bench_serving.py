@@ -20,6 +20,7 @@ pid. The whole run takes about five minutes and says how long it took.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -41,6 +42,10 @@ BIN = Path(sys.executable).parent
 ALIAS = "bench"
 SERVER_CPU, LOAD_CPU = {0}, {1}
 WARMUP, SECONDS = 1.0, 5.0
+# Closed loop: enough connections to keep a server busy while the generator turns answers
+# into new requests (16 for single records), within the admission bounds (4,000 records in
+# flight: 4 batches of 1,000)
+BATCHES = ((100, 8), (1000, 4))
 TAIL_LOADS = (0.25, 0.5, 0.75)  # of the closed-loop capacity with single records
 TAIL_ROUNDS, TAIL_SECONDS = 3, 4.0  # per load; the median of the rounds is reported
 # The issue's goals (issue 26)
@@ -123,6 +128,30 @@ def register_model(
     return ModelReference.at_alias(name, ALIAS).uri, workdir / "scorer.npz"
 
 
+# The kernel favours a session's processes over other sessions' by its autogroup's nice
+# value (processes' own nice values count only within their session). The servers and the
+# load generator each run in a session of their own at this nice value, when the bench may
+# set it (root or CAP_SYS_NICE), as a pod's CPU request secures its share of a node: on a
+# machine busy with other jobs their figures then measure the software, not the wait for a
+# core (README, model-serving: the tail). ``--as-is`` leaves them at the default.
+FAVOURED_NICE = -10
+FAVOUR = {"nice": FAVOURED_NICE}
+
+
+def favoured(cpus: set[int]) -> None:
+    """In a child, before exec: pin it to ``cpus`` and favour its session (see above)."""
+    os.sched_setaffinity(0, cpus)
+    if FAVOUR["nice"]:
+        with open(f"/proc/{os.getpid()}/autogroup", "w") as autogroup:
+            autogroup.write(str(FAVOUR["nice"]))
+
+
+def may_favour() -> bool:
+    """Whether a child in a session of its own may raise its session's priority."""
+    command = [sys.executable, "-c", f"open('/proc/self/autogroup', 'w').write('{FAVOURED_NICE}')"]
+    return subprocess.run(command, start_new_session=True, capture_output=True).returncode == 0
+
+
 def group_cpu_seconds(group: int) -> float:
     """User and system CPU seconds of the live processes of a process group."""
     total = 0
@@ -176,7 +205,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: mlflow's server runs uvicorn as a child
-            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+            preexec_fn=lambda: favoured(cpus),
         )
 
     def wait(self, path: str, body: str, timeout: float = 120) -> None:
@@ -236,7 +265,8 @@ def drive(
         capture_output=True,
         text=True,
         timeout=WARMUP + seconds + 60,
-        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        start_new_session=True,
+        preexec_fn=lambda: favoured(cpus),
         check=True,
     )
     figures = json.loads(result.stdout)
@@ -269,7 +299,8 @@ def overload_figures(
             capture_output=True,
             text=True,
             timeout=120,
-            preexec_fn=lambda: os.sched_setaffinity(0, LOAD_CPU),
+            start_new_session=True,
+            preexec_fn=lambda: favoured(LOAD_CPU),
         )
         if result.returncode != 0:
             raise RuntimeError(f"overload.py failed: {result.stderr[-2000:]}")
@@ -308,7 +339,15 @@ def tail_figures(server: Server, single: list[str], capacity: float, workdir: Pa
             "rate": rate,
             **{
                 key: statistics.median(r[key] for r in rounds)
-                for key in ("p50_ms", "p99_ms", "p999_ms", "lag_p99_ms", "lag_p999_ms", "cpu_us")
+                for key in (
+                    "p50_ms",
+                    "p99_ms",
+                    "p999_ms",
+                    "lag_p99_ms",
+                    "started_p99_ms",
+                    "started_p999_ms",
+                    "cpu_us",
+                )
             },
             "p99_rounds": [r["p99_ms"] for r in rounds],
             "errors": sum(r["errors"] for r in rounds),
@@ -317,7 +356,7 @@ def tail_figures(server: Server, single: list[str], capacity: float, workdir: Pa
         print(
             f"  {share:.0%} of capacity ({rate:,.0f} req/s): p50 {f['p50_ms']:.2f} ms, p99 "
             f"{f['p99_ms']:.2f} ms, p99.9 {f['p999_ms']:.2f} ms; generator lag p99 "
-            f"{f['lag_p99_ms']:.2f} ms (rounds' p99: "
+            f"{f['lag_p99_ms']:.2f} ms, p99 without it {f['started_p99_ms']:.2f} ms (rounds' p99: "
             f"{', '.join(f'{p:.1f}' for p in f['p99_rounds'])})",
             flush=True,
         )
@@ -359,7 +398,8 @@ def profile_figures(scorer: Path) -> dict[str, list[tuple[str, float]]]:
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPU),
+        start_new_session=True,
+        preexec_fn=lambda: favoured(SERVER_CPU),
         check=True,
     )
     return json.loads(result.stdout)
@@ -370,10 +410,22 @@ def main() -> int:
     from pipeline_ops.local_env import LocalEnvironment
     from pipeline_ops.local_platform import LocalPlatform
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--as-is",
+        action="store_true",
+        help="leave the servers and the load generator at the default priority (FAVOURED_NICE)",
+    )
+    args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         print("bench-serving needs 2 cores (server on one, load on the other)", file=sys.stderr)
         return 2
     started, machine = time.monotonic(), MachineLoad()
+    FAVOUR["nice"] = 0 if args.as_is or not may_favour() else FAVOURED_NICE
+    print(
+        f"servers and load generator: sessions of their own at autogroup nice {FAVOUR['nice']}"
+        + ("" if FAVOUR["nice"] or args.as_is else " (raising it is not permitted here)")
+    )
     records = sample_records()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     platform = LocalPlatform(work / "platform")
@@ -431,8 +483,9 @@ def main() -> int:
             single[0],
         )
         measure("ours single", ours, "/v1/score", single, connections=16)
-        measure("ours batch 100", ours, "/v1/score", ours_bodies(records, 100), connections=4)
-        measure("ours batch 1000", ours, "/v1/score", ours_bodies(records, 1000), connections=2)
+        for size, connections in BATCHES:
+            bodies = ours_bodies(records, size)
+            measure(f"ours batch {size}", ours, "/v1/score", bodies, connections=connections)
         print("  open loop, single records (latency from the moment each request was due):")
         tail = tail_figures(ours, single, results["ours single"]["rps"], work)
         under_fire = overload_figures(ours, probe_port, records, results, work)
@@ -488,10 +541,9 @@ def main() -> int:
         )
         path = "/invocations"
         measure("mlflow single", mlflow_server, path, mlflow_bodies(records, 1), connections=16)
-        measure("mlflow batch 100", mlflow_server, path, mlflow_bodies(records, 100), connections=4)
-        measure(
-            "mlflow batch 1000", mlflow_server, path, mlflow_bodies(records, 1000), connections=2
-        )
+        for size, connections in BATCHES:
+            bodies = mlflow_bodies(records, size)
+            measure(f"mlflow batch {size}", mlflow_server, path, bodies, connections=connections)
         mlflow_server.stop()
         print("profile of a request, in-process (profile_request.py) ...", flush=True)
         profile = profile_figures(scorer_file)
@@ -557,9 +609,13 @@ def report(r: dict[str, dict], tail: dict[float, dict]) -> None:
         )
     print(
         f"| p99 at half capacity ({half['rate']:,.0f} req/s, open loop, median of "
-        f"{TAIL_ROUNDS} rounds) | - | {half['p99_ms']:.1f} ms | | < "
-        f"{GOAL_P99_HALF_CAPACITY_MS:.0f} ms | {_met(half['p99_ms'] < GOAL_P99_HALF_CAPACITY_MS)} |"
+        f"{TAIL_ROUNDS} rounds) | - | {half['p99_ms']:.1f} ms ({half['started_p99_ms']:.1f} "
+        f"without the generator's own lag) | | < {GOAL_P99_HALF_CAPACITY_MS:.0f} ms "
+        f"| {_met(half['p99_ms'] < GOAL_P99_HALF_CAPACITY_MS)} |"
     )
+    failed = {label: f["errors"] for label, f in r.items() if f.get("errors")}
+    if failed:
+        print(f"**answers other than 200** (the figures above count them): {failed}")
     print("\nServer CPU per request (its processes' CPU time over the requests answered; it")
     print("hardly moves when other jobs share the cores, where the rates do):")
     print("\n| requests | ceiling | mlflow models serve | model-serving | ours vs the other |")
@@ -577,18 +633,19 @@ def report(r: dict[str, dict], tail: dict[float, dict]) -> None:
         )
     print(
         "\n| offered load (single records) | req/s | p50 ms | p99 ms | p99.9 ms "
-        "| generator lag p99 ms |"
+        "| generator's lag, p99 ms | p99 / p99.9 ms without it |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for share, f in tail.items():
         print(
             f"| {share:.0%} of capacity | {f['rate']:,.0f} | {f['p50_ms']:.2f} | "
-            f"{f['p99_ms']:.2f} | {f['p999_ms']:.2f} | {f['lag_p99_ms']:.2f} |"
+            f"{f['p99_ms']:.2f} | {f['p999_ms']:.2f} | {f['lag_p99_ms']:.2f} | "
+            f"{f['started_p99_ms']:.2f} / {f['started_p999_ms']:.2f} |"
         )
     print(
-        "(each the median of its rounds; the generator's lag is how late it started "
-        "requests itself: on a busy machine it waits for a core too, and that is in the "
-        "latencies)"
+        "(each the median of its rounds; latency counts from the moment a request was due. "
+        "The generator's lag is how late it started requests itself: on a busy machine it "
+        "waits for a core too; the last column counts from the moment it started each)"
     )
 
 
@@ -621,7 +678,7 @@ def report_floor(r: dict[str, dict], profile: dict, body: dict[str, float]) -> N
     mlflow_ms = 1000 / theirs["rps"]
     print(
         f"\nbatch of 1,000 ({body['kb']:,.0f} kB of JSON): one answered every {served_ms:.2f} "
-        f"ms (2 connections), {cpu_ms:.2f} ms of server CPU each; MLflow every "
+        f"ms (4 connections), {cpu_ms:.2f} ms of server CPU each; MLflow every "
         f"{mlflow_ms:.1f} ms, so 5x its rate allows {mlflow_ms / 5:.2f} ms. The floor, "
         f"decoding and validating the body: {phases[TYPED] * 1000:.2f} ms (msgspec, typed, "
         f"in-process; the stdlib's untyped json.loads alone takes {body['json_ms']:.2f} ms)."

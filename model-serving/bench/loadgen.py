@@ -9,7 +9,8 @@ line. Two modes:
   the moment a request was due (no coordinated omission), so a server that falls behind
   shows it in the percentiles. How late this process itself started each request is
   reported apart (``lag_*``): on a busy machine the generator waits for a core too, and
-  that wait is in the latencies.
+  that wait is in the latencies; ``started_*`` are the latencies from the moment it did
+  start each request (its own lateness left out, a wait for a free connection kept in).
 
 Every answer must be ``200`` with a Content-Length body; anything else counts as an error.
 """
@@ -78,7 +79,7 @@ async def closed_loop(host, port, requests, connections, warmup, seconds):
         connection.writer.close()
 
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return latencies, errors, seconds, [], exchanges
+    return latencies, errors, seconds, [], exchanges, []
 
 
 async def open_loop(host, port, requests, connections, warmup, seconds, rate):
@@ -87,6 +88,7 @@ async def open_loop(host, port, requests, connections, warmup, seconds, rate):
         pool.put_nowait(await Connection.open(host, port))
     latencies: list[float] = []
     lags: list[float] = []
+    started_latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
     measure_from = start + warmup
@@ -100,7 +102,9 @@ async def open_loop(host, port, requests, connections, warmup, seconds, rate):
         ok = await connection.exchange(random.choice(requests))
         pool.put_nowait(connection)
         if due >= measure_from:
-            latencies.append(time.perf_counter() - due)
+            answered = time.perf_counter()
+            latencies.append(answered - due)
+            started_latencies.append(answered - started)
             lags.append(started - due)
             errors += not ok
 
@@ -112,7 +116,7 @@ async def open_loop(host, port, requests, connections, warmup, seconds, rate):
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(due)))
     await asyncio.gather(*tasks)
-    return latencies, errors, seconds, lags, len(tasks)
+    return latencies, errors, seconds, lags, len(tasks), started_latencies
 
 
 def main() -> None:
@@ -136,9 +140,9 @@ def main() -> None:
         run = open_loop(
             "127.0.0.1", args.port, requests, args.connections, args.warmup, args.seconds, args.rate
         )
-    latencies, errors, seconds, lags, exchanges = uvloop.run(run)
-    latencies.sort()
-    lags.sort()
+    latencies, errors, seconds, lags, exchanges, started = uvloop.run(run)
+    for values in (latencies, lags, started):
+        values.sort()
 
     def quantile(q: float, values: list[float] = latencies) -> float | None:
         if not values:
@@ -156,6 +160,8 @@ def main() -> None:
             "p999_ms": quantile(0.999),
             "lag_p99_ms": quantile(0.99, lags),
             "lag_p999_ms": quantile(0.999, lags),
+            "started_p99_ms": quantile(0.99, started),
+            "started_p999_ms": quantile(0.999, started),
         },
         sys.stdout,
     )

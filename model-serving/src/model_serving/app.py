@@ -146,19 +146,20 @@ class ModelHolder:
 class MicroBatcher:
     """Scores the records of every request waiting at the same moment in one call.
 
-    A request appends its records and awaits; the first one schedules a flush on the event
-    loop ``wait_seconds`` later (1 ms by default), so the requests that arrive meanwhile
-    join it. An idle service scores each request alone, 1 ms later; a loaded one amortises
-    the fixed per-call cost of scoring (array set-up, one forward pass) over all waiting
-    requests. Scoring must be row-independent for this, which
-    the feature spec guarantees (context comes from the model's bundled snapshot, not from
-    the other rows of a call).
+    A request appends its records and awaits; the first one schedules a flush, by default
+    two turns of the event loop later: the requests the loop reads meanwhile join it (on a
+    loaded server, everything that arrived while it was busy), and none waits on a timer
+    for others to come. With ``wait_seconds`` the flush waits that long instead. A loaded
+    service amortises the fixed per-call cost of scoring (array set-up, one forward pass)
+    over all waiting requests. Scoring must be row-independent for this, which the feature
+    spec guarantees (context comes from the model's bundled snapshot, not from the other
+    rows of a call).
     """
 
     def __init__(
         self,
         holder: ModelHolder,
-        wait_seconds: float = 0.001,
+        wait_seconds: float = 0.0,
         on_features: Callable[[np.ndarray], None] = lambda features: None,
     ):
         self._holder = holder
@@ -173,7 +174,10 @@ class MicroBatcher:
         self._pending.append((records, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_later(self._wait, self._flush)
+            if self._wait:
+                loop.call_later(self._wait, self._flush)
+            else:  # the next turn reads what has arrived; the one after scores it
+                loop.call_soon(loop.call_soon, self._flush)
         return await future
 
     def _flush(self) -> None:

@@ -301,8 +301,8 @@ class PullRequests:
         it was created (the model's rules that msgspec's types cannot say)."""
         created, merged = self.inputs[:, 6], self.inputs[:, 7]
         # NaN (not merged) compares false, and fmax skips it
-        within = (created >= _EARLIEST) & (np.fmax(merged, created) < _LATEST)
-        return bool((within & ~(merged < created)).all())
+        late = np.fmax(merged, created) >= _LATEST
+        return not np.count_nonzero((created < _EARLIEST) | late | (merged < created))
 
 
 # a float: JSON has no NaN or Infinity, and msgspec refuses a number past float's range

@@ -29,8 +29,12 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="largest request body accepted"
     )
+    # 0: a scoring call takes what the event loop has read by its next turn. A wait of 1 ms
+    # (the earlier default) made the server sleep while work waited, and held a client
+    # with few connections to one batch per connection per millisecond: it cost a third of
+    # the benchmark's rate with batches (README: model-serving, the tail)
     batch_wait_ms: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         le=50,
         description="how long the first waiting request holds a scoring call open for others",

@@ -131,10 +131,11 @@ def register_model(
 # The kernel favours a session's processes over other sessions' by its autogroup's nice
 # value (processes' own nice values count only within their session). The servers and the
 # load generator each run in a session of their own at this nice value, when the bench may
-# set it (root or CAP_SYS_NICE), as a pod's CPU request secures its share of a node: on a
-# machine busy with other jobs their figures then measure the software, not the wait for a
-# core (README, model-serving: the tail). ``--as-is`` leaves them at the default.
-FAVOURED_NICE = -10
+# set it (root or CAP_SYS_NICE), as a Guaranteed pod's CPU request secures its core against
+# best-effort neighbours: on a machine busy with other jobs their figures then measure the
+# software, not the wait for a core (README, model-serving: the tail). ``--as-is`` leaves
+# them at the default.
+FAVOURED_NICE = -20
 FAVOUR = {"nice": FAVOURED_NICE}
 
 
@@ -152,17 +153,18 @@ def may_favour() -> bool:
     return subprocess.run(command, start_new_session=True, capture_output=True).returncode == 0
 
 
-def group_cpu_seconds(group: int) -> float:
-    """User and system CPU seconds of the live processes of a process group."""
-    total = 0
+def group_stat(group: int) -> tuple[float, float]:
+    """(CPU seconds, resident MB) of the live processes of a process group."""
+    ticks = pages = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended meanwhile
             continue
         if int(fields[2]) == group:  # pgrp
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            pages += int(fields[21])  # rss
+    return ticks / os.sysconf("SC_CLK_TCK"), pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 class MachineLoad:
@@ -230,7 +232,10 @@ class Server:
         raise RuntimeError(f"{self.label} did not serve: {self.log.read()[-2000:].decode()}")
 
     def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.process.pid)
+        return group_stat(self.process.pid)[0]
+
+    def resident_mb(self) -> float:
+        return group_stat(self.process.pid)[1]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -272,6 +277,7 @@ def drive(
     figures = json.loads(result.stdout)
     cpu = server.cpu_seconds() - cpu_before
     figures["cpu_us"] = 1e6 * cpu / max(figures["exchanges"], 1)
+    figures["resident_mb"] = server.resident_mb()
     return figures
 
 
@@ -652,14 +658,15 @@ def report(r: dict[str, dict], tail: dict[float, dict]) -> None:
 def report_workers(r: dict[str, dict]) -> None:
     print(
         "\n| SERVING_WORKERS (both cores, the generator too) | single records, req/s "
-        "| CPU µs/request | batches of 100, records/s | CPU µs/request |"
+        "| CPU µs/request | batches of 100, records/s | CPU µs/request | resident MB |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for workers in (1, 2):
         one, hundred = r[f"{workers} workers batch 1"], r[f"{workers} workers batch 100"]
         print(
             f"| {workers} | {one['rps']:,.0f} | {one['cpu_us']:,.0f} | "
-            f"{hundred['rps'] * 100:,.0f} | {hundred['cpu_us']:,.0f} |"
+            f"{hundred['rps'] * 100:,.0f} | {hundred['cpu_us']:,.0f} | "
+            f"{hundred['resident_mb']:,.0f} |"
         )
     one, two = r["1 workers batch 100"], r["2 workers batch 100"]
     print(

@@ -143,8 +143,8 @@ format: setup
 clean: down cluster-down ## remove local state (keeps installs and the binaries cache)
 	rm -rf .local
 
-bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)
-	$(PY) model-serving/bench/bench_serving.py
+bench-serving: setup ## ours vs `mlflow models serve` and a bare-FastAPI ceiling: the issue's goals, the tail, workers, the floor (~4 min)
+	timeout 600 $(PY) model-serving/bench/bench_serving.py
 
 profile-serving: setup ## where a scoring request's time goes, phase by phase, batch 1 and 1,000 (~1 min)
 	$(PY) model-serving/bench/profile_request.py

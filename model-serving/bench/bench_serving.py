@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -581,6 +582,7 @@ def main() -> int:
         for server in servers:
             server.stop()
         platform.down()
+        shutil.rmtree(work, ignore_errors=True)
 
     report(results, tail)
     report_workers(results)

@@ -18,7 +18,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: help as-root setup up down status run test test-checks lint validate promote format clean demo-anomaly chromium
-.PHONY: bench-run bench-fetch bench-serving bench-preprocess bench-train bench-scale
+.PHONY: bench-run bench-fetch bench-serving profile-serving bench-preprocess bench-train bench-scale
 .PHONY: engine-up engine-down engine-status images image-test
 .PHONY: cluster-binaries cluster-packages cluster-up cluster-status cluster-down cluster-env cluster-test cluster-push cluster-run cluster-run-test
 
@@ -143,8 +143,11 @@ format: setup
 clean: down cluster-down ## remove local state (keeps installs and the binaries cache)
 	rm -rf .local
 
-bench-serving: setup ## ours vs `mlflow models serve`: same model, same load (~3 min)
-	$(PY) model-serving/bench/bench_serving.py
+bench-serving: setup ## ours vs `mlflow models serve` and a bare-FastAPI ceiling: the issue's goals, the tail, workers, the floor (~4 min)
+	timeout 600 $(PY) model-serving/bench/bench_serving.py
+
+profile-serving: setup ## where a scoring request's time goes, phase by phase, batch 1 and 1,000 (~1 min)
+	$(PY) model-serving/bench/profile_request.py
 
 engine-up: as-root setup ## install (once, Debian packages) and start the project's Docker engine
 	$(PY) -m pipeline_ops.images engine-up

@@ -7,7 +7,10 @@ line. Two modes:
   arrives: the server's capacity (requests/s) and latencies at saturation.
 - ``open``: requests are due at a fixed rate whatever the server does; latency counts from
   the moment a request was due (no coordinated omission), so a server that falls behind
-  shows it in the percentiles.
+  shows it in the percentiles. How late this process itself started each request is
+  reported apart (``lag_*``): on a busy machine the generator waits for a core too, and
+  that wait is in the latencies; ``started_*`` are the latencies from the moment it did
+  start each request (its own lateness left out, a wait for a free connection kept in).
 
 Every answer must be ``200`` with a Content-Length body; anything else counts as an error.
 """
@@ -59,22 +62,24 @@ def build_requests(path: str, bodies: list[str]) -> list[bytes]:
 async def closed_loop(host, port, requests, connections, warmup, seconds):
     latencies: list[float] = []
     errors = 0
+    exchanges = 0
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
 
     async def worker():
-        nonlocal errors
+        nonlocal errors, exchanges
         connection = await Connection.open(host, port)
         while (now := time.perf_counter()) < stop_at:
             ok = await connection.exchange(random.choice(requests))
             done = time.perf_counter()
+            exchanges += 1
             if now >= measure_from:
                 latencies.append(done - now)
                 errors += not ok
         connection.writer.close()
 
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return latencies, errors, seconds
+    return latencies, errors, seconds, [], exchanges, []
 
 
 async def open_loop(host, port, requests, connections, warmup, seconds, rate):
@@ -82,6 +87,8 @@ async def open_loop(host, port, requests, connections, warmup, seconds, rate):
     for _ in range(connections):
         pool.put_nowait(await Connection.open(host, port))
     latencies: list[float] = []
+    lags: list[float] = []
+    started_latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
     measure_from = start + warmup
@@ -90,11 +97,15 @@ async def open_loop(host, port, requests, connections, warmup, seconds, rate):
 
     async def one(due: float):
         nonlocal errors
+        started = time.perf_counter()
         connection = await pool.get()
         ok = await connection.exchange(random.choice(requests))
         pool.put_nowait(connection)
         if due >= measure_from:
-            latencies.append(time.perf_counter() - due)
+            answered = time.perf_counter()
+            latencies.append(answered - due)
+            started_latencies.append(answered - started)
+            lags.append(started - due)
             errors += not ok
 
     tasks = []
@@ -105,7 +116,7 @@ async def open_loop(host, port, requests, connections, warmup, seconds, rate):
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(due)))
     await asyncio.gather(*tasks)
-    return latencies, errors, seconds
+    return latencies, errors, seconds, lags, len(tasks), started_latencies
 
 
 def main() -> None:
@@ -129,19 +140,28 @@ def main() -> None:
         run = open_loop(
             "127.0.0.1", args.port, requests, args.connections, args.warmup, args.seconds, args.rate
         )
-    latencies, errors, seconds = uvloop.run(run)
-    latencies.sort()
+    latencies, errors, seconds, lags, exchanges, started = uvloop.run(run)
+    for values in (latencies, lags, started):
+        values.sort()
 
-    def quantile(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+    def quantile(q: float, values: list[float] = latencies) -> float | None:
+        if not values:
+            return None
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
     json.dump(
         {
             "requests": len(latencies),
+            "exchanges": exchanges,  # warm-up included: what the server answered in all
             "errors": errors,
             "rps": len(latencies) / seconds,
-            "p50_ms": quantile(0.50) if latencies else None,
-            "p99_ms": quantile(0.99) if latencies else None,
+            "p50_ms": quantile(0.50),
+            "p99_ms": quantile(0.99),
+            "p999_ms": quantile(0.999),
+            "lag_p99_ms": quantile(0.99, lags),
+            "lag_p999_ms": quantile(0.999, lags),
+            "started_p99_ms": quantile(0.99, started),
+            "started_p999_ms": quantile(0.999, started),
         },
         sys.stdout,
     )

@@ -27,11 +27,10 @@ from ml_pipeline.feature_frames import (
 from model_serving.app import (
     MicroBatcher,
     ModelHolder,
-    PullRequestIn,
     UnscorableRecordError,
     create_app,
-    feature_inputs,
 )
+from model_serving.bodies import PullRequests, decode_pull_requests
 from model_serving.model_source import LoadedModel, load_model
 from model_serving.settings import ServingSettings
 from pipeline_common.limits import MAX_COUNT
@@ -381,15 +380,19 @@ def test_requests_scored_together_get_their_own_verdicts(model, serving_records)
     requests = [serving_records[i : i + size] for i, size in ((0, 1), (1, 4), (5, 1), (6, 3))]
 
     async def together():
-        parsed = [
-            [PullRequestIn.model_validate_json(json.dumps(r)) for r in sent] for sent in requests
-        ]
+        parsed = [_decoded(sent) for sent in requests]
         return await asyncio.gather(*(batcher.score(records) for records in parsed))
 
     answers = asyncio.run(together())
     for sent, answer in zip(requests, answers, strict=True):
         alone = score_frame(model.scorer, sent)
-        assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
+        assert answer.score.tolist() == pytest.approx([e["score"] for e in alone], 1e-6)
+
+
+def _decoded(records: list[dict[str, Any]]) -> PullRequests:
+    """``records`` as the scoring route decodes a request's body of them."""
+    decoded, _ = decode_pull_requests(json.dumps(records).encode())
+    return decoded
 
 
 def test_context_features_use_the_models_snapshot_unless_the_caller_sends_them(
@@ -418,12 +421,12 @@ def test_fast_path_features_equal_the_spec_frame_path(serving_records) -> None:
         for r in serving_records
     ]
     context = feature_context(pd.DataFrame(flat[::2]))
-    parsed = [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records]
+    parsed = _decoded(serving_records)
 
-    inputs = feature_inputs(parsed)
+    inputs = parsed.feature_inputs()
     prior, median = context.fill(
-        [p.repository for p in parsed],
-        [p.author for p in parsed],
+        parsed.repositories,
+        parsed.authors,
         inputs.additions + inputs.deletions,
         inputs.author_prior_pull_requests,
         inputs.repository_median_changes,
@@ -458,18 +461,16 @@ def test_a_count_past_the_shared_limit_is_422_naming_the_field(client, record, f
 
 
 def test_one_unscorable_record_fails_only_its_own_request(model, serving_records) -> None:
-    """Whatever gets past validation and breaks scoring (here a count built without
-    validation) fails its own request with the record's position; the requests batched with
-    it are scored as if it had never come."""
+    """Whatever gets past validation and breaks scoring (here a repository built without
+    validation, which the model's context cannot look up) fails its own request with the
+    record's position; the requests batched with it are scored as if it had never come."""
     holder = ModelHolder(lambda: model, lambda _: None)
     holder.load()
     batcher = MicroBatcher(holder)
-    good = [
-        [PullRequestIn.model_validate_json(json.dumps(r)) for r in serving_records[i : i + 3]]
-        for i in (0, 3)
-    ]
-    fields = PullRequestIn.model_validate_json(json.dumps(serving_records[6])).model_dump()
-    poisoned = [good[0][0], PullRequestIn.model_construct(**{**fields, "additions": 10**400})]
+    good = [_decoded(serving_records[i : i + 3]) for i in (0, 3)]
+    record = _decoded(serving_records[6:7])
+    unhashable = dataclasses.replace(record, repositories=[["not", "a", "name"]])
+    poisoned = PullRequests.concat([good[0][0:1], unhashable])
 
     async def together():
         requests = (good[0], poisoned, good[1])
@@ -478,10 +479,10 @@ def test_one_unscorable_record_fails_only_its_own_request(model, serving_records
     first, failed, second = asyncio.run(together())
     assert isinstance(failed, UnscorableRecordError)
     assert failed.index == 1
-    assert "OverflowError" in failed.problem
+    assert "TypeError" in failed.problem
     for sent, answer in ((serving_records[0:3], first), (serving_records[3:6], second)):
         alone = score_frame(model.scorer, sent)
-        assert [a["score"] for a in answer] == pytest.approx([e["score"] for e in alone], 1e-6)
+        assert answer.score.tolist() == pytest.approx([e["score"] for e in alone], 1e-6)
 
 
 @pytest.mark.parametrize("value", [1e20, 3.5e38, 1e300])

@@ -1,7 +1,8 @@
 """Property tests (hypothesis) over the request models: whatever JSON a client sends, the
 request model either refuses it (a 422 naming the field) or accepts a record, or a feature
 vector, that the model scores as a finite number. Nothing accepted can fail in scoring,
-where it would share a micro-batch with other requests."""
+where it would share a micro-batch with other requests. The fast decoder (msgspec) accepts
+exactly what the request model accepts, with the same values."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+from fastapi.exceptions import RequestValidationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
-from model_serving.app import FeatureVector, PullRequestIn, feature_inputs
+from model_serving.bodies import (
+    PullRequestFields,
+    PullRequestIn,
+    PullRequests,
+    decode_feature_vectors,
+    decode_pull_requests,
+    validate_body,
+)
 from pipeline_common.limits import MAX_COUNT
 from pipeline_contracts.features import FEATURE_NAMES
 
@@ -40,6 +49,9 @@ record_fields = st.fixed_dictionaries(
         "merged_at": times | st.none(),
         "repository_median_changes": numbers,
         "user": st.fixed_dictionaries({"login": st.text(max_size=8) | numbers}),
+        # given flat, they win over GitHub's nested fields (even when null)
+        "repository": st.none() | st.text(max_size=8),
+        "author": st.none() | st.text(max_size=8) | numbers,
         "base": st.fixed_dictionaries(
             {"repo": st.fixed_dictionaries({"full_name": st.text(max_size=8)})}
         ),
@@ -47,27 +59,99 @@ record_fields = st.fixed_dictionaries(
 )
 
 
-def _validated(model: Any, payload: dict[str, Any]) -> Any | None:
-    """The request model's answer to this JSON body: the validated value, or None (422)."""
+def _decoded(decode: Any, payload: Any) -> Any | None:
+    """What the server decodes of this JSON body, or None (a 422: each problem names its
+    field in the body)."""
     try:
-        return model.model_validate_json(json.dumps(payload))
-    except ValidationError as error:
-        assert all(e["loc"] for e in error.errors())  # each problem names its field
+        decoded, _ = decode(json.dumps(payload).encode())
+    except RequestValidationError as error:
+        assert all(e["loc"][0] == "body" and len(e["loc"]) > 1 for e in error.errors())
         return None
+    return decoded
 
 
 @PROPERTY
 @given(payload=record_fields)
 def test_an_accepted_record_always_gets_a_finite_score(scorer, payload):
-    record = _validated(PullRequestIn, payload)
-    if record is None:
+    records = _decoded(decode_pull_requests, payload)
+    if records is None:
         return
-    for name in COUNTS:
-        value = getattr(record, name)
-        assert value is None or 0 <= value <= MAX_COUNT
-    [verdict] = scorer.score_inputs(feature_inputs([record]), [record.repository], [record.author])
+    counts = records.inputs[:, [0, 1, 2, 3, 8]]  # FeatureInputs' counts, NaN when absent
+    assert ((counts >= 0) & (counts <= MAX_COUNT) | np.isnan(counts)).all()
+    [verdict] = scorer.score_inputs(records.feature_inputs(), records.repositories, records.authors)
     assert math.isfinite(verdict["score"])
     assert verdict["is_anomaly"] == (verdict["score"] > scorer.threshold)
+
+
+def _by_the_model(body: bytes) -> PullRequests | None:
+    try:
+        records, _ = validate_body(body, PullRequestIn)
+    except RequestValidationError:
+        return None
+    return PullRequests.of([PullRequestFields.of(record) for record in records])
+
+
+# Mostly valid records, varied where the two decoders could read them differently: counts
+# at the bounds, times in every accepted form (zone or none, offsets, up to six decimals,
+# a space or a lowercase t), merged_at equal to created_at, GitHub's nested fields beside
+# the flat ones (null too), any text. Some break one rule, to be refused by both.
+_zones = st.sampled_from(["Z", "z", "+00:00", "-00:00", "+05:30", "-0800", ""])
+_times = st.builds(
+    lambda moment, separator, zone, decimals: (
+        moment.strftime(f"%Y-%m-%d{separator}%H:%M:%S")
+        + (f".{moment.microsecond:06d}"[: decimals + 1] if decimals else "")
+        + zone
+    ),
+    st.datetimes(min_value=datetime(1969, 12, 31), max_value=datetime(2200, 1, 2)),
+    st.sampled_from(["T", "t", " "]),
+    _zones,
+    st.integers(min_value=0, max_value=6),
+)
+_counts = st.integers(min_value=0, max_value=50) | st.sampled_from([0, MAX_COUNT, MAX_COUNT + 1])
+valid_records = st.fixed_dictionaries(
+    {
+        **{name: _counts for name in COUNTS[:4]},
+        "created_at": _times,
+    },
+    optional={
+        "number": st.integers(min_value=0, max_value=10**6) | st.none(),
+        "title": st.text(max_size=20),
+        "body": st.text(max_size=40) | st.none(),
+        "merged_at": _times | st.none(),
+        "repository": st.none() | st.text(max_size=8),
+        "author": st.none() | st.text(max_size=8),
+        "base": st.fixed_dictionaries(
+            {"repo": st.none() | st.fixed_dictionaries({"full_name": st.text(max_size=8)})}
+        ),
+        "user": st.none() | st.fixed_dictionaries({"login": st.none() | st.text(max_size=8)}),
+        "author_prior_pull_requests": _counts | st.none(),
+        "repository_median_changes": st.floats(min_value=0, max_value=1e6) | st.none(),
+    },
+)
+
+
+@PROPERTY
+@given(
+    payload=valid_records | st.lists(valid_records, max_size=3) | record_fields,
+    ascii_only=st.booleans(),
+)
+def test_the_fast_decoder_accepts_what_the_model_accepts_with_the_same_values(payload, ascii_only):
+    """Times keep at most six decimals here: past that the fast decoder rounds to the
+    microsecond where the model truncates (bodies.py says so)."""
+    body = json.dumps(payload, ensure_ascii=ascii_only).encode()
+    try:
+        fast: PullRequests | None = decode_pull_requests(body)[0]
+    except RequestValidationError:
+        fast = None
+    model = _by_the_model(body)
+    assert (fast is None) == (model is None)
+    if fast is not None and model is not None:
+        np.testing.assert_array_equal(fast.inputs, model.inputs)
+        assert (fast.numbers, fast.repositories, fast.authors) == (
+            model.numbers,
+            model.repositories,
+            model.authors,
+        )
 
 
 @PROPERTY
@@ -77,8 +161,8 @@ def test_an_accepted_record_always_gets_a_finite_score(scorer, payload):
     )
 )
 def test_an_accepted_feature_vector_always_gets_a_finite_score(scorer, payload):
-    vector = _validated(FeatureVector, payload)
-    if vector is None:
+    matrix = _decoded(decode_feature_vectors, payload)
+    if matrix is None:
         return
-    [verdict] = scorer.score_features([[getattr(vector, name) for name in FEATURE_NAMES]])
+    [verdict] = scorer.score_features(matrix)
     assert math.isfinite(verdict["score"])

@@ -29,8 +29,12 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="largest request body accepted"
     )
+    # 0: a scoring call takes what the event loop has read by its next turn. A wait of 1 ms
+    # (the earlier default) made the server sleep while work waited, and held a client
+    # with few connections to one batch per connection per millisecond: it cost a third of
+    # the benchmark's rate with batches (README: model-serving, the tail)
     batch_wait_ms: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         le=50,
         description="how long the first waiting request holds a scoring call open for others",
@@ -39,10 +43,11 @@ class ServingSettings(BaseSettings):
     graceful_shutdown_seconds: float = Field(
         default=20, ge=0, description="time in-flight requests get to finish on SIGTERM"
     )
-    # Admission control (per worker process): one worker scores 20,000-40,000 records/s
-    # (README, the serving benchmark); 4,000 records in flight is 0.1-0.2 s of work, so an
-    # admitted request is answered well within a client's patience and nothing waits
-    # longer than one such batch. Past either bound: 429 with Retry-After, counted as shed.
+    # Admission control (per worker process): one worker scores 250,000-370,000 records/s
+    # on a core (README, the serving benchmark; 20,000-40,000 when these were sized); 4,000
+    # records in flight is 11-16 ms of work, so an admitted request is answered well within
+    # a client's patience and nothing waits longer than a few such batches. Past either
+    # bound: 429 with Retry-After, counted as shed.
     # The kernel's queue before them is kept short (backlog) so that what they admit is
     # still fresh: under overload uvloop accepts about as fast as it scores.
     max_requests_in_flight: int = Field(

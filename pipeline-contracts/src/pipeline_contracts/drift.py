@@ -77,8 +77,12 @@ def population_stability_index(expected: np.ndarray, observed_counts: np.ndarray
 
 
 class DriftWindow:
-    """The bins of the last ``size`` records, per feature, and their PSI against the
-    reference. Not thread-safe: one event loop feeds it."""
+    """The last ``size`` records' features and their PSI per feature against the reference.
+    Not thread-safe: one event loop feeds it.
+
+    Serving calls :meth:`observe` for every scored batch, most of them a single record, and
+    :meth:`psi` once a scrape: so observing only copies the rows into a ring, and the
+    binning is done when the PSI is asked for."""
 
     def __init__(
         self, references: dict[str, FeatureReference], names: Sequence[str], size: int = 1000
@@ -86,24 +90,27 @@ class DriftWindow:
         self.names = tuple(names)
         self.references = [references[name] for name in self.names]
         self.size = size
-        # every feature's edges in one matrix (padded with +inf), so that a batch is binned
-        # in one comparison rather than one search per feature: serving calls this for
-        # every scored batch, most of them a single record
+        # every feature's edges in one matrix (padded with +inf), so that the window is
+        # binned in one comparison rather than one search per feature
         widest = max((len(ref.edges) for ref in self.references), default=0)
         self._edges = np.full((len(self.names), widest), np.inf)
         for i, ref in enumerate(self.references):
             self._edges[i, : len(ref.edges)] = ref.edges
-        self._bins = np.zeros((size, len(self.names)), dtype=np.int16)
+        self._rows = np.zeros((size, len(self.names)), dtype=np.float64)
         self._next = 0
         self._filled = 0
 
     def observe(self, features: np.ndarray) -> None:
         rows = np.asarray(features, dtype=np.float64)[-self.size :]
-        binned = bin_of(self._edges, rows)
-        positions = (self._next + np.arange(len(binned))) % self.size
-        self._bins[positions] = binned
-        self._next = (self._next + len(binned)) % self.size
-        self._filled = min(self.size, self._filled + len(binned))
+        end = self._next + len(rows)
+        if end <= self.size:
+            self._rows[self._next : end] = rows
+        else:  # wraps around the end of the ring
+            split = self.size - self._next
+            self._rows[self._next :] = rows[:split]
+            self._rows[: end - self.size] = rows[split:]
+        self._next = end % self.size
+        self._filled = min(self.size, self._filled + len(rows))
 
     @property
     def records(self) -> int:
@@ -113,7 +120,7 @@ class DriftWindow:
         """PSI per feature over the window (empty until it holds any record)."""
         if not self._filled:
             return {}
-        window = self._bins[: self._filled]
+        window = bin_of(self._edges, self._rows[: self._filled])
         return {
             name: population_stability_index(
                 ref.shares, np.bincount(window[:, i], minlength=len(ref.shares))

@@ -191,44 +191,59 @@ class FeatureInputs:
     author_prior_pull_requests: np.ndarray
     repository_median_changes: np.ndarray
 
+    def with_context(self, prior: np.ndarray, median: np.ndarray) -> FeatureInputs:
+        """These inputs with the context columns replaced (``dataclasses.replace``, without
+        its introspection: serving calls this for every scoring call)."""
+        return FeatureInputs(
+            self.additions,
+            self.deletions,
+            self.changed_files,
+            self.commits,
+            self.title_length,
+            self.body_length,
+            self.created_seconds,
+            self.merged_seconds,
+            prior,
+            median,
+        )
+
 
 _SECONDS_PER_DAY = 86_400
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
 
-def _zero_where_nan(values: np.ndarray) -> np.ndarray:
-    return np.where(np.isnan(values), 0.0, values)
-
-
 def feature_matrix(inputs: FeatureInputs) -> np.ndarray:
-    """The spec's formulas: one row per record, columns in ``FEATURE_NAMES`` order."""
-    additions, deletions = inputs.additions, inputs.deletions
+    """The spec's formulas: one row per record, columns in ``FEATURE_NAMES`` order.
+
+    Each feature is written in place into its own row of a feature-major array (returned
+    transposed), one or two numpy calls a feature: serving computes this for every scoring
+    call, most of them a few records, where the number of calls is the cost."""
+    additions, deletions, merged = inputs.additions, inputs.deletions, inputs.merged_seconds
+    matrix = np.zeros((len(FEATURE_NAMES), len(additions)))
+    feature = dict(zip(FEATURE_NAMES, matrix, strict=True))  # each feature's row, a view
     churn = additions + deletions
+    # An unmerged pull request has no merge time: its merge features are 0.
+    was_merged = np.isfinite(merged)
     with np.errstate(invalid="ignore", divide="ignore"):
-        some_churn = churn > 0
-        churn_balance = np.where(
-            some_churn, (additions - deletions) / np.where(some_churn, churn, 1), 0.0
-        )
-        # An unmerged pull request has no merge time: its merge features are 0.
-        hours_to_merge = np.maximum((inputs.merged_seconds - inputs.created_seconds) / 3600, 0)
-        merged = inputs.merged_seconds
+        np.log1p(additions, out=feature["log_additions"])
+        np.log1p(deletions, out=feature["log_deletions"])
+        np.log1p(inputs.changed_files, out=feature["log_changed_files"])
+        np.log1p(inputs.commits, out=feature["log_commits"])
+        np.divide(additions - deletions, churn, out=feature["churn_balance"], where=churn > 0)
+        # fmax: NaN (not merged) becomes 0, as a negative time does
+        hours_to_merge = np.fmax((merged - inputs.created_seconds) / 3600, 0)
+        np.log1p(hours_to_merge, out=feature["log_hours_to_merge"])
+        np.log1p(inputs.title_length, out=feature["log_title_length"])
+        np.log1p(inputs.body_length, out=feature["log_body_length"])
         # hour + minute / 60 of the merge time in UTC (seconds do not count)
         minute_of_day = np.floor(np.mod(merged, _SECONDS_PER_DAY) / 60)
         angle = 2 * np.pi * (minute_of_day / 60) / 24
+        np.sin(angle, out=feature["merge_hour_sin"], where=was_merged)
+        np.cos(angle, out=feature["merge_hour_cos"], where=was_merged)
         weekday = np.mod(np.floor(merged / _SECONDS_PER_DAY) + _EPOCH_WEEKDAY, 7)
-        columns = {
-            "log_additions": np.log1p(additions),
-            "log_deletions": np.log1p(deletions),
-            "log_changed_files": np.log1p(inputs.changed_files),
-            "log_commits": np.log1p(inputs.commits),
-            "churn_balance": churn_balance,
-            "log_hours_to_merge": np.log1p(_zero_where_nan(hours_to_merge)),
-            "log_title_length": np.log1p(inputs.title_length),
-            "log_body_length": np.log1p(inputs.body_length),
-            "merge_hour_sin": _zero_where_nan(np.sin(angle)),
-            "merge_hour_cos": _zero_where_nan(np.cos(angle)),
-            "merged_on_weekend": (weekday >= 5).astype(np.float64),
-            "log_author_prior_pull_requests": np.log1p(inputs.author_prior_pull_requests),
-            "size_vs_repository": np.log1p(churn) - np.log1p(inputs.repository_median_changes),
-        }
-    return np.column_stack([columns[name] for name in FEATURE_NAMES]).astype(np.float64)
+        np.greater_equal(weekday, 5, out=feature["merged_on_weekend"])  # NaN: False, 0
+        prior = inputs.author_prior_pull_requests
+        np.log1p(prior, out=feature["log_author_prior_pull_requests"])
+        median = np.log1p(inputs.repository_median_changes)
+        np.subtract(np.log1p(churn), median, out=feature["size_vs_repository"])
+    return matrix.T

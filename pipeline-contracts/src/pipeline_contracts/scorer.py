@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,23 @@ class DenseNetwork:
         return [self.weights[0].shape[0], *(w.shape[1] for w in self.weights)]
 
 
+@dataclass(frozen=True)
+class Scores:
+    """The verdicts of a batch as arrays: each row's score (mean squared reconstruction
+    error), whether it is over the threshold, and its ``TOP_FEATURES`` largest errors'
+    feature indices, largest first."""
+
+    score: np.ndarray
+    is_anomaly: np.ndarray
+    top_features: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def __getitem__(self, rows: slice) -> Scores:
+        return Scores(self.score[rows], self.is_anomaly[rows], self.top_features[rows])
+
+
 @dataclass
 class AnomalyScorer:
     network: DenseNetwork
@@ -75,24 +92,29 @@ class AnomalyScorer:
         this model can tell, so its error is float32's largest rather than a NaN that would
         compare as "not anomalous"."""
         with np.errstate(over="ignore", invalid="ignore"):
-            scaled = ((np.asarray(features, dtype=np.float32) - self.mean) / self.scale).astype(
-                np.float32
-            )
-            errors = (self.network(scaled) - scaled) ** 2
-        finite: np.ndarray = np.nan_to_num(errors, nan=LARGEST_ERROR, posinf=LARGEST_ERROR)
+            scaled = (np.asarray(features, dtype=np.float32) - self.mean) / self.scale
+            scaled = scaled.astype(np.float32, copy=False)
+            errors = np.square(self.network(scaled) - scaled)
+        # NaN and infinity become the largest error (fmin skips NaN; errors are never < 0)
+        finite: np.ndarray = np.fmin(errors, LARGEST_ERROR)
         return finite
 
-    def score_features(self, features: np.ndarray) -> list[dict[str, Any]]:
+    def scores(self, features: np.ndarray) -> Scores:
         errors = self.errors(features)
         # float64: the mean of float32-largest errors would overflow a float32 sum
-        scores = errors.mean(axis=1, dtype=np.float64)
+        scores = errors.sum(axis=1, dtype=np.float64) / errors.shape[1]
         top = np.argsort(-errors, axis=1)[:, :TOP_FEATURES]
+        return Scores(scores, scores > self.threshold, top)
+
+    def score_features(self, features: np.ndarray) -> list[dict[str, Any]]:
+        scores = self.scores(features)
         # whole-array conversions to Python objects, not one numpy scalar at a time
-        top_names = np.asarray(self.feature_names, dtype=object)[top].tolist()
-        flags = (scores > self.threshold).tolist()
+        top_names = np.asarray(self.feature_names, dtype=object)[scores.top_features].tolist()
         return [
             {"score": score, "threshold": self.threshold, "is_anomaly": flag, "top_features": names}
-            for score, flag, names in zip(scores.tolist(), flags, top_names, strict=True)
+            for score, flag, names in zip(
+                scores.score.tolist(), scores.is_anomaly.tolist(), top_names, strict=True
+            )
         ]
 
     def features_of(
@@ -107,8 +129,7 @@ class AnomalyScorer:
             inputs.author_prior_pull_requests,
             inputs.repository_median_changes,
         )
-        filled = replace(inputs, author_prior_pull_requests=prior, repository_median_changes=median)
-        return feature_matrix(filled)
+        return feature_matrix(inputs.with_context(prior, median))
 
     def score_inputs(
         self, inputs: FeatureInputs, repositories: Sequence[object], authors: Sequence[object]

@@ -329,6 +329,7 @@ def test_version_names_the_served_model(client, model) -> None:
     assert info["model_name"] == model.name
     assert info["model_version"] == model.version
     assert info["model_uri"] == model.uri
+    assert info["served_model"] == f"models:/{model.name}/{model.version}"
     assert info["feature_spec_version"] == model.scorer.feature_spec_version
     assert info["service_version"]
 

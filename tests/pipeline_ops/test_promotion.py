@@ -95,10 +95,10 @@ def _attainable(template: dict) -> dict:
 
 
 def test_analysis_passes_on_a_healthy_preview(green, state, tmp_path: Path) -> None:
-    _, instance = green
+    version, instance = green
     result = run_analysis(
         instance.url,
-        MODEL,
+        ModelReference.at_version(MODEL, version),
         tmp_path,
         run_time="4s",
         template=_attainable(load_template()),
@@ -113,25 +113,41 @@ def test_analysis_passes_on_a_healthy_preview(green, state, tmp_path: Path) -> N
 
 
 def test_analysis_fails_on_an_impossible_latency_target(green, state, tmp_path) -> None:
-    _, instance = green
+    version, instance = green
     template = _with_gate_option(load_template(), "--max-p99-ms", "0.001")
-    result = run_analysis(instance.url, MODEL, tmp_path, run_time="3s", template=template,
+    pinned = ModelReference.at_version(MODEL, version)
+    result = run_analysis(instance.url, pinned, tmp_path, run_time="3s", template=template,
                           state=state)  # fmt: skip
     assert not result.passed
     assert any(f.startswith("load-gate:") for f in result.failures())
 
 
 def test_analysis_fails_when_the_preview_serves_another_model(green, state, tmp_path):
-    _, instance = green
-    result = run_analysis(instance.url, "some-other-model", tmp_path, run_time="3s", state=state)
-    assert any(f.startswith("preview-model:") for f in result.failures())
+    version, instance = green
+    other = ModelReference.at_version("some-other-model", version)
+    result = run_analysis(instance.url, other, tmp_path, run_time="3s", state=state)
+    failed = {f.split(":")[0] for f in result.failures()}
+    assert {"preview-model", "preview-model-name"} <= failed, result.failures()
+
+
+def test_analysis_fails_when_the_preview_serves_another_version_than_pinned(
+    green, state, tmp_path
+) -> None:
+    """Git pins one version; a preview that serves any other fails, even of the same model."""
+    version, instance = green
+    pinned = ModelReference.at_version(MODEL, int(version) + 1)
+    result = run_analysis(instance.url, pinned, tmp_path, run_time="3s", state=state)
+    failed = {f.split(":")[0] for f in result.failures()}
+    assert "preview-model" in failed, result.failures()
+    assert "preview-model-name" not in failed, result.failures()
 
 
 def test_an_unsupported_template_is_refused_by_name(green, state, tmp_path) -> None:
     template = copy.deepcopy(load_template())
     template["spec"]["metrics"][0]["successCondition"] = "result in ['ready']"
     with pytest.raises(PromotionError, match="successCondition"):
-        run_analysis(green[1].url, MODEL, tmp_path, template=template, state=state)
+        run_analysis(green[1].url, ModelReference.at_version(MODEL, green[0]), tmp_path,
+                     template=template, state=state)  # fmt: skip
 
 
 def test_first_model_is_promoted_then_a_rerun_changes_nothing(
@@ -264,9 +280,10 @@ ANALYSIS = """
 import json, sys
 from pathlib import Path
 from pipeline_ops.base.processes import StateFile
+from pipeline_contracts.registry import ModelReference
 from pipeline_ops.promotion import run_analysis
 a = json.loads(sys.argv[1])
-run_analysis(a["url"], a["model"], Path(a["work"]), run_time="60s",
+run_analysis(a["url"], ModelReference.parse(a["model"]), Path(a["work"]), run_time="60s",
              state=StateFile(Path(a["state"])))
 """
 
@@ -311,8 +328,9 @@ def test_ctrl_c_while_green_starts_leaves_no_model_serving(
 
 
 def test_ctrl_c_during_the_load_gate_leaves_no_locust(green, state, tmp_path) -> None:
-    _, instance = green
-    run = _started(ANALYSIS, {"url": instance.url, "model": MODEL, "work": str(tmp_path),
+    version, instance = green
+    model = ModelReference.at_version(MODEL, version).uri
+    run = _started(ANALYSIS, {"url": instance.url, "model": model, "work": str(tmp_path),
                               "state": str(state.path)})  # fmt: skip
     gate = _on_record(state, "load-gate", run)
     for _ in range(300):  # until Locust itself runs, in the gate's process group

@@ -353,6 +353,21 @@ def test_rollout_references_fail_on_an_unknown_service_account(repo: Path):
     _fails(repo, "rollout-references-exist", "service account trainer")
 
 
+def test_model_pin_fails_on_an_alias(repo: Path):
+    (repo / "argo-apps/base/model-serving-model.env").write_text(
+        "SERVING_MODEL_URI=models:/pr-anomaly@champion\n"
+    )
+    _fails(repo, "model-pinned-by-version", "names an alias; pin a version")
+
+
+def test_model_pin_fails_when_the_rollout_does_not_carry_it(repo: Path):
+    kustomization = repo / "argo-apps/base/kustomization.yaml"
+    text = kustomization.read_text()
+    start = text.index("replacements:")
+    kustomization.write_text(text[:start] + text[text.index("# Teach kustomize", start) :])
+    _fails(repo, "model-pinned-by-version", "not the pinned models:/pr-anomaly/1")
+
+
 def test_vault_contract_fails_when_a_stage_lacks_vault_role(repo: Path):
     _edit(
         repo / "argo-apps/base/ml-training-cronjob.yaml",

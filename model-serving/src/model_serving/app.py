@@ -50,6 +50,7 @@ from model_serving.settings import ServingSettings
 from pipeline_common.redaction import redact_credentials
 from pipeline_contracts.features import FEATURE_SPEC_VERSION
 from pipeline_contracts.readiness import MODEL_LOADING, READY
+from pipeline_contracts.registry import ModelReference
 from pipeline_contracts.scorer import Scores
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,11 @@ class VersionInfo(BaseModel):
     service: str = "model-serving"
     service_version: str
     feature_spec_version: str
-    model_uri: str | None
+    model_uri: str | None  # as configured
     model_name: str | None
     model_version: str | None
+    # what is served, as git pins it (`models:/NAME/VERSION`): the analysis compares the two
+    served_model: str | None
 
 
 _JSON = TypeAdapter(Any)
@@ -404,6 +407,7 @@ async def version(state: ServingState) -> VersionInfo:
         model_uri=model.uri if model else None,
         model_name=model.name if model else None,
         model_version=model.version if model else None,
+        served_model=ModelReference.at_version(model.name, model.version).uri if model else None,
     )
 
 

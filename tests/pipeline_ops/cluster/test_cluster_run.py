@@ -64,7 +64,7 @@ def test_a_green_serving_the_wrong_model_is_failed_by_the_analysis(cluster_run) 
     _, report = cluster_run
     failed = _step(report, "blue/green failure path")
     assert failed["pre_promotion"] == "Failed"
-    assert "preview-model" in failed["pre_promotion_failed_metrics"], failed
+    assert "preview-model-name" in failed["pre_promotion_failed_metrics"], failed
     assert failed["aborted"] is True
     assert failed["active_stays_blue"] is True
     assert failed["client"]["failed"] == 0

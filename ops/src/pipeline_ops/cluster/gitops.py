@@ -73,17 +73,60 @@ def head(layout: Layout, branch: str) -> str | None:
     return found.stdout.strip() or None
 
 
-def merge_to_staging(layout: Layout, commit: str = "HEAD") -> str:
-    """This checkout's commit becomes ``staging`` (a merged pull request, as the git server
-    sees it); ``main`` starts there too if the server has none. The new staging head."""
+def merge_to_staging(
+    layout: Layout, commit: str = "HEAD", source: Path = PROJECT_ROOT
+) -> dict[str, str]:
+    """This checkout's commit merged into ``staging`` as GitHub merges a pull request: pushed
+    as a feature branch, then a merge commit on top of what ``staging`` holds (its pins
+    stay; nothing is force-pushed, so ``main``, promoted from an earlier ``staging``, still
+    merges cleanly). A fresh server's ``staging`` (and ``main``) start at the commit. Where
+    the commit and ``staging`` both changed a pin (the images list, the model line), the
+    deployed pin on ``staging`` wins, as a reviewer resolving the conflict would keep it;
+    any other conflict is an error naming the files. The branch, the feature head and the
+    new ``staging`` head."""
     target = bare(layout)
-    sha = git("rev-parse", commit, cwd=PROJECT_ROOT)
-    git("push", "--quiet", "--force", str(target), f"{sha}:refs/heads/{BRANCHES[STAGING]}",
-         cwd=PROJECT_ROOT)  # fmt: skip
-    if head(layout, BRANCHES[PRODUCTION]) is None:
-        git("push", "--quiet", str(target), f"{sha}:refs/heads/{BRANCHES[PRODUCTION]}",
-             cwd=PROJECT_ROOT)  # fmt: skip
-    return sha
+    sha = git("rev-parse", commit, cwd=source)
+    feature = f"feature/{sha[:12]}"
+    git("push", "--quiet", "--force", str(target), f"{sha}:refs/heads/{feature}", cwd=source)
+    for branch in (BRANCHES[STAGING], BRANCHES[PRODUCTION]):
+        if head(layout, branch) is None:
+            git("push", "--quiet", str(target), f"{sha}:refs/heads/{branch}", cwd=source)
+    with _work_tree(layout, BRANCHES[STAGING]) as tree:
+        git("fetch", "--quiet", "origin", feature, cwd=tree)
+        if not _contains(tree, "FETCH_HEAD"):
+            merged = commands.run(["git", "merge", "--no-ff", "--no-edit", "-m",
+                                   f"Merge pull request from {feature}", "FETCH_HEAD"],
+                                  what="git merge", cwd=tree, check=False)  # fmt: skip
+            if merged.returncode != 0:
+                _keep_staging_pins(tree, feature)
+            git("push", "--quiet", "origin", f"HEAD:{BRANCHES[STAGING]}", cwd=tree)
+        return {"feature": feature, "commit": sha, "staging": git("rev-parse", "HEAD", cwd=tree)}
+
+
+PIN_FILES = (MODEL_FILE, "argo-apps/base/kustomization.yaml")
+
+
+def _contains(tree: Path, commit: str) -> bool:
+    found = commands.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], what="git",
+                         cwd=tree, check=False)  # fmt: skip
+    return found.returncode == 0
+
+
+def _keep_staging_pins(tree: Path, feature: str) -> None:
+    """Resolve a merge whose only conflicts are in the pin files with staging's side."""
+    conflicted = git("diff", "--name-only", "--diff-filter=U", cwd=tree).split()
+    others = sorted(set(conflicted) - set(PIN_FILES))
+    if others or not conflicted:
+        git("merge", "--abort", cwd=tree)
+        raise ClusterError(
+            f"{feature} does not merge into {BRANCHES[STAGING]}: conflicts in "
+            f"{', '.join(others or ['(none reported)'])}; merge {BRANCHES[STAGING]} into "
+            "your branch and resolve them, as on GitHub"
+        )
+    for path in conflicted:
+        git("checkout", "--ours", "--", path, cwd=tree)
+        git("add", "--", path, cwd=tree)
+    git("commit", "--quiet", "--no-edit", cwd=tree)
 
 
 def pin_images(layout: Layout, references: dict[str, str]) -> str:

@@ -6,8 +6,8 @@
    merged to ``staging`` and the digests pinned there by the workflows' own script.
 3. Argo CD syncs ``staging``; data-fetch runs (a Job from its CronJob), spark-preprocess runs
    through the Spark Operator (two executors, features to S3), ml-training runs (a Job from
-   its CronJob) and registers a challenger. The first model is made champion (nothing
-   serves yet) and the Rollout's first revision serves it.
+   its CronJob) and registers a challenger. The Rollout's first revision serves the model
+   git pins (as shipped, version 1: the first one training registers).
 4. Blue/green for real: the model is pinned in git (a new revision), the pre-promotion
    analysis runs its ``web`` metrics and the load-gate Job against the preview Service, the
    Rollout pauses, ``kubectl argo rollouts promote`` switches the active Service, and the
@@ -46,7 +46,6 @@ from pipeline_ops.cluster import ClusterError, gitops, kube
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.platform import ClusterPlatform
 from pipeline_ops.cluster.registry import push
-from pipeline_ops.promotion import alias_version
 from pipeline_ops.samples import first_sample_record
 
 log = logging.getLogger(__name__)
@@ -190,9 +189,12 @@ class ClusterRun:
             s.figures["summary"] = _brief(summary)
             if not summary.get("registered"):
                 raise ClusterError(f"{TRAINING} registered no challenger: {summary.get('gate')}")
-        version = str(summary["model_version"])
-        with self.step("serving: the champion") as s:
-            s.figures.update(self._serve_first_champion(version))
+        with self.step("serving: the model git pins") as s:
+            # as shipped, git pins version 1, the first version training registers: the
+            # Rollout's pods load it (retrying until it exists) and become ready by themselves
+            s.figures["pinned"] = gitops.served_model(layout, gitops.BRANCHES[STAGING])
+            s.figures.update(self._settle(STAGING))
+        version = self._challenger(str(summary["model_version"]), s.figures["pinned"])
         with self.step("blue/green: the model pinned in git") as s:
             challenger = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
             s.figures.update(self._blue_green(STAGING, challenger, expect="promoted"))
@@ -224,21 +226,20 @@ class ClusterRun:
     def _mlflow(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.platform.url("mlflow"))
 
-    def _serve_first_champion(self, version: str) -> dict[str, Any]:
-        """The first model has nothing to be compared with and nothing serves yet: it becomes
-        champion (the gate passed), and the Rollout's first revision (which serves
-        ``@champion``, as a fresh clone's manifests say) loads it. A later model goes through
-        blue/green."""
-        client = self._mlflow()
-        champion = alias_version(client, DEFAULT_MODEL_NAME, CHAMPION)
-        if champion is None:
-            client.set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION, version)
-            # the pods of the first revision found no champion at start: start them again
-            self.layout.kubectl()("-n", gitops.NAMESPACES[STAGING], "delete", "pod",
-                                  "-l", f"app.kubernetes.io/name={SERVING}",
-                                  "--wait=false")  # fmt: skip
-        settled = self._settle(STAGING)
-        return {"champion": champion or version, "first_model": champion is None, **settled}
+    def _challenger(self, trained: str, pinned: str) -> str:
+        """The version the blue/green judges: what training just registered, unless staging
+        already serves it (a fresh registry's version 1, which the shipped pin names); then
+        training runs once more, as a user does with "run it now", for a new version."""
+        if ModelReference.parse(pinned).version != trained:
+            return trained
+        ns = gitops.NAMESPACES[STAGING]
+        with self.step(f"{TRAINING} again (staging already serves v{trained})") as s:
+            logs = kube.run_cronjob(self.layout, ns, TRAINING, f"{TRAINING}-{self.stamp}-2", 1800)
+            summary = kube.summary_of(logs) or {}
+            s.figures["summary"] = _brief(summary)
+            if not summary.get("registered"):
+                raise ClusterError(f"{TRAINING} registered no challenger: {summary.get('gate')}")
+        return str(summary["model_version"])
 
     def _wait_healthy(self, environment: str, timeout: float = 600) -> dict[str, Any]:
         ns = gitops.NAMESPACES[environment]

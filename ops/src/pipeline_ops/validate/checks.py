@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pipeline_contracts.registry import ModelReference
 from pipeline_ops.stages import STAGE_NAMES, STAGES
 from pipeline_ops.validate.tree import (
     ARGOCD,
@@ -56,6 +57,10 @@ RESTRICTED_VOLUME_TYPES = {
 HOSTED_RUNNERS = re.compile(r"(ubuntu|windows|macos)-")
 # The Makefile's marker prerequisite of the targets that need root (see its `as-root`).
 ROOT_MARKER = "as-root"
+# The served model's pin in git (model-serving-model.env, generated into this ConfigMap) and
+# the Rollout's copy of it that the pre-promotion analysis reads.
+MODEL_CONFIG_MAP = "model-serving-model"
+MODEL_ANNOTATION = "pr-anomaly-mlops/model"
 # The one cancel-in-progress a stage workflow may have: a newer push to a pull request cancels
 # its older run; a push to staging's run is never cancelled.
 PULL_REQUESTS_ONLY = "${{ github.event_name == 'pull_request' }}"
@@ -491,6 +496,38 @@ def rollout_references_exist(tree: RepoTree) -> list[str]:
     return problems
 
 
+def model_pinned_by_version(tree: RepoTree) -> list[str]:
+    """Git pins the served model as a version (``models:/NAME/VERSION``), never a moving
+    alias, and the Rollout's ``pr-anomaly-mlops/model`` annotation (the analysis' argument)
+    is that same pin."""
+    objects = tree.base_objects
+    pins = [
+        o.get("data", {}).get("SERVING_MODEL_URI")
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(MODEL_CONFIG_MAP)
+    ]
+    if len(pins) != 1 or not pins[0]:
+        return [f"{BASE}: expected one {MODEL_CONFIG_MAP} ConfigMap with SERVING_MODEL_URI"]
+    pin = pins[0]
+    problems = []
+    try:
+        reference = ModelReference.parse(pin)
+    except ValueError as error:
+        return [f"{MODEL_CONFIG_MAP}: {error}"]
+    if reference.version is None:
+        problems.append(
+            f"{MODEL_CONFIG_MAP}: SERVING_MODEL_URI={pin} names an alias; pin a version "
+            f"(models:/{reference.name}/N): git, not the registry, says what serves"
+        )
+    for obj in objects:
+        if obj["kind"] == "Rollout":
+            annotated = obj["metadata"].get("annotations", {}).get(MODEL_ANNOTATION)
+            if annotated != pin:
+                problems.append(f"{_name(obj)}: annotation {MODEL_ANNOTATION}={annotated}, "
+                                f"not the pinned {pin} (kustomization's replacements)")  # fmt: skip
+    return problems
+
+
 def vault_contract(tree: RepoTree) -> list[str]:
     """Every stage workload passes VAULT_* to its main container, with its own role."""
     problems = []
@@ -604,6 +641,7 @@ CHECKS: dict[str, Check] = {
     "hosted-runner-steps": hosted_runner_steps,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
+    "model-pinned-by-version": model_pinned_by_version,
     "vault-contract": vault_contract,
     "project-permits-every-kind": project_permits_every_kind,
     "no-latest-tags": no_latest_tags,

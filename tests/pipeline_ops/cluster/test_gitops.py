@@ -1,0 +1,92 @@
+"""How the cluster run's commits reach the git server, with real git and no cluster: a
+checkout is merged into ``staging`` as a pull request is (never force-pushed), so the pins
+on ``staging`` survive and ``main``, promoted earlier, still merges cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline_ops.cluster import ClusterError, gitops
+from pipeline_ops.cluster.layout import Layout
+
+KUSTOMIZATION = "argo-apps/base/kustomization.yaml"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _commit(repo: Path, files: dict[str, str], message: str) -> str:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "--quiet", "-m", message)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A developer's checkout: the model pin and the images list, as the project has them."""
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    _git(repo, "init", "--quiet", "--initial-branch=main")
+    _git(repo, "config", "user.name", "dev")
+    _git(repo, "config", "user.email", "dev@example.com")
+    _commit(repo, {gitops.MODEL_FILE: "SERVING_MODEL_URI=models:/pr-anomaly/1\n",
+                   KUSTOMIZATION: "images: []\n", "README.md": "one\n"}, "first")  # fmt: skip
+    return repo
+
+
+def _promote(layout: Layout) -> None:
+    """What merging the promotion pull request does: staging merged into main."""
+    with gitops._work_tree(layout, gitops.BRANCHES[gitops.PRODUCTION]) as tree:
+        _git(tree, "fetch", "--quiet", "origin", gitops.BRANCHES[gitops.STAGING])
+        _git(tree, "merge", "--quiet", "--no-ff", "--no-edit", "FETCH_HEAD")
+        _git(tree, "push", "--quiet", "origin", f"HEAD:{gitops.BRANCHES[gitops.PRODUCTION]}")
+
+
+def test_a_second_run_merges_and_promotes_cleanly(checkout: Path, tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "state")
+    first = gitops.merge_to_staging(layout, source=checkout)
+    assert gitops.head(layout, "staging") == gitops.head(layout, "main") == first["commit"]
+    pinned = gitops.pin_model(layout, "models:/pr-anomaly/2")
+    _promote(layout)
+
+    # the next run: new work in the checkout, a new model on staging, promoted again
+    _commit(checkout, {"README.md": "two\n"}, "more work")
+    second = gitops.merge_to_staging(layout, source=checkout)
+    assert gitops.served_model(layout, "staging") == "models:/pr-anomaly/2"  # the pin stays
+    history = _git(gitops.bare(layout), "rev-list", "staging")
+    assert pinned in history.split()  # nothing was force-pushed over what main holds
+    parents = _git(gitops.bare(layout), "rev-list", "--parents", "-n1", second["staging"])
+    assert len(parents.split()) == 3  # a merge commit: the feature branch and staging
+    gitops.pin_model(layout, "models:/pr-anomaly/3")
+    _promote(layout)  # was: CONFLICT in model-serving-model.env
+    assert gitops.served_model(layout, "main") == "models:/pr-anomaly/3"
+
+
+def test_a_checkout_that_changed_a_pin_keeps_stagings_pin(checkout, tmp_path) -> None:
+    layout = Layout(tmp_path / "state")
+    gitops.merge_to_staging(layout, source=checkout)
+    gitops.pin_model(layout, "models:/pr-anomaly/4")
+    _commit(checkout, {gitops.MODEL_FILE: "SERVING_MODEL_URI=models:/pr-anomaly/2\n"}, "old pin")
+    gitops.merge_to_staging(layout, source=checkout)
+    assert gitops.served_model(layout, "staging") == "models:/pr-anomaly/4"
+
+
+def test_any_other_conflict_is_named_and_nothing_is_pushed(checkout, tmp_path) -> None:
+    layout = Layout(tmp_path / "state")
+    gitops.merge_to_staging(layout, source=checkout)
+    with gitops._work_tree(layout, "staging") as tree:  # someone else's change on staging
+        _commit(tree, {"README.md": "theirs\n"}, "theirs")
+        _git(tree, "push", "--quiet", "origin", "HEAD:staging")
+    before = gitops.head(layout, "staging")
+    _commit(checkout, {"README.md": "mine\n"}, "mine")
+    with pytest.raises(ClusterError, match=r"conflicts in README\.md"):
+        gitops.merge_to_staging(layout, source=checkout)
+    assert gitops.head(layout, "staging") == before

@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from pipeline_contracts.registry import ModelReference
-from pipeline_ops.stages import STAGE_NAMES, STAGES
+from pipeline_ops.stages import STAGE_NAMES, STAGES, stage
 from pipeline_ops.validate.tree import (
     ARGOCD,
     BASE,
@@ -59,7 +59,7 @@ HOSTED_RUNNERS = re.compile(r"(ubuntu|windows|macos)-")
 ROOT_MARKER = "as-root"
 # The served model's pin in git (model-serving-model.env, generated into this ConfigMap) and
 # the Rollout's copy of it that the pre-promotion analysis reads.
-MODEL_CONFIG_MAP = "model-serving-model"
+MODEL_CONFIG_MAP = f"{stage('model-serving').name}-model"
 MODEL_ANNOTATION = "pr-anomaly-mlops/model"
 # The one cancel-in-progress a stage workflow may have: a newer push to a pull request cancels
 # its older run; a push to staging's run is never cancelled.

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kube_namespace import wait_for
 
+from pipeline_contracts.registry import ModelReference
 from pipeline_ops.cluster import gitops
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.run import ClusterRun
@@ -46,6 +47,12 @@ def test_the_pipeline_runs_in_pods_from_what_argo_cd_synced(cluster_run) -> None
     assert _step(report, "spark-preprocess")["executors"] >= 2
     training = _step(report, "ml-training")["summary"]
     assert training["registered"] is True
+    # this checkout reached staging as a merged pull request: its commit is in staging's history
+    merged = _step(report, "merge to staging")["merged"]
+    history = gitops.git(
+        "--git-dir", str(gitops.bare(cluster_run[0].layout)), "rev-list", "staging"
+    )
+    assert merged["commit"] in history.split()
     staging = gitops.images_on(cluster_run[0].layout, "staging")
     assert all("@sha256:" in reference for reference in staging.values()), staging
 
@@ -76,6 +83,10 @@ def test_production_runs_the_digests_and_model_staging_tested(cluster_run) -> No
     running = compared["running_model_serving"]
     assert running["staging"] == running["production"] != []
     assert compared["models"]["staging"] == compared["models"]["production"]
+    # git pins a version, never a moving alias, and staging moved off the shipped pin
+    served = ModelReference.parse(compared["models"]["production"])
+    assert served.version is not None
+    assert served.uri != _step(report, "serving: the model git pins")["pinned"]
     assert gitops.images_on(run.layout, "main") == gitops.images_on(run.layout, "staging")
     markdown = (run.report_dir / "report.md").read_text()
     assert "AnalysisRuns in staging" in markdown

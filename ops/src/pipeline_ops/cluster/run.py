@@ -40,6 +40,7 @@ from mlflow import MlflowClient
 
 from pipeline_contracts.registry import CHAMPION, DEFAULT_MODEL_NAME, ModelReference
 from pipeline_ops import stages
+from pipeline_ops.base import commands
 from pipeline_ops.base.polling import wait_until
 from pipeline_ops.base.steps import StepLog, steps_table
 from pipeline_ops.cluster import ClusterError, gitops, kube
@@ -396,16 +397,27 @@ class ClusterRun:
 
 def _require_disk(where: Path, gigabytes: float) -> float:
     """The free space under ``where`` (made later if it is not there yet) in GB, or an error
-    that names what to free."""
+    that names what to free. ``gigabytes`` is what a first run's state grows to: what the
+    cluster's state already holds (a live cluster's registry and containerd have the images)
+    counts towards it, down to a quarter of it for images that changed since."""
     existing = next(path for path in (where, *where.parents) if path.exists())
     free = shutil.disk_usage(existing).free / 2**30
-    if free < gigabytes:
+    held = _size_gb(where) if where.exists() else 0.0
+    needed = max(gigabytes - held, gigabytes / 4)
+    if free < needed:
         raise ClusterError(
-            f"{free:.1f} GB free under {where}; the run needs {gigabytes} GB for the images "
-            "in the registry and in containerd (etcd stops when the disk fills). Free space "
-            "(`make clean` in other clones removes their cluster state) and run again"
+            f"{free:.1f} GB free under {where}; the run needs {needed:.1f} GB more for the "
+            f"images in the registry and in containerd ({held:.1f} GB held already; etcd "
+            "stops when the disk fills). Free space (`make clean` in other clones removes "
+            "their cluster state) and run again"
         )
     return round(free, 1)
+
+
+def _size_gb(path: Path) -> float:
+    """What ``path`` holds on disk (``du``: one walk, hard links counted once)."""
+    out = commands.output(["du", "-sk", str(path)], what="measuring the cluster state", timeout=300)
+    return int(out.split()[0]) / 2**20
 
 
 def _new_hash(layout, ns: str, blue: str) -> str | None:

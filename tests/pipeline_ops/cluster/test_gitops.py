@@ -12,7 +12,7 @@ import pytest
 from pipeline_ops.cluster import ClusterError, gitops
 from pipeline_ops.cluster.layout import Layout
 
-KUSTOMIZATION = "argo-apps/base/kustomization.yaml"
+KUSTOMIZATION = gitops.KUSTOMIZATION
 
 
 def _git(cwd: Path, *args: str) -> str:

@@ -53,6 +53,7 @@ CLUSTER_SERVERS = {
     PRODUCTION: "https://kubernetes.default.svc.cluster.local",
 }
 MODEL_FILE = f"argo-apps/base/{stages.stage('model-serving').name}-model.env"
+KUSTOMIZATION = "argo-apps/base/kustomization.yaml"  # its `images:` list: the digests
 SCRIPTS = PROJECT_ROOT / "ops" / "scripts"
 GITHUB_REPOSITORY = "https://github.com/pr-anomaly-mlops/pr-anomaly-mlops.git"
 
@@ -103,7 +104,7 @@ def merge_to_staging(
         return {"feature": feature, "commit": sha, "staging": git("rev-parse", "HEAD", cwd=tree)}
 
 
-PIN_FILES = (MODEL_FILE, "argo-apps/base/kustomization.yaml")
+PIN_FILES = (MODEL_FILE, KUSTOMIZATION)
 
 
 def _contains(tree: Path, commit: str) -> bool:
@@ -195,8 +196,7 @@ def differing_images(layout: Layout, branch: str, other: str) -> str:
 
 def images_on(layout: Layout, branch: str) -> dict[str, str]:
     """The ``images:`` list of argo-apps/base on ``branch``: name -> reference."""
-    kustomization = f"{branch}:argo-apps/base/kustomization.yaml"
-    text = git("--git-dir", str(bare(layout)), "show", kustomization)
+    text = git("--git-dir", str(bare(layout)), "show", f"{branch}:{KUSTOMIZATION}")
     images = {}
     for entry in yaml.safe_load(text).get("images") or []:
         name = entry.get("newName", entry["name"])

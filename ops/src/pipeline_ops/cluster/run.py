@@ -184,18 +184,13 @@ class ClusterRun:
             executors = s.figures["executors"] = len(status.get("executorState", {}))
             if executors < 2:
                 raise ClusterError(f"{PREPROCESS} ran {executors} executor(s), not 2")
-        with self.step(f"{TRAINING} (Job from the CronJob)") as s:
-            logs = kube.run_cronjob(layout, ns, TRAINING, f"{TRAINING}-{self.stamp}", 1800)
-            summary = kube.summary_of(logs) or {}
-            s.figures["summary"] = _brief(summary)
-            if not summary.get("registered"):
-                raise ClusterError(f"{TRAINING} registered no challenger: {summary.get('gate')}")
+        trained = self._train(f"{TRAINING} (Job from the CronJob)", f"{TRAINING}-{self.stamp}")
         with self.step("serving: the model git pins") as s:
             # as shipped, git pins version 1, the first version training registers: the
             # Rollout's pods load it (retrying until it exists) and become ready by themselves
             s.figures["pinned"] = gitops.served_model(layout, gitops.BRANCHES[STAGING])
             s.figures.update(self._settle(STAGING))
-        version = self._challenger(str(summary["model_version"]), s.figures["pinned"])
+        version = self._challenger(trained, s.figures["pinned"])
         with self.step("blue/green: the model pinned in git") as s:
             challenger = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
             s.figures.update(self._blue_green(STAGING, challenger, expect="promoted"))
@@ -227,20 +222,25 @@ class ClusterRun:
     def _mlflow(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.platform.url("mlflow"))
 
+    def _train(self, step: str, job: str) -> str:
+        """ml-training as a Job from its CronJob (a user's "run it now"); the version it
+        registered, or an error with the gate's reason."""
+        with self.step(step) as s:
+            logs = kube.run_cronjob(self.layout, gitops.NAMESPACES[STAGING], TRAINING, job, 1800)
+            summary = kube.summary_of(logs) or {}
+            s.figures["summary"] = _brief(summary)
+            if not summary.get("registered"):
+                raise ClusterError(f"{TRAINING} registered no challenger: {summary.get('gate')}")
+        return str(summary["model_version"])
+
     def _challenger(self, trained: str, pinned: str) -> str:
         """The version the blue/green judges: what training just registered, unless staging
         already serves it (a fresh registry's version 1, which the shipped pin names); then
         training runs once more, as a user does with "run it now", for a new version."""
         if ModelReference.parse(pinned).version != trained:
             return trained
-        ns = gitops.NAMESPACES[STAGING]
-        with self.step(f"{TRAINING} again (staging already serves v{trained})") as s:
-            logs = kube.run_cronjob(self.layout, ns, TRAINING, f"{TRAINING}-{self.stamp}-2", 1800)
-            summary = kube.summary_of(logs) or {}
-            s.figures["summary"] = _brief(summary)
-            if not summary.get("registered"):
-                raise ClusterError(f"{TRAINING} registered no challenger: {summary.get('gate')}")
-        return str(summary["model_version"])
+        return self._train(f"{TRAINING} again (staging already serves v{trained})",
+                           f"{TRAINING}-{self.stamp}-2")  # fmt: skip
 
     def _wait_healthy(self, environment: str, timeout: float = 600) -> dict[str, Any]:
         ns = gitops.NAMESPACES[environment]

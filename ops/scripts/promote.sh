@@ -79,9 +79,13 @@ promote_on_git_remote() {
       outcome="merged $SOURCE into $TARGET"
     fi
   fi
-  # What production will run must be what staging runs, image by image.
+  # What production will run must be what staging runs, image by image, and the same model.
   "$scripts/compare-digests.sh" "$TARGET" "$staging" >/dev/null \
     || fail "$TARGET does not pin $SOURCE's images (above)${outcome:+: not pushed}"
+  # A rollback by revert on main stays on main through later merges (git does not merge a
+  # reverted change again): bring it into staging first (merge main into staging).
+  git diff --quiet "$staging" HEAD -- "$MODEL_PIN" \
+    || fail "$TARGET would serve $(model_line HEAD), $SOURCE serves $(model_line "$staging") (a rollback on $TARGET that $SOURCE lacks?): merge $TARGET into $SOURCE, pin the model you want there, then promote${outcome:+; not pushed}"
   if [ -n "$outcome" ]; then
     git push --quiet "$remote" "HEAD:refs/heads/$TARGET" \
       || fail "cannot push $TARGET to $shown_remote (did it move meanwhile? run again)"

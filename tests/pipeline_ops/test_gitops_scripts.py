@@ -449,3 +449,58 @@ def test_pin_and_promote_over_the_git_protocol(remote: GitOpsRemote, git_daemon:
     assert git_daemon in result.stdout
     assert remote.pinned("main", "model-serving") == reference
     assert remote.images("main") == remote.images("staging")
+
+
+# ---- rolling back by revert --------------------------------------------------------------
+
+MODEL_PIN = "argo-apps/base/model-serving-model.env"
+
+
+def _in_clone(remote: GitOpsRemote, branch: str, *steps: list[str]) -> str:
+    """Run git ``steps`` in a fresh clone of ``branch`` as a user would, push it; the tip."""
+    clone = remote.path.parent / f"clone-{branch}"
+    shutil.rmtree(clone, ignore_errors=True)
+    user = ["-c", "user.name=user", "-c", "user.email=user@localhost"]
+    for step in (["clone", "--quiet", "--branch", branch, str(remote.path), str(clone)], *steps,
+                 ["push", "--quiet", "origin", f"HEAD:{branch}"]):  # fmt: skip
+        cwd = clone if step[0] != "clone" else remote.path.parent
+        subprocess.run(["git", *user, *step], cwd=cwd, env=remote.env, check=True,
+                       capture_output=True)  # fmt: skip
+    return remote.tip(branch)
+
+
+def _pin_model(remote: GitOpsRemote, version: int, branch: str = "staging") -> str:
+    line = f"SERVING_MODEL_URI=models:/pr-anomaly/{version}\n"
+    write = ["-c", f"alias.pin=!printf '{line}' > {MODEL_PIN}", "pin"]
+    return _in_clone(remote, branch, write, ["commit", "--quiet", "-am", f"serve v{version}"])
+
+
+def _served(remote: GitOpsRemote, branch: str) -> str:
+    return remote.git("show", f"refs/heads/{branch}:{MODEL_PIN}").strip()
+
+
+def test_a_rollback_by_revert_holds_until_staging_takes_it(remote: GitOpsRemote):
+    _pin_model(remote, 2)
+    assert remote.run("promote.sh", str(remote.path)).returncode == 0
+    promotion = remote.tip("main")
+    # the rollback: production's promotion reverted on main, as a user does on GitHub
+    _in_clone(remote, "main", ["revert", "--no-edit", "-m", "1", promotion])
+    assert _served(remote, "main").endswith("/1")
+    rolled_back = remote.tip("main")
+
+    # staging still serves v2: promoting it again is refused, naming both, nothing pushed
+    again = remote.run("promote.sh", str(remote.path))
+    assert again.returncode == 1
+    assert "main would serve models:/pr-anomaly/1, staging serves models:/pr-anomaly/2" in (
+        again.stderr
+    )
+    assert "merge main into staging" in again.stderr
+    assert remote.tip("main") == rolled_back
+
+    # the way back: main merged into staging (staging serves v1 too), a new model pinned
+    _in_clone(remote, "staging", ["pull", "--quiet", "--no-rebase", "origin", "main"])
+    assert _served(remote, "staging").endswith("/1")
+    _pin_model(remote, 3)
+    promoted = remote.run("promote.sh", str(remote.path))
+    assert promoted.returncode == 0, promoted.stderr
+    assert _served(remote, "main").endswith("/3")

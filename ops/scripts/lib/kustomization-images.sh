@@ -3,6 +3,15 @@
 # argo-apps/base/kustomization.yaml, read the way `kustomize edit set image` writes it.
 
 KUSTOMIZATION=argo-apps/base/kustomization.yaml
+# the model model-serving serves: one line, SERVING_MODEL_URI=models:/NAME/VERSION
+MODEL_PIN=argo-apps/base/model-serving-model.env
+
+# The model a commit pins (its MODEL_PIN's value).
+model_line() {
+  git show "$1:$MODEL_PIN" | sed -n 's/^SERVING_MODEL_URI=//p'
+}
+# the model model-serving serves (one line, SERVING_MODEL_URI=models:/NAME/VERSION)
+MODEL_PIN=argo-apps/base/model-serving-model.env
 
 # The top-level `images:` block of a kustomization on stdin, as written.
 images_block() {

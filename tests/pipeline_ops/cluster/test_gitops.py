@@ -90,3 +90,50 @@ def test_any_other_conflict_is_named_and_nothing_is_pushed(checkout, tmp_path) -
     with pytest.raises(ClusterError, match=r"conflicts in README\.md"):
         gitops.merge_to_staging(layout, source=checkout)
     assert gitops.head(layout, "staging") == before
+
+
+def _build_as_argo_cd(application: dict, into: Path) -> list[dict]:
+    """argo-apps/base with the Application's kustomize settings, built as Argo CD builds it
+    (its patches and namespace added to the kustomization)."""
+    import shutil
+
+    import yaml
+
+    from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
+
+    base = into / "base"
+    shutil.copytree(PROJECT_ROOT / "argo-apps" / "base", base)
+    kustomize = application["spec"]["source"].get("kustomize", {})
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    kustomization["patches"] = kustomize.get("patches", [])
+    if "namespace" in kustomize:
+        kustomization["namespace"] = kustomize["namespace"]
+    (base / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    built = subprocess.run([TOOLS_DIR / "bin" / "kustomize", "build", base], check=True,
+                           capture_output=True, text=True).stdout  # fmt: skip
+    return [o for o in yaml.safe_load_all(built) if o]
+
+
+def _find(objects: list[dict], kind: str, name: str) -> dict:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("environment", [gitops.STAGING, gitops.PRODUCTION])
+def test_the_local_environment_shortens_the_waits_and_only_production_follows_champion(
+    environment: str, tmp_path: Path
+) -> None:
+    application = next(
+        o for o in gitops.local_argocd_objects((environment,)) if o["kind"] == "Application"
+    )
+    objects = _build_as_argo_cd(application, tmp_path)
+
+    post = _find(objects, "AnalysisTemplate", "model-serving-post-promotion")["spec"]["metrics"][0]
+    assert (post["interval"], post["count"]) == ("15s", 3)
+    pre = _find(objects, "AnalysisTemplate", "model-serving-pre-promotion")["spec"]["metrics"]
+    gate = next(m for m in pre if m["name"] == "load-gate")
+    args = gate["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--run-time") + 1] == "20s"
+    champion = _find(objects, "CronJob", "model-champion")["spec"]
+    assert champion["schedule"] == "* * * * *"
+    # one registry serves both environments: only production's version is the champion
+    assert champion["suspend"] is (environment == gitops.STAGING)

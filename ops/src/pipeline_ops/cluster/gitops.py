@@ -56,6 +56,7 @@ MODEL_FILE = f"argo-apps/base/{stages.stage('model-serving').name}-model.env"
 KUSTOMIZATION = "argo-apps/base/kustomization.yaml"  # its `images:` list: the digests
 SCRIPTS = PROJECT_ROOT / "ops" / "scripts"
 GITHUB_REPOSITORY = "https://github.com/pr-anomaly-mlops/pr-anomaly-mlops.git"
+LOCAL_ENVIRONMENT = PROJECT_ROOT / "ops" / "cluster" / "local-environment.yaml"
 
 
 def repository_url() -> str:
@@ -215,9 +216,16 @@ def _project_objects() -> list[dict[str, Any]]:
     return [o for o in yaml.safe_load_all(built) if o]
 
 
+def local_patches() -> list[dict[str, Any]]:
+    """The local environment's settings (``ops/cluster/local-environment.yaml``): kustomize
+    patches for both Applications."""
+    return yaml.safe_load(LOCAL_ENVIRONMENT.read_text())["patches"]
+
+
 def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) -> list[dict]:
     """argo-apps/argocd for this cluster: the repository is GITOPS_REPOSITORY; production
-    goes to its own namespace of this one cluster."""
+    goes to its own namespace of this one cluster; both Applications get the local
+    environment's patches after their own."""
     url = repository_url()
     wanted = {APPLICATIONS[e] for e in environments}
     objects = []
@@ -234,9 +242,11 @@ def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) 
                 continue
             if spec["source"]["repoURL"] == GITHUB_REPOSITORY:
                 spec["source"]["repoURL"] = url
+            kustomize = spec["source"].setdefault("kustomize", {})
             if spec["destination"].get("name") == PRODUCTION:
                 spec["destination"]["namespace"] = PRODUCTION_NAMESPACE
-                spec["source"]["kustomize"] = {"namespace": PRODUCTION_NAMESPACE}
+                kustomize["namespace"] = PRODUCTION_NAMESPACE
+            kustomize["patches"] = [*kustomize.get("patches", []), *local_patches()]
         objects.append(obj)
     return objects
 

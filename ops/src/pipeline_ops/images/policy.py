@@ -108,7 +108,9 @@ def manifest_policy(image: str, spark_role: str = "driver") -> RunPolicy:
                     pod, container, cpu, memory, role.get("volumeMounts"), role.get("env")
                 )
             for spec_container in node.get("containers", []) or []:
-                if spec_container.get("image") == image:
+                # a container whose `command` replaces the entrypoint (model-serving's image
+                # as the champion job) runs another program: not the image's own workload
+                if spec_container.get("image") == image and "command" not in spec_container:
                     limits = spec_container.get("resources", {}).get("limits", {})
                     return _policy(
                         node.get("securityContext", {}), spec_container.get("securityContext", {}),

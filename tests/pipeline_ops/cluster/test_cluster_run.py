@@ -1,7 +1,9 @@
 """`make cluster-run` for real, once (it takes ~15 minutes): staging synced by Argo CD from the
 cluster's git server, the pipeline in pods, a blue/green of the model pinned in git with
-the real analysis, a green serving the wrong model aborted, the promotion to production, and both
-environments running the same digests. Then what the run's report and the cluster show."""
+the real analysis, a green serving the wrong model aborted, the promotion to production
+through production's own blue/green, both environments running the same digests, a rollback
+by git revert, and the champion alias following production by itself. Then what the run's
+report and the cluster show."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def test_the_pipeline_runs_in_pods_from_what_argo_cd_synced(cluster_run) -> None
 
 def test_blue_green_promotes_with_real_analysis_and_no_failed_request(cluster_run) -> None:
     _, report = cluster_run
-    rollout = _step(report, "blue/green: the model pinned")
+    rollout = _step(report, "blue/green in staging")
     assert rollout["pre_promotion"] == "Successful"
     assert rollout["post_promotion"] == "Successful"
     assert rollout["active"] == rollout["green"] != rollout["blue"]
@@ -91,6 +93,60 @@ def test_production_runs_the_digests_and_model_staging_tested(cluster_run) -> No
     markdown = (run.report_dir / "report.md").read_text()
     assert "AnalysisRuns in staging" in markdown
     assert "PostPromotion" in markdown
+
+
+def _blue_green_passed(figures: dict[str, Any]) -> None:
+    assert figures["pre_promotion"] == "Successful", figures
+    assert figures["post_promotion"] == "Successful", figures
+    assert figures["active"] == figures["green"] != figures["blue"]
+    assert figures["client"]["blue_was_serving"] is True
+    assert figures["client"]["sent"] > 50
+    assert figures["client"]["failed"] == 0, figures["client"]
+
+
+def test_production_takes_the_promotion_through_its_own_blue_green(cluster_run) -> None:
+    _, report = cluster_run
+    promoted = _step(report, "promotion staging -> main: production's own blue/green")
+    assert promoted["blue_green"] is True
+    _blue_green_passed(promoted)
+
+
+def test_a_rollback_by_revert_brings_the_previous_model_back_with_no_failed_request(
+    cluster_run,
+) -> None:
+    run, report = cluster_run
+    before = _step(report, "both environments")["models"]["production"]
+    _blue_green_passed(_step(report, "rollback: the promotion reverted on main"))
+    # main's head is the revert of the promotion; production and staging serve the model
+    # production served before it, on the same digests
+    layout = run.layout
+    subject = gitops.git("--git-dir", str(gitops.bare(layout)), "log", "-1", "--format=%s", "main")
+    assert subject.startswith('Revert "Promote staging to production')
+    back = _step(report, "staging takes the rollback")
+    assert back["models"]["production"] == back["models"]["staging"] != before
+    assert back["running_model_serving"]["staging"] == back["running_model_serving"]["production"]
+    _blue_green_passed(back)
+
+
+def test_the_champion_follows_production_moved_by_the_delivered_job(cluster_run) -> None:
+    """``champion`` names what production serves after the promotion and after the rollback,
+    and the run never moves it: the model-champion CronJob's Jobs (production only) do."""
+    run, report = cluster_run
+    promoted = _step(report, "promotion staging -> main: production's own blue/green")
+    rolled_back = _step(report, "rollback: the promotion reverted on main")
+    for figures in (promoted, rolled_back):
+        champion = figures["champion"]
+        assert champion["production_serves"].endswith(f"/{champion['champion']}"), champion
+    assert promoted["champion"]["champion"] != rolled_back["champion"]["champion"]
+    layout = run.layout
+    production = gitops.NAMESPACES[gitops.PRODUCTION]
+    jobs = layout.kubectl().items(production, "job", "-l", "app.kubernetes.io/name=model-champion")
+    owners = {o["kind"] + "/" + o["name"] for j in jobs for o in j["metadata"]["ownerReferences"]}
+    assert owners == {"CronJob/model-champion"}, owners
+    assert (
+        layout.kubectl().items(STAGING_NS, "job", "-l", "app.kubernetes.io/name=model-champion")
+        == []
+    )  # staging shares the registry: its copy of the job is suspended
 
 
 VAULT_PROBE = """

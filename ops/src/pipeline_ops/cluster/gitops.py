@@ -166,6 +166,31 @@ def pin_model(layout: Layout, model_uri: str, branch: str = BRANCHES[STAGING]) -
         return git("rev-parse", "HEAD", cwd=tree)
 
 
+def revert_promotion(layout: Layout) -> str:
+    """A rollback as a user makes it: ``git revert -m 1`` of the promotion's merge commit at
+    ``main``'s head (its first parent is what production ran before), pushed; the new head."""
+    main = BRANCHES[PRODUCTION]
+    with _work_tree(layout, main) as tree:
+        promotion = git("rev-parse", "HEAD", cwd=tree)
+        if len(git("rev-list", "--parents", "-n", "1", promotion, cwd=tree).split()) != 3:
+            raise ClusterError(f"{main}'s head {promotion[:12]} is not a promotion's merge commit")
+        git("revert", "--no-edit", "-m", "1", promotion, cwd=tree)
+        git("push", "--quiet", "origin", f"HEAD:{main}", cwd=tree)
+        return git("rev-parse", "HEAD", cwd=tree)
+
+
+def merge_main_into_staging(layout: Layout) -> str:
+    """What GitHub's "update branch" does for ``staging``: ``main`` merged into it, so a
+    rollback on ``main`` is in ``staging`` too and the next promotion carries only what is
+    new (promote.sh refuses one that would leave the two on different models); the head."""
+    main, staging = BRANCHES[PRODUCTION], BRANCHES[STAGING]
+    with _work_tree(layout, staging) as tree:
+        git("merge", "--quiet", "--no-ff", "--no-edit", "-m", f"Merge {main} into {staging}",
+            f"origin/{main}", cwd=tree)  # fmt: skip
+        git("push", "--quiet", "origin", f"HEAD:{staging}", cwd=tree)
+        return git("rev-parse", "HEAD", cwd=tree)
+
+
 def served_model(layout: Layout, branch: str) -> str:
     text = git("--git-dir", str(bare(layout)), "show", f"{branch}:{MODEL_FILE}")
     for line in text.splitlines():

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +191,11 @@ class ClusterRun:
             # Rollout's pods load it (retrying until it exists) and become ready by themselves
             s.figures["pinned"] = gitops.served_model(layout, gitops.BRANCHES[STAGING])
             s.figures.update(self._settle(STAGING))
-        version = self._challenger(trained, s.figures["pinned"])
-        with self.step("blue/green: the model pinned in git") as s:
+        pinned = s.figures["pinned"]
+        with self.step("promotion staging -> main (promote.sh): production deploys") as s:
+            s.figures.update(self._promote())
+        version = self._challenger(trained, pinned)
+        with self.step("blue/green in staging: the model pinned in git") as s:
             challenger = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
             s.figures.update(self._blue_green(STAGING, challenger, expect="promoted"))
         with self.step("blue/green failure path: a green serving the wrong model") as s:
@@ -200,13 +204,18 @@ class ClusterRun:
             s.figures["reverted"] = gitops.pin_model(layout, challenger.uri)
             self._synced(STAGING)
             self._wait_healthy(STAGING)
-        with self.step("promotion staging -> main (promote.sh), production syncs") as s:
-            s.figures["main"] = gitops.promote(layout)
-            gitops.apply_applications(layout, (STAGING, PRODUCTION))
-            self._synced(PRODUCTION)
-            # a first revision goes straight to active; a later one through its blue/green
-            s.figures.update(self._settle(PRODUCTION))
+        with self.step("promotion staging -> main: production's own blue/green") as s:
+            s.figures.update(self._promote())
         with self.step("both environments run the same digests") as s:
+            s.figures.update(self._compare_environments())
+        with self.step("rollback: the promotion reverted on main, production's blue/green") as s:
+            s.figures.update(
+                self._follow(PRODUCTION, "promoted", partial(gitops.revert_promotion, layout))
+            )
+            s.figures["champion"] = self._champion_follows_production()
+        with self.step("staging takes the rollback: main merged into staging") as s:
+            update = partial(gitops.merge_main_into_staging, layout)
+            s.figures.update(self._follow(STAGING, "promoted", update))
             s.figures.update(self._compare_environments())
         self.report["analysis_runs"] = {
             env: kube.analysis_runs(layout, gitops.NAMESPACES[env]) for env in (STAGING, PRODUCTION)
@@ -266,10 +275,61 @@ class ClusterRun:
         outcome = self._follow(
             environment, expect, lambda: gitops.pin_model(self.layout, uri, branch)
         )
-        if expect == "promoted" and environment == STAGING and model.version:
-            self._mlflow().set_registered_model_alias(model.name, CHAMPION, model.version)
-            outcome["champion"] = model.version
         return {"model": uri, **outcome}
+
+    def _promote(self) -> dict[str, Any]:
+        """``make promote`` against the git server and the production Application's sync:
+        a production that runs already takes a changed model or image through its own
+        blue/green, with a client on its active Service; a first one goes straight to
+        active. Then the delivered champion job moves ``champion`` to what production serves."""
+        layout = self.layout
+        main, staging = gitops.BRANCHES[PRODUCTION], gitops.BRANCHES[STAGING]
+
+        def promote() -> str:
+            commit = gitops.promote(layout)
+            # a user installs the Applications once (README); applying them again is a no-op
+            gitops.apply_applications(layout, (STAGING, PRODUCTION))
+            return commit
+
+        changes = gitops.served_model(layout, main) != gitops.served_model(layout, staging) or (
+            gitops.differing_images(layout, main, staging)
+        )
+        if changes and self._deployed(PRODUCTION):
+            outcome = {"blue_green": True, **self._follow(PRODUCTION, "promoted", promote)}
+        else:
+            outcome = {"main": promote()}
+            self._synced(PRODUCTION)
+            outcome.update(self._settle(PRODUCTION))
+        outcome["champion"] = self._champion_follows_production()
+        return outcome
+
+    def _deployed(self, environment: str) -> bool:
+        found = self.layout.kubectl()("-n", gitops.NAMESPACES[environment], "get", "rollout",
+                                      "--ignore-not-found", "-o", "name")  # fmt: skip
+        return bool(found.strip())
+
+    def _champion_follows_production(self, timeout: float = 240) -> dict[str, Any]:
+        """Until ``champion`` names the version production's git pins (moved by the delivered
+        model-champion CronJob, not by this run); what production's active Service serves."""
+        from mlflow.exceptions import MlflowException
+
+        pinned = ModelReference.parse(gitops.served_model(self.layout, gitops.BRANCHES[PRODUCTION]))
+        client = self._mlflow()
+        started = time.monotonic()
+
+        def champion() -> str | None:
+            try:
+                version = str(client.get_model_version_by_alias(pinned.name, CHAMPION).version)
+            except MlflowException:
+                return None
+            return version if version == pinned.version else None
+
+        wait_until(f"{pinned.name}@{CHAMPION} to follow production to v{pinned.version} "
+                   "(the model-champion CronJob)", champion, timeout, every=5)  # fmt: skip
+        url = kube.service_url(self.layout, gitops.NAMESPACES[PRODUCTION], ACTIVE_SERVICE)
+        serves = requests.get(f"{url}/version", timeout=5).json().get("served_model")
+        return {"champion": pinned.version, "production_serves": serves,
+                "followed_in_s": round(time.monotonic() - started, 1)}  # fmt: skip
 
     def _settle(self, environment: str) -> dict[str, Any]:
         """The Rollout as the last sync left it: Healthy, or a new revision (new images, say)
@@ -277,8 +337,14 @@ class ClusterRun:
         ns = gitops.NAMESPACES[environment]
 
         def known() -> dict[str, Any] | None:
-            status = kube.rollout(self.layout, ns).get("status", {})
-            return status if status.get("currentPodHash") and status.get("stableRS") else None
+            rollout = kube.rollout(self.layout, ns)
+            status = rollout.get("status", {})
+            # the controller has seen the spec the sync applied (else a new revision is
+            # still to come, and the old one looks settled)
+            seen = str(status.get("observedGeneration")) == str(rollout["metadata"]["generation"])
+            return (
+                status if seen and status.get("currentPodHash") and status.get("stableRS") else None
+            )
 
         status = wait_until(f"the Rollout in {ns}", known, timeout=300)
         if status["currentPodHash"] == status["stableRS"]:
@@ -299,6 +365,9 @@ class ClusterRun:
         if blue_serves:
             client.wait_answering()
         outcome: dict[str, Any] = {"blue": blue}
+        # the analyses of this revision, not an earlier one of the same pod template (a
+        # rollback returns to one): those created since the change (or the sync before it)
+        since = time.time() - (5 if change is not None else 300)
         with client.running():
             if change is not None:
                 outcome["commit"] = change()
@@ -308,7 +377,7 @@ class ClusterRun:
             green = wait_until("a new revision", lambda: _new_hash(layout, ns, blue), timeout=300)
             outcome["green"] = green
             client.mark(f"green {green} created")
-            pre = self._analysis(ns, green, "PrePromotion", timeout=900)
+            pre = self._analysis(ns, green, "PrePromotion", since, timeout=900)
             client.mark(f"pre-promotion analysis {pre['phase']}")
             outcome["pre_promotion"] = pre["phase"]
             outcome["pre_promotion_failed_metrics"] = [
@@ -332,7 +401,7 @@ class ClusterRun:
                     raise ClusterError(f"pre-promotion analysis {pre['phase']}: {message}")
                 layout.kubectl().rollouts(ns, "promote", kube.ROLLOUT)
                 client.mark("promoted")
-                post = self._analysis(ns, green, "PostPromotion", timeout=900)
+                post = self._analysis(ns, green, "PostPromotion", since, timeout=900)
                 client.mark(f"post-promotion analysis {post['phase']}")
                 outcome["post_promotion"] = post["phase"]
                 if post["phase"] != "Successful":
@@ -348,13 +417,19 @@ class ClusterRun:
             raise ClusterError(f"the active Service failed {failed}: {client.failures[:3]}")
         return outcome
 
-    def _analysis(self, ns: str, pod_hash: str, kind: str, timeout: float) -> dict[str, Any]:
-        """The finished AnalysisRun of ``kind`` for revision ``pod_hash``."""
+    def _analysis(
+        self, ns: str, pod_hash: str, kind: str, since: float, timeout: float
+    ) -> dict[str, Any]:
+        """The finished AnalysisRun of ``kind`` for revision ``pod_hash``, created after
+        ``since`` (a time.time())."""
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
 
         def finished() -> dict[str, Any] | None:
             for run in self.layout.kubectl().items(
                 ns, "analysisrun", "-l", f"rollouts-pod-template-hash={pod_hash}"
             ):
+                if run["metadata"]["creationTimestamp"] < after:
+                    continue
                 labels = run["metadata"].get("labels", {})
                 status = run.get("status", {})
                 if labels.get("rollout-type") == kind and status.get("phase") in (

@@ -112,10 +112,13 @@ def unknown_names(repo: Repo, listed: Iterable[Stage] = STAGES) -> list[str]:
     as `file: what 'name' ...`."""
     listed = tuple(listed)
     images = (*(s.image for s in listed), stages.LOAD_GATE)
+    jobs = stages.DELIVERY_JOBS
     known = {
-        "a stage": {s.name for s in listed},
-        "an image": {i.name for i in images},
-        "an image's CLI": {i.cli for i in images},
+        # a delivery job's CronJob is named as it, as a stage's is (`cronjob/NAME`)
+        "a stage": {s.name for s in listed} | {j.name for j in jobs},
+        # and its pods are labelled with its name, as an image's are
+        "an image": {i.name for i in images} | {j.name for j in jobs},
+        "an image's CLI": {i.cli for i in images} | {j.cli for j in jobs},
         "an image's Dockerfile": {i.dockerfile for i in images},
     }
     return sorted(
@@ -249,6 +252,18 @@ def missing_parts(repo: Repo, listed: Iterable[Stage] = STAGES) -> list[str]:
         scripts = _scripts(repo, project) if project in files else {}
         if image.cli not in scripts:
             problems.append(f"{where}: no console script {image.cli} in {project}")
+    cronjobs = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "CronJob"}
+    for job in stages.DELIVERY_JOBS:
+        where = f"delivery job {job.name}"
+        carrier = stages.image(job.image)
+        project = f"{Path(carrier.dockerfile).parts[0]}/pyproject.toml"
+        if job.cli not in _scripts(repo, project):
+            problems.append(f"{where}: no console script {job.cli} in {project} ({job.image}'s)")
+        if job.name not in cronjobs:
+            problems.append(f"{where}: no CronJob {job.name} in {MANIFESTS}")
+        elif _vault_role(cronjobs[job.name]) != job.vault_role:
+            problems.append(f"{where}: its CronJob logs in to Vault as "
+                            f"{_vault_role(cronjobs[job.name])!r}, not {job.vault_role}")  # fmt: skip
     for stage in listed:
         where = f"stage {stage.name}"
         package = f"{stage.directory}/src/{stage.package.replace('.', '/')}/__init__.py"

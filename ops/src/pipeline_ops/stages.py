@@ -93,6 +93,30 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 IMAGE_NAMES: tuple[str, ...] = tuple(i.name for i in IMAGES)
 
 
+@dataclass(frozen=True)
+class DeliveryJob:
+    """Not a stage: a job of the delivery loop that a stage's image runs with a command of
+    its own (its console script), as a CronJob and pods named as it. It logs in to Vault as
+    the image's stage: what that stage's secret holds is all it needs."""
+
+    name: str  # its console script, CronJob and pod label app.kubernetes.io/name
+    image: str  # the stage image that carries it
+
+    @property
+    def cli(self) -> str:
+        return self.name
+
+    @property
+    def vault_role(self) -> str:
+        return stage(self.image).vault_role
+
+
+DELIVERY_JOBS: tuple[DeliveryJob, ...] = (
+    # production's: the registry alias `champion` follows what production serves
+    DeliveryJob("model-champion", "model-serving"),
+)
+
+
 def stage(name: str) -> Stage:
     for candidate in STAGES:
         if candidate.name == name:

@@ -377,45 +377,79 @@ class ClusterRun:
             green = wait_until("a new revision", lambda: _new_hash(layout, ns, blue), timeout=300)
             outcome["green"] = green
             client.mark(f"green {green} created")
-            pre = self._analysis(ns, green, "PrePromotion", since, timeout=900)
-            client.mark(f"pre-promotion analysis {pre['phase']}")
-            outcome["pre_promotion"] = pre["phase"]
-            outcome["pre_promotion_failed_metrics"] = [
-                metric["name"]
-                for metric in pre.get("metricResults", [])
-                if metric.get("phase") in ("Failed", "Error")
-            ]
-            if expect == "aborted":
-                status = wait_until(
-                    "the Rollout aborted", lambda: _aborted(layout, ns), timeout=300
-                )
-                client.mark("aborted")
-                active_hash = _selector(layout, ns, ACTIVE_SERVICE)
-                outcome.update(aborted=True, reason=status.get("message", ""),
-                               active_stays_blue=active_hash == blue)  # fmt: skip
-                if pre["phase"] == "Successful" or active_hash != blue:
-                    raise ClusterError(f"the broken green was not stopped: {outcome}")
-            else:
-                if pre["phase"] != "Successful":
-                    message = pre.get("message", "")
-                    raise ClusterError(f"pre-promotion analysis {pre['phase']}: {message}")
-                layout.kubectl().rollouts(ns, "promote", kube.ROLLOUT)
-                client.mark("promoted")
-                post = self._analysis(ns, green, "PostPromotion", since, timeout=900)
-                client.mark(f"post-promotion analysis {post['phase']}")
-                outcome["post_promotion"] = post["phase"]
-                if post["phase"] != "Successful":
-                    message = post.get("message", "")
-                    raise ClusterError(f"post-promotion analysis {post['phase']}: {message}")
+            if expect == "promoted" and self._fast_tracked(ns, green, since):
+                # the revision whose pods are still up (a rollback within the Rollout's
+                # scaleDownDelaySeconds): Argo Rollouts switches back at once, no analysis
+                client.mark("fast-tracked back to pods still up")
                 self._wait_healthy(environment)
-                outcome["active"] = _selector(layout, ns, ACTIVE_SERVICE)
+                outcome.update(fast_tracked=True, active=_selector(layout, ns, ACTIVE_SERVICE))
                 if outcome["active"] != green:
                     raise ClusterError(f"active Service selects {outcome['active']}, not {green}")
+            else:
+                outcome["fast_tracked"] = False
+                outcome.update(self._analysed(environment, expect, green, blue, since, client))
         outcome["client"] = {**client.summary(), "blue_was_serving": blue_serves}
         if client.failures and blue_serves:
             failed = f"{len(client.failures)} of {client.sent} requests"
             raise ClusterError(f"the active Service failed {failed}: {client.failures[:3]}")
         return outcome
+
+    def _analysed(
+        self, environment: str, expect: str, green: str, blue: str, since: float, client: Client
+    ) -> dict[str, Any]:
+        """The blue/green of ``green`` through its analyses: promoted (then the
+        post-promotion analysis) or aborted, as ``expect`` says."""
+        layout, ns = self.layout, gitops.NAMESPACES[environment]
+        outcome: dict[str, Any] = {}
+        pre = self._analysis(ns, green, "PrePromotion", since, timeout=900)
+        client.mark(f"pre-promotion analysis {pre['phase']}")
+        outcome["pre_promotion"] = pre["phase"]
+        outcome["pre_promotion_failed_metrics"] = [
+            metric["name"]
+            for metric in pre.get("metricResults", [])
+            if metric.get("phase") in ("Failed", "Error")
+        ]
+        if expect == "aborted":
+            status = wait_until("the Rollout aborted", lambda: _aborted(layout, ns), timeout=300)
+            client.mark("aborted")
+            active_hash = _selector(layout, ns, ACTIVE_SERVICE)
+            outcome.update(aborted=True, reason=status.get("message", ""),
+                           active_stays_blue=active_hash == blue)  # fmt: skip
+            if pre["phase"] == "Successful" or active_hash != blue:
+                raise ClusterError(f"the broken green was not stopped: {outcome}")
+        else:
+            if pre["phase"] != "Successful":
+                message = pre.get("message", "")
+                raise ClusterError(f"pre-promotion analysis {pre['phase']}: {message}")
+            layout.kubectl().rollouts(ns, "promote", kube.ROLLOUT)
+            client.mark("promoted")
+            post = self._analysis(ns, green, "PostPromotion", since, timeout=900)
+            client.mark(f"post-promotion analysis {post['phase']}")
+            outcome["post_promotion"] = post["phase"]
+            if post["phase"] != "Successful":
+                message = post.get("message", "")
+                raise ClusterError(f"post-promotion analysis {post['phase']}: {message}")
+            self._wait_healthy(environment)
+            outcome["active"] = _selector(layout, ns, ACTIVE_SERVICE)
+            if outcome["active"] != green:
+                raise ClusterError(f"active Service selects {outcome['active']}, not {green}")
+        return outcome
+
+    def _fast_tracked(self, ns: str, green: str, since: float) -> bool:
+        """Whether Argo Rollouts made ``green`` stable without analysis (a rollback to a
+        revision within scaleDownDelaySeconds), rather than starting its pre-promotion one."""
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+
+        def decided() -> str | None:
+            if kube.rollout(self.layout, ns).get("status", {}).get("stableRS") == green:
+                return "fast"
+            runs = self.layout.kubectl().items(
+                ns, "analysisrun", "-l", f"rollouts-pod-template-hash={green}"
+            )
+            started = any(r["metadata"]["creationTimestamp"] >= after for r in runs)
+            return "analysed" if started else None
+
+        return wait_until(f"revision {green} analysed or fast-tracked", decided, 300) == "fast"
 
     def _analysis(
         self, ns: str, pod_hash: str, kind: str, since: float, timeout: float

@@ -261,9 +261,10 @@ def missing_parts(repo: Repo, listed: Iterable[Stage] = STAGES) -> list[str]:
             problems.append(f"{where}: no console script {job.cli} in {project} ({job.image}'s)")
         if job.name not in cronjobs:
             problems.append(f"{where}: no CronJob {job.name} in {MANIFESTS}")
-        elif _vault_role(cronjobs[job.name]) != job.vault_role:
-            problems.append(f"{where}: its CronJob logs in to Vault as "
-                            f"{_vault_role(cronjobs[job.name])!r}, not {job.vault_role}")  # fmt: skip
+        elif (role := _vault_role(cronjobs[job.name])) != job.vault_role:
+            problems.append(
+                f"{where}: its CronJob logs in to Vault as {role!r}, not {job.vault_role}"
+            )
     for stage in listed:
         where = f"stage {stage.name}"
         package = f"{stage.directory}/src/{stage.package.replace('.', '/')}/__init__.py"
@@ -342,7 +343,7 @@ def test_every_stage_of_the_list_has_all_its_parts(repo: Repo):
 
 
 def test_the_vault_layout_has_a_role_for_each_stage_and_no_list_of_its_own():
-    assert VaultLayout.load().stages == stages.STAGE_NAMES
+    assert VaultLayout.load().stages == stages.VAULT_IDENTITIES
     assert "stages" not in yaml.safe_load((PROJECT_ROOT / "ops/vault/stages.yaml").read_text())
 
 

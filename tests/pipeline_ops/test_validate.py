@@ -395,10 +395,11 @@ def test_vault_contract_fails_on_a_workload_of_a_stage_not_in_the_list(repo: Pat
     _fails(
         repo,
         "vault-contract",
-        "CronJob/data-fetch: label app.kubernetes.io/component names no stage of "
-        "pipeline_ops.stages (data-fetch, spark-preprocess, ml-training, model-serving)",
+        "CronJob/data-fetch: label app.kubernetes.io/component names no Vault identity of "
+        "pipeline_ops.stages (data-fetch, spark-preprocess, ml-training, model-serving, "
+        "model-pin)",
     )
-    _fails(repo, "vault-contract", "stage data-fetch has no workload in argo-apps/base")
+    _fails(repo, "vault-contract", "data-fetch has no workload in argo-apps/base")
 
 
 def test_no_latest_fails_on_a_latest_image_tag(repo: Path):

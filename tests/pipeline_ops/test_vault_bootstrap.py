@@ -17,7 +17,7 @@ from pipeline_ops import stages
 from pipeline_ops.local_env import LOCAL_AUTH_MOUNT, LocalEnvironment
 from pipeline_ops.vault_bootstrap import bootstrap_vault, main
 
-STAGES = stages.STAGE_NAMES
+STAGES = stages.VAULT_IDENTITIES  # the stages and the delivery jobs with their own secret
 
 
 def _settings(local_env: LocalEnvironment, stage: str, **overrides) -> VaultSettings:

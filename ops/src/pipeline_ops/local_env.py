@@ -16,7 +16,7 @@ import hvac
 from pipeline_contracts.registry import DEFAULT_MODEL_NAME
 from pipeline_ops.local_platform import LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR
-from pipeline_ops.stages import STAGES, SecretPart
+from pipeline_ops.stages import VAULT_IDENTITIES, SecretPart, secret_parts
 from pipeline_ops.vault_bootstrap import LocalIdentities, VaultLayout, bootstrap_vault
 
 LOCAL_AUTH_MOUNT = "jwt"
@@ -74,14 +74,20 @@ def stage_secrets(
     features_uri: str,
     s3: dict[str, str] | None = None,
     github_token: str | None = None,
+    git_write_token: str | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Each stage's Vault secret (the keys its settings read), for servers at these
-    addresses; ``s3`` (the ``s3_*`` keys) when ``features_uri`` is ``s3://``."""
+    """Each Vault identity's secret (the keys its settings read), for servers at these
+    addresses; ``s3`` (the ``s3_*`` keys) when ``features_uri`` is ``s3://``;
+    ``git_write_token`` for the GitOps repository's writer (model-pin), where there is one."""
     parts: dict[SecretPart, dict[str, str]] = {
         "mongo": {"mongo_uri": mongo_uri, "mongo_database": MONGO_DATABASE},
         "features": {"features_uri": features_uri, **(s3 or {})},
         "mlflow": {"mlflow_tracking_uri": mlflow_uri, "model_name": MODEL_NAME},
         # optional: without it data-fetch replays the bundled sample
         "github-token": {"github_token": github_token} if github_token else {},
+        "git-write": {"github_token": git_write_token} if git_write_token else {},
     }
-    return {s.name: {k: v for part in s.secret for k, v in parts[part].items()} for s in STAGES}
+    return {
+        name: {k: v for part in secret_parts(name) for k, v in parts[part].items()}
+        for name in VAULT_IDENTITIES
+    }

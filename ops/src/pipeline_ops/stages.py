@@ -17,7 +17,7 @@ from typing import Literal
 
 # What a stage's Vault secret holds, by the servers it talks to; ops spells out the keys
 # (pipeline_ops.local_env.stage_secrets) and fills in the addresses.
-SecretPart = Literal["mongo", "features", "mlflow", "github-token"]
+SecretPart = Literal["mongo", "features", "mlflow", "github-token", "git-write"]
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,13 @@ IMAGE_NAMES: tuple[str, ...] = tuple(i.name for i in IMAGES)
 class DeliveryJob:
     """Not a stage: a job of the delivery loop that a stage's image runs with a command of
     its own (its console script), as a CronJob and pods named as it. It logs in to Vault as
-    the image's stage: what that stage's secret holds is all it needs."""
+    the image's stage when that stage's secret is all it needs; with a ``secret`` of its
+    own, as itself (a role, policy, secret and service account named as it), so that what
+    only it may hold (a git credential) is read by nothing else."""
 
     name: str  # its console script, CronJob and pod label app.kubernetes.io/name
     image: str  # the stage image that carries it
+    secret: tuple[SecretPart, ...] = ()  # its own Vault secret, if any
 
     @property
     def cli(self) -> str:
@@ -108,13 +111,31 @@ class DeliveryJob:
 
     @property
     def vault_role(self) -> str:
-        return stage(self.image).vault_role
+        return self.name if self.secret else stage(self.image).vault_role
 
 
 DELIVERY_JOBS: tuple[DeliveryJob, ...] = (
+    # staging's: a version training registered becomes a commit that pins it in git
+    DeliveryJob("model-pin", "model-serving", secret=("mlflow", "git-write")),
     # production's: the registry alias `champion` follows what production serves
     DeliveryJob("model-champion", "model-serving"),
 )
+# Who logs in to Vault, each reading only its own secret: the stages, and the delivery jobs
+# with a secret of their own.
+VAULT_IDENTITIES: tuple[str, ...] = (
+    *STAGE_NAMES, *(job.name for job in DELIVERY_JOBS if job.secret)
+)  # fmt: skip
+
+
+def secret_parts(identity: str) -> tuple[SecretPart, ...]:
+    """What the Vault secret of ``identity`` (a name of VAULT_IDENTITIES) holds."""
+    jobs = {job.name: job for job in DELIVERY_JOBS if job.secret}
+    return jobs[identity].secret if identity in jobs else stage(identity).secret
+
+
+def service_account(identity: str) -> str:
+    """The ServiceAccount ``identity`` logs in to Vault with."""
+    return identity if identity not in STAGE_NAMES else stage(identity).service_account
 
 
 def stage(name: str) -> Stage:
@@ -129,3 +150,11 @@ def image(name: str) -> Image:
         if candidate.name == name:
             return candidate
     raise KeyError(f"no image {name!r}; the images are {', '.join(IMAGE_NAMES)}")
+
+
+def delivery_job(name: str) -> DeliveryJob:
+    for candidate in DELIVERY_JOBS:
+        if candidate.name == name:
+            return candidate
+    known = ", ".join(job.name for job in DELIVERY_JOBS)
+    raise KeyError(f"no delivery job {name!r}; the delivery jobs are {known}")

@@ -42,7 +42,7 @@ import yaml
 
 from pipeline_ops import stages as pipeline_stages
 from pipeline_ops.paths import VAULT_CONFIG_DIR
-from pipeline_ops.stages import STAGE_NAMES
+from pipeline_ops.stages import VAULT_IDENTITIES
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class VaultLayout:
     namespace: str
     token_ttl: str
     token_max_ttl: str
-    stages: tuple[str, ...] = STAGE_NAMES
+    stages: tuple[str, ...] = VAULT_IDENTITIES  # the stages and the delivery jobs' own
 
     @classmethod
     def load(cls, config_dir: Path = VAULT_CONFIG_DIR) -> VaultLayout:
@@ -80,7 +80,7 @@ class VaultLayout:
         return f"{self.kv_mount}/{self.secret_prefix}/{stage}"
 
     def service_account(self, stage: str) -> str:
-        return pipeline_stages.stage(stage).service_account
+        return pipeline_stages.service_account(stage)
 
     def subject(self, stage: str) -> str:
         return f"system:serviceaccount:{self.namespace}:{self.service_account(stage)}"

@@ -19,6 +19,8 @@ from pipeline_contracts.scorer import AnomalyScorer, find_scorer
 DEFAULT_MODEL_NAME = "pr-anomaly"
 CHAMPION = "champion"  # what production serves
 CHALLENGER = "challenger"  # what training registered and the blue/green judges
+# A model version's tag once model-pin has pinned it in git (BRANCH@COMMIT): it is pinned once
+PINNED_IN_GIT = "pinned_in_git"
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 

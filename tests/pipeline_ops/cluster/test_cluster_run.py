@@ -69,6 +69,20 @@ def test_blue_green_promotes_with_real_analysis_and_no_failed_request(cluster_ru
     assert rollout["client"]["failed"] == 0, rollout["client"]
 
 
+def test_the_pin_of_the_new_version_is_committed_by_the_delivered_model_pin(cluster_run) -> None:
+    """Training registered; model-pin (a CronJob of staging, its own Vault identity and git
+    token) committed the pin through the git server's GitHub contents API; the run only
+    waited for it."""
+    run, report = cluster_run
+    rollout = _step(report, "blue/green in staging")
+    bare = str(gitops.bare(run.layout))
+    made_by = gitops.git("--git-dir", bare, "log", "-1", "--format=%cn|%s", rollout["commit"])
+    subject = f"serve {rollout['model']} on staging (model-pin: newest registered version)"
+    assert made_by == f"model-pin|{subject}"
+    first = _step(report, "serving: the model git pins")["pin"]
+    assert first["tag"].startswith("staging@")
+
+
 def test_a_green_serving_the_wrong_model_is_failed_by_the_analysis(cluster_run) -> None:
     _, report = cluster_run
     failed = _step(report, "blue/green failure path")

@@ -141,7 +141,14 @@ def test_a_taken_port_is_named_with_its_component_and_what_to_do(
 
 def test_every_fixed_address_of_the_real_table_is_checked() -> None:
     listens = {c.name: c.listens for c in COMPONENTS if isinstance(c, HostProcess) and c.listens}
-    assert set(listens) == {"registry", "git-daemon", "kube-apiserver", "kubelet", "prometheus"}
+    assert set(listens) == {
+        "registry",
+        "git-daemon",
+        "github-contents",
+        "kube-apiserver",
+        "kubelet",
+        "prometheus",
+    }
     names = [c.name for c in COMPONENTS]
     assert len(names) == len(set(names))
     # down deletes the pods (kubelet's before_stop) after the controllers stopped

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ops.cluster import ClusterError, gitops
+from pipeline_ops.cluster import ClusterError, git_server, gitops
 from pipeline_ops.cluster.layout import Layout
 
 KUSTOMIZATION = gitops.KUSTOMIZATION
@@ -137,3 +137,12 @@ def test_the_local_environment_shortens_the_waits_and_only_production_follows_ch
     assert champion["schedule"] == "* * * * *"
     # one registry serves both environments: only production's version is the champion
     assert champion["suspend"] is (environment == gitops.STAGING)
+    # and only staging's pin follows training (production's comes by promotion), written
+    # through this cluster's GitHub contents API
+    pin = _find(objects, "CronJob", "model-pin")["spec"]
+    assert pin["schedule"] == "* * * * *"
+    assert pin["suspend"] is (environment == gitops.PRODUCTION)
+    env = pin["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    settings = {e["name"]: e.get("value") for e in env}
+    assert settings["PIN_GITHUB_API_URL"] == git_server.contents_url()
+    assert settings["PIN_REPOSITORY"] == git_server.GITHUB_NAME

@@ -3,17 +3,27 @@
 repositories under ``.local/cluster/git``. ``pr-anomaly.git`` mirrors this repository's
 branches at every ``cluster-up`` (`python -m pipeline_ops.cluster git-sync` to refresh it by
 hand); tests add their own bare repositories beside it and push to them by path.
+
+Beside it, GitHub's contents API for ``pr-anomaly.git`` under the GitHub name of this
+repository (``pipeline_ops.github_contents_server``, ``http://198.19.0.1:9419``): how a
+delivered component writes git, as it does on GitHub, with a token (a file of the cluster's
+state, 0600, seeded into that component's Vault secret).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import sys
 from pathlib import Path
 
 from pipeline_ops.base import commands
-from pipeline_ops.cluster.layout import BRIDGE_IP, GIT_PORT, Layout
+from pipeline_ops.cluster.layout import BRIDGE_IP, GIT_PORT, GITHUB_CONTENTS_PORT, Layout
 from pipeline_ops.paths import PROJECT_ROOT
 
 PROJECT_REPOSITORY = "pr-anomaly.git"
+# its name on GitHub, which the manifests (PIN_REPOSITORY) and the Applications carry
+GITHUB_NAME = "pr-anomaly-mlops/pr-anomaly-mlops"
 
 
 def base_path(layout: Layout) -> Path:
@@ -53,3 +63,29 @@ def sync_project(layout: Layout) -> list[str]:
          cwd=PROJECT_ROOT)  # fmt: skip
     return git("--git-dir", str(bare), "for-each-ref", "--format=%(refname:short)",
                 "refs/heads").split()  # fmt: skip
+
+
+def contents_url() -> str:
+    """GitHub's REST API for the project repository, as pods reach it here."""
+    return f"http://{BRIDGE_IP}:{GITHUB_CONTENTS_PORT}"
+
+
+def contents_token(layout: Layout) -> str:
+    """The token the contents API accepts (made once per cluster state, kept 0600)."""
+    path = layout.root / "github-contents.token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def contents_command(layout: Layout) -> list[str]:
+    contents_token(layout)
+    repository = init_bare(layout, PROJECT_REPOSITORY)
+    return [
+        sys.executable, "-m", "pipeline_ops.github_contents_server",
+        "--token-file", str(layout.root / "github-contents.token"),
+        "--repository", f"{GITHUB_NAME}={repository}",
+        "--bind", BRIDGE_IP, "--port", str(GITHUB_CONTENTS_PORT),
+    ]  # fmt: skip

@@ -191,6 +191,11 @@ def merge_main_into_staging(layout: Layout) -> str:
         return git("rev-parse", "HEAD", cwd=tree)
 
 
+def committer(layout: Layout, branch: str) -> str:
+    """Who committed ``branch``'s head (a user, or a delivered component by its name)."""
+    return git("--git-dir", str(bare(layout)), "log", "-1", "--format=%cn", branch)
+
+
 def served_model(layout: Layout, branch: str) -> str:
     text = git("--git-dir", str(bare(layout)), "show", f"{branch}:{MODEL_FILE}")
     for line in text.splitlines():

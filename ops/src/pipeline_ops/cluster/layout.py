@@ -34,6 +34,9 @@ KUBELET_PORT = 10250
 REGISTRY = "127.0.0.1:5000"
 # The git server Argo CD reads (git daemon), on the bridge address: pods reach it, nothing else.
 GIT_PORT = 9418
+# GitHub's contents API for that repository (our stand-in, github_contents_server): the one
+# way a delivered component (model-pin) writes git, with a token; also on the bridge address.
+GITHUB_CONTENTS_PORT = 9419
 # Prometheus, on the bridge address too (pods query it: analysis runs).
 PROMETHEUS_PORT = 9090
 # The environments: staging in the namespace the manifests name; production, on this one

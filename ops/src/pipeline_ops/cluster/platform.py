@@ -28,6 +28,7 @@ from typing import Any
 
 from pipeline_ops.base import commands
 from pipeline_ops.base.processes import minimal_environment
+from pipeline_ops.cluster import git_server
 from pipeline_ops.cluster.layout import (
     BRIDGE_IP,
     CLUSTER_DOMAIN,
@@ -123,6 +124,7 @@ class ClusterPlatform:
                 "s3_access_key_id": credentials["access_key_id"],
                 "s3_secret_access_key": credentials["secret_access_key"],
             },
+            git_write_token=git_server.contents_token(self.layout),
         )
 
     def configure_vault(self) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 import requests
 from mlflow import MlflowClient
 
-from pipeline_contracts.registry import CHAMPION, DEFAULT_MODEL_NAME, ModelReference
+from pipeline_contracts.registry import CHAMPION, DEFAULT_MODEL_NAME, PINNED_IN_GIT, ModelReference
 from pipeline_ops import stages
 from pipeline_ops.base import commands
 from pipeline_ops.base.polling import wait_until
@@ -58,6 +58,7 @@ FETCH = stages.stage("data-fetch").name
 PREPROCESS = stages.stage("spark-preprocess").name
 TRAINING = stages.stage("ml-training").name
 SERVING = kube.ROLLOUT
+MODEL_PIN = stages.delivery_job("model-pin").name  # commits a registered version's pin
 ACTIVE_SERVICE = f"{SERVING}-active"  # the Rollout's activeService
 # The failure path's green: the served model copied under another registered name, as when
 # an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
@@ -186,18 +187,25 @@ class ClusterRun:
             if executors < 2:
                 raise ClusterError(f"{PREPROCESS} ran {executors} executor(s), not 2")
         trained = self._train(f"{TRAINING} (Job from the CronJob)", f"{TRAINING}-{self.stamp}")
-        with self.step("serving: the model git pins") as s:
-            # as shipped, git pins version 1, the first version training registers: the
-            # Rollout's pods load it (retrying until it exists) and become ready by themselves
-            s.figures["pinned"] = gitops.served_model(layout, gitops.BRANCHES[STAGING])
+        with self.step(
+            "serving: the model git pins (model-pin pins what training registered)"
+        ) as s:
+            # as shipped, git pins version 1, the first version training registers: model-pin
+            # finds it pinned already; a later version it commits on staging, and the
+            # Rollout takes it through its blue/green
+            s.figures["pin"] = self._pinned_by_model_pin(trained)
+            self._synced(STAGING)
             s.figures.update(self._settle(STAGING))
-        pinned = s.figures["pinned"]
         with self.step("promotion staging -> main (promote.sh): production deploys") as s:
             s.figures.update(self._promote())
-        version = self._challenger(trained, pinned)
-        with self.step("blue/green in staging: the model pinned in git") as s:
+        started = time.time()
+        version = self._train(f"{TRAINING} again (a user's \"run it now\")",
+                              f"{TRAINING}-{self.stamp}-2")  # fmt: skip
+        with self.step("blue/green in staging: model-pin pins the new version") as s:
             challenger = ModelReference.at_version(DEFAULT_MODEL_NAME, version)
-            s.figures.update(self._blue_green(STAGING, challenger, expect="promoted"))
+            pinned = partial(self._pin_commit, version)
+            s.figures.update(self._follow(STAGING, "promoted", pinned, since=started))
+            s.figures["model"] = challenger.uri
         with self.step("blue/green failure path: a green serving the wrong model") as s:
             wrong = self._copy_model(challenger, WRONG_MODEL_NAME)
             s.figures.update(self._blue_green(STAGING, wrong, expect="aborted"))
@@ -242,14 +250,29 @@ class ClusterRun:
                 raise ClusterError(f"{TRAINING} registered no challenger: {summary.get('gate')}")
         return str(summary["model_version"])
 
-    def _challenger(self, trained: str, pinned: str) -> str:
-        """The version the blue/green judges: what training just registered, unless staging
-        already serves it (a fresh registry's version 1, which the shipped pin names); then
-        training runs once more, as a user does with "run it now", for a new version."""
-        if ModelReference.parse(pinned).version != trained:
-            return trained
-        return self._train(f"{TRAINING} again (staging already serves v{trained})",
-                           f"{TRAINING}-{self.stamp}-2")  # fmt: skip
+    def _pinned_by_model_pin(self, version: str, timeout: float = 240) -> dict[str, Any]:
+        """Until the delivered model-pin CronJob has pinned ``version`` in git (its registry
+        tag says where); the tag, what staging pins now and who made staging's head."""
+        client = self._mlflow()
+        started = time.monotonic()
+
+        def tagged() -> str | None:
+            tags = client.get_model_version(DEFAULT_MODEL_NAME, version).tags or {}
+            return tags.get(PINNED_IN_GIT)
+
+        tag = wait_until(f"model-pin to pin {DEFAULT_MODEL_NAME} v{version} in git", tagged,
+                         timeout, every=5)  # fmt: skip
+        staging = gitops.BRANCHES[STAGING]
+        return {"tag": tag, "pinned": gitops.served_model(self.layout, staging),
+                "head_by": gitops.committer(self.layout, staging),
+                "waited_s": round(time.monotonic() - started, 1)}  # fmt: skip
+
+    def _pin_commit(self, version: str) -> str:
+        """The commit model-pin made for ``version`` (the change the blue/green follows)."""
+        pin = self._pinned_by_model_pin(version)
+        if pin["head_by"] != MODEL_PIN or not pin["pinned"].endswith(f"/{version}"):
+            raise ClusterError(f"staging's pin did not come from {MODEL_PIN}: {pin}")
+        return str(pin["tag"]).partition("@")[2]
 
     def _wait_healthy(self, environment: str, timeout: float = 600) -> dict[str, Any]:
         ns = gitops.NAMESPACES[environment]
@@ -353,7 +376,11 @@ class ClusterRun:
         return {"blue_green": True, **self._follow(environment, "promoted", None)}
 
     def _follow(
-        self, environment: str, expect: str, change: Callable[[], str] | None
+        self,
+        environment: str,
+        expect: str,
+        change: Callable[[], str] | None,
+        since: float | None = None,
     ) -> dict[str, Any]:
         """Make ``change`` (a commit; None: the sync already brought the new revision) and
         follow the blue/green with a client on the active Service all along."""
@@ -367,7 +394,8 @@ class ClusterRun:
         outcome: dict[str, Any] = {"blue": blue}
         # the analyses of this revision, not an earlier one of the same pod template (a
         # rollback returns to one): those created since the change (or the sync before it)
-        since = time.time() - (5 if change is not None else 300)
+        if since is None:
+            since = time.time() - (5 if change is not None else 300)
         with client.running():
             if change is not None:
                 outcome["commit"] = change()

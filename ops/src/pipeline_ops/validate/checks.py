@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from pipeline_contracts.registry import ModelReference
-from pipeline_ops.stages import STAGE_NAMES, STAGES, stage
+from pipeline_ops.stages import VAULT_IDENTITIES, service_account, stage
 from pipeline_ops.validate.tree import (
     ARGOCD,
     BASE,
@@ -351,11 +351,12 @@ def pod_security_restricted(tree: RepoTree) -> list[str]:
 
 
 def service_account_tokens(tree: RepoTree) -> list[str]:
-    """Only an identity that needs a token mounts one: a stage's (its pods log in to Vault
-    with it, ops/vault/stages.yaml) or one a RoleBinding gives API rights (the Spark driver's).
+    """Only an identity that needs a token mounts one: a Vault identity's (a stage's or a
+    delivery job's: its pods log in to Vault with it, ops/vault/stages.yaml) or one a
+    RoleBinding gives API rights (the Spark driver's).
     Every other ServiceAccount sets `automountServiceAccountToken: false`, and so does every
     pod that runs under the namespace's `default` one (the load gate)."""
-    stage_identities = {s.service_account for s in STAGES}
+    stage_identities = {service_account(identity) for identity in VAULT_IDENTITIES}
     bound = {
         subject.get("name")
         for obj in tree.base_objects
@@ -529,17 +530,19 @@ def model_pinned_by_version(tree: RepoTree) -> list[str]:
 
 
 def vault_contract(tree: RepoTree) -> list[str]:
-    """Every stage workload passes VAULT_* to its main container, with its own role."""
+    """Every workload passes VAULT_* to its main container, with the role of the Vault
+    identity it belongs to (its app.kubernetes.io/component: a stage, or a delivery job with
+    a secret of its own)."""
     problems = []
     seen = set()
     for obj in tree.base_objects:
         if obj["kind"] not in WORKLOAD_KINDS:
             continue
         stage = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-        if stage not in STAGE_NAMES:
+        if stage not in VAULT_IDENTITIES:
             problems.append(
-                f"{_name(obj)}: label app.kubernetes.io/component names no stage of "
-                f"pipeline_ops.stages ({', '.join(STAGE_NAMES)})"
+                f"{_name(obj)}: label app.kubernetes.io/component names no Vault identity "
+                f"of pipeline_ops.stages ({', '.join(VAULT_IDENTITIES)})"
             )
             continue
         seen.add(stage)
@@ -552,7 +555,7 @@ def vault_contract(tree: RepoTree) -> list[str]:
                 f"{_name(obj)}: VAULT_ROLE/VAULT_SECRET_PATH must name stage {stage} "
                 f"(pipeline_ops.stages), not {env['VAULT_ROLE']}/{env['VAULT_SECRET_PATH']}"
             )
-    problems += [f"stage {s} has no workload in {BASE}" for s in STAGE_NAMES if s not in seen]
+    problems += [f"{s} has no workload in {BASE}" for s in VAULT_IDENTITIES if s not in seen]
     return problems
 
 

@@ -102,7 +102,7 @@ def test_production_runs_the_digests_and_model_staging_tested(cluster_run) -> No
     # git pins a version, never a moving alias, and staging moved off the shipped pin
     served = ModelReference.parse(compared["models"]["production"])
     assert served.version is not None
-    assert served.uri != _step(report, "serving: the model git pins")["pinned"]
+    assert served.uri != _step(report, "serving: the model git pins")["pin"]["pinned"]
     assert gitops.images_on(run.layout, "main") == gitops.images_on(run.layout, "staging")
     markdown = (run.report_dir / "report.md").read_text()
     assert "AnalysisRuns in staging" in markdown

@@ -6,18 +6,20 @@
    merged to ``staging`` and the digests pinned there by the workflows' own script.
 3. Argo CD syncs ``staging``; data-fetch runs (a Job from its CronJob), spark-preprocess runs
    through the Spark Operator (two executors, features to S3), ml-training runs (a Job from
-   its CronJob) and registers a challenger. The Rollout's first revision serves the model
-   git pins (as shipped, version 1: the first one training registers).
-4. Blue/green for real: the model is pinned in git (a new revision), the pre-promotion
-   analysis runs its ``web`` metrics and the load-gate Job against the preview Service, the
-   Rollout pauses, ``kubectl argo rollouts promote`` switches the active Service, and the
-   post-promotion analysis reads Prometheus for the new pods; a client sends requests to the
-   active Service all along and must see no failure. Then the failure path: a green serving
-   the wrong model is failed by the analysis and aborted, and active stays blue; git is
-   reverted.
-5. Promotion: ``ops/scripts/promote.sh`` against the git server moves ``main`` to staging's
-   digests; the production Application deploys them; the digests running in both
-   environments are compared.
+   its CronJob) and registers a version, which the delivered model-pin CronJob pins on
+   ``staging`` (or finds pinned: as shipped, version 1). The Rollout serves what git pins.
+4. Promotion (``ops/scripts/promote.sh`` against the git server): production deploys; the
+   delivered model-champion CronJob moves ``champion`` to what production serves.
+5. Blue/green for real: training again, model-pin's commit is a new revision, the
+   pre-promotion analysis runs its ``web`` metrics and the load-gate Job against the preview
+   Service, the Rollout pauses, ``kubectl argo rollouts promote`` switches the active
+   Service, and the post-promotion analysis reads Prometheus for the new pods; a client
+   sends requests to the active Service all along and must see no failure. Then the failure
+   path: a green serving the wrong model is failed by the analysis and aborted, and active
+   stays blue; the user's pin is reverted. The second promotion takes production through
+   its own blue/green; the digests and models of both environments are compared. Then the
+   rollback: the promotion reverted on ``main`` (production switches back, champion
+   follows), and ``main`` merged into ``staging``, so both serve the same model again.
 6. A report (``.local/cluster/run/report.md`` and ``.json``): steps and times, the
    AnalysisRuns' measurements, the promotion decisions.
 """

@@ -51,6 +51,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from pipeline_ops.base import commands, processes
 from pipeline_ops.base.errors import OpsError, tail
+from pipeline_ops.stand_in_http import StandInServer
 
 if TYPE_CHECKING:
     import subprocess
@@ -377,7 +378,9 @@ class ServedRepository:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class GitHubContentsServer:
+class GitHubContentsServer(StandInServer):
+    poll_seconds = STOP_POLL_SECONDS
+
     def __init__(
         self,
         repositories: Mapping[str, Path],
@@ -405,37 +408,12 @@ class GitHubContentsServer:
         self.committer = committer
         self._http = ThreadingHTTPServer((bind, port), self._handler())
         self._http.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     # -- control ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
         host, port = self._http.server_address[:2]
         return f"http://{host!s}:{port}"
-
-    def start(self) -> GitHubContentsServer:
-        self._thread = threading.Thread(
-            target=self._http.serve_forever, args=(STOP_POLL_SECONDS,), daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted (the CLI), then close the socket."""
-        try:
-            self._http.serve_forever()
-        finally:
-            self._http.server_close()
-
-    def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-
-    def __enter__(self) -> GitHubContentsServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- HTTP ------------------------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:

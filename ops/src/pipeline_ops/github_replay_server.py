@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pipeline_common.github import DETAIL_ONLY_FIELDS
+from pipeline_ops.stand_in_http import StandInServer
 
 HOST = "127.0.0.1"
 FAULTS = ("502", "truncated", "secondary-403", "secondary-429", "primary")
@@ -100,7 +101,7 @@ def _offset(cursor: str | None) -> int:
     return int(base64.b64decode(cursor).decode().rsplit(":", 1)[1])
 
 
-class GitHubReplayServer:
+class GitHubReplayServer(StandInServer):
     def __init__(
         self,
         repositories: dict[str, list[dict[str, Any]]],
@@ -130,7 +131,6 @@ class GitHubReplayServer:
         self.authorizations: set[str] = set()
         self._http = ThreadingHTTPServer((HOST, port), self._handler())
         self._http.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     @classmethod
     def from_samples(cls, samples_dir: Path, **options: Any) -> GitHubReplayServer:
@@ -140,28 +140,6 @@ class GitHubReplayServer:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self._http.server_port}"
-
-    def start(self) -> GitHubReplayServer:
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted (the CLI), then close the socket."""
-        try:
-            self._http.serve_forever()
-        finally:
-            self._http.server_close()
-
-    def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-
-    def __enter__(self) -> GitHubReplayServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def inject(self, fault: str, times: int = 1) -> None:
         """The next ``times`` API requests fail with ``fault`` (one of FAULTS)."""

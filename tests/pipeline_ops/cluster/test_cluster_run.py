@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from kube_namespace import wait_for
 
 from pipeline_contracts.registry import ModelReference
-from pipeline_ops.cluster import gitops
+from pipeline_ops.base.errors import CommandError
+from pipeline_ops.cluster import audit, gitops
 from pipeline_ops.cluster.launcher import Cluster
-from pipeline_ops.cluster.run import ClusterRun
+from pipeline_ops.cluster.layout import ADMIN, USER
+from pipeline_ops.cluster.run import COMMITTERS, ClusterRun
 
 # ~20 minutes, most of it in the first test's fixture: the run itself
 pytestmark = [pytest.mark.cluster, pytest.mark.cluster_run, pytest.mark.timeout(3000)]
@@ -57,6 +60,47 @@ def test_the_pipeline_runs_in_pods_from_what_argo_cd_synced(cluster_run) -> None
     assert merged["commit"] in history.split()
     staging = gitops.images_on(cluster_run[0].layout, "staging")
     assert all("@sha256:" in reference for reference in staging.values()), staging
+
+
+def test_the_run_wrote_only_what_a_user_does_by_the_audit_log_and_git(cluster_run) -> None:
+    """Under its own identity (argo-apps/access), the run's every write since the
+    environment was made is one of README's user actions (the API server's audit log), and
+    every commit on staging and main is the user's or a delivered component's."""
+    _, report = cluster_run
+    witnessed = report["audit"]
+    assert witnessed["violations"] == []
+    done = {w["action"] for w in witnessed["user_writes"]}
+    assert done == {action.name for action in audit.USER_ACTIONS}
+    assert {w["user"] for w in witnessed["user_writes"]} == {USER}
+    committers = {c["committer"] for c in witnessed["commits"]}
+    assert {USER, "model-pin"} <= committers <= COMMITTERS, witnessed["commits"]
+    assert witnessed["foreign_commits"] == []
+
+
+def test_an_operators_write_or_a_refused_one_fails_the_audit(cluster_run) -> None:
+    """The audit is not blind: an administrator's write (what the harness did before:
+    creating the Spark run, Argo CD's cluster secrets) and a user's write that RBAC refuses
+    are both reported."""
+    run, _ = cluster_run
+    since = datetime.now(UTC)
+    run.admin.kubectl()("label", "--overwrite", "namespace", "default",
+                        "pr-anomaly.local/audit-probe=1")  # fmt: skip
+    with pytest.raises(CommandError, match=r"(?i)forbidden"):
+        run.layout.kubectl()("-n", STAGING_NS, "delete", "cronjob", "data-fetch")
+    whys = {v["why"] for v in audit.review_since(run.layout, since)["violations"]}
+    assert whys == {f"written by {ADMIN}, not the user",
+                    "refused (403): no user action needs it"}  # fmt: skip
+
+
+def test_spark_preprocess_was_submitted_by_its_schedule(cluster_run) -> None:
+    """The Spark Operator's schedule controller created the run (owned by the
+    ScheduledSparkApplication), after the user's fetch; nobody created it by hand."""
+    run, report = cluster_run
+    spark = _step(report, "spark-preprocess")["run"]
+    assert spark["schedule"] == "*/5 * * * *"
+    made = run.layout.kubectl().get(STAGING_NS, "sparkapplication", spark["name"])
+    owners = [f"{o['kind']}/{o['name']}" for o in made["metadata"]["ownerReferences"]]
+    assert owners == ["ScheduledSparkApplication/spark-preprocess"]
 
 
 def test_blue_green_promotes_with_real_analysis_and_no_failed_request(cluster_run) -> None:
@@ -193,7 +237,7 @@ def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) 
     """Vault's kubernetes auth for real: the pod's projected ServiceAccount token, reviewed by
     this cluster's TokenReview API, logs in as data-fetch; ml-training's secret is refused."""
     run, _ = cluster_run
-    layout = run.layout
+    layout = run.admin  # a probe pod: the operator's, after the run (a user creates none)
     cronjob = layout.kubectl().get(STAGING_NS, "cronjob", "data-fetch")
     template = cronjob["spec"]["jobTemplate"]["spec"]["template"]
     container = template["spec"]["containers"][0]

@@ -146,3 +146,7 @@ def test_the_local_environment_shortens_the_waits_and_only_production_follows_ch
     settings = {e["name"]: e.get("value") for e in env}
     assert settings["PIN_GITHUB_API_URL"] == git_server.contents_url()
     assert settings["PIN_REPOSITORY"] == git_server.GITHUB_NAME
+    # staging's Spark schedule comes within minutes of a run's fetch; production's is nightly
+    spark = _find(objects, "ScheduledSparkApplication", "spark-preprocess")["spec"]
+    shipped = "0 3 * * *"
+    assert spark["schedule"] == ("*/5 * * * *" if environment == gitops.STAGING else shipped)

@@ -5,7 +5,10 @@ Changed from upstream's manifest, and why: every image is ours (no registry outs
 reachable); the repo-server runs with ``ARGOCD_GPG_ENABLED=false`` (Debian's gpg has no agent
 here: the repo-server crashes at start otherwise); dex (SSO), the ApplicationSet and the
 notifications controllers are scaled to 0 (nothing here uses them: 3 pods and ~150 MB less).
-The server, repo-server, application-controller and redis run as upstream configures them.
+The server, repo-server, application-controller and redis run as upstream configures them,
+but for one setting of the local environment: Argo CD reads git every ``RECONCILIATION``
+(upstream: 3 minutes, with a push webhook from GitHub making it immediate). Here nothing
+sends that webhook, and a user's push must not wait minutes to be seen.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ MODULE = "github.com/argoproj/argo-cd/v3"
 NAMESPACE = "argocd"
 SCALED_TO_ZERO = ("argocd-dex-server", "argocd-applicationset-controller",
                   "argocd-notifications-controller")  # fmt: skip
+RECONCILIATION = "10s"  # argocd-cm timeout.reconciliation: the controller's and repo-server's
 WAITED = (
     ("deployment", "argocd-redis"), ("deployment", "argocd-repo-server"),
     ("deployment", "argocd-server"), ("statefulset", "argocd-application-controller"),
@@ -46,6 +50,9 @@ def _objects(argocd_image: str, redis_image: str) -> list[dict]:
     upstream = f"quay.io/argoproj/argocd:{version}"
     replaced = 0
     for obj in objects:
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "argocd-cm":
+            obj["data"] = {**(obj.get("data") or {}), "timeout.reconciliation": RECONCILIATION,
+                           "timeout.reconciliation.jitter": "0s"}  # fmt: skip
         if obj["kind"] not in ("Deployment", "StatefulSet"):
             continue
         name = obj["metadata"]["name"]

@@ -37,10 +37,12 @@ from pipeline_ops.base.errors import OpsError
 from pipeline_ops.base.processes import ProcessRecord
 from pipeline_ops.cluster import (
     ClusterError,
+    access,
     addons,
     argo_cd,
     configs,
     git_server,
+    gitops,
     images,
     kubernetes,
     prometheus,
@@ -322,6 +324,9 @@ COMPONENTS: tuple[Component, ...] = (
     AddOn(name="argo-rollouts", binaries=("kubectl-argo-rollouts",), images=(addons.ARGO_ROLLOUTS,),
           apply=lambda c, timeout: addons.apply_argo_rollouts(c.layout, timeout)),
     AddOn(name="argo-cd", apply=lambda c, timeout: argo_cd.wait(c.layout, timeout)),
+    # what an administrator does once Argo CD runs: its clusters, the ML team's access
+    AddOn(name="argo-cd clusters", apply=lambda c, _: gitops.register_clusters(c.layout)),
+    AddOn(name="user access", apply=lambda c, _: access.apply(c.layout)),
     AddOn(name="spark-operator", apply=lambda c, timeout: spark_operator.wait(c.layout, timeout)),
     AddOn(name="kube-network-policies", images=(addons.NETWORK_POLICIES,),
           ports=("kube-network-policies-metrics",),

@@ -36,7 +36,7 @@ from pipeline_ops.base.polling import wait_until
 from pipeline_ops.base.processes import minimal_environment
 from pipeline_ops.cluster import ClusterError, argo_cd, git_server
 from pipeline_ops.cluster.git_server import git
-from pipeline_ops.cluster.layout import PRODUCTION_NAMESPACE, STAGING_NAMESPACE, Layout
+from pipeline_ops.cluster.layout import PRODUCTION_NAMESPACE, STAGING_NAMESPACE, USER, Layout
 from pipeline_ops.cluster.pki import Pki
 from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
 
@@ -141,27 +141,42 @@ def pin_images(layout: Layout, references: dict[str, str]) -> str:
     return head(layout, BRANCHES[STAGING]) or ""
 
 
+# The user's git identity: every commit the cluster run makes (a user's) carries it; the
+# others are the delivered components' (model-pin, the workflows' pin-image-digest.sh).
+USER_GIT = {"GIT_AUTHOR_NAME": USER, "GIT_AUTHOR_EMAIL": f"{USER}@localhost",
+            "GIT_COMMITTER_NAME": USER, "GIT_COMMITTER_EMAIL": f"{USER}@localhost"}  # fmt: skip
+
+
 @contextmanager
 def _work_tree(layout: Layout, branch: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="gitops-") as work:
         tree = Path(work) / "repo"
         git("clone", "--quiet", "--branch", branch, str(bare(layout)), str(tree))
-        git("config", "user.name", "pr-anomaly cluster run", cwd=tree)
-        git("config", "user.email", "cluster-run@pr-anomaly.local", cwd=tree)
+        git("config", "user.name", USER_GIT["GIT_AUTHOR_NAME"], cwd=tree)
+        git("config", "user.email", USER_GIT["GIT_AUTHOR_EMAIL"], cwd=tree)
         yield tree
 
 
 def pin_model(layout: Layout, model_uri: str, branch: str = BRANCHES[STAGING]) -> str:
-    """Serve ``model_uri`` (``models:/NAME/VERSION``) on ``branch``: one line, one commit."""
+    """A user's pull request that serves ``model_uri`` (``models:/NAME/VERSION``) on
+    ``branch``: one line committed on a feature branch, merged as GitHub merges it; the
+    merge commit (``branch``'s head as it was if it pins that model already)."""
     with _work_tree(layout, branch) as tree:
         path = tree / MODEL_FILE
         lines = path.read_text().splitlines()
         wanted = f"SERVING_MODEL_URI={model_uri}"
         if wanted in lines:
             return git("rev-parse", "HEAD", cwd=tree)
+        base = git("rev-parse", "HEAD", cwd=tree)
+        feature = f"feature/pin-{model_uri.removeprefix('models:/').replace('/', '-')}"
+        git("checkout", "--quiet", "-b", feature, cwd=tree)
         kept = [line for line in lines if not line.startswith("SERVING_MODEL_URI=")]
         path.write_text("\n".join([*kept, wanted]) + "\n")
         git("commit", "--quiet", "-am", f"serve {model_uri} on {branch}", cwd=tree)
+        git("push", "--quiet", "--force", "origin", f"HEAD:refs/heads/{feature}", cwd=tree)
+        git("checkout", "--quiet", "--detach", base, cwd=tree)
+        git("merge", "--quiet", "--no-ff", "--no-edit", "-m",
+            f"Merge pull request from {feature}", feature, cwd=tree)  # fmt: skip
         git("push", "--quiet", "origin", f"HEAD:{branch}", cwd=tree)
         return git("rev-parse", "HEAD", cwd=tree)
 
@@ -196,6 +211,22 @@ def committer(layout: Layout, branch: str) -> str:
     return git("--git-dir", str(bare(layout)), "log", "-1", "--format=%cn", branch)
 
 
+def commits_since(layout: Layout, since: float) -> list[dict[str, str]]:
+    """The commits on ``staging`` and ``main`` made since ``since`` (a time.time()), newest
+    first: who authored and committed each, and on which branches it is."""
+    found: dict[str, dict[str, str]] = {}
+    for branch in (BRANCHES[STAGING], BRANCHES[PRODUCTION]):
+        out = git("--git-dir", str(bare(layout)), "log", f"--since=@{int(since)}",
+                  "--format=%H%x09%an%x09%cn%x09%s", branch)  # fmt: skip
+        for line in out.splitlines():
+            sha, author, committer, subject = line.split("\t", 3)
+            entry = found.setdefault(sha, {"commit": sha[:12], "author": author,
+                                           "committer": committer, "subject": subject,
+                                           "branches": ""})  # fmt: skip
+            entry["branches"] = " ".join(filter(None, (entry["branches"], branch)))
+    return list(found.values())
+
+
 def served_model(layout: Layout, branch: str) -> str:
     text = git("--git-dir", str(bare(layout)), "show", f"{branch}:{MODEL_FILE}")
     for line in text.splitlines():
@@ -207,9 +238,9 @@ def served_model(layout: Layout, branch: str) -> str:
 def promote(layout: Layout) -> str:
     """``staging`` -> ``main`` by ``ops/scripts/promote.sh`` against this git server (what
     merging the promotion pull request does); main's new head."""
+    env = minimal_environment({"PROMOTE_REMOTE": str(bare(layout)), **USER_GIT})
     commands.run([SCRIPTS / "promote.sh"], what="the promotion staging -> main", timeout=300,
-                 cwd=PROJECT_ROOT, env=minimal_environment({"PROMOTE_REMOTE": str(bare(layout))}),
-                 )  # fmt: skip
+                 cwd=PROJECT_ROOT, env=env)  # fmt: skip
     return head(layout, BRANCHES[PRODUCTION]) or ""
 
 
@@ -239,17 +270,18 @@ def images_on(layout: Layout, branch: str) -> dict[str, str]:
 
 
 # -- Argo CD ------------------------------------------------------------------------------
-def _project_objects() -> list[dict[str, Any]]:
-    built = commands.output([TOOLS_DIR / "bin" / "kustomize", "build",
-                             PROJECT_ROOT / "argo-apps" / "argocd"],
-                            what="Argo CD's AppProject and Applications", timeout=60)  # fmt: skip
-    return [o for o in yaml.safe_load_all(built) if o]
+def built(folder: Path) -> list[dict[str, Any]]:
+    """``kustomize build`` of a folder of argo-apps: its objects."""
+    text = commands.output([TOOLS_DIR / "bin" / "kustomize", "build", folder],
+                           what=f"kustomize build {folder}", timeout=60)  # fmt: skip
+    return [o for o in yaml.safe_load_all(text) if o]
 
 
-def local_patches() -> list[dict[str, Any]]:
-    """The local environment's settings (``ops/cluster/local-environment.yaml``): kustomize
-    patches for both Applications."""
-    return yaml.safe_load(LOCAL_ENVIRONMENT.read_text())["patches"]
+def local_patches(environment: str) -> list[dict[str, Any]]:
+    """The local environment's settings (``ops/cluster/local-environment.yaml``) for
+    ``environment``'s Application: kustomize patches for both, then its own if any."""
+    settings = yaml.safe_load(LOCAL_ENVIRONMENT.read_text())
+    return [*settings["patches"], *settings.get(environment, [])]
 
 
 def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) -> list[dict]:
@@ -257,9 +289,9 @@ def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) 
     goes to its own namespace of this one cluster; both Applications get the local
     environment's patches after their own."""
     url = repository_url()
-    wanted = {APPLICATIONS[e] for e in environments}
+    wanted = {APPLICATIONS[e]: e for e in environments}
     objects = []
-    for obj in _project_objects():
+    for obj in built(PROJECT_ROOT / "argo-apps" / "argocd"):
         spec = obj["spec"]
         if obj["kind"] == "AppProject":
             repos = spec["sourceRepos"]
@@ -276,16 +308,23 @@ def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) 
             if spec["destination"].get("name") == PRODUCTION:
                 spec["destination"]["namespace"] = PRODUCTION_NAMESPACE
                 kustomize["namespace"] = PRODUCTION_NAMESPACE
-            kustomize["patches"] = [*kustomize.get("patches", []), *local_patches()]
+            own = local_patches(wanted[obj["metadata"]["name"]])
+            kustomize["patches"] = [*kustomize.get("patches", []), *own]
         objects.append(obj)
     return objects
 
 
-def _cluster_secrets(layout: Layout) -> list[dict]:
-    """Argo CD's two clusters: staging is in-cluster; production, the same API server under
+def register_clusters(layout: Layout) -> None:
+    """Argo CD's two clusters, registered as an administrator does (``argocd cluster add``)
+    when Argo CD is installed: staging is in-cluster; production, the same API server under
     its other name, reached with the application controller's own token."""
-    token = layout.kubectl()("-n", argo_cd.NAMESPACE, "create", "token",
-                             "argocd-application-controller", "--duration=48h").strip()  # fmt: skip
+    layout.kubectl().apply(_cluster_secrets(layout))
+
+
+def _cluster_secrets(layout: Layout) -> list[dict]:
+    account = "argocd-application-controller"
+    token = layout.kubectl()("-n", argo_cd.NAMESPACE, "create", "token", account,
+                             "--duration=8760h").strip()  # fmt: skip
     ca = base64.b64encode(Pki(layout).ca.read_bytes()).decode()
     configs = {
         STAGING: {"tlsClientConfig": {"insecure": False}},
@@ -304,23 +343,18 @@ def _cluster_secrets(layout: Layout) -> list[dict]:
 
 
 def apply_applications(layout: Layout, environments: tuple[str, ...]) -> None:
-    layout.kubectl().apply([*_cluster_secrets(layout), *local_argocd_objects(environments)])
+    """A user's install of argo-apps/argocd (the AppProject and these Applications)."""
+    layout.kubectl().apply(local_argocd_objects(environments))
 
 
 def application(layout: Layout, environment: str) -> dict[str, Any]:
     return layout.kubectl().get(argo_cd.NAMESPACE, "application", APPLICATIONS[environment])
 
 
-def refresh(layout: Layout, environment: str) -> None:
-    """What a push webhook would do: Argo CD reads the branch now, not in ~3 minutes."""
-    layout.kubectl()("-n", argo_cd.NAMESPACE, "annotate", "--overwrite", "application",
-                     APPLICATIONS[environment], "argocd.argoproj.io/refresh=normal")  # fmt: skip
-
-
 def wait_synced(layout: Layout, environment: str, revision: str, timeout: float = 300) -> dict:
     """Until the Application is Synced at ``revision`` with no sync running; its status.
-    If it never is, the error carries Argo CD's last sync message."""
-    refresh(layout, environment)
+    If it never is, the error carries Argo CD's last sync message. Argo CD sees a push
+    within ``argo_cd.RECONCILIATION`` (the local environment's polling)."""
     status: dict[str, Any] = {}
 
     def synced() -> dict[str, Any] | None:

@@ -1,11 +1,12 @@
 """The few Kubernetes operations the cluster run needs, through the cluster's one client
-(``Layout.kubectl()``): batch runs from their schedules, a Spark run from its schedule, the
-Rollout's state, AnalysisRuns."""
+(``Layout.kubectl()``): batch runs from their schedules (a user's "run it now"), the Spark run
+its schedule submits, the Rollout's state, AnalysisRuns."""
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 from pipeline_ops import stages
@@ -52,20 +53,29 @@ def run_cronjob(layout: Layout, namespace: str, cronjob: str, name: str, timeout
     return logs
 
 
-def run_scheduled_spark(layout: Layout, namespace: str, name: str, timeout: float) -> dict:
-    """A SparkApplication from the ScheduledSparkApplication's template (what its schedule
-    submits), through the Spark Operator; its final status."""
+SCHEDULED_BY = "sparkoperator.k8s.io/scheduled-app-name"  # the operator's label on its runs
+
+
+def scheduled_spark_run(
+    layout: Layout, namespace: str, after: datetime, timeout: float
+) -> dict[str, Any]:
+    """The first SparkApplication that the ScheduledSparkApplication's schedule submits at or
+    after ``after`` (the Spark Operator's schedule controller; nothing here creates it),
+    followed to its end: its name, when it was created, its final status."""
     kubectl = layout.kubectl()
     preprocess = stages.stage("spark-preprocess").name
-    scheduled = kubectl.get(namespace, "scheduledsparkapplication", preprocess)
-    application = {
-        "apiVersion": "sparkoperator.k8s.io/v1beta2",
-        "kind": "SparkApplication",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": scheduled["metadata"].get("labels", {})},
-        "spec": scheduled["spec"]["template"],
-    }  # fmt: skip
-    kubectl("apply", "-f", "-", stdin=json.dumps(application))
+    since = after.replace(microsecond=0)
+
+    def submitted() -> dict[str, Any] | None:
+        runs = [r for r in kubectl.items(namespace, "sparkapplication", "-l",
+                                         f"{SCHEDULED_BY}={preprocess}")
+                if _when(r["metadata"]["creationTimestamp"]) >= since]  # fmt: skip
+        return min(runs, key=lambda r: r["metadata"]["creationTimestamp"]) if runs else None
+
+    schedule = kubectl.get(namespace, "scheduledsparkapplication", preprocess)["spec"]["schedule"]
+    run = wait_until(f"the schedule of {preprocess} ({schedule}) to submit a run", submitted,
+                     timeout=_schedule_wait(schedule), every=5)  # fmt: skip
+    name = run["metadata"]["name"]
 
     def finished() -> dict[str, Any] | None:
         status = kubectl.get(namespace, "sparkapplication", name).get("status", {})
@@ -81,7 +91,20 @@ def run_scheduled_spark(layout: Layout, namespace: str, name: str, timeout: floa
             logs = str(error)
         raise ClusterError(f"spark-preprocess {name}: {status['applicationState']}; driver "
                            f"log:\n{commands.tail(logs, 3000)}")  # fmt: skip
-    return status
+    return {"name": name, "schedule": schedule, "created": run["metadata"]["creationTimestamp"],
+            "status": status}  # fmt: skip
+
+
+def _schedule_wait(schedule: str) -> float:
+    """How long a run of ``schedule`` may take to come: one period of a ``*/N`` minutes
+    schedule, and a minute more (an earlier run still going is waited for, Forbid)."""
+    minutes = schedule.split()[0]
+    period = int(minutes[2:]) if minutes.startswith("*/") else 1
+    return 60.0 * (2 * period + 1)
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def rollout(layout: Layout, namespace: str) -> dict[str, Any]:

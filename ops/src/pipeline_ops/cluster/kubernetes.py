@@ -17,6 +17,7 @@ from pipeline_ops.base.polling import wait_until
 from pipeline_ops.cluster import configs, images
 from pipeline_ops.cluster.layout import (
     APISERVER_PORT,
+    AUDIT_POLICY,
     BRIDGE_IP,
     CLUSTER_CIDR,
     NODE_NAME,
@@ -63,6 +64,10 @@ def apiserver(cluster: Cluster) -> list[str]:
         f"--service-account-signing-key-file={pki.key('service-account')}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         "--allow-privileged=true", "--profiling=false", "--v=1",
+        # every write by a person (ops/cluster/audit-policy.yaml): the cluster run's witness
+        f"--audit-policy-file={AUDIT_POLICY}",
+        f"--audit-log-path={cluster.layout.audit_log}",
+        "--audit-log-format=json", "--audit-log-maxsize=100", "--audit-log-maxbackup=3",
         # CEL mutation (beta in 1.34, off by default): the node's capacity policy
         "--feature-gates=MutatingAdmissionPolicy=true",
         "--runtime-config=admissionregistration.k8s.io/v1beta1=true",

@@ -17,6 +17,7 @@ from pipeline_ops.cluster import ClusterError
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT
 
 BINARIES_TABLE = PROJECT_ROOT / "ops" / "cluster" / "binaries.tsv"
+AUDIT_POLICY = PROJECT_ROOT / "ops" / "cluster" / "audit-policy.yaml"
 
 NODE_NAME = "pr-anomaly"
 CLUSTER_CIDR = "198.19.0.0/17"
@@ -44,6 +45,11 @@ PROMETHEUS_PORT = 9090
 STAGING_NAMESPACE = "mlops"
 PRODUCTION_NAMESPACE = "mlops-production"
 ENVIRONMENT_NAMESPACES = (STAGING_NAMESPACE, PRODUCTION_NAMESPACE)
+# The user the cluster run acts as (its own certificate and kubeconfig), in the group that
+# argo-apps/access grants a user's actions; the API server's audit log records its writes.
+USER = "pr-anomaly-user"
+USERS_GROUP = "pr-anomaly-mlops-users"
+ADMIN = "pr-anomaly-admin"
 # Distinguishes the rules this cluster adds to chains it does not own (DOCKER-USER).
 RULE_COMMENT = "pr-anomaly-cluster"
 
@@ -81,18 +87,28 @@ def binary(name: str) -> Path:
 class Layout:
     """The cluster's files under one state directory (default ``.local/cluster``)."""
 
-    def __init__(self, state_dir: Path | None = None):
+    def __init__(self, state_dir: Path | None = None, identity: str = "admin"):
         self.root = Path(state_dir or LOCAL_DIR / "cluster").absolute()
+        self.identity = identity  # whose kubeconfig kubectl() uses: pki's identity names
         self._kubectl: Kubectl | None = None
 
+    def acting_as(self, identity: str) -> Layout:
+        """The same cluster, its client under ``identity`` (``user``: the cluster run)."""
+        return Layout(self.root, identity)
+
     def kubectl(self) -> Kubectl:
-        """The one client of this cluster's API server: the admin's kubeconfig, the built
-        kubectl, and the Argo Rollouts plugin if it is built."""
+        """The one client of this cluster's API server: the kubeconfig of this layout's
+        identity (the admin's unless ``acting_as``), the built kubectl, and the Argo Rollouts
+        plugin if it is built."""
         if self._kubectl is None:
             plugin = binaries()["kubectl-argo-rollouts"].path
-            self._kubectl = Kubectl(
-                self.kubeconfig, binary("kubectl"), plugin if plugin.exists() else None
+            kubeconfig = (
+                self.kubeconfig
+                if self.identity == "admin"
+                else self.component_kubeconfig(self.identity)
             )
+            found = plugin if plugin.exists() else None
+            self._kubectl = Kubectl(kubeconfig, binary("kubectl"), found)
         return self._kubectl
 
     @property
@@ -112,6 +128,11 @@ class Layout:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (ops/cluster/audit-policy.yaml says what it records)."""
+        return self.logs / "audit.log"
 
     @property
     def kubeconfig(self) -> Path:

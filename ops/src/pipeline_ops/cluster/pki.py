@@ -14,10 +14,13 @@ from pathlib import Path
 
 from pipeline_ops.base import commands
 from pipeline_ops.cluster.layout import (
+    ADMIN,
     BRIDGE_IP,
     CLUSTER_DOMAIN,
     KUBERNETES_SERVICE_IP,
     NODE_NAME,
+    USER,
+    USERS_GROUP,
     Layout,
 )
 
@@ -44,7 +47,8 @@ APISERVER_NAMES = (
 IDENTITIES = (
     Identity("apiserver", "kube-apiserver", server_names=APISERVER_NAMES),
     Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
-    Identity("admin", "pr-anomaly-admin", ("system:masters",)),
+    Identity("admin", ADMIN, ("system:masters",)),
+    Identity("user", USER, (USERS_GROUP,)),  # argo-apps/access grants it a user's actions
     Identity("prometheus", "pr-anomaly-prometheus"),  # read-only RBAC: prometheus.py
     Identity("kube-controller-manager", "system:kube-controller-manager"),
     Identity("kube-scheduler", "system:kube-scheduler"),

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,9 @@ from pipeline_ops import stages
 from pipeline_ops.base import commands
 from pipeline_ops.base.polling import wait_until
 from pipeline_ops.base.steps import StepLog, steps_table
-from pipeline_ops.cluster import ClusterError, gitops, kube
+from pipeline_ops.cluster import ClusterError, audit, gitops, kube
 from pipeline_ops.cluster.launcher import Cluster
+from pipeline_ops.cluster.layout import USER
 from pipeline_ops.cluster.platform import ClusterPlatform
 from pipeline_ops.cluster.registry import push
 from pipeline_ops.samples import first_sample_record
@@ -61,6 +63,9 @@ PREPROCESS = stages.stage("spark-preprocess").name
 TRAINING = stages.stage("ml-training").name
 SERVING = kube.ROLLOUT
 MODEL_PIN = stages.delivery_job("model-pin").name  # commits a registered version's pin
+# Who may commit on staging and main during a run: the user (merges, the promotion, a
+# revert) and the delivered components, model-pin and the workflows' image bump script.
+COMMITTERS = frozenset({USER, MODEL_PIN, "pin-image-digest"})
 ACTIVE_SERVICE = f"{SERVING}-active"  # the Rollout's activeService
 # The failure path's green: the served model copied under another registered name, as when
 # an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
@@ -140,9 +145,12 @@ class Client:
 class ClusterRun:
     def __init__(self, cluster: Cluster | None = None, report_dir: Path | None = None):
         self.cluster = cluster or Cluster()
-        self.layout = self.cluster.layout
+        # the environment (cluster, platform servers, registry) is made as its administrator;
+        # everything after is done as the user (its own kubeconfig, argo-apps/access)
+        self.admin = self.cluster.layout
+        self.layout = self.admin.acting_as("user")
         self.report_dir = report_dir or self.layout.root / "run"
-        self.platform = ClusterPlatform(self.layout)
+        self.platform = ClusterPlatform(self.admin)
         self.steps = StepLog(say=log.info)
         self.step = self.steps.step
         self.report: dict[str, Any] = {}
@@ -171,8 +179,11 @@ class ClusterRun:
         with self.step("platform (Vault kubernetes auth, MongoDB, MLflow, S3)") as s:
             s.figures["servers"] = self.platform.up()
         with self.step("images pushed by digest") as s:
-            references = push(layout, list(stages.IMAGE_NAMES))
+            references = push(self.admin, list(stages.IMAGE_NAMES))
             s.figures["references"] = references
+        # from here on, the user: the audit log and git's history must show nothing else
+        user_from = time.time()
+        self.report["user_from"] = datetime.fromtimestamp(user_from, UTC).isoformat()
         with self.step("merge to staging, pin digests") as s:
             s.figures["merged"] = gitops.merge_to_staging(layout)
             s.figures["staging"] = gitops.pin_images(layout, references)
@@ -183,8 +194,11 @@ class ClusterRun:
         with self.step(f"{FETCH} (Job from the CronJob)") as s:
             logs = kube.run_cronjob(layout, ns, FETCH, f"{FETCH}-{self.stamp}", 900)
             s.figures["summary"] = _brief(kube.summary_of(logs))
-        with self.step(f"{PREPROCESS} (Spark Operator)") as s:
-            status = kube.run_scheduled_spark(layout, ns, f"{PREPROCESS}-{self.stamp}", 1200)
+        fetched = datetime.now(UTC)
+        with self.step(f"{PREPROCESS} (submitted by its schedule, Spark Operator)") as s:
+            run = kube.scheduled_spark_run(layout, ns, fetched, 1200)
+            status = run.pop("status")
+            s.figures["run"] = run
             executors = s.figures["executors"] = len(status.get("executorState", {}))
             if executors < 2:
                 raise ClusterError(f"{PREPROCESS} ran {executors} executor(s), not 2")
@@ -227,12 +241,28 @@ class ClusterRun:
             update = partial(gitops.merge_main_into_staging, layout)
             s.figures.update(self._follow(STAGING, "promoted", update))
             s.figures.update(self._compare_environments())
+        with self.step("the user's writes (audit log) and the commits (git)") as s:
+            s.figures.update(self._witnesses(user_from))
         self.report["analysis_runs"] = {
             env: kube.analysis_runs(layout, gitops.NAMESPACES[env]) for env in (STAGING, PRODUCTION)
         }
         self.report["resources"] = _resources_held(layout)
 
     # -- steps --------------------------------------------------------------------------
+    def _witnesses(self, since: float) -> dict[str, Any]:
+        """What the user did, by the API server's audit log and by git: every write and
+        commit since ``since``, each the user's or a delivered component's. Anything else
+        (an administrator's write, a commit by another hand) fails the run."""
+        writes = audit.review_since(self.layout, datetime.fromtimestamp(since, UTC))
+        commits = gitops.commits_since(self.layout, since)
+        strangers = [c for c in commits if c["committer"] not in COMMITTERS]
+        self.report["audit"] = {**writes, "commits": commits, "foreign_commits": strangers}
+        if writes["violations"] or strangers:
+            raise ClusterError(f"the run did more than a user does: writes "
+                               f"{writes['violations'][:5]}, commits {strangers[:5]}")  # fmt: skip
+        return {"user_writes": len(writes["user_writes"]), "commits": len(commits),
+                "committers": sorted({c["committer"] for c in commits})}  # fmt: skip
+
     def _synced(self, environment: str) -> str:
         revision = gitops.head(self.layout, gitops.BRANCHES[environment]) or ""
         gitops.wait_synced(self.layout, environment, revision)

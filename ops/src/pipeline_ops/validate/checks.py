@@ -16,6 +16,7 @@ import yaml
 from pipeline_contracts.registry import ModelReference
 from pipeline_ops.stages import VAULT_IDENTITIES, service_account, stage
 from pipeline_ops.validate.tree import (
+    ACCESS,
     ARGOCD,
     BASE,
     SCHEMAS,
@@ -73,7 +74,7 @@ GENERATED_PARTS = re.compile(r"__pycache__|.*\.egg-info|\.(pytest|ruff|mypy)_cac
 
 def kustomize_build(tree: RepoTree) -> list[str]:
     problems = []
-    for folder in (BASE, ARGOCD):
+    for folder in (BASE, ARGOCD, ACCESS):
         try:
             tree.build(folder)
         except ValueError as error:
@@ -158,6 +159,7 @@ def yamllint(tree: RepoTree) -> list[str]:
         "parsable",
         "argo-apps/base",
         "argo-apps/argocd",
+        str(ACCESS),
         str(WORKFLOWS),
     )
     return _tool_output("yamllint", result)
@@ -655,7 +657,7 @@ CHECKS: dict[str, Check] = {
 
 
 def _all_objects(tree: RepoTree) -> list[dict[str, Any]]:
-    return [*tree.base_objects, *tree.build(ARGOCD)]
+    return [*tree.base_objects, *tree.build(ARGOCD), *tree.build(ACCESS)]
 
 
 def _is_custom(obj: dict[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from pipeline_ops.base import commands
 
 BASE = Path("argo-apps/base")
 ARGOCD = Path("argo-apps/argocd")
+ACCESS = Path("argo-apps/access")  # the ML team's RBAC, applied once by an administrator
 SCHEMAS = Path("argo-apps/schemas")
 WORKFLOWS = Path(".github/workflows")
 # The reusable workflow every stage workflow calls to build, test, push and bump one image.

@@ -3,11 +3,11 @@ against a real MLflow and our GitHub contents API over a real bare repository.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from git_seed import git_environment, seed_bare
 from mlflow import MlflowClient
 
 from model_serving.pin import COMMITTER, PINNED_TAG, GitHubContents, pin_newest
@@ -39,22 +39,11 @@ class Remote:
 @pytest.fixture
 def remote(tmp_path: Path) -> Remote:
     """A GitOps repository whose staging pins version 1 of the model."""
-    (tmp_path / "gitconfig").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env |= {"GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"), "GIT_CONFIG_NOSYSTEM": "1"}
+    env = git_environment(tmp_path)
     seed = tmp_path / "seed"
     (seed / PIN_FILE).parent.mkdir(parents=True)
     (seed / PIN_FILE).write_text(f"# the served model\nSERVING_MODEL_URI=models:/{MODEL}/1\n")
-    identity = ["-c", "user.name=seed", "-c", "user.email=seed@localhost"]
-    bare = tmp_path / "gitops.git"
-    for command in (
-        ["init", "--quiet", "--bare", "--initial-branch=main", str(bare)],
-        ["-C", str(seed), "init", "--quiet"],
-        ["-C", str(seed), "add", "."],
-        ["-C", str(seed), *identity, "commit", "--quiet", "-m", "argo-apps/base"],
-        ["-C", str(seed), "push", "--quiet", str(bare), "HEAD:refs/heads/staging"],
-    ):
-        commands.run(["git", *command], env=env)
+    bare = seed_bare(tmp_path / "gitops.git", seed, ("staging",), env)
     return Remote(bare, env)
 
 

@@ -7,7 +7,6 @@ sha exactly one wins."""
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+from git_seed import git_environment, seed_bare
 
 from pipeline_ops.base import commands
 from pipeline_ops.github_contents_server import DEFAULT_COMMITTER, GitHubContentsServer
@@ -59,24 +59,12 @@ class Remote:
 @pytest.fixture
 def remote(tmp_path: Path) -> Remote:
     """Branches main (HEAD) and staging at one commit holding the pin and another file."""
-    (tmp_path / "gitconfig").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env |= {"GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"), "GIT_CONFIG_NOSYSTEM": "1"}
+    env = git_environment(tmp_path)
     seed = tmp_path / "seed"
     (seed / "argo-apps" / "base").mkdir(parents=True)
     (seed / PIN_FILE).write_text(PIN)
     (seed / OTHER_FILE).write_text("resources: []\n")
-    bare = Remote(tmp_path / "gitops.git", env)
-    identity = ["-c", "user.name=seed", "-c", "user.email=seed@localhost"]
-    for command in (
-        ["init", "--quiet", "--bare", "--initial-branch=main", str(bare.path)],
-        ["-C", str(seed), "init", "--quiet"],
-        ["-C", str(seed), "add", "."],
-        ["-C", str(seed), *identity, "commit", "--quiet", "-m", "argo-apps/base"],
-        ["-C", str(seed), "push", "--quiet", str(bare.path), "HEAD:refs/heads/staging"],
-        ["-C", str(seed), "push", "--quiet", str(bare.path), "HEAD:refs/heads/main"],
-    ):
-        commands.run(["git", *command], env=env)
+    bare = Remote(seed_bare(tmp_path / "gitops.git", seed, ("staging", "main"), env), env)
     return bare
 
 

@@ -8,7 +8,6 @@ kustomize, bare repositories in a temporary directory (a path, or `git daemon`'s
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from git_seed import git_environment, seed_bare
 
 from pipeline_ops.base.processes import free_port
 from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
@@ -93,27 +93,13 @@ class GitOpsRemote:
 @pytest.fixture
 def remote(tmp_path: Path) -> GitOpsRemote:
     """Branches staging and main at one commit of argo-apps/base; no git config of this host."""
-    (tmp_path / "gitconfig").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env |= {
-        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-        "KUSTOMIZE": str(TOOLS_DIR / "bin" / "kustomize"),
-    }
+    env = git_environment(
+        tmp_path, GIT_TERMINAL_PROMPT="0", KUSTOMIZE=str(TOOLS_DIR / "bin" / "kustomize")
+    )
     seed = tmp_path / "seed"
     shutil.copytree(PROJECT_ROOT / "argo-apps" / "base", seed / "argo-apps" / "base")
-    bare = GitOpsRemote(tmp_path / "pr-anomaly.git", env)
-    identity = ["-c", "user.name=seed", "-c", "user.email=seed@localhost"]
-    for command in (
-        ["init", "--quiet", "--bare", str(bare.path)],
-        ["-C", str(seed), "init", "--quiet"],
-        ["-C", str(seed), "add", "."],
-        ["-C", str(seed), *identity, "commit", "--quiet", "-m", "argo-apps/base"],
-        ["-C", str(seed), "push", "--quiet", str(bare.path), "HEAD:refs/heads/staging"],
-        ["-C", str(seed), "push", "--quiet", str(bare.path), "HEAD:refs/heads/main"],
-    ):
-        subprocess.run(["git", *command], env=env, check=True, capture_output=True)
+    path = seed_bare(tmp_path / "pr-anomaly.git", seed, ("staging", "main"), env)
+    bare = GitOpsRemote(path, env)
     return bare
 
 

@@ -265,3 +265,18 @@ def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) 
         assert "permission denied" in said["other"].lower() or "403" in said["other"], said
     finally:
         layout.kubectl()("-n", STAGING_NS, "delete", "pod", name, "--wait=false")
+
+
+def test_a_second_run_on_the_live_cluster_passes_as_the_user(cluster_run, cluster) -> None:
+    """Idempotent: `make cluster-run` again on the cluster the first run left (its branches,
+    its Applications, its registry and models) passes end to end, still only as the user.
+    Last in this file: it changes what the tests above read."""
+    first, _ = cluster_run
+    again = ClusterRun(cluster, report_dir=first.report_dir.parent / "run-2")
+    report = again.run()
+    assert report["outcome"] == "ok"
+    assert report["audit"]["violations"] == []
+    assert report["audit"]["foreign_commits"] == []
+    _blue_green_passed(_step(report, "blue/green in staging"))
+    _blue_green_passed(_step(report, "promotion staging -> main: production's own blue/green"))
+    _switched_back(_step(report, "rollback: the promotion reverted on main"))

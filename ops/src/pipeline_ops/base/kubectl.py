@@ -52,6 +52,10 @@ class Kubectl:
     def get(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
         return dict(json.loads(self("-n", namespace, "get", kind, name, "-o", "json")))
 
+    def exists(self, namespace: str, kind: str, name: str) -> bool:
+        found = self("-n", namespace, "get", kind, name, "--ignore-not-found", "-o", "name")
+        return bool(found.strip())
+
     def items(self, namespace: str, kind: str, *selector: str) -> list[dict[str, Any]]:
         """Objects of ``kind`` in ``namespace`` (every namespace if empty) matching ``selector``."""
         # after the verb: kubectl takes an unknown flag before it (--all-namespaces belongs to

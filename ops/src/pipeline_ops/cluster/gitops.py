@@ -132,8 +132,9 @@ def _keep_staging_pins(tree: Path, feature: str) -> None:
 
 
 def pin_images(layout: Layout, references: dict[str, str]) -> str:
-    """Pin each image's digest on staging with the workflows' own bump script; the head."""
-    env = minimal_environment({"KUSTOMIZE": str(TOOLS_DIR / "bin" / "kustomize")})
+    """Pin each image's digest on staging with the workflows' own bump script, committed as
+    the workflows' bot; the head."""
+    env = minimal_environment({"KUSTOMIZE": str(TOOLS_DIR / "bin" / "kustomize"), **WORKFLOW_GIT})
     for name, reference in references.items():
         commands.run([SCRIPTS / "pin-image-digest.sh", name, reference, bare(layout),
                       BRANCHES[STAGING]], what=f"pinning {name}'s digest on staging",
@@ -141,10 +142,17 @@ def pin_images(layout: Layout, references: dict[str, str]) -> str:
     return head(layout, BRANCHES[STAGING]) or ""
 
 
-# The user's git identity: every commit the cluster run makes (a user's) carries it; the
-# others are the delivered components' (model-pin, the workflows' pin-image-digest.sh).
-USER_GIT = {"GIT_AUTHOR_NAME": USER, "GIT_AUTHOR_EMAIL": f"{USER}@localhost",
-            "GIT_COMMITTER_NAME": USER, "GIT_COMMITTER_EMAIL": f"{USER}@localhost"}  # fmt: skip
+def git_identity(name: str, email: str) -> dict[str, str]:
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}  # fmt: skip
+
+
+# Who commits: the user (every commit the cluster run makes as a user), and the delivered
+# components: the stage workflows' image bump (a GitHub App's bot in stage-image.yml; its
+# script here) and model-pin (through the contents API, committing under its own name).
+USER_GIT = git_identity(USER, f"{USER}@localhost")
+WORKFLOW_BOT = "pr-anomaly-mlops-ci[bot]"
+WORKFLOW_GIT = git_identity(WORKFLOW_BOT, f"{WORKFLOW_BOT}@users.noreply.github.com")
 
 
 @contextmanager

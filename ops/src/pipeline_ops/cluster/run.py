@@ -64,9 +64,10 @@ TRAINING = stages.stage("ml-training").name
 SERVING = kube.ROLLOUT
 MODEL_PIN = stages.delivery_job("model-pin").name  # commits a registered version's pin
 # Who may commit on staging and main during a run: the user (merges, the promotion, a
-# revert) and the delivered components, model-pin and the workflows' image bump script.
-COMMITTERS = frozenset({USER, MODEL_PIN, "pin-image-digest"})
+# revert) and the delivered components, model-pin and the workflows' image bump.
+COMMITTERS = frozenset({USER, MODEL_PIN, gitops.WORKFLOW_BOT})
 ACTIVE_SERVICE = f"{SERVING}-active"  # the Rollout's activeService
+FINISHED = ("Successful", "Failed", "Error", "Inconclusive")  # an AnalysisRun's final phases
 # The failure path's green: the served model copied under another registered name, as when
 # an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
 # starts the pre-promotion analysis, whose model check must fail it.
@@ -258,8 +259,15 @@ class ClusterRun:
         strangers = [c for c in commits if c["committer"] not in COMMITTERS]
         self.report["audit"] = {**writes, "commits": commits, "foreign_commits": strangers}
         if writes["violations"] or strangers:
-            raise ClusterError(f"the run did more than a user does: writes "
-                               f"{writes['violations'][:5]}, commits {strangers[:5]}")  # fmt: skip
+            seen = [f"{v['user']} {v['verb']} {v['resource']} {v['namespace']}/{v['name']} "
+                    f"({v['why']})" for v in writes["violations"][:5]]  # fmt: skip
+            seen += [f"commit {c['commit']} by {c['committer']}: {c['subject']}"
+                     for c in strangers[:5]]  # fmt: skip
+            raise ClusterError(
+                f"the run did more than a user does ({len(writes['violations'])} writes, "
+                f"{len(strangers)} commits; the report's audit section lists them): "
+                + "; ".join(seen)
+            )
         return {"user_writes": len(writes["user_writes"]), "commits": len(commits),
                 "committers": sorted({c["committer"] for c in commits})}  # fmt: skip
 
@@ -359,9 +367,7 @@ class ClusterRun:
         return outcome
 
     def _deployed(self, environment: str) -> bool:
-        found = self.layout.kubectl()("-n", gitops.NAMESPACES[environment], "get", "rollout",
-                                      "--ignore-not-found", "-o", "name")  # fmt: skip
-        return bool(found.strip())
+        return self.layout.kubectl().exists(gitops.NAMESPACES[environment], "rollout", SERVING)
 
     def _champion_follows_production(self, timeout: float = 240) -> dict[str, Any]:
         """Until ``champion`` names the version production's git pins (moved by the delivered
@@ -498,16 +504,11 @@ class ClusterRun:
     def _fast_tracked(self, ns: str, green: str, since: float) -> bool:
         """Whether Argo Rollouts made ``green`` stable without analysis (a rollback to a
         revision within scaleDownDelaySeconds), rather than starting its pre-promotion one."""
-        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
 
         def decided() -> str | None:
             if kube.rollout(self.layout, ns).get("status", {}).get("stableRS") == green:
                 return "fast"
-            runs = self.layout.kubectl().items(
-                ns, "analysisrun", "-l", f"rollouts-pod-template-hash={green}"
-            )
-            started = any(r["metadata"]["creationTimestamp"] >= after for r in runs)
-            return "analysed" if started else None
+            return "analysed" if self._analyses(ns, green, since) else None
 
         return wait_until(f"revision {green} analysed or fast-tracked", decided, 300) == "fast"
 
@@ -516,26 +517,25 @@ class ClusterRun:
     ) -> dict[str, Any]:
         """The finished AnalysisRun of ``kind`` for revision ``pod_hash``, created after
         ``since`` (a time.time())."""
-        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
 
         def finished() -> dict[str, Any] | None:
-            for run in self.layout.kubectl().items(
-                ns, "analysisrun", "-l", f"rollouts-pod-template-hash={pod_hash}"
-            ):
-                if run["metadata"]["creationTimestamp"] < after:
-                    continue
-                labels = run["metadata"].get("labels", {})
+            for run in self._analyses(ns, pod_hash, since):
                 status = run.get("status", {})
-                if labels.get("rollout-type") == kind and status.get("phase") in (
-                    "Successful",
-                    "Failed",
-                    "Error",
-                    "Inconclusive",
-                ):
+                of_kind = run["metadata"].get("labels", {}).get("rollout-type") == kind
+                if of_kind and status.get("phase") in FINISHED:
                     return {"name": run["metadata"]["name"], **status}
             return None
 
         return wait_until(f"{kind} analysis of {pod_hash}", finished, timeout, every=5)
+
+    def _analyses(self, ns: str, pod_hash: str, since: float) -> list[dict[str, Any]]:
+        """The AnalysisRuns of revision ``pod_hash`` created since ``since``: this change's,
+        not an earlier one's of the same pod template (a rollback returns to one)."""
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        runs = self.layout.kubectl().items(
+            ns, "analysisrun", "-l", f"rollouts-pod-template-hash={pod_hash}"
+        )
+        return [run for run in runs if run["metadata"]["creationTimestamp"] >= after]
 
     def _compare_environments(self) -> dict[str, Any]:
         """The digests of every image in git (main vs staging) and of what runs now."""

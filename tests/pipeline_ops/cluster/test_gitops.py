@@ -150,3 +150,23 @@ def test_the_local_environment_shortens_the_waits_and_only_production_follows_ch
     spark = _find(objects, "ScheduledSparkApplication", "spark-preprocess")["spec"]
     shipped = "0 3 * * *"
     assert spark["schedule"] == ("*/5 * * * *" if environment == gitops.STAGING else shipped)
+
+
+def test_a_cluster_up_never_rewrites_what_the_git_server_holds(tmp_path: Path) -> None:
+    """`cluster-up` pushes this checkout's branches as a developer pushes to GitHub: a branch
+    the server moved on (main after a promotion) keeps its commits, none is deleted."""
+    layout = Layout(tmp_path / "cluster")
+    first = git_server.sync_project(layout)
+    bare = gitops.bare(layout)
+    branch = _git(Path.cwd(), "branch", "--show-current") or first[0]
+    tip = _git(bare, "rev-parse", f"refs/heads/{branch}")
+    tree = _git(bare, "rev-parse", f"{tip}^{{tree}}")
+    moved = _git(bare, "-c", "user.name=model-pin", "-c", "user.email=pin@localhost",
+                 "commit-tree", "-p", tip, "-m", "a pin the server made", tree)  # fmt: skip
+    _git(bare, "update-ref", f"refs/heads/{branch}", moved)
+    _git(bare, "update-ref", "refs/heads/staging", moved)
+
+    again = git_server.sync_project(layout)
+
+    assert _git(bare, "rev-parse", f"refs/heads/{branch}") == moved
+    assert set(again) == set(first) | {"staging"}

@@ -1,7 +1,8 @@
 """The git server Argo CD reads: ``git daemon`` on the bridge address pods reach
 (``git://198.19.0.1:9418/<repo>.git``), read-only (no receive-pack), serving the bare
-repositories under ``.local/cluster/git``. ``pr-anomaly.git`` mirrors this repository's
-branches at every ``cluster-up`` (`python -m pipeline_ops.cluster git-sync` to refresh it by
+repositories under ``.local/cluster/git``. ``pr-anomaly.git`` receives this repository's
+branches at every ``cluster-up`` (new ones and fast-forwards, never a force: what the
+cluster run merged, pinned and promoted stays; `python -m pipeline_ops.cluster git-sync` by
 hand); tests add their own bare repositories beside it and push to them by path.
 
 Beside it, GitHub's contents API for ``pr-anomaly.git`` under the GitHub name of this
@@ -12,14 +13,18 @@ state, 0600, seeded into that component's Vault secret).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
 from pathlib import Path
 
 from pipeline_ops.base import commands
+from pipeline_ops.base.errors import CommandError
 from pipeline_ops.cluster.layout import BRIDGE_IP, GIT_PORT, GITHUB_CONTENTS_PORT, Layout
 from pipeline_ops.paths import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
 
 PROJECT_REPOSITORY = "pr-anomaly.git"
 # its name on GitHub, which the manifests (PIN_REPOSITORY) and the Applications carry
@@ -56,11 +61,20 @@ def init_bare(layout: Layout, repository: str) -> Path:
 
 
 def sync_project(layout: Layout) -> list[str]:
-    """Mirror this repository's branches (not its worktrees' state) into pr-anomaly.git;
-    the branches it now holds."""
+    """This repository's branches (not its worktrees' state) pushed to pr-anomaly.git as a
+    developer pushes to GitHub: new branches and fast-forwards only. A branch the server
+    moved on (``staging`` and ``main`` after a run: pins, promotions, reverts) keeps its
+    history, as GitHub's would; none is deleted. The branches it now holds."""
     bare = init_bare(layout, PROJECT_REPOSITORY)
-    git("push", "--quiet", "--force", "--prune", str(bare), "refs/heads/*:refs/heads/*",
-         cwd=PROJECT_ROOT)  # fmt: skip
+    pushed = commands.run(["git", "push", "--porcelain", str(bare), "refs/heads/*:refs/heads/*"],
+                          what="git push", cwd=PROJECT_ROOT, timeout=120, check=False)  # fmt: skip
+    kept = [line.split("\t")[1].partition(":")[2].removeprefix("refs/heads/")
+            for line in pushed.stdout.splitlines()
+            if line.startswith("!\t")]  # fmt: skip
+    if pushed.returncode != 0 and not kept:
+        raise CommandError(f"git push to {bare}: {commands.tail(pushed.stderr)}")
+    if kept:
+        log.info("git server: kept %s (it has commits this checkout lacks)", " ".join(kept))
     return git("--git-dir", str(bare), "for-each-ref", "--format=%(refname:short)",
                 "refs/heads").split()  # fmt: skip
 

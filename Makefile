@@ -119,7 +119,7 @@ cluster-run: as-root setup cluster-packages images ## the GitOps loop on the loc
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)
 	$(PY) -m pipeline_ops.cluster run
 
-cluster-run-test: as-root setup cluster-packages images ## make cluster-run as a test, alone (pytest -m cluster_run, ~20 min; also part of make test)
+cluster-run-test: as-root setup cluster-packages images ## make cluster-run as a test, alone (pytest -m cluster_run, twice: ~26 min; also part of make test)
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
 	$(PY) -m pytest -m cluster_run
 

@@ -1,9 +1,11 @@
-"""`make cluster-run` for real, once (it takes ~15 minutes): staging synced by Argo CD from the
-cluster's git server, the pipeline in pods, a blue/green of the model pinned in git with
-the real analysis, a green serving the wrong model aborted, the promotion to production
-through production's own blue/green, both environments running the same digests, a rollback
-by git revert, and the champion alias following production by itself. Then what the run's
-report and the cluster show."""
+"""`make cluster-run` for real (~15 minutes), as a user: staging synced by Argo CD from the
+cluster's git server, the pipeline in pods (Spark started by its schedule), a blue/green of
+the model pinned in git with the real analysis, a green serving the wrong model aborted, the
+promotion to production through production's own blue/green, both environments running the
+same digests, a rollback by git revert, and the champion alias following production by
+itself; the API server's audit log and git's history showing only the user's actions and
+the delivered components'. Then what the run's report and the cluster show, and a second run
+on the same cluster."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.layout import ADMIN, USER
 from pipeline_ops.cluster.run import COMMITTERS, ClusterRun
 
-# ~20 minutes, most of it in the first test's fixture: the run itself
+# ~26 minutes: the run in the first test's fixture, and a second run in the last test
 pytestmark = [pytest.mark.cluster, pytest.mark.cluster_run, pytest.mark.timeout(3000)]
 
 STAGING_NS = gitops.NAMESPACES[gitops.STAGING]

@@ -2,11 +2,13 @@
 
 1. The platform servers (Vault with kubernetes auth, MongoDB, MLflow, S3) outside the
    cluster, reached by the Service names production uses (platform.py).
-2. The images of `make images` pushed to the cluster's registry by digest; this checkout
-   merged to ``staging`` and the digests pinned there by the workflows' own script.
-3. Argo CD syncs ``staging``; data-fetch runs (a Job from its CronJob), spark-preprocess runs
-   through the Spark Operator (two executors, features to S3), ml-training runs (a Job from
-   its CronJob) and registers a version, which the delivered model-pin CronJob pins on
+2. The images of `make images` pushed to the cluster's registry by digest (all this as the
+   administrator; from here on the run is the user ``pr-anomaly-user`` of argo-apps/access,
+   and nothing more); this checkout merged to ``staging`` and the digests pinned there by
+   the workflows' own script.
+3. Argo CD syncs ``staging``; data-fetch runs (a Job from its CronJob), the Spark Operator's
+   schedule submits spark-preprocess (two executors, features to S3), ml-training runs (a
+   Job from its CronJob) and registers a version, which the delivered model-pin CronJob pins on
    ``staging`` (or finds pinned: as shipped, version 1). The Rollout serves what git pins.
 4. Promotion (``ops/scripts/promote.sh`` against the git server): production deploys; the
    delivered model-champion CronJob moves ``champion`` to what production serves.
@@ -20,8 +22,11 @@
    its own blue/green; the digests and models of both environments are compared. Then the
    rollback: the promotion reverted on ``main`` (production switches back, champion
    follows), and ``main`` merged into ``staging``, so both serve the same model again.
-6. A report (``.local/cluster/run/report.md`` and ``.json``): steps and times, the
-   AnalysisRuns' measurements, the promotion decisions.
+6. The witnesses: every write the API server's audit log recorded since step 2 is one of
+   the user's actions (pipeline_ops.cluster.audit), every commit on ``staging`` and ``main``
+   the user's or a delivered component's; anything else fails the run.
+7. A report (``.local/cluster/run/report.md`` and ``.json``): steps and times, the
+   AnalysisRuns' measurements, the promotion decisions, the user's writes and the commits.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def _print_env(cluster: Cluster) -> None:
 
     print(f"# registry {REGISTRY}  prometheus {prometheus.url()}  "
           f"git {git_server.url(git_server.PROJECT_REPOSITORY)}")  # fmt: skip
-    user = layout.acting_as("user").kubectl().kubeconfig
+    user = layout.kubeconfig_of("user")
     print(f"# as the user (argo-apps/access), not the administrator: KUBECONFIG={user}")
 
 

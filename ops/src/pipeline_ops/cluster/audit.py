@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_ops.cluster import argo_cd
+from pipeline_ops.cluster import argo_cd, kube
 from pipeline_ops.cluster.layout import ENVIRONMENT_NAMESPACES, USER, Layout
 
 WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -78,10 +78,6 @@ USER_ACTIONS = (
 )  # fmt: skip
 
 
-def _when(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
 def writes(log_files: Iterable[Path], since: datetime) -> list[Write]:
     """The writes recorded in ``log_files`` (JSON lines) at or after ``since``, oldest first."""
     found = []
@@ -91,9 +87,9 @@ def writes(log_files: Iterable[Path], since: datetime) -> list[Write]:
             if event.get("stage") != "ResponseComplete" or event.get("verb") not in WRITES:
                 continue
             write = Write.from_event(event)
-            if _when(write.at) >= since:
+            if kube.when(write.at) >= since:
                 found.append(write)
-    return sorted(found, key=lambda w: _when(w.at))
+    return sorted(found, key=lambda w: kube.when(w.at))
 
 
 def log_files(layout: Layout) -> list[Path]:

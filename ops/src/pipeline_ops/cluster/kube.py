@@ -69,7 +69,7 @@ def scheduled_spark_run(
     def submitted() -> dict[str, Any] | None:
         runs = [r for r in kubectl.items(namespace, "sparkapplication", "-l",
                                          f"{SCHEDULED_BY}={preprocess}")
-                if _when(r["metadata"]["creationTimestamp"]) >= since]  # fmt: skip
+                if when(r["metadata"]["creationTimestamp"]) >= since]  # fmt: skip
         return min(runs, key=lambda r: r["metadata"]["creationTimestamp"]) if runs else None
 
     schedule = kubectl.get(namespace, "scheduledsparkapplication", preprocess)["spec"]["schedule"]
@@ -103,7 +103,8 @@ def _schedule_wait(schedule: str) -> float:
     return 60.0 * (2 * period + 1)
 
 
-def _when(stamp: str) -> datetime:
+def when(stamp: str) -> datetime:
+    """An API server timestamp (RFC 3339, ``Z``: objects' and audit events') as a datetime."""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 

@@ -102,13 +102,8 @@ class Layout:
         plugin if it is built."""
         if self._kubectl is None:
             plugin = binaries()["kubectl-argo-rollouts"].path
-            kubeconfig = (
-                self.kubeconfig
-                if self.identity == "admin"
-                else self.component_kubeconfig(self.identity)
-            )
             found = plugin if plugin.exists() else None
-            self._kubectl = Kubectl(kubeconfig, binary("kubectl"), found)
+            self._kubectl = Kubectl(self.kubeconfig_of(self.identity), binary("kubectl"), found)
         return self._kubectl
 
     @property
@@ -141,6 +136,10 @@ class Layout:
 
     def component_kubeconfig(self, name: str) -> Path:
         return self.pki / f"{name}.kubeconfig"
+
+    def kubeconfig_of(self, identity: str) -> Path:
+        """Where pki writes ``identity``'s kubeconfig: the admin's is ``kubeconfig``."""
+        return self.kubeconfig if identity == "admin" else self.component_kubeconfig(identity)
 
     def dir(self, name: str) -> Path:
         path = self.root / name

@@ -132,11 +132,7 @@ class Pki:
         extensions.unlink()
 
     def _kubeconfig(self, identity: Identity) -> None:
-        path = (
-            self.layout.kubeconfig
-            if identity.name == "admin"
-            else self.layout.component_kubeconfig(identity.name)
-        )
+        path = self.layout.kubeconfig_of(identity.name)
         config = {
             "apiVersion": "v1",
             "kind": "Config",

@@ -49,7 +49,7 @@ def test_injected_rows_obey_the_feature_spec_and_look_anomalous(rows) -> None:
     assert (offhours["merged_on_weekend"] == 1).all()
     assert (np.expm1(offhours["log_hours_to_merge"]) < 0.06).all()  # within minutes
     newcomers = injected[injected["kind"] == "newcomer_bulk"]
-    assert (newcomers["log_author_prior_pull_requests"] == 0).all()
+    assert (newcomers["log_author_prior_pull_requests_capped"] == 0).all()
 
 
 def test_injection_is_seeded_and_leaves_the_real_rows_alone(rows) -> None:

@@ -41,7 +41,7 @@ def _records() -> pd.DataFrame:
                 "body": "abc",
                 "created_at": "2024-01-05T10:00:00Z",
                 "merged_at": "2024-01-06T18:30:00+02:00",
-                "author_prior_pull_requests": 3,
+                "author_prior_pull_requests": 250,  # counted up to 3
                 "repository_median_changes": 99,
             },
             {
@@ -87,7 +87,7 @@ EXPECTED = {
     "merge_hour_sin": [math.sin(2 * math.pi * 16.5 / 24), -1.0, 0.0],
     "merge_hour_cos": [math.cos(2 * math.pi * 16.5 / 24), 0.0, 0.0],
     "merged_on_weekend": [1.0, 0.0, 0.0],
-    "log_author_prior_pull_requests": [math.log(4), 0.0, 0.0],
+    "log_author_prior_pull_requests_capped": [math.log(4), 0.0, 0.0],
     "size_vs_repository": [math.log(11) - math.log(100), 0.0, 0.0],
 }
 

@@ -253,14 +253,14 @@ def test_hand_computed_features_through_spark(hand_made_run) -> None:
     assert frame["repository_median_changes"].to_dict() == {1: 4.0, 2: 4.0, 3: 4.0, 4: 4.0}
     expected = {
         (1, "log_hours_to_merge"): math.log(3),
-        (1, "log_author_prior_pull_requests"): math.log(2),
+        (1, "log_author_prior_pull_requests_capped"): math.log(2),
         (1, "size_vs_repository"): math.log(11) - math.log(5),
         (4, "size_vs_repository"): math.log(7) - math.log(5),
         (3, "log_hours_to_merge"): math.log(121),
         (3, "merged_on_weekend"): 1.0,
         (3, "merge_hour_cos"): 1.0,
         (2, "churn_balance"): -1.0,
-        (4, "log_author_prior_pull_requests"): math.log(3),
+        (4, "log_author_prior_pull_requests_capped"): math.log(3),
     }
     for (number, name), value in expected.items():
         assert frame.loc[number, name] == pytest.approx(value, abs=1e-12), (number, name)

@@ -24,7 +24,11 @@ import numpy as np
 
 from pipeline_contracts.pull_requests import NON_NEGATIVE_COLUMNS, REQUIRED_COLUMNS
 
-FEATURE_SPEC_VERSION = "3"
+FEATURE_SPEC_VERSION = "4"
+# The author's earlier pull requests count up to this many: past it an author is as
+# established as any. The raw count only grows with the repository's history (a
+# maintainer's reaches thousands), so its distribution could never hold still (issue 24).
+AUTHOR_PRIOR_CAP = 3
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("merge_hour_cos", "cos(2 pi hour(merged_at, UTC) / 24)", "unit circle"),
     FeatureSpec("merged_on_weekend", "1 if merged_at falls on Saturday or Sunday (UTC)", "flag"),
     FeatureSpec(
-        "log_author_prior_pull_requests",
-        "ln(1 + the author's pull requests in this repository created before this one)",
+        "log_author_prior_pull_requests_capped",
+        f"ln(1 + min({AUTHOR_PRIOR_CAP}, the author's pull requests in this repository "
+        "created before this one)): 0 for a first pull request",
         "log pull requests",
     ),
     FeatureSpec(
@@ -243,7 +248,8 @@ def feature_matrix(inputs: FeatureInputs) -> np.ndarray:
         weekday = np.mod(np.floor(merged / _SECONDS_PER_DAY) + _EPOCH_WEEKDAY, 7)
         np.greater_equal(weekday, 5, out=feature["merged_on_weekend"])  # NaN: False, 0
         prior = inputs.author_prior_pull_requests
-        np.log1p(prior, out=feature["log_author_prior_pull_requests"])
+        capped = feature["log_author_prior_pull_requests_capped"]
+        np.log1p(np.minimum(prior, AUTHOR_PRIOR_CAP), out=capped)
         median = np.log1p(inputs.repository_median_changes)
         np.subtract(np.log1p(churn), median, out=feature["size_vs_repository"])
     return matrix.T

@@ -16,7 +16,7 @@ import asyncio
 import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
@@ -163,11 +163,12 @@ class MicroBatcher:
         self,
         holder: ModelHolder,
         wait_seconds: float = 0.0,
-        on_features: Callable[[np.ndarray], None] = lambda features: None,
+        on_features: Callable[[np.ndarray, Sequence[object]], None] = lambda f, r: None,
     ):
         self._holder = holder
         self._wait = wait_seconds
-        self._on_features = on_features  # each scored call's feature matrix (drift)
+        # each scored call's feature matrix and its records' repositories (drift)
+        self._on_features = on_features
         self._pending: list[tuple[PullRequests, asyncio.Future]] = []
         self._scheduled = False
 
@@ -216,7 +217,7 @@ class MicroBatcher:
             records.feature_inputs(), records.repositories, records.authors
         )
         scores = scorer.scores(features)
-        self._on_features(features)
+        self._on_features(features, records.repositories)
         return scores
 
     def _score_alone(self, records: PullRequests) -> Scores:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -131,9 +132,11 @@ class ServingMetrics:
         if scorer.reference:
             self.drift = DriftWindow(scorer.reference, scorer.feature_names, window)
 
-    def observe_features(self, features: np.ndarray) -> None:
+    def observe_features(self, features: np.ndarray, repositories: Sequence[object] = ()) -> None:
+        """Scored records into the drift window (with each one's repository: a feature
+        vector scored alone has none, and is compared with the whole reference)."""
         if self.drift is not None:
-            self.drift.observe(features)
+            self.drift.observe(features, repositories)
 
     def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
         series = self._request_series.get((method, route, status))

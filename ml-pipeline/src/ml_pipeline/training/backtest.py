@@ -10,9 +10,9 @@ Per fold, for the autoencoder and the IsolationForest baseline side by side: the
 metrics on injected anomalies (overall and per kind), on the real weak labels (reverted pull
 requests) where the fold has any, with a bootstrap interval because they are few, and the
 false-positive rate per repository at each model's threshold. And the drift of the fold's
-test period against its training reference, per feature, measured as serving measures it
-(:mod:`pipeline_contracts.drift`): how far the next period's pull requests move from those
-a model learnt from.
+test period, per feature, measured as serving measures it (:mod:`pipeline_contracts.drift`)
+against the reference a model deployed at the period's start would carry: the newest pull
+requests of each repository before it, mixed in the period's proportions of repositories.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from ml_pipeline.anomalies import revert_labels
 from ml_pipeline.training.settings import TrainingSettings
-from ml_pipeline.training.steps import SPLIT, Outcome, fit_and_evaluate
+from ml_pipeline.training.steps import SPLIT, Outcome, drift_reference, fit_and_evaluate
 from pipeline_contracts.drift import bin_counts, population_stability_index
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,11 @@ class Fold:
     per_kind: dict[str, dict[str, float]]  # model -> kind -> ROC AUC against the real rows
     false_positive_rates: dict[str, dict[str, float]]  # model -> repository -> share flagged
     weak_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-    # the test period against the training reference: feature -> PSI, and share per bin
+    # the test period against the reference before it: feature -> PSI, and the shares per
+    # bin of each side (the reference's mixed in the test period's repositories)
     drift_psi: dict[str, float] = field(default_factory=dict)
     test_shares: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_shares: dict[str, np.ndarray] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         """The fold as one flat table row (both models)."""
@@ -133,12 +135,14 @@ def run_backtest(
     ):
         log.info("backtest fold %d: train %d, test %d", number, len(train), len(test))
         outcome = fit_and_evaluate(frame, train, valid, test, settings, weak_labels)
-        folds.append(_fold(number, test, outcome, weak_labels, settings.seed))
+        before = pd.concat([train, valid])
+        folds.append(_fold(number, before, test, outcome, weak_labels, settings.seed))
     return Backtest(folds)
 
 
 def _fold(
     number: int,
+    before: pd.DataFrame,
     test: pd.DataFrame,
     outcome: Outcome,
     weak_labels: dict[str, set[int]] | None,
@@ -170,9 +174,12 @@ def _fold(
         }
         if reverted is not None and 0 < reverted.sum() < len(reverted):
             intervals[model] = bootstrap_roc_auc(reverted, scores[real], seed)
+    references = drift_reference(before)
+    mix = test["repository"].astype(str).value_counts().to_dict()
+    expected = {name: ref.expected_shares(mix) for name, ref in references.items()}
     counts = {
         name: bin_counts(reference.edges, test[name].to_numpy(dtype=float))
-        for name, reference in outcome.scorer.reference.items()
+        for name, reference in references.items()
     }
     created = pd.to_datetime(test["created_at"], utc=True)
     return Fold(
@@ -184,10 +191,11 @@ def _fold(
         rates,
         intervals,
         drift_psi={
-            name: population_stability_index(outcome.scorer.reference[name].shares, count)
+            name: population_stability_index(expected[name], count)
             for name, count in counts.items()
         },
         test_shares={name: count / count.sum() for name, count in counts.items()},
+        reference_shares=expected,
     )
 
 

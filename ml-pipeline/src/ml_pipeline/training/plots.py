@@ -6,8 +6,9 @@ into a figure and touches nothing else (tested without servers); ``write_plots``
   injected pull requests with each model's threshold, the autoencoder beside the
   IsolationForest baseline, on the registered model's test split;
 - ``backtest/``: ROC AUC and PR AUC per fold, and ROC AUC per anomaly kind per fold;
-- ``drift/``: each fold's test period against its training reference, per feature: the PSI
-  with the alert level, and (the registered model) the shares per reference bin.
+- ``drift/``: each fold's test period against the reference before it (the newest pull
+  requests of each repository, mixed as the period's), per feature: the PSI with the alert
+  level, and (the newest fold) the shares per reference bin.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def write_backtest_plots(directory: Path, backtest: Backtest) -> list[Path]:
         ),
         save(
             reference_shares_figure(
-                {name: ref.shares for name, ref in newest.outcome.scorer.reference.items()},
+                newest.reference_shares,
                 newest.test_shares,
                 newest.drift_psi,
             ),
@@ -211,7 +212,7 @@ def drift_psi_figure(
     periods: Mapping[int, str],
     alert: float = DRIFT_ALERT_PSI,
 ) -> Figure:
-    """PSI of each fold's test period against its training reference, per feature, the
+    """PSI of each fold's test period against the reference before it, per feature, the
     alert level drawn; features ordered by the newest fold's PSI, highest first."""
     folds = sorted(psi)
     newest = psi[folds[-1]]
@@ -242,10 +243,12 @@ def drift_psi_figure(
             color=ALERT_COLOUR if value > alert else "black",
         )
     axis.axvline(alert, color=ALERT_COLOUR, ls="--", label=f"alert level {alert}")
-    axis.set(yticks=positions, yticklabels=features, xlabel="PSI against the training reference")
+    axis.set(
+        yticks=positions, yticklabels=features, xlabel="PSI against the reference before the period"
+    )
     axis.set_xlim(0, max(max(v.values()) for v in psi.values()) * 1.12 + 0.05)
     axis.legend(loc="lower right", fontsize="small")
-    axis.set_title("PSI per feature: each fold's test period against its training rows")
+    axis.set_title("PSI per feature: each fold's test period against the pull requests before it")
     return figure
 
 
@@ -255,9 +258,9 @@ def reference_shares_figure(
     psi: Mapping[str, float],
     alert: float = DRIFT_ALERT_PSI,
 ) -> Figure:
-    """Per feature: the training share of each reference bin (what serving compares its
-    window with) beside the test period's share, titled with the PSI (red above the
-    alert level)."""
+    """Per feature: the reference's share of each bin (what serving compares its window
+    with) beside the test period's share, titled with the PSI (red above the alert
+    level)."""
     names = list(reference)
     columns = 4
     rows = -(-len(names) // columns)
@@ -266,7 +269,7 @@ def reference_shares_figure(
     )
     for axis, name in zip(axes.flat, names, strict=False):
         bins = np.arange(1, len(reference[name]) + 1)
-        axis.bar(bins - 0.2, reference[name], 0.4, color="tab:gray", label="training reference")
+        axis.bar(bins - 0.2, reference[name], 0.4, color="tab:gray", label="reference")
         axis.bar(bins + 0.2, observed[name], 0.4, color="tab:blue", label="test period")
         value = psi[name]
         axis.set_title(
@@ -282,10 +285,14 @@ def reference_shares_figure(
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside upper right", ncols=2, fontsize="small")
     figure.supxlabel(
-        "bin of the training deciles (equal shares of the training rows)", fontsize="small"
+        "bin of the reference deciles (equal shares of the reference rows)", fontsize="small"
     )
     figure.supylabel("share of rows", fontsize="small")
-    figure.suptitle("Drift reference of the registered model, per feature", x=0.02, ha="left")
+    figure.suptitle(
+        "Drift of the newest test period against the pull requests before it, per feature",
+        x=0.02,
+        ha="left",
+    )
     return figure
 
 

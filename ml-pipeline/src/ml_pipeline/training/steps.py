@@ -22,7 +22,7 @@ from ml_pipeline.evaluation import detection_metrics, threshold_from_validation
 from ml_pipeline.feature_frames import feature_context
 from ml_pipeline.model import Autoencoder
 from ml_pipeline.training.settings import TrainingSettings
-from pipeline_contracts.drift import reference_distribution
+from pipeline_contracts.drift import REFERENCE_RECORDS, FeatureReference, reference_distribution
 from pipeline_contracts.features import CONTEXT_COLUMNS, FEATURE_NAMES
 from pipeline_contracts.pull_requests import REQUIRED_COLUMNS
 from pipeline_contracts.scorer import AnomalyScorer
@@ -62,6 +62,19 @@ def time_split(frame, fractions=SPLIT):
     n = len(ordered)
     a, b = int(n * fractions[0]), int(n * (fractions[0] + fractions[1]))
     return ordered.iloc[:a], ordered.iloc[a:b], ordered.iloc[b:]
+
+
+def drift_reference(rows: pd.DataFrame) -> dict[str, FeatureReference]:
+    """Each feature's drift reference: the newest :data:`REFERENCE_RECORDS` pull requests of
+    each repository in ``rows``, binned by their deciles, with every repository's shares (see
+    :mod:`pipeline_contracts.drift`)."""
+    ordered = rows.sort_values(["created_at", "repository", "number"], kind="stable")
+    newest = ordered.groupby("repository", sort=False).tail(REFERENCE_RECORDS)
+    return reference_distribution(
+        newest[list(FEATURE_NAMES)].to_numpy(dtype=float),
+        FEATURE_NAMES,
+        newest["repository"].astype(str).to_numpy(),
+    )
 
 
 def fit_scaler(train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +226,9 @@ def fit_and_evaluate(
     model, history = fit_autoencoder(scaled(train), scaled(valid), settings)
     # The context at the snapshot's end is what serving needs for pull requests after it.
     context = feature_context(frame)
-    # Each feature's training distribution: serving measures drift against it.
-    reference = reference_distribution(train[columns].to_numpy(dtype=float), FEATURE_NAMES)
+    # Serving measures drift against the newest pull requests known now, the test split's
+    # included: traffic after the model is compared with the traffic just before it.
+    reference = drift_reference(pd.concat([train, valid, test]))
     scorer = AnomalyScorer(
         model.dense_network(), mean, scale, threshold=0.0, context=context, reference=reference
     )

@@ -104,7 +104,9 @@ def train_scorer(records: list[dict]):
     scale[scale == 0] = 1.0
     scaled = (features - mean) / scale
     model, _ = fit_autoencoder(scaled[:1600], scaled[1600:], TrainingSettings(max_epochs=10))
-    reference = reference_distribution(features[:1600], FEATURE_NAMES)
+    # per repository, as ml-training's (the window then numbers each record's repository)
+    repositories = training["repository"].to_numpy()[:1600]
+    reference = reference_distribution(features[:1600], FEATURE_NAMES, repositories)
     scorer = AnomalyScorer(
         model.dense_network(), mean, scale, threshold=0.0, context=context, reference=reference
     )

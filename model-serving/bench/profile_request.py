@@ -204,7 +204,10 @@ def phases(body: bytes, app, loop, state: dict[str, Any], model) -> list[tuple[s
         ),
         ("scoring (forward pass, errors, scores)", scoring),
         ("top features", median_seconds(lambda: scorer.scores(features)) - scoring),
-        ("drift window", median_seconds(lambda: metrics.observe_features(features))),
+        (
+            "drift window",
+            median_seconds(lambda: metrics.observe_features(features, records.repositories)),
+        ),
         (
             "response encoding (verdicts, JSON)",
             median_seconds(lambda: encode_verdicts(scored, model, records.numbers)),

@@ -43,7 +43,7 @@ def trained(training_run, write_feature_run):
     # A deliberately bad training set: the training period is full of the very anomalies the
     # evaluation injects, so the model learns them as normal.
     train, _, _ = time_split(frame)
-    dirty = inject_anomalies(train, len(train) // 3, seed=7).drop(columns="kind")
+    dirty = inject_anomalies(train, len(train) // 2, seed=7).drop(columns="kind")
     dirty["number"] += 100_000
     write_feature_run(
         root, "run-dirty", pd.concat([frame, dirty], ignore_index=True), publish=False

@@ -1,4 +1,4 @@
-"""Drift: the PSI of what serving sees against the training distribution."""
+"""Drift: the PSI of what serving sees against the model's reference, per repository."""
 
 from __future__ import annotations
 

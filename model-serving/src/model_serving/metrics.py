@@ -96,7 +96,8 @@ class ServingMetrics:
         self.feature_drift = Gauge(
             "model_serving_feature_drift_psi",
             "population stability index of each feature over the last scored records against "
-            "the model's training distribution (over 0.25: the inputs have shifted)",
+            "the model's reference, the newest pull requests of each repository before it "
+            "(over 0.25: the inputs have shifted)",
             ("feature",),
             registry=self.registry,
             multiprocess_mode="max",

@@ -288,12 +288,14 @@ def _drift_text(document: dict[str, Any]) -> str:
     newest = psi[max(psi, key=int)]
     over = sorted(((v, k) for k, v in newest.items() if v > alert), reverse=True)
     return (
-        "The population stability index (PSI) of each fold's test pull requests against the "
-        "training data of the model that scored them, per feature: what serving's drift "
-        f"window measures, with its alert level {alert}. In the registered model's test "
-        f"period {len(over)} of {len(newest)} features are above it"
+        "The population stability index (PSI) of each fold's test pull requests, per feature, "
+        "against the newest pull requests of each repository before the period, mixed in "
+        "the period's proportions of repositories: what serving's drift window measures "
+        f"against the model's reference, with its alert level {alert}. In the registered "
+        f"model's test period {len(over)} of {len(newest)} features are above it"
         + (": " + ", ".join(f"{k} {v:.2f}" for v, k in over) if over else "")
-        + "."
+        + ". The registered model's own reference ends with that period: serving compares "
+        "the traffic after it with the traffic just before it."
     )
 
 

@@ -81,7 +81,8 @@ class AnomalyScorer:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_spec_version: str = FEATURE_SPEC_VERSION
     context: FeatureContext = field(default_factory=FeatureContext)
-    # each feature's training distribution, for drift (absent in older scorer files)
+    # each feature's drift reference: the newest pull requests known at training, per
+    # repository (absent in older scorer files)
     reference: dict[str, FeatureReference] = field(default_factory=dict)
 
     def errors(self, features: np.ndarray) -> np.ndarray:

@@ -145,3 +145,14 @@ def test_the_reference_plot_puts_training_and_test_shares_side_by_side(tmp_path:
 
     path = save(figure, tmp_path / "drift" / "reference_bins.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_long_feature_name_is_broken_to_fit_its_panel() -> None:
+    name = "log_author_prior_pull_requests_capped"
+    shares = {name: np.array([0.3, 0.7]), "log_additions": np.array([0.5, 0.5])}
+
+    figure = reference_shares_figure(shares, shares, {name: 0.0, "log_additions": 0.0})
+
+    titles = [axis.get_title() for axis in figure.axes if axis.get_visible()]
+    assert titles[0] == "log_author_prior_\npull_requests_capped\nPSI 0.00"
+    assert titles[1] == "log_additions\nPSI 0.00"  # a short name as it is

@@ -273,7 +273,7 @@ def reference_shares_figure(
         axis.bar(bins + 0.2, observed[name], 0.4, color="tab:blue", label="test period")
         value = psi[name]
         axis.set_title(
-            f"{name}\nPSI {value:.2f}",
+            f"{_fit_panel(name)}\nPSI {value:.2f}",
             fontsize="small",
             color=ALERT_COLOUR if value > alert else "black",
         )
@@ -285,7 +285,8 @@ def reference_shares_figure(
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside upper right", ncols=2, fontsize="small")
     figure.supxlabel(
-        "bin of the reference deciles (equal shares of the reference rows)", fontsize="small"
+        "bin of the reference deciles (the reference's shares mixed as the period's repositories)",
+        fontsize="small",
     )
     figure.supylabel("share of rows", fontsize="small")
     figure.suptitle(
@@ -300,6 +301,16 @@ def _legend_above(figure: Figure, axis: Any) -> None:
     """The models' legend above the panels, clear of the points and their labels."""
     handles, labels = axis.get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside upper right", ncols=len(labels), fontsize="small")
+
+
+def _fit_panel(name: str, width: int = 30) -> str:
+    """A feature name that fits a quarter-width panel's title: a long one broken at the
+    underscore nearest its middle."""
+    if len(name) <= width or "_" not in name:
+        return name
+    cuts = [i for i, c in enumerate(name) if c == "_"]
+    cut = min(cuts, key=lambda i: abs(i - len(name) / 2))
+    return f"{name[: cut + 1]}\n{name[cut + 1 :]}"
 
 
 def _one_line(period: str) -> str:

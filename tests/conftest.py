@@ -115,11 +115,25 @@ def scorer(serving_records) -> AnomalyScorer:
 
 
 @pytest.fixture(scope="session")
-def register_scorer(local_env, scorer, tmp_path_factory) -> Callable[[str], str]:
-    """Register ``scorer`` under a model name the way ml-training does (pyfunc with the
-    scorer artifact) in the real MLflow server; returns the new version."""
+def sound_scorer() -> AnomalyScorer:
+    """A scorer trained on the bundled sample as ml-training trains one (time split, the
+    default settings): it flags about 1 % of ordinary pull requests, as the pre-promotion
+    quality gate expects of a sound version (``scorer`` above is a quick toy: 14 %)."""
+    from ml_pipeline.training.bench import sample_rows
+    from ml_pipeline.training.settings import TrainingSettings
+    from ml_pipeline.training.steps import fit_and_evaluate, time_split
 
-    def register(name: str) -> str:
+    frame = sample_rows()
+    train, valid, test = time_split(frame)
+    return fit_and_evaluate(frame, train, valid, test, TrainingSettings(), None).scorer
+
+
+@pytest.fixture(scope="session")
+def register_scorer(local_env, scorer, tmp_path_factory) -> Callable[..., str]:
+    """Register ``scorer`` (or another one given) under a model name the way ml-training
+    does (pyfunc with the scorer artifact) in the real MLflow server; the new version."""
+
+    def register(name: str, other: AnomalyScorer | None = None) -> str:
         import mlflow
 
         from ml_pipeline.training.pyfunc import log_scorer_model
@@ -127,7 +141,7 @@ def register_scorer(local_env, scorer, tmp_path_factory) -> Callable[[str], str]
         mlflow.set_tracking_uri(local_env.platform.service("mlflow").url)
         mlflow.set_experiment("registered-for-tests")
         with mlflow.start_run():
-            info = log_scorer_model(scorer, tmp_path_factory.mktemp("scorer"), name)
+            info = log_scorer_model(other or scorer, tmp_path_factory.mktemp("scorer"), name)
         return str(info.registered_model_version)
 
     return register

@@ -265,6 +265,24 @@ def test_incomplete_data_set_is_a_clear_error(
         _job(tmp_path, "tiny").run()
 
 
+def test_an_experiment_trains_on_the_repositories_it_names(training_run) -> None:
+    """TRAINING_REPOSITORIES: one repository's pull requests only, said in the summary and
+    the run's parameters; a name the data set lacks is refused, naming those it has."""
+    secret, settings = training_run["secret"], training_run["settings"]
+    present = sorted({r["base"]["repo"]["full_name"] for r in training_run["records"]})
+    assert len(present) == 2
+    one = settings.model_copy(update={"repositories": present[1]})
+    summary = TrainingJob(secret, one).run()
+    assert summary["repositories"] == [present[1]]
+    run = MlflowClient(secret.mlflow_tracking_uri).get_run(summary["mlflow_run_id"])
+    assert run.data.params["repositories"] == present[1]
+
+    other = settings.model_copy(update={"repositories": "someone/else"})
+    with pytest.raises(StageError, match=r"TRAINING_REPOSITORIES names \['someone/else'\]") as e:
+        TrainingJob(secret, other).run()
+    assert all(name in str(e.value) for name in present)
+
+
 # -- pure: split, scaling, evaluation rows, determinism --------------------------------------
 def test_time_split_has_no_leakage(records, feature_rows) -> None:
     frame = feature_rows(records)

@@ -45,11 +45,13 @@ def test_the_template_is_the_clusters_pre_promotion_analysis() -> None:
 
 
 def _with_gate_option(template: dict, option: str, value: str) -> dict:
+    """The template with ``option`` of the job metric that takes it set to ``value``."""
     changed = copy.deepcopy(template)
     for metric in changed["spec"]["metrics"]:
         if "job" in metric["provider"]:
             args = metric["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]["args"]
-            args[args.index(option) + 1] = value
+            if option in args:
+                args[args.index(option) + 1] = value
     return changed
 
 
@@ -58,6 +60,12 @@ def mlflow_client(local_env):
     from mlflow import MlflowClient
 
     return MlflowClient(local_env.platform.service("mlflow").url)
+
+
+@pytest.fixture(scope="module")
+def register(register_scorer, sound_scorer):
+    """Register a sound model's version (the quality gate's false-alarm limit holds)."""
+    return lambda name: register_scorer(name, sound_scorer)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +80,8 @@ def state(tmp_path) -> StateFile:
 
 
 @pytest.fixture(scope="module")
-def green(register_scorer, serving_env, tmp_path_factory):
-    version = register_scorer(MODEL)
+def green(register, serving_env, tmp_path_factory):
+    version = register(MODEL)
     state = StateFile(tmp_path_factory.mktemp("green-state") / "state.json")
     record = start_serving(
         "green",
@@ -108,8 +116,9 @@ def test_analysis_passes_on_a_healthy_preview(green, state, tmp_path: Path) -> N
     assert state.running() == {}  # the load gate was recorded while it ran, then dropped
     gate = next(m for m in result.metrics if m.name == "load-gate")
     assert gate.data  # the load gate's own report, with its figures
-    assert (tmp_path / "report.json").exists()
-    assert (tmp_path / "report.md").exists()
+    for program in ("load-gate", "quality-gate"):  # each job's own report
+        assert (tmp_path / program / "report.json").exists()
+        assert (tmp_path / program / "report.md").exists()
 
 
 def test_analysis_fails_on_an_impossible_latency_target(green, state, tmp_path) -> None:
@@ -151,13 +160,13 @@ def test_an_unsupported_template_is_refused_by_name(green, state, tmp_path) -> N
 
 
 def test_first_model_is_promoted_then_a_rerun_changes_nothing(
-    register_scorer, mlflow_client, serving_env, state, tmp_path, monkeypatch
+    register, mlflow_client, serving_env, state, tmp_path, monkeypatch
 ) -> None:
     import pipeline_ops.promotion as promotion
 
     monkeypatch.setattr(promotion, "load_template", lambda: _attainable(load_template()))
     name = f"{MODEL}-first"
-    version = register_scorer(name)
+    version = register(name)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
 
     decision = blue_green(
@@ -195,10 +204,10 @@ def test_first_model_is_promoted_then_a_rerun_changes_nothing(
     assert alias_version(mlflow_client, name, CHAMPION) == version
 
 
-def test_down_stops_a_kept_service(register_scorer, serving_env, state, tmp_path) -> None:
+def test_down_stops_a_kept_service(register, serving_env, state, tmp_path) -> None:
     """What `make down` calls first: every serving instance on record is stopped with its
     process group, and the record dropped."""
-    version = register_scorer(f"{MODEL}-kept")
+    version = register(f"{MODEL}-kept")
     record = start_serving("green", ModelReference.at_version(f"{MODEL}-kept", version),
                            serving_env, tmp_path, state)  # fmt: skip
     assert stop_kept_serving(state) == ["model-serving-green"]
@@ -208,14 +217,14 @@ def test_down_stops_a_kept_service(register_scorer, serving_env, state, tmp_path
 
 
 def test_a_challenger_failing_analysis_leaves_the_champion(
-    register_scorer, mlflow_client, serving_env, state, tmp_path, monkeypatch
+    register, mlflow_client, serving_env, state, tmp_path, monkeypatch
 ) -> None:
     import pipeline_ops.promotion as promotion
 
     name = f"{MODEL}-gate"
-    champion = register_scorer(name)
+    champion = register(name)
     mlflow_client.set_registered_model_alias(name, CHAMPION, champion)
-    challenger = register_scorer(name)
+    challenger = register(name)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, challenger)
     impossible = _with_gate_option(load_template(), "--max-p99-ms", "0.001")
     monkeypatch.setattr(promotion, "load_template", lambda: impossible)
@@ -229,7 +238,7 @@ def test_a_challenger_failing_analysis_leaves_the_champion(
 
 
 def test_a_champion_this_code_cannot_serve_does_not_block_the_challenger(
-    local_env, scorer, register_scorer, mlflow_client, serving_env, state, tmp_path, monkeypatch
+    local_env, scorer, register, mlflow_client, serving_env, state, tmp_path, monkeypatch
 ) -> None:
     """An upgraded machine: the champion was trained on an older feature spec, which the
     current model-serving refuses to load. Blue fails fast with the reason and green is
@@ -253,7 +262,7 @@ def test_a_champion_this_code_cannot_serve_does_not_block_the_challenger(
                       state, timeout=60)  # fmt: skip
     assert state.running() == {}
 
-    challenger = register_scorer(name)
+    challenger = register(name)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, challenger)
     steps: list[str] = []
     decision = blue_green(mlflow_client, name, serving_env, tmp_path, state, gate_run_time="3s",
@@ -310,10 +319,10 @@ def _on_record(state: StateFile, name: str, run: subprocess.Popen) -> processes.
 
 
 def test_ctrl_c_while_green_starts_leaves_no_model_serving(
-    register_scorer, mlflow_client, serving_env, state, tmp_path
+    register, mlflow_client, serving_env, state, tmp_path
 ) -> None:
     name = f"{MODEL}-interrupted"
-    mlflow_client.set_registered_model_alias(name, CHALLENGER, register_scorer(name))
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, register(name))
     arguments = {"mlflow": mlflow_client.tracking_uri, "model": name, "env": serving_env,
                  "work": str(tmp_path), "state": str(state.path)}  # fmt: skip
     run = _started(BLUE_GREEN, arguments)

@@ -113,12 +113,13 @@ def unknown_names(repo: Repo, listed: Iterable[Stage] = STAGES) -> list[str]:
     listed = tuple(listed)
     images = (*(s.image for s in listed), stages.LOAD_GATE)
     jobs = stages.DELIVERY_JOBS
+    programs = {p for i in images for p in i.programs}  # an image's other console scripts
     known = {
         # a delivery job's CronJob is named as it, as a stage's is (`cronjob/NAME`)
         "a stage": {s.name for s in listed} | {j.name for j in jobs},
         # and its pods are labelled with its name, as an image's are
-        "an image": {i.name for i in images} | {j.name for j in jobs},
-        "an image's CLI": {i.cli for i in images} | {j.cli for j in jobs},
+        "an image": {i.name for i in images} | {j.name for j in jobs} | programs,
+        "an image's CLI": {i.cli for i in images} | {j.cli for j in jobs} | programs,
         "an image's Dockerfile": {i.dockerfile for i in images},
     }
     return sorted(

@@ -45,6 +45,9 @@ NAMESPACE_ARG = "{{args.namespace}}"
 PREVIEW_SERVICE_URL = f"http://{SERVING.name}-preview.{NAMESPACE_ARG}.svc.cluster.local:8080"
 # The load gate's own knobs (LOAD_GATE_SAMPLE, ...), the only variables it takes from ours.
 LOAD_GATE_KNOBS = "LOAD_GATE_"
+# The programs of the load-gate image that the template's job metrics run: the Locust load
+# gate (the image's entrypoint) and the quality gate (false alarms on real pull requests).
+JOB_PROGRAMS = (LOAD_GATE.cli, stages.QUALITY_GATE)
 
 
 class PromotionError(OpsError):
@@ -227,21 +230,28 @@ def _seconds(duration: str) -> float:
 def _job_metric(
     metric: dict[str, Any],
     args: dict[str, str],
-    report_dir: Path,
+    work_dir: Path,
     run_time: str | None,
     state: StateFile,
 ) -> MetricResult:
+    """The metric's Job as a local process: the load-gate image's program (its entrypoint,
+    or the container's ``command``) with the template's own arguments, its report in
+    ``work_dir/<program>``."""
     container = metric["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]
     if container["image"].split(":")[0].split("/")[-1] != LOAD_GATE.name:
         raise PromotionError(f"the analysis job runs {container['image']!r}, not the load gate")
+    program = (container.get("command") or [LOAD_GATE.cli])[0]
+    if program not in JOB_PROGRAMS:
+        raise PromotionError(f"the analysis job runs {program!r}, not one of {JOB_PROGRAMS}")
+    report_dir = work_dir / program
     argv = [_substitute(str(a), args) for a in container.get("args", [])]
     argv = _set_option(argv, "--report-dir", str(report_dir))
-    if run_time:
+    if run_time and program == LOAD_GATE.cli:
         argv = _set_option(argv, "--run-time", run_time)
     report_dir.mkdir(parents=True, exist_ok=True)
     knobs = {k: v for k, v in os.environ.items() if k.startswith(LOAD_GATE_KNOBS)}
     record = processes.start(
-        LOAD_GATE.name, [_bin(LOAD_GATE.cli), *argv], log_file=report_dir / f"{LOAD_GATE.name}.log",
+        program, [_bin(program), *argv], log_file=report_dir / f"{program}.log",
         env=processes.minimal_environment(knobs), cwd=PROJECT_ROOT,
     )  # fmt: skip
     with recorded(state, record):
@@ -250,7 +260,7 @@ def _job_metric(
     report_path = report_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if returncode == 0:
-        return MetricResult(metric["name"], True, "service levels met", report)
+        return MetricResult(metric["name"], True, f"{program}: limits met", report)
     breached = [
         f"{c['name']} {c['measured']} (limit {c['limit']})"
         for c in report.get("checks", [])
@@ -258,7 +268,7 @@ def _job_metric(
     ]
     log_tail = (record.log_tail().splitlines() or [""])[-1]
     reason = "; ".join(breached) or report.get("error") or log_tail
-    return MetricResult(metric["name"], False, f"load gate exited {returncode}: {reason}", report)
+    return MetricResult(metric["name"], False, f"{program} exited {returncode}: {reason}", report)
 
 
 def _exit_code(record: ProcessRecord) -> int:
@@ -277,15 +287,15 @@ def _set_option(argv: list[str], option: str, value: str) -> list[str]:
 def run_analysis(
     preview_url: str,
     model: ModelReference,
-    report_dir: Path,
+    work_dir: Path,
     *,
     run_time: str | None = None,
     template: dict[str, Any] | None = None,
     state: StateFile,
 ) -> AnalysisResult:
     """Evaluate every metric of the pre-promotion template against ``preview_url``, which
-    should serve ``model`` (a version: what git pins in the cluster); the load gate, while it
-    runs, is in ``state``."""
+    should serve ``model`` (a version: what git pins in the cluster); each job metric's
+    program, while it runs, is in ``state``, its report in ``work_dir/<program>``."""
     template = template or load_template()
     as_text = json.dumps(template)
     if PREVIEW_SERVICE_URL not in as_text:
@@ -299,7 +309,7 @@ def run_analysis(
         if "web" in provider:
             results.append(_web_metric(metric, args))
         elif "job" in provider:
-            results.append(_job_metric(metric, args, report_dir, run_time, state))
+            results.append(_job_metric(metric, args, work_dir, run_time, state))
         else:
             raise PromotionError(f"metric {metric['name']!r}: only web and job run locally")
     return AnalysisResult(results)
@@ -327,13 +337,13 @@ class PromotionDecision:
             "active_url": self.active_url,
             "active_pid": self.active_pid,
             "analysis": [
-                {"metric": m.name, "passed": m.passed, "detail": m.detail}
-                for m in (self.analysis.metrics if self.analysis else [])
+                {"metric": m.name, "passed": m.passed, "detail": m.detail} for m in self._metrics()
             ],
-            "load_gate": next(
-                (m.data for m in (self.analysis.metrics if self.analysis else []) if m.data), {}
-            ),
+            "load_gate": next((m.data for m in self._metrics() if m.name == LOAD_GATE.name), {}),
         }
+
+    def _metrics(self) -> list[MetricResult]:
+        return self.analysis.metrics if self.analysis else []
 
 
 def alias_version(client, model_name: str, alias: str) -> str | None:
@@ -389,10 +399,10 @@ def blue_green(
         on_step(f"green: serving challenger v{challenger}")
         green = (start_serving("green", ModelReference.at_version(model_name, challenger),
                                serving_env, work_dir, state), challenger)  # fmt: skip
-        on_step("analysis: readiness, model check, load gate against green")
+        on_step("analysis: readiness, model check, false alarms, load gate against green")
         analysis = run_analysis(
             green[0].url, ModelReference.at_version(model_name, challenger),
-            work_dir / LOAD_GATE.name, run_time=gate_run_time, state=state,
+            work_dir, run_time=gate_run_time, state=state,
         )  # fmt: skip
         if not analysis.passed:
             reason = "analysis failed: " + "; ".join(analysis.failures())

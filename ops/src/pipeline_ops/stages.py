@@ -25,6 +25,9 @@ class Image:
     name: str  # the image's repository name, as the workflows push it
     dockerfile: str  # from the repository root
     cli: str  # the console script the image runs (its ENTRYPOINT)
+    # other console scripts of the image that a manifest runs as the container's command
+    # (its pods labelled with the script's name)
+    programs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,10 @@ class Stage:
         return f".github/workflows/{self.name}.yml"
 
 
-def _image(name: str, dockerfile: str, cli: str | None = None) -> Image:
-    return Image(name, dockerfile, cli or name)
+def _image(
+    name: str, dockerfile: str, cli: str | None = None, programs: tuple[str, ...] = ()
+) -> Image:
+    return Image(name, dockerfile, cli or name, programs)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -86,8 +91,10 @@ STAGES: tuple[Stage, ...] = (
         secret=("mlflow",),
     ),
 )  # fmt: skip
-# Not a stage: the Locust gate the pre-promotion analysis runs against the preview Service.
-LOAD_GATE = _image("load-gate", "model-serving/Dockerfile.load-gate")
+# Not a stage: the gates the pre-promotion analysis runs against the preview Service, the
+# Locust load gate (the entrypoint) and the quality gate (false alarms on real pull requests).
+LOAD_GATE = _image("load-gate", "model-serving/Dockerfile.load-gate", programs=("quality-gate",))
+QUALITY_GATE = LOAD_GATE.programs[0]
 IMAGES: tuple[Image, ...] = (*(s.image for s in STAGES), LOAD_GATE)
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 IMAGE_NAMES: tuple[str, ...] = tuple(i.name for i in IMAGES)

@@ -1,11 +1,11 @@
 """`make cluster-run` for real (~15 minutes), as a user: staging synced by Argo CD from the
 cluster's git server, the pipeline in pods (Spark started by its schedule), a blue/green of
-the model pinned in git with the real analysis, a green serving the wrong model aborted, the
-promotion to production through production's own blue/green, both environments running the
-same digests, a rollback by git revert, and the champion alias following production by
-itself; the API server's audit log and git's history showing only the user's actions and
-the delivered components'. Then what the run's report and the cluster show, and a second run
-on the same cluster."""
+the model pinned in git with the real analysis, an experiment that model-pin pinned aborted
+by the quality gate, the promotion to production through production's own blue/green, both
+environments running the same digests, a rollback by git revert, and the champion alias
+following production by itself; the API server's audit log and git's history showing only
+the user's actions and the delivered components'. Then what the run's report and the
+cluster show, and a second run on the same cluster."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kube_namespace import wait_for
 
-from pipeline_contracts.registry import ModelReference
+from pipeline_contracts.registry import DEFAULT_MODEL_NAME, ModelReference
 from pipeline_ops.base.errors import CommandError
 from pipeline_ops.cluster import audit, gitops
 from pipeline_ops.cluster.launcher import Cluster
@@ -129,11 +129,25 @@ def test_the_pin_of_the_new_version_is_committed_by_the_delivered_model_pin(clus
     assert first["tag"].startswith("staging@")
 
 
-def test_a_green_serving_the_wrong_model_is_failed_by_the_analysis(cluster_run) -> None:
-    _, report = cluster_run
+def test_an_experiment_pinned_by_model_pin_is_failed_by_the_quality_gate(cluster_run) -> None:
+    """A real version of the production model, trained on one repository only: its own gate
+    passed, model-pin pinned it, the preview serves exactly it, and the analysis's false
+    alarms on real pull requests (the quality gate's Job) fail it."""
+    run, report = cluster_run
+    experiment = _step(report, "an experiment")["summary"]
+    assert experiment["repositories"] == ["pallets/flask"]
+    assert experiment["registered"] is True
     failed = _step(report, "blue/green failure path")
+    assert failed["model"].startswith(f"models:/{DEFAULT_MODEL_NAME}/")
+    assert failed["model"].endswith(f"/{experiment['model_version']}")
+    bare = str(gitops.bare(run.layout))
+    assert (
+        gitops.git("--git-dir", bare, "log", "-1", "--format=%cn", failed["commit"]) == "model-pin"
+    )
     assert failed["pre_promotion"] == "Failed"
-    assert "preview-model-name" in failed["pre_promotion_failed_metrics"], failed
+    # the name and version checks pass: what fails it is what it does
+    assert "preview-false-alarms" in failed["pre_promotion_failed_metrics"], failed
+    assert not {"preview-model", "preview-model-name"} & set(failed["pre_promotion_failed_metrics"])
     assert failed["aborted"] is True
     assert failed["active_stays_blue"] is True
     assert failed["client"]["failed"] == 0

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ml_pipeline.datasets import DatasetError, load_feature_dataset
 from ml_pipeline.training.backtest import run_backtest
 from ml_pipeline.training.gate import champion_on_the_same_rows, gate_decision, untrustworthy_reason
 from ml_pipeline.training.settings import TrainingSecret, TrainingSettings
-from ml_pipeline.training.steps import check_frame
+from ml_pipeline.training.steps import check_frame, select_repositories
 from ml_pipeline.training.tracking import (
     StepTimer,
     log_backtest,
@@ -51,6 +51,8 @@ class TrainingJob:
                 dataset = load_feature_dataset(
                     self.secret.features_uri, self.features_run_id, s3=self.secret.s3()
                 )
+                frame = select_repositories(dataset.frame, self.settings.repository_list)
+                dataset = replace(dataset, frame=frame)
                 check_frame(dataset.frame, dataset.run_id)
             except DatasetError as error:
                 raise StageError(str(error)) from None
@@ -123,6 +125,7 @@ class TrainingJob:
                 "registered": decision.registered,
                 "gate": decision.reason,
                 "feature_run_id": dataset.run_id,
+                "repositories": sorted(dataset.frame["repository"].unique()),
                 "epochs": len(outcome.history),
                 "threshold": scorer.threshold,
                 "test_roc_auc": ae["roc_auc"],

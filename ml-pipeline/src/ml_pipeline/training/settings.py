@@ -74,3 +74,13 @@ class TrainingSettings(BaseSettings):
         "features; about 1 is the error of predicting the training mean)",
     )
     experiment: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow experiment name")
+    repositories: str = Field(
+        default="",
+        description="train on these repositories' pull requests only (owner/name, "
+        "comma-separated; empty: all of them): an experiment's setting. The model is still "
+        "registered under the stage secret's model name when its own gate passes",
+    )
+
+    @property
+    def repository_list(self) -> tuple[str, ...]:
+        return tuple(r.strip() for r in self.repositories.split(",") if r.strip())

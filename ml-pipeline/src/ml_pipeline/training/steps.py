@@ -56,6 +56,20 @@ def check_frame(frame: pd.DataFrame, run_id: str) -> None:
         )
 
 
+def select_repositories(frame: pd.DataFrame, repositories: tuple[str, ...]) -> pd.DataFrame:
+    """``frame``'s rows of ``repositories`` (all of it when none are given)."""
+    if not repositories:
+        return frame
+    present = set(frame["repository"].unique())
+    unknown = sorted(set(repositories) - present)
+    if unknown:
+        raise DatasetError(
+            f"TRAINING_REPOSITORIES names {unknown}, which the feature data set does not hold "
+            f"(it has {sorted(present)}): fix the setting, or fetch those repositories"
+        )
+    return frame[frame["repository"].isin(repositories)].reset_index(drop=True)
+
+
 def time_split(frame, fractions=SPLIT):
     """Oldest pull requests train, newer validate, newest test: no future leaks into fit."""
     ordered = frame.sort_values(["created_at", "repository", "number"], kind="stable")

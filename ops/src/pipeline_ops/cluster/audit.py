@@ -71,8 +71,8 @@ USER_ACTIONS = (
     _action("install the AppProject and Applications (argo-apps/argocd)",
             ("create", "patch", "update"),
             ("argoproj.io/appprojects", "argoproj.io/applications"), (argo_cd.NAMESPACE,)),
-    _action("run it now: kubectl create job --from=cronjob/NAME", ("create",), ("batch/jobs",),
-            ENVIRONMENT_NAMESPACES),
+    _action("run it now: kubectl create job --from=cronjob/NAME (an experiment: the same Job "
+            "with settings of its own)", ("create",), ("batch/jobs",), ENVIRONMENT_NAMESPACES),
     _action("kubectl argo rollouts promote", ("patch",),
             ("argoproj.io/rollouts", "argoproj.io/rollouts/status"), ENVIRONMENT_NAMESPACES),
 )  # fmt: skip

@@ -33,10 +33,29 @@ def summary_of(logs: str) -> dict[str, Any] | None:
     return None
 
 
-def run_cronjob(layout: Layout, namespace: str, cronjob: str, name: str, timeout: float) -> str:
-    """A Job from ``cronjob`` now (what its schedule would start); waits; its logs."""
+def run_cronjob(
+    layout: Layout,
+    namespace: str,
+    cronjob: str,
+    name: str,
+    timeout: float,
+    settings: dict[str, str] | None = None,
+) -> str:
+    """A Job from ``cronjob`` now (what its schedule would start: README's "run it now"),
+    or, with ``settings``, an experiment: the same Job with these environment variables
+    added to its containers (a data scientist's run with settings of its own); waits; its
+    logs."""
     kubectl = layout.kubectl()
-    kubectl("-n", namespace, "create", "job", f"--from=cronjob/{cronjob}", name)
+    create = ("-n", namespace, "create", "job", f"--from=cronjob/{cronjob}", name)
+    if settings:
+        job = json.loads(kubectl(*create, "--dry-run=client", "-o", "json"))
+        for container in job["spec"]["template"]["spec"]["containers"]:
+            container.setdefault("env", []).extend(
+                {"name": key, "value": value} for key, value in settings.items()
+            )
+        kubectl("create", "-f", "-", stdin=json.dumps(job))
+    else:
+        kubectl(*create)
 
     def finished() -> dict[str, Any] | None:
         status = kubectl.get(namespace, "job", name).get("status", {})

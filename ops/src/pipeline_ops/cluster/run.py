@@ -17,8 +17,11 @@
    Service, the Rollout pauses, ``kubectl argo rollouts promote`` switches the active
    Service, and the post-promotion analysis reads Prometheus for the new pods; a client
    sends requests to the active Service all along and must see no failure. Then the failure
-   path: a green serving the wrong model is failed by the analysis and aborted, and active
-   stays blue; the user's pin is reverted. The second promotion takes production through
+   path: a data scientist's experiment (ml-training on one repository only, a Job from the
+   CronJob with a setting of its own) passes its own gate and is registered, model-pin pins
+   it, and the pre-promotion analysis's quality gate fails it (it flags far more real pull
+   requests than a sound version): aborted, active stays blue; the user pins the
+   challenger again. The second promotion takes production through
    its own blue/green; the digests and models of both environments are compared. Then the
    rollback: the promotion reverted on ``main`` (production switches back, champion
    follows), and ``main`` merged into ``staging``, so both serve the same model again.
@@ -73,10 +76,12 @@ MODEL_PIN = stages.delivery_job("model-pin").name  # commits a registered versio
 COMMITTERS = frozenset({USER, MODEL_PIN, gitops.WORKFLOW_BOT})
 ACTIVE_SERVICE = f"{SERVING}-active"  # the Rollout's activeService
 FINISHED = ("Successful", "Failed", "Error", "Inconclusive")  # an AnalysisRun's final phases
-# The failure path's green: the served model copied under another registered name, as when
-# an experiment's model is pinned by mistake. It loads and becomes ready, so the Rollout
-# starts the pre-promotion analysis, whose model check must fail it.
-WRONG_MODEL_NAME = f"{DEFAULT_MODEL_NAME}-experiment"
+# The failure path's green: a data scientist's experiment, ml-training on one repository's
+# pull requests only, which passes its own gate (on that repository's newest pull requests)
+# and so is registered as the newest version of the production model, and model-pin pins
+# it. It loads, becomes ready and is exactly what git pins: the pre-promotion analysis's
+# quality gate (false alarms on real pull requests of both repositories) must fail it.
+EXPERIMENT = {"TRAINING_REPOSITORIES": "pallets/flask"}
 # The registry's copy of the five images (3.9 GB) and containerd's, packed and unpacked
 # (12 GB), took 16 GB on a fresh clone, the 5.9 GB training image most of it; etcd, on the
 # same disk, dies when the disk fills (a fresh clone's run did, mid-pull).
@@ -228,9 +233,18 @@ class ClusterRun:
             pinned = partial(self._pin_commit, version)
             s.figures.update(self._follow(STAGING, "promoted", pinned, since=started))
             s.figures["model"] = challenger.uri
-        with self.step("blue/green failure path: a green serving the wrong model") as s:
-            wrong = self._copy_model(challenger, WRONG_MODEL_NAME)
-            s.figures.update(self._blue_green(STAGING, wrong, expect="aborted"))
+        started = time.time()
+        experiment = self._train(
+            f"an experiment: {TRAINING} on {EXPERIMENT['TRAINING_REPOSITORIES']} only",
+            f"{TRAINING}-{self.stamp}-experiment", settings=EXPERIMENT,
+        )  # fmt: skip
+        with self.step("blue/green failure path: model-pin pins the experiment") as s:
+            wrong = ModelReference.at_version(DEFAULT_MODEL_NAME, experiment)
+            pinned = partial(self._pin_commit, experiment)
+            s.figures.update(self._follow(STAGING, "aborted", pinned, since=started))
+            s.figures["model"] = wrong.uri
+            # the user's pull request that pins the challenger again (model-pin leaves a
+            # version it pinned once alone, so the experiment stays unpinned)
             s.figures["reverted"] = gitops.pin_model(layout, challenger.uri)
             self._synced(STAGING)
             self._wait_healthy(STAGING)
@@ -284,11 +298,12 @@ class ClusterRun:
     def _mlflow(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.platform.url("mlflow"))
 
-    def _train(self, step: str, job: str) -> str:
-        """ml-training as a Job from its CronJob (a user's "run it now"); the version it
-        registered, or an error with the gate's reason."""
+    def _train(self, step: str, job: str, settings: dict[str, str] | None = None) -> str:
+        """ml-training as a Job from its CronJob (a user's "run it now"; with ``settings``,
+        an experiment); the version it registered, or an error with the gate's reason."""
         with self.step(step) as s:
-            logs = kube.run_cronjob(self.layout, gitops.NAMESPACES[STAGING], TRAINING, job, 1800)
+            ns = gitops.NAMESPACES[STAGING]
+            logs = kube.run_cronjob(self.layout, ns, TRAINING, job, 1800, settings)
             summary = kube.summary_of(logs) or {}
             s.figures["summary"] = _brief(summary)
             if not summary.get("registered"):
@@ -328,22 +343,6 @@ class ClusterRun:
             return status if ready else None
 
         return wait_until(f"Rollout model-serving Healthy in {ns}", healthy, timeout)
-
-    def _copy_model(self, model: ModelReference, name: str) -> ModelReference:
-        """``model`` registered again under ``name``; the copy's reference."""
-        copied = self._mlflow().copy_model_version(model.uri, name)
-        return ModelReference.at_version(name, copied.version)
-
-    def _blue_green(self, environment: str, model: ModelReference, expect: str) -> dict[str, Any]:
-        """Pin ``model`` in git and follow the Rollout: ``expect`` is "promoted" (then
-        promote it and watch the post-promotion analysis) or "aborted"."""
-        self._wait_healthy(environment)
-        uri = model.uri
-        branch = gitops.BRANCHES[environment]
-        outcome = self._follow(
-            environment, expect, lambda: gitops.pin_model(self.layout, uri, branch)
-        )
-        return {"model": uri, **outcome}
 
     def _promote(self) -> dict[str, Any]:
         """``make promote`` against the git server and the production Application's sync:
@@ -646,7 +645,7 @@ def _brief(summary: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     keys = (
         "upserted", "fetched", "rows", "run_id", "features_path", "model_version", "registered",
-        "gate", "test_roc_auc", "isolation_forest_test_roc_auc", "quarantined",
+        "gate", "test_roc_auc", "isolation_forest_test_roc_auc", "quarantined", "repositories",
     )  # fmt: skip
     return {k: summary[k] for k in keys if k in summary}
 

@@ -52,6 +52,7 @@ CI_GATE_ARGS = (
     "--max-p95-ms", "500", "--max-p99-ms", "1000", "--min-rps", "20",
 )  # fmt: skip
 GATE = stages.LOAD_GATE.name
+QUALITY_GATE = stages.QUALITY_GATE
 SERVING = stages.stage("model-serving")  # what the gate runs against
 # each stage reads what the one before it in the list publishes
 UPSTREAM = {s.name: stages.STAGES[i - 1].name for i, s in enumerate(stages.STAGES) if i}
@@ -353,7 +354,14 @@ def check_load_gate(bench: ImageTestBench, url: str) -> str:
         GATE, ["--host", url, *CI_GATE_ARGS, "--report-dir", f"/tmp/{GATE}"], timeout=300
     )
     expect(result.returncode == 0, f"the load gate failed (exit {result.returncode})", result)
-    return "load gate passed: " + result.stdout.strip().splitlines()[-1][:160]
+    passed = "load gate passed: " + result.stdout.strip().splitlines()[-1][:160]
+    # the image's second program, as the analysis template runs it (the container's command)
+    quality = bench.docker_run(
+        GATE, ["--host", url, "--report-dir", f"/tmp/{QUALITY_GATE}"],
+        entrypoint=QUALITY_GATE, timeout=120,
+    )  # fmt: skip
+    expect(quality.returncode == 0, f"the quality gate failed (exit {quality.returncode})", quality)
+    return passed + "; " + quality.stdout.strip().splitlines()[-1][:160]
 
 
 # What each stage's image is run for beyond `help` and `config-error`: every stage of

@@ -5,7 +5,7 @@ load gate (same image). It sends the packaged real pull requests (the load gate'
 300 of the bundled sample, both repositories, spread over their history), all ordinary,
 to ``/v1/score`` in batches and fails (exit 1) when the served model flags more of them than
 ``--max-flag-rate``. A model's threshold is its validation errors' 99th percentile, so a
-sound version flags about 1 % of ordinary pull requests; one trained on other data (another
+sound version flags 1-2 % of ordinary pull requests; one trained on other data (another
 repository's pull requests, an experiment registered under the production name by mistake)
 flags many times that, and reviewers would soon learn to ignore its alerts. Exit 2 for bad
 arguments. ``report.json`` and ``report.md`` in ``--report-dir`` say what was measured
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.05,
         help="largest share of the ordinary pull requests the model may flag (a sound "
-        "version flags about 1 %%)",
+        "version flags 1-2 %%)",
     )
     parser.add_argument("--batch-size", type=int, default=100, help="records per request")
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="other .jsonl.gz of PRs")

@@ -25,16 +25,14 @@ def quality_gate(*args: str, timeout: float = 120) -> subprocess.CompletedProces
 
 
 def trained_on(repository: str) -> AnomalyScorer:
-    """A scorer trained as ml-training trains one, on one repository's training rows only."""
+    """A scorer trained as ml-training trains an experiment with TRAINING_REPOSITORIES set
+    to ``repository``: that repository's pull requests only, time split, default settings."""
     from ml_pipeline.training.bench import sample_rows
     from ml_pipeline.training.settings import TrainingSettings
-    from ml_pipeline.training.steps import fit_and_evaluate, time_split
+    from ml_pipeline.training.steps import fit_and_evaluate, select_repositories, time_split
 
-    frame = sample_rows()
-    train, _, test = time_split(frame)
-    train = train[train["repository"] == repository]
-    valid = train.tail(len(train) // 5)
-    train = train.head(len(train) - len(valid))
+    frame = select_repositories(sample_rows(), (repository,))
+    train, valid, test = time_split(frame)
     return fit_and_evaluate(frame, train, valid, test, TrainingSettings(), None).scorer
 
 

@@ -229,10 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate(args: argparse.Namespace) -> int:
-    url = urlparse(args.host)
+def check_host(host: str) -> None:
+    """``--host`` must be a base URL (the gates' shared rule)."""
+    url = urlparse(host)
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise UsageError(f"--host {args.host!r}: give a base URL like http://127.0.0.1:8080")
+        raise UsageError(f"--host {host!r}: give a base URL like http://127.0.0.1:8080")
+
+
+def validate(args: argparse.Namespace) -> int:
+    check_host(args.host)
     for name in ("users", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")

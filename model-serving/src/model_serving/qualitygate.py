@@ -18,7 +18,6 @@ when imported (this module never imports it).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import urllib.error
@@ -26,24 +25,17 @@ import urllib.request
 from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from model_serving.loadgate import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, Check, UsageError
+from model_serving.loadgate import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, Check, UsageError, check_host
+from model_serving.loadtest import PACKAGED_SAMPLE, read_pull_requests
 
-SAMPLE = Path(str(files("model_serving.loadtest").joinpath("sample_prs.jsonl.gz")))
 TIMEOUT_SECONDS = 30
 
 
 class ScoringFailed(RuntimeError):
     pass
-
-
-def read_pull_requests(path: Path) -> list[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
 
 
 def repository(record: dict[str, Any]) -> str:
@@ -134,15 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "version flags 1-2 %%)",
     )
     parser.add_argument("--batch-size", type=int, default=100, help="records per request")
-    parser.add_argument("--sample", type=Path, default=SAMPLE, help="other .jsonl.gz of PRs")
+    parser.add_argument(
+        "--sample", type=Path, default=PACKAGED_SAMPLE, help="other .jsonl.gz of PRs"
+    )
     parser.add_argument("--report-dir", type=Path, default=Path("quality-gate-report"))
     return parser
 
 
 def validate(args: argparse.Namespace) -> None:
-    url = urlparse(args.host)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise UsageError(f"--host {args.host!r}: give a base URL like http://127.0.0.1:8080")
+    check_host(args.host)
     if not 0 <= args.max_flag_rate <= 1:
         raise UsageError("--max-flag-rate must be between 0 and 1")
     if args.batch_size < 1:

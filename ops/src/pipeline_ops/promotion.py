@@ -47,7 +47,7 @@ PREVIEW_SERVICE_URL = f"http://{SERVING.name}-preview.{NAMESPACE_ARG}.svc.cluste
 LOAD_GATE_KNOBS = "LOAD_GATE_"
 # The programs of the load-gate image that the template's job metrics run: the Locust load
 # gate (the image's entrypoint) and the quality gate (false alarms on real pull requests).
-JOB_PROGRAMS = (LOAD_GATE.cli, stages.QUALITY_GATE)
+JOB_PROGRAMS = (LOAD_GATE.cli, *LOAD_GATE.programs)
 
 
 class PromotionError(OpsError):

@@ -16,32 +16,24 @@ request, default 20), LOAD_GATE_BATCH_WEIGHT / LOAD_GATE_SINGLE_WEIGHT (task mix
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import random
 import time
-from importlib.resources import files
 from pathlib import Path
 
 from locust import FastHttpUser, constant, events, task
 
-SAMPLE = Path(
-    os.environ.get("LOAD_GATE_SAMPLE")
-    or str(files("model_serving.loadtest").joinpath("sample_prs.jsonl.gz"))
-)
+from model_serving.loadtest import PACKAGED_SAMPLE, read_pull_requests
+
+SAMPLE = Path(os.environ.get("LOAD_GATE_SAMPLE") or PACKAGED_SAMPLE)
 BATCH_SIZE = int(os.environ.get("LOAD_GATE_BATCH_SIZE", "20"))
 WAIT_SECONDS = float(os.environ.get("LOAD_GATE_WAIT_SECONDS", "0.05"))
 LATENCY_FILE = os.environ.get("LOAD_GATE_LATENCY_FILE")
 MAX_SAMPLES = 2_000_000  # bounds memory on long runs (~50 MB)
 
 
-def _read_sample(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
-
-
-RECORDS = _read_sample(SAMPLE)
+RECORDS = read_pull_requests(SAMPLE)
 # Encoded once: the generator's CPU goes into sending, not into json.dumps.
 SINGLE_BODIES = [json.dumps(record).encode() for record in RECORDS]
 HEADERS = {"content-type": "application/json"}

@@ -491,6 +491,10 @@ class ClusterRun:
             if pre["phase"] != "Successful":
                 message = pre.get("message", "")
                 raise ClusterError(f"pre-promotion analysis {pre['phase']}: {message}")
+            # as a user does: promote once the Rollout shows Paused. Argo Rollouts adds its
+            # pause only after the pre-promotion analysis completes, and a promote before it
+            # clears nothing: the pause that follows would hold green in preview for good
+            wait_until("the Rollout paused for promotion", lambda: _paused(layout, ns), 300)
             layout.kubectl().rollouts(ns, "promote", kube.ROLLOUT)
             client.mark("promoted")
             post = self._analysis(ns, green, "PostPromotion", since, timeout=900)
@@ -596,6 +600,12 @@ def _size_gb(path: Path) -> float:
 def _new_hash(layout, ns: str, blue: str) -> str | None:
     current = kube.rollout(layout, ns).get("status", {}).get("currentPodHash")
     return current if current and current != blue else None
+
+
+def _paused(layout, ns: str) -> dict[str, Any] | None:
+    status = kube.rollout(layout, ns).get("status", {})
+    reasons = {condition.get("reason") for condition in status.get("pauseConditions") or []}
+    return status if "BlueGreenPause" in reasons else None
 
 
 def _aborted(layout, ns: str) -> dict[str, Any] | None:

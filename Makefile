@@ -54,6 +54,16 @@ $(TOOLS)/jars/.fetched: ops/jars/pom.xml
 $(TOOLS)/bin/kustomize:
 	GOBIN=$(abspath $(TOOLS)/bin) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
+# promtool (the alert rules' checks and unit tests) is built with the cluster's Prometheus
+# (ops/cluster/binaries.tsv, cached outside the clone); the stamp names its version.
+PROMTOOL_VERSION := $(shell awk -F'\t' '$$1 == "promtool" {print $$2}' ops/cluster/binaries.tsv)
+PROMTOOL := $(TOOLS)/bin/.promtool-$(PROMTOOL_VERSION)
+$(PROMTOOL): ops/scripts/build-cluster-binaries.sh
+	ops/scripts/build-cluster-binaries.sh promtool
+	mkdir -p $(TOOLS)/bin
+	ln -sf "$${PR_ANOMALY_CACHE:-$$HOME/.cache/pr-anomaly}/cluster/bin/promtool-$(PROMTOOL_VERSION)" $(TOOLS)/bin/promtool
+	touch $@
+
 $(TOOLS)/bin/actionlint:
 	GOBIN=$(abspath $(TOOLS)/bin) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
@@ -82,7 +92,7 @@ lint: setup ## ruff, the import layers (import-linter), types (mypy: --strict be
 	$(VENV)/bin/mypy --strict pipeline-common/src pipeline-contracts/src
 	$(VENV)/bin/mypy data-fetch/src ml-pipeline/src model-serving/src ops/src
 
-validate: setup ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters)
+validate: setup $(PROMTOOL) ## offline checks of argo-apps, workflows, Dockerfiles (kustomize, schemas, linters, promtool)
 	$(PY) -m pipeline_ops.validate
 
 cluster-binaries: ## build the local cluster's binaries once per version (Go module proxy; cached outside the clone)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from ml_pipeline.feature_frames import (
@@ -41,7 +40,6 @@ from pipeline_contracts.features import (
     feature_matrix,
 )
 from pipeline_contracts.registry import ModelReference
-from pipeline_ops.paths import PROJECT_ROOT
 
 MAX_BATCH = 5
 MAX_BODY_BYTES = 64 * 1024
@@ -544,13 +542,3 @@ def test_the_drift_metric_rises_for_shifted_records_only(model, serving_records,
     else:
         assert drift["log_additions"] > DRIFT_ALERT_PSI, drift
         assert drift["log_commits"] < 0.1, drift  # what did not change does not drift
-
-
-def test_the_alert_rule_watches_the_exported_metric_at_the_contract_level() -> None:
-    manifest = yaml.safe_load(
-        (PROJECT_ROOT / "argo-apps/base/model-serving-alert-rules.yaml").read_text()
-    )
-    rules = yaml.safe_load(manifest["data"]["model-serving.rules.yml"])
-    (rule,) = [r for g in rules["groups"] for r in g["rules"] if "drift" in r["alert"].lower()]
-    assert "model_serving_feature_drift_psi" in rule["expr"]
-    assert f"> {DRIFT_ALERT_PSI}" in rule["expr"]

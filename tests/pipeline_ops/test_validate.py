@@ -107,6 +107,29 @@ def test_yamllint_fails_on_trailing_spaces(repo: Path):
     _fails(repo, "yamllint", "trailing-spaces")
 
 
+def test_promtool_fails_on_a_rule_prometheus_cannot_parse(repo: Path):
+    _edit(repo / "argo-apps/base/model-serving-prometheusrule.yaml", "> 0.01", "> > 0.01")
+    _fails(repo, "promtool", "model-serving.rules.yaml")
+
+
+def test_promtool_fails_on_a_broken_annotation_template(repo: Path):
+    _edit(repo / "argo-apps/base/pipeline-prometheusrule.yaml", "{{ $labels.namespace }}",
+          "{{ $labels.namespace }")  # fmt: skip
+    _fails(repo, "promtool", "pipeline.rules.yaml")
+
+
+def test_promtool_fails_on_a_dashboard_query_prometheus_cannot_parse(repo: Path):
+    _edit(repo / "argo-apps/base/model-serving-dashboard.json", "max by (feature) (",
+          "max by (feature) ((")  # fmt: skip
+    _fails(repo, "promtool", "model-serving-dashboard.dashboard.rules.yaml")
+
+
+def test_custom_resource_schemas_fail_on_a_misspelled_pod_monitor_field(repo: Path):
+    _edit(repo / "argo-apps/base/model-serving-podmonitor.yaml", "podMetricsEndpoints:",
+          "podMetricEndpoints:")  # fmt: skip
+    _fails(repo, "custom-resource-schemas", "podMetricEndpoints")
+
+
 def test_images_check_fails_on_an_image_no_workflow_builds(repo: Path):
     _edit(repo / ".github/workflows/model-serving.yml", "image: load-gate", "image: loadgate")
     _fails(repo, "images-have-dockerfile-and-workflow", "image load-gate is built by no workflow")

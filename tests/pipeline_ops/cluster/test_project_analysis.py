@@ -22,6 +22,7 @@ from pipeline_ops.paths import PROJECT_ROOT
 pytestmark = pytest.mark.cluster
 
 TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-analysistemplates.yaml"
+ROLLOUT = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-rollout.yaml"
 
 
 def _post_promotion_run(name: str, namespace: str, pod_hash: str) -> dict:
@@ -31,8 +32,10 @@ def _post_promotion_run(name: str, namespace: str, pod_hash: str) -> dict:
         d for d in yaml.safe_load_all(TEMPLATES.read_text())
         if d["metadata"]["name"] == "model-serving-post-promotion"
     )  # fmt: skip
+    annotations = yaml.safe_load(ROLLOUT.read_text())["metadata"]["annotations"]
     args = {a["name"]: a.get("value") for a in template["spec"]["args"]}
-    args.update({"namespace": namespace, "pod-template-hash": pod_hash})
+    args.update({"namespace": namespace, "pod-template-hash": pod_hash,
+                 "prometheus-address": annotations["pr-anomaly-mlops/prometheus-address"]})  # fmt: skip
     metrics = [
         {**m, "interval": "5s", "initialDelay": "0s", "count": 2}
         for m in template["spec"]["metrics"]
@@ -56,7 +59,7 @@ def _finished(ns: Namespace, name: str) -> dict:
 def test_post_promotion_analysis_fails_without_evidence(ns: Namespace) -> None:
     """A revision whose pods answered no scoring request (here: a counter that never moves,
     and a revision with no pods at all) is not judged healthy: both runs fail, through the
-    in-cluster Prometheus address the template carries."""
+    in-cluster Prometheus address the Rollout passes."""
     still = f"{secrets.token_hex(4)}"
     exposition = 'model_serving_requests_total{method="POST",route="/v1/score",status="200"} 10'
     ns.echo_server(

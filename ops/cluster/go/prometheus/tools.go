@@ -1,6 +1,9 @@
 //go:build tools
 
-// Package tools pins the command this module builds (see ops/scripts/build-cluster-binaries.sh).
+// Package tools pins the commands this module builds (see ops/scripts/build-cluster-binaries.sh).
 package tools
 
-import _ "github.com/prometheus/prometheus/cmd/prometheus"
+import (
+	_ "github.com/prometheus/prometheus/cmd/prometheus"
+	_ "github.com/prometheus/prometheus/cmd/promtool"
+)

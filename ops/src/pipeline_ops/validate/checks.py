@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tempfile
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 
 from pipeline_contracts.registry import ModelReference
 from pipeline_ops.stages import VAULT_IDENTITIES, service_account, stage
+from pipeline_ops.validate.rules import DASHBOARD, dashboard_rule_file, write_rule_files
 from pipeline_ops.validate.tree import (
     ACCESS,
     ARGOCD,
@@ -163,6 +165,16 @@ def yamllint(tree: RepoTree) -> list[str]:
         str(WORKFLOWS),
     )
     return _tool_output("yamllint", result)
+
+
+def promtool(tree: RepoTree) -> list[str]:
+    """The PrometheusRules' groups as Prometheus loads them (syntax, PromQL, templates), and
+    every query of the dashboard."""
+    with tempfile.TemporaryDirectory(prefix="promtool-") as folder:
+        files = write_rule_files(tree.base_objects, Path(folder))
+        files.append(dashboard_rule_file(tree.root / DASHBOARD, Path(folder)))
+        result = tree.run(tree.tool("promtool"), "check", "rules", *map(str, files))
+    return _tool_output("promtool", result)
 
 
 # ---- project rules -------------------------------------------------------------------------
@@ -636,6 +648,7 @@ CHECKS: dict[str, Check] = {
     "zizmor": zizmor,
     "hadolint": hadolint,
     "yamllint": yamllint,
+    "promtool": promtool,
     "images-have-dockerfile-and-workflow": images_have_dockerfile_and_workflow,
     "workflow-paths-exist": workflow_paths_exist,
     "workflow-paths-cover-inputs": workflow_paths_cover_inputs,

@@ -15,19 +15,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import requests
 from kube_namespace import wait_for
 
 from pipeline_contracts.registry import DEFAULT_MODEL_NAME, ModelReference
 from pipeline_ops.base.errors import CommandError
-from pipeline_ops.cluster import audit, gitops
+from pipeline_ops.cluster import audit, gitops, kube, monitoring, prometheus
 from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.layout import ADMIN, USER
-from pipeline_ops.cluster.run import COMMITTERS, ClusterRun
+from pipeline_ops.cluster.run import ACTIVE_SERVICE, COMMITTERS, ClusterRun
+from pipeline_ops.paths import PROJECT_ROOT
+from pipeline_ops.samples import newest_sample_records
+from pipeline_ops.validate.rules import DASHBOARD, dashboard_queries
 
 # ~26 minutes: the run in the first test's fixture, and a second run in the last test
 pytestmark = [pytest.mark.cluster, pytest.mark.cluster_run, pytest.mark.timeout(3000)]
 
 STAGING_NS = gitops.NAMESPACES[gitops.STAGING]
+DRIFT_ALERT = "ModelServingFeatureDrift"
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +286,73 @@ def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) 
         assert "permission denied" in said["other"].lower() or "403" in said["other"], said
     finally:
         layout.kubectl()("-n", STAGING_NS, "delete", "pod", name, "--wait=false")
+
+
+def _score(url: str, records: list[dict[str, Any]]) -> None:
+    for start in range(0, len(records), 100):
+        answer = requests.post(f"{url}/v1/score", json=records[start : start + 100], timeout=30)
+        assert answer.status_code == 200, answer.text[:300]
+
+
+def _drift_firing() -> list[dict[str, Any]]:
+    return prometheus.query(
+        f'ALERTS{{alertname="{DRIFT_ALERT}",namespace="{STAGING_NS}",alertstate="firing"}}'
+    )
+
+
+def test_drifted_traffic_fires_the_drift_alert_delivered_by_alertmanager(cluster_run) -> None:
+    """Staging's active model-serving gets ordinary traffic (the bundled sample's newest pull
+    requests, what the model's drift reference holds) until no drift alert fires, then the
+    same pull requests with 50 times the additions: ModelServingFeatureDrift fires in the
+    Operator's Prometheus (its `for` shortened by the local environment, its level as
+    shipped) and Alertmanager delivers it to the receiver, naming log_additions."""
+    run, _ = cluster_run
+    url = kube.service_url(run.layout, STAGING_NS, ACTIVE_SERVICE)
+    ordinary = newest_sample_records(1000)
+    drifted = [{**r, "additions": r["additions"] * 50} for r in ordinary]
+    # each serving process keeps its last 1,000 records: three rounds refill every window
+    for _ in range(3):
+        _score(url, ordinary)
+    wait_for("no drift alert firing on ordinary traffic", lambda: not _drift_firing(), 240)
+    started = datetime.now(UTC)
+    for _ in range(3):
+        _score(url, drifted)
+
+    def delivered() -> dict[str, Any] | None:
+        for notification in reversed(monitoring.received()):
+            for alert in notification["payload"]["alerts"]:
+                labels = alert["labels"]
+                fresh = datetime.fromisoformat(alert["startsAt"]) >= started
+                if (labels.get("alertname") == DRIFT_ALERT and alert["status"] == "firing"
+                        and labels.get("namespace") == STAGING_NS and fresh):  # fmt: skip
+                    return {"at": notification["at"], **alert}
+        return None
+
+    alert = wait_for("the drift alert delivered to the receiver", delivered, 300)
+    features = {a["metric"]["feature"] for a in _drift_firing()}
+    assert "log_additions" in features, features
+    took = datetime.fromisoformat(alert["at"]) - started
+    print(f"delivered {took.total_seconds():.0f} s after the first drifted request: "
+          f"{json.dumps(alert, indent=2)}")  # fmt: skip
+    assert alert["annotations"]["summary"].startswith(f"{STAGING_NS}: feature ")
+
+
+def test_every_dashboard_query_returns_data_from_the_clusters_prometheus(cluster_run) -> None:
+    """The model-serving dashboard as shipped, each panel's query with its variables filled
+    in for staging, answered by the Operator's Prometheus with a number (traffic first, so
+    that every rate has samples)."""
+    run, _ = cluster_run
+    _score(kube.service_url(run.layout, STAGING_NS, ACTIVE_SERVICE), newest_sample_records(200))
+    queries = dashboard_queries(PROJECT_ROOT / DASHBOARD, STAGING_NS)
+
+    def unanswered() -> list[str]:
+        return [title for title, expr in queries.items()
+                if not any(r["value"][1] != "NaN" for r in prometheus.query(expr))]  # fmt: skip
+
+    try:
+        wait_for("every dashboard query answered", lambda: not unanswered(), 120)
+    except AssertionError:
+        pytest.fail(f"dashboard panels with no data: {unanswered()}")
 
 
 def test_a_second_run_on_the_live_cluster_passes_as_the_user(cluster_run, cluster) -> None:

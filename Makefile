@@ -105,8 +105,9 @@ cluster-packages: ## install the cluster's Debian packages (containerd, runc, CN
 	ops/scripts/install-cluster-packages.sh
 
 # What cluster-up runs (the other binaries of ops/cluster/binaries.tsv are for later steps).
-CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause argocd kustomize spark-operator prometheus \
-	rollouts-controller kubectl-argo-rollouts kube-network-policies registry
+CLUSTER_UP_BINARIES := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns pause argocd kustomize spark-operator \
+	rollouts-controller kubectl-argo-rollouts kube-network-policies registry \
+	prometheus-operator prometheus-config-reloader prometheus-static alertmanager alert-receiver
 
 cluster-up: as-root setup cluster-packages ## start the single-node Kubernetes (state, logs, kubeconfig in .local/cluster)
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES)
@@ -118,7 +119,7 @@ cluster-status: ## show every cluster component, its pid, health and log
 cluster-down: ## stop the cluster by pid and undo its host changes (interfaces, iptables, mounts, sysctls)
 	@test -x $(PY) && $(PY) -m pipeline_ops.cluster down || true
 
-cluster-test: as-root setup cluster-packages ## the cluster tests (pytest -m cluster): DNS, registry by digest, Rollouts and analysis, Argo CD, Spark Operator, Prometheus
+cluster-test: as-root setup cluster-packages ## the cluster tests (pytest -m cluster): DNS, registry by digest, Rollouts and analysis, Argo CD, Spark Operator, Prometheus Operator and alerts
 	ops/scripts/build-cluster-binaries.sh $(CLUSTER_UP_BINARIES) smoke
 	$(PY) -m pytest -m "cluster and not cluster_run"
 

@@ -7,16 +7,18 @@
 # Go's build cache for these builds is a throw-away directory beside the binaries, removed
 # when the script ends (it reached 13 GB after all of them, and nothing needs it once they are
 # built); the binaries of one invocation still share it. KEEP_GOCACHE=1 keeps Go's own cache.
+# A wrapper module with an executable prepare.sh is built from a copy of it that prepare.sh
+# has prepared (its comment says why), in the same throw-away directory.
 # Usage: build-cluster-binaries.sh [NAME...]   (no name: all of them)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 table="$here/cluster/binaries.tsv"
 bin_dir="${PR_ANOMALY_CACHE:-$HOME/.cache/pr-anomaly}/cluster/bin"
 mkdir -p "$bin_dir"
+scratch="$(mktemp -d "$bin_dir/../scratch.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
 if [[ "${KEEP_GOCACHE:-0}" != 1 ]]; then
-    GOCACHE="$(mktemp -d "$bin_dir/../gocache.XXXXXX")"
-    export GOCACHE
-    trap 'rm -rf "$GOCACHE"' EXIT
+    export GOCACHE="$scratch/gocache"
 fi
 
 ldflags_for() { # name version how -> -s -w and the -X flags that make the binary report its release
@@ -32,6 +34,9 @@ ldflags_for() { # name version how -> -s -w and the -X flags that make the binar
         ;;
     argo-rollouts) pkg=github.com/argoproj/argo-rollouts/utils/version ;;
     argo-cd) pkg=github.com/argoproj/argo-cd/v3/common ;;
+    alertmanager | prometheus-operator) # both report their release as Prometheus' tools do
+        flags+=" -X github.com/prometheus/common/version.Version=${version#v}"
+        ;;
     prometheus) # module v0.3XY.Z is Prometheus 3.XY.Z
         minor="${version#v0.3}"
         flags+=" -X github.com/prometheus/common/version.Version=3.$((10#${minor%%.*})).${version##*.}"
@@ -67,7 +72,16 @@ build_one() { # name version how package runs
         mv "$gobin/$built" "$tmp"
         rmdir "$gobin"
     else
-        (cd "$here/cluster/go/$how" && CGO_ENABLED="$cgo" nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp" "$package")
+        local module="$here/cluster/go/$how"
+        if [[ -x "$module/prepare.sh" ]]; then
+            local copy="$scratch/$how"
+            rm -rf "$copy"
+            mkdir -p "$copy"
+            cp "$module"/go.mod "$module"/go.sum "$module"/*.go "$copy"/
+            "$module/prepare.sh" "$copy"
+            module="$copy"
+        fi
+        (cd "$module" && CGO_ENABLED="$cgo" nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp" "$package")
     fi
     mv "$tmp" "$out"
     ended=$(date +%s)

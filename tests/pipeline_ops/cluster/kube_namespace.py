@@ -63,10 +63,11 @@ class Namespace:
     def echo_server(
         self, name: str = "echo", body: str | None = None, annotations: dict | None = None
     ) -> str:
-        """Deployment ``name`` (answers with its pod's name, or ``body``) behind Service
-        ``name`` (80 -> 8080), rolled out; the Service's URL."""
+        """Deployment ``name`` (answers with its pod's name, or ``body``, on container port
+        ``http``, 8080) behind Service ``name`` (80 -> 8080), rolled out; the Service's URL."""
         labels = {"app": name}
         args = ["serve", "8080", *([body] if body is not None else [])]
+        box = {**container(name, args), "ports": [{"name": "http", "containerPort": 8080}]}
         self.apply(
             {
                 "apiVersion": "apps/v1",
@@ -76,7 +77,7 @@ class Namespace:
                     "selector": {"matchLabels": labels},
                     "template": {
                         "metadata": {"labels": labels, "annotations": annotations or {}},
-                        "spec": {"containers": [container(name, args)]},
+                        "spec": {"containers": [box]},
                     },
                 },
             },

@@ -147,7 +147,6 @@ def test_every_fixed_address_of_the_real_table_is_checked() -> None:
         "github-contents",
         "kube-apiserver",
         "kubelet",
-        "prometheus",
     }
     names = [c.name for c in COMPONENTS]
     assert len(names) == len(set(names))

@@ -16,7 +16,8 @@ Debian's containerd, runc and CNI plugins). One module per concern:
 | argo_cd | Argo CD from its install manifest |
 | git_server | the git daemon Argo CD reads, mirroring this repository's branches |
 | spark_operator | the Spark Operator's controller and webhook |
-| prometheus | Prometheus on the host, discovering and scraping annotated pods |
+| monitoring | the Prometheus Operator, its Prometheus and Alertmanager, the alert receiver |
+| prometheus | the host's client of that Prometheus (its address, queries) |
 | kubernetes | the Kubernetes components' command lines and health checks |
 | components | the cluster as an ordered table: one entry per component, walked by up and down |
 | launcher | walks the table: up (forward), status, down (backward) |

@@ -102,10 +102,11 @@ def _print_env(cluster: Cluster) -> None:
     layout = cluster.layout
     print(f"export KUBECONFIG={layout.kubeconfig}")
     print(f'export PATH="{layout.root / "bin"}:$PATH"')
-    from pipeline_ops.cluster import git_server, prometheus
+    from pipeline_ops.cluster import git_server, monitoring, prometheus
     from pipeline_ops.cluster.layout import REGISTRY
 
     print(f"# registry {REGISTRY}  prometheus {prometheus.url()}  "
+          f"alertmanager {monitoring.alertmanager_url()}  "
           f"git {git_server.url(git_server.PROJECT_REPOSITORY)}")  # fmt: skip
     user = layout.kubeconfig_of("user")
     print(f"# as the user (argo-apps/access), not the administrator: KUBECONFIG={user}")

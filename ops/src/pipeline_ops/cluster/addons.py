@@ -24,15 +24,19 @@ ARGO_ROLLOUTS = ScratchImage("pr-anomaly.local/argo-rollouts", "rollouts-control
 ARGO_ROLLOUTS_MODULE = "github.com/argoproj/argo-rollouts"
 NETWORK_POLICIES = ScratchImage("pr-anomaly.local/kube-network-policies", "kube-network-policies")
 IMAGES = (PAUSE, COREDNS, ARGO_ROLLOUTS, NETWORK_POLICIES)
-# What `status` reports beside the processes: name -> (namespace, deployment).
-DEPLOYMENTS = {
-    "coredns": ("kube-system", "coredns"),
-    "argo-rollouts": ("argo-rollouts", "argo-rollouts"),
-    "argocd-server": ("argocd", "argocd-server"),
-    "argocd-repo-server": ("argocd", "argocd-repo-server"),
-    "argocd-redis": ("argocd", "argocd-redis"),
-    "spark-operator-controller": ("spark-operator", "spark-operator-controller"),
-    "spark-operator-webhook": ("spark-operator", "spark-operator-webhook"),
+# What `status` reports beside the processes: name -> (namespace, kind/name).
+WORKLOADS = {
+    "coredns": ("kube-system", "deployment/coredns"),
+    "prometheus-operator": ("monitoring", "deployment/prometheus-operator"),
+    "prometheus": ("monitoring", "statefulset/prometheus-k8s"),
+    "alertmanager": ("monitoring", "statefulset/alertmanager-main"),
+    "alert-receiver": ("monitoring", "deployment/alert-receiver"),
+    "argo-rollouts": ("argo-rollouts", "deployment/argo-rollouts"),
+    "argocd-server": ("argocd", "deployment/argocd-server"),
+    "argocd-repo-server": ("argocd", "deployment/argocd-repo-server"),
+    "argocd-redis": ("argocd", "deployment/argocd-redis"),
+    "spark-operator-controller": ("spark-operator", "deployment/spark-operator-controller"),
+    "spark-operator-webhook": ("spark-operator", "deployment/spark-operator-webhook"),
 }
 
 COREFILE = f""".:1053 {{

@@ -45,7 +45,7 @@ from pipeline_ops.cluster import (
     gitops,
     images,
     kubernetes,
-    prometheus,
+    monitoring,
     registry,
     spark_operator,
 )
@@ -58,7 +58,6 @@ from pipeline_ops.cluster.layout import (
     GIT_PORT,
     GITHUB_CONTENTS_PORT,
     KUBELET_PORT,
-    PROMETHEUS_PORT,
     REGISTRY,
 )
 
@@ -309,12 +308,13 @@ COMPONENTS: tuple[Component, ...] = (
     HostProcess(name="kube-scheduler", binaries=("kube-scheduler",), ports=("kube-scheduler",),
                 command=kubernetes.scheduler,
                 healthy=lambda c: _local(c, "kube-scheduler", scheme="https")),
-    HostProcess(name="prometheus", binaries=("prometheus",),
-                listens=((BRIDGE_IP, PROMETHEUS_PORT),), run_state=("prometheus",),
-                command=prometheus.start_command,
-                healthy=lambda c: answers(f"{prometheus.url()}/-/ready")),
     AddOn(name="coredns", images=(addons.COREDNS,),
           apply=lambda c, timeout: addons.apply_coredns(c.layout, timeout)),
+    # The Prometheus Operator's pods, then Prometheus' and Alertmanager's, start while the
+    # add-ons below are applied and waited on; `monitoring` waits for them, before any
+    # Rollout's analysis can query Prometheus.
+    AddOn(name="monitoring apply", images=monitoring.IMAGES,
+          apply=lambda c, _: monitoring.apply(c.layout)),
     AddOn(name="capacity policy",
           apply=lambda c, _: addons.apply_capacity_policy(c.layout, ENVIRONMENT_NAMESPACES)),
     # Argo CD's and the Spark Operator's pods start while the Rollouts controller is waited
@@ -323,6 +323,7 @@ COMPONENTS: tuple[Component, ...] = (
     AddOn(name="spark-operator apply", binaries=("spark-operator",), apply=_spark_operator_apply),
     AddOn(name="argo-rollouts", binaries=("kubectl-argo-rollouts",), images=(addons.ARGO_ROLLOUTS,),
           apply=lambda c, timeout: addons.apply_argo_rollouts(c.layout, timeout)),
+    AddOn(name="monitoring", apply=lambda c, timeout: monitoring.wait(c.layout, timeout)),
     AddOn(name="argo-cd", apply=lambda c, timeout: argo_cd.wait(c.layout, timeout)),
     # what an administrator does once Argo CD runs: its clusters, the ML team's access
     AddOn(name="argo-cd clusters", apply=lambda c, _: gitops.register_clusters(c.layout)),

@@ -3,7 +3,8 @@
 ``push`` puts the same image into the cluster's registry, from which the kubelet pulls it.
 An image is an OCI image layout in a tar (one uncompressed layer holding the binary), named
 with containerd's ``io.containerd.image.name`` annotation, and imported into the cluster's
-containerd (namespace k8s.io, where the CRI looks) with ``ctr images import``.
+containerd (namespace k8s.io, where the CRI looks) with ``ctr images import``. A dynamically
+linked binary (a host build of the same program) is refused: FROM scratch it cannot start.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin
 
 import requests
@@ -28,10 +31,36 @@ class ScratchImage:
     binary: str  # a name in ops/cluster/binaries.tsv, built static
     entrypoint: tuple[str, ...] = ()
     user: str = "65534"
+    # where the binary is in the image: /<binary>, or the path its upstream image has when
+    # something runs it by that path (the Prometheus Operator runs /bin/prometheus-config-reloader)
+    path: str = ""
 
     @property
     def ref(self) -> str:
         return f"{self.name}:{binaries()[self.binary].version}"
+
+    @property
+    def target(self) -> str:
+        return self.path or f"/{self.binary}"
+
+
+PT_INTERP = 3  # an ELF program header asking for a program interpreter (ld.so)
+
+
+def dynamically_linked(program: Path) -> bool:
+    """Whether ``program`` (an ELF executable) needs ld.so and shared libraries."""
+    with program.open("rb") as elf:
+        header = elf.read(64)
+        if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:  # ELF64 only
+            raise ClusterError(f"{program} is not a 64-bit ELF executable")
+        order = "<" if header[5] == 1 else ">"
+        (phoff,) = struct.unpack_from(order + "Q", header, 32)
+        phentsize, phnum = struct.unpack_from(order + "HH", header, 54)
+        elf.seek(phoff)
+        table = elf.read(phentsize * phnum)
+    return any(
+        struct.unpack_from(order + "I", table, i * phentsize)[0] == PT_INTERP for i in range(phnum)
+    )
 
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -46,9 +75,18 @@ def _blob(blobs: dict[str, bytes], data: bytes) -> dict[str, object]:
 def _manifest(image: ScratchImage) -> tuple[dict[str, bytes], bytes]:
     """The image's blobs (layer, config) and its manifest."""
     source = binary(image.binary)
-    target = "/" + image.binary
+    if dynamically_linked(source):
+        raise ClusterError(
+            f"{image.binary}: {source} is dynamically linked (a host build?), which an image "
+            "FROM scratch cannot run; ops/cluster/binaries.tsv must build it static"
+        )
+    target = image.target
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
+        for parent in reversed(PurePosixPath(target.lstrip("/")).parents[:-1]):
+            directory = tarfile.TarInfo(str(parent))
+            directory.type, directory.mode, directory.mtime = tarfile.DIRTYPE, 0o755, 0
+            layer.addfile(directory)
         info = tarfile.TarInfo(target.lstrip("/"))
         info.size, info.mode, info.mtime = source.stat().st_size, 0o755, 0
         with source.open("rb") as content:

@@ -2,7 +2,7 @@
 walked backward.
 
 up: each component in turn (the certificates, the host's changes, the host processes from
-the registry to Prometheus, then what runs in the cluster), each waited on with a timeout;
+the registry to the scheduler, then what runs in the cluster), each waited on with a timeout;
 a failure names the component and shows the end of its log. A state left by a
 ``cluster-up`` that did not finish (killed, or failed) is cleaned up first; a cluster that is
 up and healthy is left as it is.
@@ -146,10 +146,10 @@ class Cluster:
             }
         if self.phase == "up" and out.get("kube-apiserver", {}).get("healthy"):
             out["node"] = {"healthy": self.node_ready()}
-            for name, (namespace, deployment) in addons.DEPLOYMENTS.items():
+            for name, (namespace, workload) in addons.WORKLOADS.items():
                 try:
                     ready = self.layout.kubectl()(
-                        "-n", namespace, "get", "deployment", deployment, "-o",
+                        "-n", namespace, "get", workload, "-o",
                         "jsonpath={.status.readyReplicas}", timeout=10,
                     )  # fmt: skip
                 except OpsError:

@@ -38,8 +38,16 @@ GIT_PORT = 9418
 # GitHub's contents API for that repository (our stand-in, github_contents_server): the one
 # way a delivered component (model-pin) writes git, with a token; also on the bridge address.
 GITHUB_CONTENTS_PORT = 9419
-# Prometheus, on the bridge address too (pods query it: analysis runs).
+# The monitoring stack (monitoring.py) runs in the cluster; the host reaches its Services by
+# cluster IP (kube-proxy's rules apply to the host's own traffic too). These Services get
+# fixed addresses from the range's static band (its first 256), as kube-dns has, so that the
+# host's helpers (prometheus.url()) need no lookup. Pods use the names.
+PROMETHEUS_SERVICE_IP = "198.19.128.90"  # prometheus-k8s.monitoring.svc
 PROMETHEUS_PORT = 9090
+ALERTMANAGER_SERVICE_IP = "198.19.128.93"  # alertmanager-main.monitoring.svc
+ALERTMANAGER_PORT = 9093
+ALERT_RECEIVER_SERVICE_IP = "198.19.128.94"  # alert-receiver.monitoring.svc
+ALERT_RECEIVER_PORT = 8080
 # The environments: staging in the namespace the manifests name; production, on this one
 # machine, in a second namespace of the same cluster (gitops.py says how).
 STAGING_NAMESPACE = "mlops"

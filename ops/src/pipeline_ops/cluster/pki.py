@@ -49,7 +49,6 @@ IDENTITIES = (
     Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
     Identity("admin", ADMIN, ("system:masters",)),
     Identity("user", USER, (USERS_GROUP,)),  # argo-apps/access grants it a user's actions
-    Identity("prometheus", "pr-anomaly-prometheus"),  # read-only RBAC: prometheus.py
     Identity("kube-controller-manager", "system:kube-controller-manager"),
     Identity("kube-scheduler", "system:kube-scheduler"),
     Identity("kube-proxy", "system:kube-proxy"),

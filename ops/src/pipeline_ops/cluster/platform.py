@@ -7,8 +7,7 @@ selector per server, its EndpointSlice pointing at the host process. Vault answe
 ``vault.vault.svc:8200``, the address the manifests carry. Of SeaweedFS only the S3 port
 (which checks the keys) listens on the bridge; its master, volume and filer listen on
 loopback and ask for a JWT, so a pod reaches the buckets through S3 with its keys or not at
-all. (The cluster's Prometheus, also on
-the host, is fronted the same way at cluster-up: ``prometheus-operated.monitoring.svc``.)
+all.
 
 Vault is configured by the production command, ``python -m pipeline_ops.vault_bootstrap
 --auth kubernetes``: each stage's pod logs in with its own ServiceAccount's projected token,
@@ -69,12 +68,6 @@ SERVICE_NAMES = (
     ServiceName("mlflow", "platform", "mlflow", 5000),
     ServiceName("s3", "platform", "s3", 8333),
 )
-PROMETHEUS = ServiceName("prometheus", "monitoring", "prometheus-operated", 9090)
-
-
-def host_server_objects(service: ServiceName, host_port: int) -> list[dict[str, Any]]:
-    """``service`` in the cluster, sent to the host process on ``host_port``."""
-    return _service_to_host(service, host_port)
 
 
 def _by_server(server: str) -> ServiceName:

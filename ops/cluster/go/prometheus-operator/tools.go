@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools pins the commands this module builds (see ops/scripts/build-cluster-binaries.sh).
+package tools
+
+import (
+	_ "github.com/prometheus-operator/prometheus-operator/cmd/operator"
+	_ "github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader"
+)

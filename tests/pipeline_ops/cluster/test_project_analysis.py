@@ -23,6 +23,7 @@ pytestmark = pytest.mark.cluster
 
 TEMPLATES = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-analysistemplates.yaml"
 ROLLOUT = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-rollout.yaml"
+PODMONITOR = PROJECT_ROOT / "argo-apps" / "base" / "model-serving-podmonitor.yaml"
 
 
 def _post_promotion_run(name: str, namespace: str, pod_hash: str) -> dict:
@@ -62,11 +63,11 @@ def test_post_promotion_analysis_fails_without_evidence(ns: Namespace) -> None:
     in-cluster Prometheus address the Rollout passes."""
     still = f"{secrets.token_hex(4)}"
     exposition = 'model_serving_requests_total{method="POST",route="/v1/score",status="200"} 10'
-    ns.echo_server(
-        "still", body=exposition,
-        annotations={"prometheus.io/scrape": "true", "prometheus.io/port": "8080"},
-    )  # fmt: skip
-    ns.kubectl("label", "pods", "-l", "app=still", f"rollouts-pod-template-hash={still}")
+    ns.echo_server("still", body=exposition)
+    # scraped as model-serving is: the project's own PodMonitor selects it
+    ns.apply(yaml.safe_load(PODMONITOR.read_text()))
+    ns.kubectl("label", "pods", "-l", "app=still", f"rollouts-pod-template-hash={still}",
+               "app.kubernetes.io/name=model-serving")  # fmt: skip
     ns.apply(_post_promotion_run("idle", ns.name, still), _post_promotion_run("gone", ns.name, "0"))
     for name in ("idle", "gone"):
         status = _finished(ns, name)

@@ -34,9 +34,11 @@ def _post_promotion_run(name: str, namespace: str, pod_hash: str) -> dict:
         if d["metadata"]["name"] == "model-serving-post-promotion"
     )  # fmt: skip
     annotations = yaml.safe_load(ROLLOUT.read_text())["metadata"]["annotations"]
+    address = annotations["pr-anomaly-mlops/prometheus-address"]
     args = {a["name"]: a.get("value") for a in template["spec"]["args"]}
-    args.update({"namespace": namespace, "pod-template-hash": pod_hash,
-                 "prometheus-address": annotations["pr-anomaly-mlops/prometheus-address"]})  # fmt: skip
+    args.update(
+        {"namespace": namespace, "pod-template-hash": pod_hash, "prometheus-address": address}
+    )
     metrics = [
         {**m, "interval": "5s", "initialDelay": "0s", "count": 2}
         for m in template["spec"]["metrics"]

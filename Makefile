@@ -40,6 +40,9 @@ $(VENV)/.installed: requirements/dev.txt $(PACKAGE_FILES)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
 	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements/dev.txt
 	$(UV) pip install --quiet --python $(PY) --no-deps $(foreach p,$(PACKAGES),-e $(p))
+	@# pyspark is a source distribution that uv builds anew at each install, leaving the last
+	@# build (1.3 GB) in its cache each time: what no venv's install reaches any more goes
+	$(UV) cache prune --quiet
 	touch $@
 
 $(TOOLS)/bin/ferretdb: ops/scripts/build-ferretdb.sh

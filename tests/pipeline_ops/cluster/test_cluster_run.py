@@ -353,6 +353,9 @@ def test_every_dashboard_query_returns_data_from_the_clusters_prometheus(cluster
         wait_for("every dashboard query answered", lambda: not unanswered(), 120)
     except AssertionError:
         pytest.fail(f"dashboard panels with no data: {unanswered()}")
+    # and the Argo Rollouts controller's rollout_info, which ModelServingPinNotServed reads
+    info = prometheus.query(f'rollout_info{{namespace="{STAGING_NS}",name="model-serving"}}')
+    assert [r["metric"]["phase"] for r in info] == ["Healthy"], info
 
 
 def test_a_second_run_on_the_live_cluster_passes_as_the_user(cluster_run, cluster) -> None:

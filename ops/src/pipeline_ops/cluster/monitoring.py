@@ -196,6 +196,20 @@ def _service_monitor(name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _argo_rollouts_monitor() -> dict[str, Any]:
+    """The Argo Rollouts controller's metrics (``rollout_info``, which the alert
+    ModelServingPinNotServed reads), scraped as a platform running the controller scrapes them
+    (its Helm chart's ServiceMonitor): its install manifest's Service ``argo-rollouts-metrics``."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta("argo-rollouts"),
+        "spec": {"namespaceSelector": {"matchNames": ["argo-rollouts"]},
+                 "selector": {"matchLabels": {"app.kubernetes.io/name": "argo-rollouts-metrics"}},
+                 "endpoints": [{"port": "metrics", "interval": "30s"}]},
+    }  # fmt: skip
+
+
 def prometheus_objects() -> list[dict[str, Any]]:
     account = f"prometheus-{PROMETHEUS_NAME}"
     discovery = ["get", "list", "watch"]
@@ -238,6 +252,7 @@ def prometheus_objects() -> list[dict[str, Any]]:
                  {"app.kubernetes.io/name": "prometheus",
                   "app.kubernetes.io/instance": PROMETHEUS_NAME}),
         _service_monitor(account),
+        _argo_rollouts_monitor(),
     ]  # fmt: skip
 
 

@@ -90,8 +90,7 @@ def test_the_alerts_levels_are_the_levels_enforced_elsewhere(
     rate at the post-promotion analysis'): an alert means what a failed gate means."""
     shipped = alerts(base_objects)
     gate = _load_gate_args(base_objects)
-    drift = shipped["ModelServingFeatureDrift"]["expr"]
-    assert f"model_serving_feature_drift_psi) > {DRIFT_ALERT_PSI}" in drift
+    assert _level(shipped["ModelServingFeatureDrift"]["expr"]) == DRIFT_ALERT_PSI
     assert _level(shipped["ModelServingErrorRate"]["expr"]) == float(gate["--max-error-ratio"])
     assert _level(shipped["ModelServingLatencyHigh"]["expr"]) == float(gate["--max-p99-ms"]) / 1000
     post = _template(base_objects, "model-serving-post-promotion")["spec"]["metrics"][0]

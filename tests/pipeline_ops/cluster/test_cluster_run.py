@@ -310,10 +310,11 @@ def test_drifted_traffic_fires_the_drift_alert_delivered_by_alertmanager(cluster
     url = kube.service_url(run.layout, STAGING_NS, ACTIVE_SERVICE)
     ordinary = newest_sample_records(1000)
     drifted = [{**r, "additions": r["additions"] * 50} for r in ordinary]
-    # each serving process keeps its last 1,000 records: three rounds refill every window
+    # each serving process keeps its last 1,000 records: three rounds refill every window;
+    # a pod that took other traffic (the load gate's, on a preview) counts for 5 minutes
     for _ in range(3):
         _score(url, ordinary)
-    wait_for("no drift alert firing on ordinary traffic", lambda: not _drift_firing(), 240)
+    wait_for("no drift alert firing on ordinary traffic", lambda: not _drift_firing(), 420)
     started = datetime.now(UTC)
     for _ in range(3):
         _score(url, drifted)
@@ -355,7 +356,7 @@ def test_every_dashboard_query_returns_data_from_the_clusters_prometheus(cluster
         pytest.fail(f"dashboard panels with no data: {unanswered()}")
     # and the Argo Rollouts controller's rollout_info, which ModelServingPinNotServed reads
     info = prometheus.query(f'rollout_info{{namespace="{STAGING_NS}",name="model-serving"}}')
-    assert [r["metric"]["phase"] for r in info] == ["Healthy"], info
+    assert [r["metric"]["phase"] for r in info] == ["Completed"], info  # its word for healthy
 
 
 def test_a_second_run_on_the_live_cluster_passes_as_the_user(cluster_run, cluster) -> None:

@@ -199,14 +199,16 @@ def _service_monitor(name: str) -> dict[str, Any]:
 def _argo_rollouts_monitor() -> dict[str, Any]:
     """The Argo Rollouts controller's metrics (``rollout_info``, which the alert
     ModelServingPinNotServed reads), scraped as a platform running the controller scrapes them
-    (its Helm chart's ServiceMonitor): its install manifest's Service ``argo-rollouts-metrics``."""
+    (its Helm chart's ServiceMonitor): its install manifest's Service ``argo-rollouts-metrics``,
+    with honorLabels, so that a sample's ``namespace`` is the Rollout's, not the controller's
+    (as kube-prometheus scrapes kube-state-metrics)."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
         "metadata": _meta("argo-rollouts"),
         "spec": {"namespaceSelector": {"matchNames": ["argo-rollouts"]},
                  "selector": {"matchLabels": {"app.kubernetes.io/name": "argo-rollouts-metrics"}},
-                 "endpoints": [{"port": "metrics", "interval": "30s"}]},
+                 "endpoints": [{"port": "metrics", "interval": "30s", "honorLabels": True}]},
     }  # fmt: skip
 
 

@@ -60,7 +60,7 @@ from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.layout import USER
 from pipeline_ops.cluster.platform import ClusterPlatform
 from pipeline_ops.cluster.registry import push
-from pipeline_ops.samples import first_sample_record
+from pipeline_ops.samples import newest_sample_records
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,12 @@ MIN_FREE_GB = 20
 @dataclass
 class Client:
     """Requests to a Service, one after another, from a thread; what failed, when (seconds
-    since the client started), and what the run was doing then (``mark``)."""
+    since the client started), and what the run was doing then (``mark``). Each request
+    scores the next of ``records`` (ordinary pull requests: one record sent over and over
+    would be drifted traffic, and the drift alert would rightly fire on it)."""
 
     url: str
-    record: dict[str, Any]
+    records: list[dict[str, Any]]
     sent: int = 0
     failures: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
@@ -123,7 +125,8 @@ class Client:
             self._stop.wait(0.1)
 
     def _score(self) -> requests.Response:
-        return requests.post(f"{self.url}/v1/score", json=self.record, timeout=5)
+        record = self.records[self.sent % len(self.records)]
+        return requests.post(f"{self.url}/v1/score", json=record, timeout=5)
 
     def wait_answering(self, timeout: float = 120) -> None:
         """Until the Service answers a request: a Rollout is Healthy as soon as its pods are
@@ -430,7 +433,9 @@ class ClusterRun:
         status = kube.rollout(layout, ns).get("status", {})
         blue = status.get("stableRS", "")
         blue_serves = status.get("phase") == "Healthy" or bool(status.get("pauseConditions"))
-        client = Client(kube.service_url(layout, ns, ACTIVE_SERVICE), first_sample_record())
+        # the bundled sample's newest pull requests: the traffic the drift reference holds
+        ordinary = newest_sample_records(1000)
+        client = Client(kube.service_url(layout, ns, ACTIVE_SERVICE), ordinary)
         if blue_serves:
             client.wait_answering()
         outcome: dict[str, Any] = {"blue": blue}

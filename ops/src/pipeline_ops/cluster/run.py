@@ -597,9 +597,15 @@ def _require_disk(where: Path, gigabytes: float) -> float:
 
 
 def _size_gb(path: Path) -> float:
-    """What ``path`` holds on disk (``du``: one walk, hard links counted once)."""
-    out = commands.output(["du", "-sk", str(path)], what="measuring the cluster state", timeout=300)
-    return int(out.split()[0]) / 2**20
+    """What ``path`` holds on disk (``du``: one walk, hard links counted once). A live
+    cluster removes files while du walks (a container's task directory): du says so, exits 1
+    and still prints its total of what it could read, which is what this needs."""
+    argv = ["du", "-sk", str(path)]
+    result = commands.run(argv, what="measuring the cluster state", timeout=300, check=False)
+    total = result.stdout.split()[:1]
+    if result.returncode not in (0, 1) or not total or not total[0].isdigit():
+        raise ClusterError(f"`du -sk {path}` exited {result.returncode}: {result.stderr[-500:]}")
+    return int(total[0]) / 2**20
 
 
 def _new_hash(layout, ns: str, blue: str) -> str | None:

@@ -13,8 +13,10 @@ from typing import Any
 
 import yaml
 
+from pipeline_ops.stages import stage
+
 RULE_KIND = "PrometheusRule"
-DASHBOARD = Path("argo-apps/base/model-serving-dashboard.json")
+DASHBOARD = Path(f"argo-apps/base/{stage('model-serving').name}-dashboard.json")
 # Grafana's range for rate(): at least four scrape intervals (15 s)
 RATE_INTERVAL = "1m"
 

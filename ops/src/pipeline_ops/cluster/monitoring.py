@@ -196,6 +196,32 @@ def _service_monitor(name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _operated(
+    kind: str, name: str, image: ScratchImage, ip: str, port: int, **spec: Any
+) -> list[dict[str, Any]]:
+    """A ``kind`` (Prometheus, Alertmanager) the operator runs as StatefulSet
+    ``<app>-<name>`` from our image, as ServiceAccount ``<app>-<name>`` (made by the caller),
+    and our Service of the same name on its fixed cluster IP, scraped by the stack itself."""
+    app = kind.lower()
+    account = f"{app}-{name}"
+    custom = {
+        "image": image.ref,
+        "version": release(image.binary),
+        "imagePullPolicy": "Never",
+        "replicas": 1,
+        "serviceAccountName": account,
+        **spec,
+        "securityContext": _POD_SECURITY,
+    }
+    return [
+        {"apiVersion": "monitoring.coreos.com/v1", "kind": kind, "metadata": _meta(name),
+         "spec": custom},
+        _service(account, ip, port,
+                 {"app.kubernetes.io/name": app, "app.kubernetes.io/instance": name}),
+        _service_monitor(account),
+    ]  # fmt: skip
+
+
 def _argo_rollouts_monitor() -> dict[str, Any]:
     """The Argo Rollouts controller's metrics (``rollout_info``, which the alert
     ModelServingPinNotServed reads), scraped as a platform running the controller scrapes them
@@ -220,25 +246,14 @@ def prometheus_objects() -> list[dict[str, Any]]:
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": discovery},
         {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
     ]
-    spec = {
-        "image": PROMETHEUS.ref,
-        "version": release(PROMETHEUS.binary),
-        "imagePullPolicy": "Never",
-        "replicas": 1,
-        "serviceAccountName": account,
-        "retention": "1d",  # a local cluster lives for a run or a day
-        "scrapeInterval": "15s",
-        "evaluationInterval": "15s",
-        "serviceDiscoveryRole": "EndpointSlice",
-        **{f"{kind}{part}": {}
-           for kind in ("podMonitor", "serviceMonitor", "probe", "rule")
-           for part in ("Selector", "NamespaceSelector")},
-        "alerting": {"alertmanagers": [{"namespace": NAMESPACE, "port": "web",
-                                        "name": f"alertmanager-{ALERTMANAGER_NAME}"}]},
-        "resources": {"requests": {"cpu": "50m", "memory": "200Mi"},
-                      "limits": {"memory": "1Gi"}},
-        "securityContext": _POD_SECURITY,
-    }  # fmt: skip
+    # empty selectors: every PodMonitor, ServiceMonitor, Probe and rule, in every namespace
+    selectors: dict[str, dict[str, Any]] = {
+        f"{kind}{part}": {}
+        for kind in ("podMonitor", "serviceMonitor", "probe", "rule")
+        for part in ("Selector", "NamespaceSelector")
+    }
+    alerting = {"alertmanagers": [{"namespace": NAMESPACE, "port": "web",
+                                   "name": f"alertmanager-{ALERTMANAGER_NAME}"}]}  # fmt: skip
     return [
         _service_account(account),
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
@@ -248,12 +263,12 @@ def prometheus_objects() -> list[dict[str, Any]]:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                      "name": account},
          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]},
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
-         "metadata": _meta(PROMETHEUS_NAME), "spec": spec},
-        _service(account, PROMETHEUS_SERVICE_IP, PROMETHEUS_PORT,
-                 {"app.kubernetes.io/name": "prometheus",
-                  "app.kubernetes.io/instance": PROMETHEUS_NAME}),
-        _service_monitor(account),
+        *_operated("Prometheus", PROMETHEUS_NAME, PROMETHEUS, PROMETHEUS_SERVICE_IP,
+                   PROMETHEUS_PORT, retention="1d",  # a local cluster lives for a run or a day
+                   resources={"requests": {"cpu": "50m", "memory": "200Mi"},
+                              "limits": {"memory": "1Gi"}},
+                   scrapeInterval="15s", evaluationInterval="15s",
+                   serviceDiscoveryRole="EndpointSlice", **selectors, alerting=alerting),
         _argo_rollouts_monitor(),
     ]  # fmt: skip
 
@@ -271,29 +286,16 @@ def alertmanager_config() -> dict[str, Any]:
 
 def alertmanager_objects() -> list[dict[str, Any]]:
     name = f"alertmanager-{ALERTMANAGER_NAME}"
-    spec = {
-        "image": ALERTMANAGER.ref,
-        "version": release(ALERTMANAGER.binary),
-        "imagePullPolicy": "Never",
-        "replicas": 1,
-        "serviceAccountName": name,
-        "retention": "24h",
-        "resources": {"requests": {"cpu": "10m", "memory": "30Mi"},
-                      "limits": {"memory": "200Mi"}},
-        "securityContext": _POD_SECURITY,
-    }  # fmt: skip
     return [
         _service_account(name),
         # the operator reads the configuration from Secret alertmanager-<name>
         {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name), "type": "Opaque",
          "stringData": {"alertmanager.yaml": yaml.safe_dump(alertmanager_config(),
                                                             sort_keys=False)}},
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "Alertmanager",
-         "metadata": _meta(ALERTMANAGER_NAME), "spec": spec},
-        _service(name, ALERTMANAGER_SERVICE_IP, ALERTMANAGER_PORT,
-                 {"app.kubernetes.io/name": "alertmanager",
-                  "app.kubernetes.io/instance": ALERTMANAGER_NAME}),
-        _service_monitor(name),
+        *_operated("Alertmanager", ALERTMANAGER_NAME, ALERTMANAGER, ALERTMANAGER_SERVICE_IP,
+                   ALERTMANAGER_PORT, retention="24h",
+                   resources={"requests": {"cpu": "10m", "memory": "30Mi"},
+                              "limits": {"memory": "200Mi"}}),
     ]  # fmt: skip
 
 

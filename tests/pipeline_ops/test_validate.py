@@ -251,6 +251,7 @@ def test_pins_rebuild_nothing_fails_on_a_workflow_that_builds_on_any_manifest(re
     assert {p.split(" selects ")[1].split(",")[0] for p in problems} == {
         "argo-apps/base/kustomization.yaml",
         "argo-apps/base/model-serving-model.env",
+        "argo-apps/base/vault.env",
     }, problems
 
 
@@ -407,6 +408,36 @@ def test_vault_contract_fails_when_a_stage_uses_another_stages_role(repo: Path):
         "value: secret/mlops/data-fetch",
     )
     _fails(repo, "vault-contract", "must name stage spark-preprocess")
+
+
+def test_vault_contract_fails_on_a_plain_http_vault(repo: Path):
+    _edit(repo / "argo-apps/base/vault.env", "VAULT_ADDR=https://", "VAULT_ADDR=http://")
+    _fails(repo, "vault-contract", "VAULT_ADDR=http://vault.vault.svc:8200 is not https")
+
+
+def test_vault_contract_fails_when_a_manifest_writes_where_vault_is(repo: Path):
+    _edit(
+        repo / "argo-apps/base/ml-training-cronjob.yaml",
+        "                - name: VAULT_ROLE\n",
+        "                - name: VAULT_ADDR\n                  value: https://vault.example:8200\n"
+        "                - name: VAULT_ROLE\n",
+    )
+    _fails(repo, "vault-contract", "CronJob/ml-training: VAULT_ADDR written in the manifest")
+
+
+def test_vault_contract_fails_when_a_workload_does_not_mount_vaults_ca(repo: Path):
+    _edit(
+        repo / "argo-apps/base/spark-preprocess-scheduledsparkapplication.yaml",
+        "        - name: vault-ca  # the file VAULT_CACERT names\n"
+        "          mountPath: /etc/pr-anomaly/vault-ca\n",
+        "        - name: vault-ca  # the file VAULT_CACERT names\n"
+        "          mountPath: /etc/vault-ca\n",
+    )
+    _fails(
+        repo, "vault-contract",
+        "ScheduledSparkApplication/spark-preprocess: mounts no ConfigMap vault-ca at "
+        "/etc/pr-anomaly/vault-ca",
+    )  # fmt: skip
 
 
 def test_vault_contract_fails_on_a_workload_of_a_stage_not_in_the_list(repo: Path):

@@ -15,7 +15,7 @@ One operator at a time per state directory: ``up`` and ``down`` hold its lock
 
 | service | server | health check |
 |---|---|---|
-| vault  | OpenBao dev server (Vault API) | GET /v1/sys/health |
+| vault  | OpenBao dev server (Vault API; TLS only when given a certificate) | GET /v1/sys/health |
 | mongo  | FerretDB, SQLite backend (MongoDB wire protocol) | pymongo ping |
 | mlflow | mlflow server, SQLite store, one worker | GET /health |
 | s3     | SeaweedFS ``weed server`` (S3 API) | GET on the S3 port |
@@ -86,6 +86,15 @@ def _venv_bin(name: str) -> str:
     return found
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's certificate and key (PEM files), for a server its clients reach over TLS
+    only."""
+
+    cert: Path
+    key: Path
+
+
 class LocalPlatform:
     """The local servers under one state directory (default ``.local/platform``)."""
 
@@ -94,12 +103,16 @@ class LocalPlatform:
         state_dir: Path | None = None,
         host: str = "127.0.0.1",
         client_names: Iterable[str] = (),
+        vault_tls: ServerTls | None = None,
     ):
         self.state_dir = Path(state_dir or LOCAL_DIR / "platform")
         self.state = platform_state(self.state_dir)
         self.host = host  # the address clients reach the servers on
         # the host names clients use besides ``host`` (Service names in the cluster)
         self.client_names = tuple(client_names)
+        # Vault's clients reach it over TLS with this certificate (the local cluster's
+        # Vault); without one, plain HTTP on loopback (`make run`, the tests)
+        self.vault_tls = vault_tls
 
     # -- one operator at a time -------------------------------------------------------
     @contextlib.contextmanager
@@ -181,6 +194,7 @@ class LocalPlatform:
         return processes.start(
             name, launch.command, log_file=data_dir / f"{name}.log", env=launch.env,
             cwd=data_dir, ports={"main": port, **launch.ports}, host=self.host, append=True,
+            scheme=launch.scheme,
         )  # fmt: skip
 
     def s3_credentials(self) -> dict[str, str]:
@@ -271,6 +285,7 @@ class Launch:
     command: list[str]
     env: dict[str, str]  # all of it: minimal_environment plus what this server needs
     ports: dict[str, int] = field(default_factory=dict)  # besides the main port
+    scheme: str = "http"  # how clients speak to the main port
 
 
 @dataclass(frozen=True)
@@ -289,12 +304,26 @@ def _vault(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
     # line: any user can read another process's arguments, not its environment.
     env = minimal_environment({"BAO_DEV_ROOT_TOKEN_ID": platform.vault_root_token()})
     command = [
-        _venv_bin("bao"), "server", "-dev", f"-dev-listen-address={platform.host}:{port}",
-        # Without this the dev server writes its root token to ~/.vault-token, where every
-        # hvac client without an explicit token would pick it up.
-        "-dev-no-store-token",
+        # Without -dev-no-store-token the dev server writes its root token to ~/.vault-token,
+        # where every hvac client without an explicit token would pick it up.
+        _venv_bin("bao"), "server", "-dev", "-dev-no-store-token",
     ]  # fmt: skip
-    return Launch(command, env)
+    tls = platform.vault_tls
+    if tls is None:
+        return Launch([*command, f"-dev-listen-address={platform.host}:{port}"], env)
+    # The dev server always opens a plain-HTTP listener of its own: it stays on loopback,
+    # for the health check only. Clients get a second listener that speaks only TLS, with
+    # the given certificate, on the service's address and port.
+    dev, cluster = free_port(), free_port()
+    listener = {
+        "address": f"{platform.host}:{port}", "cluster_address": f"127.0.0.1:{cluster}",
+        "tls_cert_file": str(tls.cert), "tls_key_file": str(tls.key),
+        "tls_min_version": "tls12",
+    }  # fmt: skip
+    config = data_dir / "tls-listener.json"
+    config.write_text(json.dumps({"listener": [{"tcp": listener}]}, indent=2))
+    command += [f"-dev-listen-address=127.0.0.1:{dev}", f"-config={config}"]
+    return Launch(command, env, {"health": dev, "cluster": cluster}, scheme="https")
 
 
 def _mongo(platform: LocalPlatform, data_dir: Path, port: int) -> Launch:
@@ -452,8 +481,15 @@ def _s3_grpc_certificates(host: str) -> dict[str, bytes]:
     }
 
 
+def _vault_health_url(record: ProcessRecord) -> str:
+    """The dev server's own listener: the TLS one's clients check its certificate, which the
+    health check has no business knowing."""
+    health = record.ports.get("health")
+    return f"http://127.0.0.1:{health}" if health else record.url
+
+
 SERVICES: dict[str, Service] = {
-    "vault": Service(_vault, lambda r: _http_ok(f"{r.url}/v1/sys/health")),
+    "vault": Service(_vault, lambda r: _http_ok(f"{_vault_health_url(r)}/v1/sys/health")),
     "mongo": Service(_mongo, _mongo_ok),
     "mlflow": Service(_mlflow, lambda r: _http_ok(f"{r.url}/health")),
     "s3": Service(_s3, lambda r: _http_ok(f"{r.url}/", any_status=True)),

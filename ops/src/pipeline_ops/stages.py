@@ -132,6 +132,12 @@ DELIVERY_JOBS: tuple[DeliveryJob, ...] = (
 VAULT_IDENTITIES: tuple[str, ...] = (
     *STAGE_NAMES, *(job.name for job in DELIVERY_JOBS if job.secret)
 )  # fmt: skip
+# How each of them finds Vault in a cluster: every workload reads one ConfigMap, generated
+# from argo-apps/base/vault.env (VAULT_ADDR, VAULT_CACERT, VAULT_PATH_AUTH: the one place
+# that says where Vault is), and mounts the CA that signed Vault's certificate from a
+# ConfigMap the cluster's administrator makes once per namespace (README: Vault over TLS).
+VAULT_CONFIG_MAP = "vault"
+VAULT_CA_CONFIG_MAP = "vault-ca"
 
 
 def secret_parts(identity: str) -> tuple[SecretPart, ...]:

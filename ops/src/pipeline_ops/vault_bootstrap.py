@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     secrets = json.loads(args.secrets_file.read_text()) if args.secrets_file else None
     bootstrap_vault(
-        hvac.Client(url=addr, token=token),
+        # VAULT_CACERT: the CA of an https Vault's certificate (else the system's CAs)
+        hvac.Client(url=addr, token=token, verify=os.environ.get("VAULT_CACERT") or True),
         VaultLayout.load(),
         auth=args.auth,
         auth_mount=args.auth_mount,

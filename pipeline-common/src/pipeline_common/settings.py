@@ -127,3 +127,8 @@ class VaultSettings(BaseSettings):
         default=None, description="AppRole secret_id for approle auth"
     )
     timeout_seconds: float = Field(default=10.0, gt=0, description="HTTP timeout for Vault")
+    cacert: str = Field(
+        default="",
+        description="PEM file of the CA that signed Vault's certificate (https VAULT_ADDR); "
+        "empty: the system's CAs",
+    )

@@ -138,7 +138,9 @@ class VaultClient:
 
     def __init__(self, settings: VaultSettings):
         self.settings = settings
-        self._client = hvac.Client(url=settings.addr, timeout=settings.timeout_seconds)
+        self._client = hvac.Client(
+            url=settings.addr, timeout=settings.timeout_seconds, verify=_trusted(settings)
+        )
         # hvac falls back to $VAULT_TOKEN or ~/.vault-token (often an admin or dev root
         # token); a stage must only ever act with the token its own login returns.
         self._client.token = None
@@ -269,10 +271,32 @@ class VaultClient:
         return StageSecret(where, response["data"]["data"])
 
     def _unreachable(self, error: Exception) -> VaultUnreachableError:
+        if isinstance(error, requests.exceptions.SSLError):
+            trusted = self.settings.cacert or "the system's CAs"
+            return VaultUnreachableError(
+                f"Vault at {self.settings.addr} refused TLS or its certificate is not trusted "
+                f"by {trusted} ({type(error).__name__}); set VAULT_CACERT to the PEM file of "
+                "the CA that signed Vault's certificate (in a cluster: the ConfigMap "
+                "vault-ca, README: Vault over TLS)"
+            )
         return VaultUnreachableError(
             f"cannot reach Vault at {self.settings.addr} ({type(error).__name__}); "
             "check VAULT_ADDR and that the server is running (locally: make up)"
         )
+
+
+def _trusted(settings: VaultSettings) -> str | bool:
+    """What checks Vault's certificate: VAULT_CACERT's file, else the system's CAs. A file
+    that is not there is a setting to fix, said before any request."""
+    if not settings.cacert:
+        return True
+    if not Path(settings.cacert).is_file():
+        raise VaultUnreachableError(
+            f"VAULT_CACERT={settings.cacert} is not a file: mount the CA that signed Vault's "
+            "certificate there (in a cluster: create the ConfigMap vault-ca, README: Vault "
+            "over TLS), or leave VAULT_CACERT empty when the system's CAs trust Vault"
+        )
+    return settings.cacert
 
 
 def _vault_errors(error: hvac.exceptions.VaultError) -> str:

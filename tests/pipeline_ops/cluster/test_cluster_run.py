@@ -250,13 +250,21 @@ try:
     other = "read"
 except Exception as error:
     other = type(error).__name__ + ": " + str(error)
-print(json.dumps({"own": own, "other": other}))
+try:  # the same login trusting only the system's CAs, not the cluster's vault-ca
+    VaultClient(VaultSettings(cacert="")).login()
+    untrusted = "logged in"
+except Exception as error:
+    untrusted = type(error).__name__ + ": " + str(error)
+print(json.dumps({"own": own, "other": other, "addr": os.environ["VAULT_ADDR"],
+                  "untrusted": untrusted}))
 """
 
 
-def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) -> None:
-    """Vault's kubernetes auth for real: the pod's projected ServiceAccount token, reviewed by
-    this cluster's TokenReview API, logs in as data-fetch; ml-training's secret is refused."""
+def test_each_stage_pod_reads_its_own_secret_over_tls_and_is_denied_another(cluster_run) -> None:
+    """Vault's kubernetes auth for real, over TLS: the pod's projected ServiceAccount token,
+    reviewed by this cluster's TokenReview API, logs in as data-fetch at vault.env's https
+    address, trusting the CA of the ConfigMap vault-ca (without it the login is refused);
+    ml-training's secret is refused."""
     run, _ = cluster_run
     layout = run.admin  # a probe pod: the operator's, after the run (a user creates none)
     cronjob = layout.kubectl().get(STAGING_NS, "cronjob", "data-fetch")
@@ -284,6 +292,8 @@ def test_each_stage_pod_reads_its_own_secret_and_is_denied_another(cluster_run) 
         said = json.loads(logs.strip().splitlines()[-1])
         assert "mongo_uri" in said["own"]
         assert "permission denied" in said["other"].lower() or "403" in said["other"], said
+        assert said["addr"] == "https://vault.vault.svc:8200", said
+        assert "certificate is not trusted by the system's CAs" in said["untrusted"], said
     finally:
         layout.kubectl()("-n", STAGING_NS, "delete", "pod", name, "--wait=false")
 

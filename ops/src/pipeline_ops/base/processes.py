@@ -82,6 +82,7 @@ class ProcessRecord:
     ports: dict[str, int] = field(default_factory=dict)
     host: str = "127.0.0.1"
     started_at: float = field(default_factory=time.time)
+    scheme: str = "http"  # of ``url``: https for a server that only speaks TLS
 
     @property
     def alive(self) -> bool:
@@ -93,7 +94,7 @@ class ProcessRecord:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def log_tail(self, chars: int = 2500) -> str:
         try:
@@ -112,6 +113,7 @@ def start(
     ports: Mapping[str, int] | None = None,
     host: str = "127.0.0.1",
     append: bool = False,
+    scheme: str = "http",
 ) -> ProcessRecord:
     """Start ``argv`` in its own session, output to ``log_file``, with exactly ``env``."""
     command = [str(a) for a in argv]
@@ -129,7 +131,7 @@ def start(
             ) from error
     return ProcessRecord(
         name, process.pid, start_ticks(process.pid), command, str(log_file),
-        dict(ports or {}), host,
+        dict(ports or {}), host, scheme=scheme,
     )  # fmt: skip
 
 

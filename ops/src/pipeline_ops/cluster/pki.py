@@ -54,6 +54,17 @@ IDENTITIES = (
     Identity("kube-proxy", "system:kube-proxy"),
     Identity("kubelet-client", f"system:node:{NODE_NAME}", ("system:nodes",)),
     Identity("kubelet", NODE_NAME, server_names=(f"IP:{BRIDGE_IP}", "IP:127.0.0.1")),
+    # the environments' Vault (a host process, cluster/platform.py): pods check its
+    # certificate against this CA, which every namespace has (ConfigMap vault-ca)
+    Identity(
+        "vault",
+        "vault.vault.svc",
+        server_names=(
+            f"IP:{BRIDGE_IP}",
+            "DNS:vault.vault.svc",
+            f"DNS:vault.vault.svc.{CLUSTER_DOMAIN}",
+        ),
+    ),
 )
 
 

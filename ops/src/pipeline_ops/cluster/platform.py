@@ -4,7 +4,10 @@ MLflow server): OpenBao, FerretDB, MLflow and SeaweedFS run as host processes on
 bridge address (the launchers of `make run`, ``LocalPlatform(host=BRIDGE_IP)``), and pods
 reach them by the Service names a production cluster would give them: a Service without a
 selector per server, its EndpointSlice pointing at the host process. Vault answers at
-``vault.vault.svc:8200``, the address the manifests carry. Of SeaweedFS only the S3 port
+``https://vault.vault.svc:8200``, the address the manifests carry (argo-apps/base/vault.env),
+and speaks only TLS there, with a certificate of the cluster's CA, which the administrator
+puts in each environment's namespace as the ConfigMap ``vault-ca`` (the pods mount it: the
+file VAULT_CACERT names). Of SeaweedFS only the S3 port
 (which checks the keys) listens on the bridge; its master, volume and filer listen on
 loopback and ask for a JWT, so a pod reaches the buckets through S3 with its keys or not at
 all.
@@ -36,7 +39,8 @@ from pipeline_ops.cluster.layout import (
 )
 from pipeline_ops.cluster.pki import Pki
 from pipeline_ops.local_env import stage_secrets
-from pipeline_ops.local_platform import LocalPlatform
+from pipeline_ops.local_platform import LocalPlatform, ServerTls
+from pipeline_ops.stages import VAULT_CA_CONFIG_MAP
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class ServiceName:
     namespace: str
     name: str
     port: int
+    scheme: str = "http"
 
     @property
     def host(self) -> str:
@@ -59,11 +64,11 @@ class ServiceName:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 SERVICE_NAMES = (
-    ServiceName("vault", "vault", "vault", 8200),
+    ServiceName("vault", "vault", "vault", 8200, scheme="https"),
     ServiceName("mongo", "platform", "mongo", 27017),
     ServiceName("mlflow", "platform", "mlflow", 5000),
     ServiceName("s3", "platform", "s3", 8333),
@@ -85,11 +90,15 @@ class ClusterPlatform:
     def __init__(self, layout: Layout):
         self.layout = layout
         client_names = [name for service in SERVICE_NAMES for name in _names(service)]
-        self.servers = LocalPlatform(layout.root / "platform", BRIDGE_IP, client_names)
+        self.pki = Pki(layout)
+        vault_tls = ServerTls(self.pki.cert("vault"), self.pki.key("vault"))
+        self.servers = LocalPlatform(layout.root / "platform", BRIDGE_IP, client_names,
+                                     vault_tls=vault_tls)  # fmt: skip
 
     def up(self, timeout: float = 120) -> dict[str, str]:
         """Every server running and healthy, its Service in the cluster, Vault configured;
         the host-side URL of each server."""
+        self.pki.ensure()  # Vault's certificate (made by cluster-up; nothing if it exists)
         running = self.servers.up([s.server for s in SERVICE_NAMES], timeout=timeout)
         objects: list[dict[str, Any]] = []
         for service in SERVICE_NAMES:
@@ -125,6 +134,7 @@ class ClusterPlatform:
         plus what a Vault outside the cluster needs: the CA and a reviewer token."""
         kubectl = self.layout.kubectl()
         kubectl.apply(_vault_auth_objects(), force_conflicts=False)
+        kubectl.apply(_vault_ca_objects(self.pki.ca.read_text()), force_conflicts=False)
         reviewer = kubectl(
             "-n", "vault", "create", "token", VAULT_AUTH_ACCOUNT, "--duration=48h"
         ).strip()
@@ -139,7 +149,7 @@ class ClusterPlatform:
             command = [
                 sys.executable, "-m", "pipeline_ops.vault_bootstrap", "--auth", "kubernetes",
                 "--kubernetes-host", self.layout.apiserver_url,
-                "--kubernetes-ca-cert-file", str(Pki(self.layout).ca),
+                "--kubernetes-ca-cert-file", str(self.pki.ca),
                 "--token-reviewer-jwt-file", str(reviewer_file),
                 "--secrets-file", str(secrets_file),
                 *(arg for ns in ENVIRONMENT_NAMESPACES for arg in ("--namespace", ns)),
@@ -147,7 +157,8 @@ class ClusterPlatform:
             # the root token in the child's environment only; the bootstrap never prints a
             # secret value, and an error's stderr is redacted of both tokens all the same
             token = self.servers.vault_root_token()
-            env = minimal_environment({"VAULT_ADDR": vault.url, "VAULT_TOKEN": token})
+            env = minimal_environment({"VAULT_ADDR": vault.url, "VAULT_TOKEN": token,
+                                       "VAULT_CACERT": str(self.pki.ca)})  # fmt: skip
             commands.run(command, what="vault_bootstrap --auth kubernetes", env=env,
                          timeout=120, secrets=(token, reviewer))  # fmt: skip
         log.info("Vault: kubernetes auth against %s, roles bound to namespaces %s",
@@ -176,6 +187,17 @@ def _service_to_host(service: ServiceName, host_port: int) -> list[dict[str, Any
             "ports": [{**port, "port": host_port}],
             "endpoints": [{"addresses": [BRIDGE_IP], "conditions": {"ready": True}}],
         },
+    ]  # fmt: skip
+
+
+def _vault_ca_objects(ca: str) -> list[dict[str, Any]]:
+    """The CA that signed Vault's certificate, in each environment's namespace, as the
+    administrator of a real cluster makes it (README: Vault over TLS)."""
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": VAULT_CA_CONFIG_MAP, "namespace": namespace},
+         "data": {"ca.crt": ca}}
+        for namespace in ENVIRONMENT_NAMESPACES
     ]  # fmt: skip
 
 

@@ -126,7 +126,7 @@ def _policy(pod, container, cpu, memory, mounts, env) -> RunPolicy:
         user=int(container.get("runAsUser", pod.get("runAsUser", 0))),
         group=int(container.get("runAsGroup", pod.get("runAsGroup", 0))),
         read_only=bool(container.get("readOnlyRootFilesystem", False)),
-        writable=[m["mountPath"] for m in mounts or []],
+        writable=[m["mountPath"] for m in mounts or [] if not m.get("readOnly")],
         drop_all_capabilities="ALL" in capabilities,
         no_privilege_escalation=container.get("allowPrivilegeEscalation") is False,
         cpus=_cpus(cpu),

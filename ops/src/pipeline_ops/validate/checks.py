@@ -15,7 +15,13 @@ import jsonschema
 import yaml
 
 from pipeline_contracts.registry import ModelReference
-from pipeline_ops.stages import VAULT_IDENTITIES, service_account, stage
+from pipeline_ops.stages import (
+    VAULT_CA_CONFIG_MAP,
+    VAULT_CONFIG_MAP,
+    VAULT_IDENTITIES,
+    service_account,
+    stage,
+)
 from pipeline_ops.validate.rules import DASHBOARD, dashboard_rule_file, write_rule_files
 from pipeline_ops.validate.tree import (
     ACCESS,
@@ -23,7 +29,8 @@ from pipeline_ops.validate.tree import (
     BASE,
     SCHEMAS,
     STAGE_IMAGE_WORKFLOW,
-    VAULT_CONTRACT,
+    VAULT_WHERE,
+    VAULT_WHO,
     WORKFLOWS,
     RepoTree,
     load_yaml,
@@ -544,33 +551,98 @@ def model_pinned_by_version(tree: RepoTree) -> list[str]:
 
 
 def vault_contract(tree: RepoTree) -> list[str]:
-    """Every workload passes VAULT_* to its main container, with the role of the Vault
-    identity it belongs to (its app.kubernetes.io/component: a stage, or a delivery job with
-    a secret of its own)."""
-    problems = []
+    """Every workload passes VAULT_* to its main container: who it is to Vault (the role and
+    secret of the identity it belongs to: its app.kubernetes.io/component, a stage or a
+    delivery job with a secret of its own), and where Vault is only from the one ConfigMap
+    of vault.env (envFrom, never written in a manifest), with the CA's ConfigMap mounted
+    where VAULT_CACERT points. Vault's address is https: every login sends a token."""
+    objects = tree.base_objects
+    where = _generated(objects, VAULT_CONFIG_MAP)
+    if where is None:
+        return [f"{BASE}: no ConfigMap {VAULT_CONFIG_MAP} (configMapGenerator of vault.env)"]
+    settings = where.get("data", {})
+    problems = [
+        f"ConfigMap {VAULT_CONFIG_MAP}: {name} is missing (vault.env)"
+        for name in VAULT_WHERE if name not in settings
+    ]  # fmt: skip
+    address = settings.get("VAULT_ADDR", "")
+    if not address.startswith("https://"):
+        problems.append(
+            f"ConfigMap {VAULT_CONFIG_MAP}: VAULT_ADDR={address} is not https: every stage "
+            "sends its service-account token to Vault (README: Vault over TLS)"
+        )
+    ca_dir = str(Path(settings["VAULT_CACERT"]).parent) if settings.get("VAULT_CACERT") else None
     seen = set()
-    for obj in tree.base_objects:
+    for obj in objects:
         if obj["kind"] not in WORKLOAD_KINDS:
             continue
-        stage = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-        if stage not in VAULT_IDENTITIES:
+        identity = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if identity not in VAULT_IDENTITIES:
             problems.append(
                 f"{_name(obj)}: label app.kubernetes.io/component names no Vault identity "
                 f"of pipeline_ops.stages ({', '.join(VAULT_IDENTITIES)})"
             )
             continue
-        seen.add(stage)
-        env = {e["name"]: e.get("value") for e in _main_env(obj)}
-        missing = [name for name in VAULT_CONTRACT if name not in env]
-        if missing:
-            problems.append(f"{_name(obj)}: missing Vault contract variables {', '.join(missing)}")
-        elif env["VAULT_ROLE"] != stage or not str(env["VAULT_SECRET_PATH"]).endswith(f"/{stage}"):
+        seen.add(identity)
+        container, volumes = _main_container(obj)
+        problems += [f"{_name(obj)}: {p}" for p in _vault_settings(container, identity, where)]
+        if ca_dir and not _mounts_config_map(container, volumes, ca_dir, VAULT_CA_CONFIG_MAP):
             problems.append(
-                f"{_name(obj)}: VAULT_ROLE/VAULT_SECRET_PATH must name stage {stage} "
-                f"(pipeline_ops.stages), not {env['VAULT_ROLE']}/{env['VAULT_SECRET_PATH']}"
+                f"{_name(obj)}: mounts no ConfigMap {VAULT_CA_CONFIG_MAP} at {ca_dir}, where "
+                f"VAULT_CACERT={settings['VAULT_CACERT']} points"
             )
     problems += [f"{s} has no workload in {BASE}" for s in VAULT_IDENTITIES if s not in seen]
     return problems
+
+
+def _vault_settings(container: dict[str, Any], identity: str, where: dict[str, Any]) -> list[str]:
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    read = [
+        e["configMapRef"]["name"] for e in container.get("envFrom") or [] if "configMapRef" in e
+    ]
+    problems = []
+    if where["metadata"]["name"] not in read:
+        problems.append(f"reads no ConfigMap {VAULT_CONFIG_MAP} (envFrom): where Vault is")
+    written = [name for name in VAULT_WHERE if name in env]
+    if written:
+        problems.append(
+            f"{', '.join(written)} written in the manifest; ConfigMap {VAULT_CONFIG_MAP} "
+            "(vault.env) is the one place that says where Vault is"
+        )
+    missing = [name for name in VAULT_WHO if name not in env]
+    if missing:
+        problems.append(f"missing Vault contract variables {', '.join(missing)}")
+    elif env["VAULT_ROLE"] != identity or not str(env["VAULT_SECRET_PATH"]).endswith(
+        f"/{identity}"
+    ):
+        problems.append(
+            f"VAULT_ROLE/VAULT_SECRET_PATH must name stage {identity} (pipeline_ops.stages), "
+            f"not {env['VAULT_ROLE']}/{env['VAULT_SECRET_PATH']}"
+        )
+    return problems
+
+
+def _mounts_config_map(
+    container: dict[str, Any], volumes: list[dict[str, Any]], path: str, config_map: str
+) -> bool:
+    sources = {v["name"]: (v.get("configMap") or {}).get("name") for v in volumes}
+    return any(
+        m["mountPath"].rstrip("/") == path and sources.get(m["name"]) == config_map
+        for m in container.get("volumeMounts") or []
+    )
+
+
+def _generated(objects: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The ConfigMap kustomize generated as ``name`` (its name with the content's hash)."""
+    pattern = re.compile(rf"{re.escape(name)}(-[a-z0-9]{{10}})?")
+    return next(
+        (
+            o
+            for o in objects
+            if o["kind"] == "ConfigMap" and pattern.fullmatch(o["metadata"]["name"])
+        ),
+        None,
+    )
 
 
 def no_latest_tags(tree: RepoTree) -> list[str]:
@@ -779,13 +851,16 @@ def _service_accounts(obj: dict[str, Any]) -> Iterator[str]:
         yield from (s["name"] for s in obj.get("subjects", []) if s["kind"] == "ServiceAccount")
 
 
-def _main_env(obj: dict[str, Any]) -> list[dict[str, Any]]:
+def _main_container(obj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A workload's main container (a Spark application's: its driver) and its pod's
+    volumes."""
     if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
-        return obj["spec"].get("template", obj["spec"]).get("driver", {}).get("env", [])
+        spec = obj["spec"].get("template", obj["spec"])
+        return spec.get("driver", {}), spec.get("volumes") or []
     for node in walk_nodes(obj):
         if isinstance(node.get("containers"), list) and node["containers"]:
-            return node["containers"][0].get("env", [])
-    return []
+            return node["containers"][0], node.get("volumes") or []
+    return {}, []
 
 
 @cache

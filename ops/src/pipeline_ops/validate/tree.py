@@ -22,7 +22,10 @@ SCHEMAS = Path("argo-apps/schemas")
 WORKFLOWS = Path(".github/workflows")
 # The reusable workflow every stage workflow calls to build, test, push and bump one image.
 STAGE_IMAGE_WORKFLOW = "stage-image.yml"
-VAULT_CONTRACT = ("VAULT_ADDR", "VAULT_PATH_AUTH", "VAULT_ROLE", "VAULT_SECRET_PATH")
+# The VAULT_* settings of a workload: where Vault is, the same for all (from the one ConfigMap
+# of vault.env), and who the workload is to Vault (its own, in its manifest).
+VAULT_WHERE = ("VAULT_ADDR", "VAULT_CACERT", "VAULT_PATH_AUTH")
+VAULT_WHO = ("VAULT_ROLE", "VAULT_SECRET_PATH")
 
 # A workflow file as PyYAML reads it: its bare key `on` becomes the boolean True.
 Workflow = dict[str | bool, Any]

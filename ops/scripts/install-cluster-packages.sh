@@ -6,10 +6,12 @@
 # after if this script put it there. (Prometheus is built from its Go module instead:
 # Debian's prometheus 2.42 package is compiled without Kubernetes service discovery.)
 # nftables: the launcher reads and restores the host's nft tables (a fresh machine has no nft).
+# apache2-utils: htpasswd, which writes the project registry's logins as bcrypt (registry.py).
 set -euo pipefail
 # shellcheck source=lib/as-root.sh
 source "$(dirname "$0")/lib/as-root.sh"
-packages=(containerd runc containernetworking-plugins iptables nftables openssl iproute2 git)
+packages=(containerd runc containernetworking-plugins iptables nftables openssl iproute2 git
+  apache2-utils)
 missing=()
 for package in "${packages[@]}"; do
     status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"

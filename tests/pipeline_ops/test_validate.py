@@ -410,6 +410,47 @@ def test_vault_contract_fails_when_a_stage_uses_another_stages_role(repo: Path):
     _fails(repo, "vault-contract", "must name stage spark-preprocess")
 
 
+def test_registry_is_a_setting_fails_on_a_digest_from_repo_digests(repo: Path):
+    # the defect as it was: the digest of `docker inspect`, which may name an older push
+    _edit(
+        repo / ".github/workflows/stage-image.yml",
+        'echo "reference=$(ops/scripts/push-image.sh "$IMAGE" "$target")" >> "$GITHUB_OUTPUT"',
+        'docker push "$target"\n'
+        '          digest="$(docker inspect --format \'{{index .RepoDigests 0}}\' "$target")"',
+    )
+    _fails(repo, "registry-is-a-setting", "reads the digest from RepoDigests")
+
+
+def test_registry_is_a_setting_fails_on_a_login_with_github_token_alone(repo: Path):
+    _edit(
+        repo / ".github/workflows/stage-image.yml",
+        "password: ${{ secrets.registry-password || secrets.GITHUB_TOKEN }}",
+        "password: ${{ secrets.GITHUB_TOKEN }}",
+    )
+    _fails(repo, "registry-is-a-setting", "logs in with GITHUB_TOKEN alone")
+
+
+def test_images_pulled_with_credentials_fails_on_an_account_without_the_pull_secret(repo: Path):
+    _edit(
+        repo / "argo-apps/base/serviceaccounts.yaml",
+        "    app.kubernetes.io/component: ml-training\nimagePullSecrets:\n"
+        "  - name: registry-pull  # README: Any OCI registry\n",
+        "    app.kubernetes.io/component: ml-training\n",
+    )
+    _fails(
+        repo, "images-pulled-with-credentials", "ServiceAccount ml-training: no imagePullSecrets"
+    )
+
+
+def test_images_pulled_with_credentials_fails_on_a_pod_of_the_default_account(repo: Path):
+    _edit(
+        repo / "argo-apps/base/model-serving-analysistemplates.yaml",
+        "                serviceAccountName: load-gate\n",
+        "",
+    )
+    _fails(repo, "images-pulled-with-credentials", "runs as the default ServiceAccount")
+
+
 def test_vault_contract_fails_on_a_plain_http_vault(repo: Path):
     _edit(repo / "argo-apps/base/vault.env", "VAULT_ADDR=https://", "VAULT_ADDR=http://")
     _fails(repo, "vault-contract", "VAULT_ADDR=http://vault.vault.svc:8200 is not https")

@@ -138,6 +138,10 @@ VAULT_IDENTITIES: tuple[str, ...] = (
 # ConfigMap the cluster's administrator makes once per namespace (README: Vault over TLS).
 VAULT_CONFIG_MAP = "vault"
 VAULT_CA_CONFIG_MAP = "vault-ca"
+# The secret every ServiceAccount of argo-apps/base pulls the images with (a private
+# registry's read login), made by the cluster's administrator in each namespace (README: Any
+# OCI registry).
+REGISTRY_PULL_SECRET = "registry-pull"
 
 
 def secret_parts(identity: str) -> tuple[SecretPart, ...]:

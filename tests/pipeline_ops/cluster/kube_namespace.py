@@ -98,14 +98,19 @@ class Namespace:
         labels: dict | None = None,
         image: str | None = None,
         timeout: float = 90,
+        pull_secret: str | None = None,
     ) -> tuple[str, str]:
-        """Run a pod to completion: its phase and logs."""
+        """Run a pod to completion (its image pulled with ``pull_secret``, if any): its phase
+        and logs."""
+        spec: dict = {"restartPolicy": "Never", "containers": [container("main", args, image)]}
+        if pull_secret:
+            spec["imagePullSecrets"] = [{"name": pull_secret}]
         self.apply(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"name": name, "labels": labels or {}},
-                "spec": {"restartPolicy": "Never", "containers": [container("main", args, image)]},
+                "spec": spec,
             }
         )
 

@@ -143,6 +143,7 @@ def test_every_fixed_address_of_the_real_table_is_checked() -> None:
     listens = {c.name: c.listens for c in COMPONENTS if isinstance(c, HostProcess) and c.listens}
     assert set(listens) == {
         "registry",
+        "project-registry",
         "git-daemon",
         "github-contents",
         "kube-apiserver",

@@ -36,7 +36,7 @@ def test_a_spark_application_with_two_executors_completes_through_the_operator(
 ) -> None:
     layout = cluster.layout
     name = f"two-executors-{secrets.token_hex(3)}"
-    image = pushed(layout)[spark_operator.SPARK_IMAGE]
+    image = pushed(layout)[spark_operator.SPARK_REPOSITORY]
     program = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": NAMESPACE},

@@ -58,6 +58,7 @@ from pipeline_ops.cluster.layout import (
     GIT_PORT,
     GITHUB_CONTENTS_PORT,
     KUBELET_PORT,
+    PROJECT_REGISTRY,
     REGISTRY,
 )
 
@@ -262,8 +263,8 @@ def _apiserver_ok(cluster: Cluster) -> bool:
     return answers(f"{cluster.layout.apiserver_url}/readyz", cert=admin, verify=str(pki.ca))
 
 
-def _registry_host() -> tuple[str, int]:
-    host, port = REGISTRY.split(":")
+def _host_port(address: str) -> tuple[str, int]:
+    host, port = address.split(":")
     return host, int(port)
 
 
@@ -272,9 +273,15 @@ COMPONENTS: tuple[Component, ...] = (
     HostChange(name="certificates", tools=("openssl",), start=lambda c: c.pki.ensure()),
     HostChange(name="host", tools=("iptables", "ip"), check=_root, start=_prepare_host,
                undo=_undo_host, refresh=lambda c: c.host.accept_bridge_forwarding()),
-    HostProcess(name="registry", binaries=("registry",), listens=(_registry_host(),),
+    HostProcess(name="registry", binaries=("registry",), listens=(_host_port(REGISTRY),),
                 command=lambda c: registry.command(c.layout),
                 healthy=lambda c: answers(f"http://{REGISTRY}/v2/")),
+    # the project's images: private, every push and pull with a login (registry.py)
+    HostProcess(name="project-registry", binaries=("registry",), tools=("htpasswd",),
+                listens=(_host_port(PROJECT_REGISTRY),),
+                command=lambda c: registry.project_command(c.layout),
+                healthy=lambda c: answers(f"http://{PROJECT_REGISTRY}/v2/",
+                                          auth=registry.login(c.layout, "cluster"))),
     HostProcess(name="git-daemon", tools=("git",), listens=((BRIDGE_IP, GIT_PORT),),
                 command=_sync_git, healthy=lambda c: listening(BRIDGE_IP, GIT_PORT)),
     HostProcess(name="github-contents", tools=("git",),
@@ -328,6 +335,8 @@ COMPONENTS: tuple[Component, ...] = (
     # what an administrator does once Argo CD runs: its clusters, the ML team's access
     AddOn(name="argo-cd clusters", apply=lambda c, _: gitops.register_clusters(c.layout)),
     AddOn(name="user access", apply=lambda c, _: access.apply(c.layout)),
+    # what the administrator gives the pipeline's namespaces to pull its images with
+    AddOn(name="registry pull secret", apply=lambda c, _: registry.apply_pull_secrets(c.layout)),
     AddOn(name="spark-operator", apply=lambda c, timeout: spark_operator.wait(c.layout, timeout)),
     AddOn(name="kube-network-policies", images=(addons.NETWORK_POLICIES,),
           ports=("kube-network-policies-metrics",),

@@ -22,6 +22,7 @@ from pipeline_ops.cluster.layout import (
     KUBELET_PORT,
     NODE_NAME,
     NODE_POD_CIDR,
+    PROJECT_REGISTRY,
     REGISTRY,
     Layout,
 )
@@ -83,6 +84,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{REGISTRY}"]
     endpoint = ["http://{REGISTRY}"]
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{PROJECT_REGISTRY}"]
+    endpoint = ["http://{PROJECT_REGISTRY}"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin_dir()}"
     conf_dir = "{cni_conf}"
@@ -194,16 +197,20 @@ def kube_proxy(layout: Layout, healthz_port: int, metrics_port: int) -> Path:
     return path
 
 
-def registry(layout: Layout) -> Path:
+def registry(layout: Layout, address: str = REGISTRY, htpasswd: Path | None = None) -> Path:
     """distribution's configuration: filesystem storage under ``.local/cluster/registry``
-    (kept across runs, like the containerd image store), loopback only."""
-    config = {
+    (kept across runs, like the containerd image store), loopback only; with ``htpasswd``,
+    every request authenticated (the project's registry, ``PROJECT_REGISTRY``)."""
+    name = "registry" if address == REGISTRY else "project-registry"
+    config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(layout.dir("registry") / "data")},
+        "storage": {"filesystem": {"rootdirectory": str(layout.dir(name) / "data")},
                     "delete": {"enabled": True}},
-        "http": {"addr": REGISTRY},
+        "http": {"addr": address},
     }  # fmt: skip
-    path = layout.dir("registry") / "config.json"
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "pr-anomaly-mlops", "path": str(htpasswd)}}
+    path = layout.dir(name) / "config.json"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path

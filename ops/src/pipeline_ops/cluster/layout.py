@@ -33,6 +33,12 @@ KUBELET_PORT = 10250
 # The cluster's image registry (distribution), on loopback: docker pushes to it as a trusted
 # localhost registry, and containerd (on the host's network) pulls from it over plain HTTP.
 REGISTRY = "127.0.0.1:5000"
+# The project's own images' registry, private as GHCR's or DigitalOcean's is: every push and
+# every pull authenticated (distribution's htpasswd). The workflows' stand-in pushes with the
+# CI's login; the kubelet pulls with the namespaces' pull secret (registry.PULL_SECRET). The
+# add-ons' images (Argo CD, CoreDNS, ...) stay on REGISTRY, as a managed cluster's system
+# images come from its provider.
+PROJECT_REGISTRY = "127.0.0.1:5001"
 # The git server Argo CD reads (git daemon), on the bridge address: pods reach it, nothing else.
 GIT_PORT = 9418
 # GitHub's contents API for that repository (our stand-in, github_contents_server): the one

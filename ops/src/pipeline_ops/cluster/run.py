@@ -653,7 +653,12 @@ def _resources_held(layout) -> dict[str, Any]:
         if pod.get("status", {}).get("phase") == "Running":
             namespace = pod["metadata"]["namespace"]
             pods[namespace] = pods.get(namespace, 0) + 1
-    registry = sum(p.stat().st_size for p in (layout.root / "registry").rglob("*") if p.is_file())
+    registry = sum(
+        p.stat().st_size
+        for store in ("registry", "project-registry")  # the add-ons', the project's
+        for p in (layout.root / store).rglob("*")
+        if p.is_file()
+    )
     return {
         "memory_in_use_gb": round((meminfo["MemTotal"] - meminfo["MemAvailable"]) / 2**20, 1),
         "running_pods": pods,

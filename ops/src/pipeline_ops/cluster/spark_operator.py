@@ -22,7 +22,7 @@ from pipeline_ops.cluster import ClusterError
 from pipeline_ops.cluster.addons import module_dir
 from pipeline_ops.cluster.engine_images import AddonImage, ensure_pushed_on
 from pipeline_ops.cluster.layout import ENVIRONMENT_NAMESPACES, Layout, binaries
-from pipeline_ops.cluster.registry import build_engine, in_registry, push, pushed
+from pipeline_ops.cluster.registry import build_engine, in_registry, push_local, pushed
 
 log = logging.getLogger(__name__)
 # libyaml's safe loader: the install manifests are ~1 MB (pure Python takes seconds)
@@ -44,13 +44,16 @@ OPERATOR = AddonImage(
     ("spark-operator",),
 )
 SPARK_IMAGE = stages.image("spark-preprocess").name
+# The operator's own Spark image (its smoke test's, in NAMESPACE): spark-preprocess's image in
+# the add-ons' registry, which anyone may pull, as a public Spark image is.
+SPARK_REPOSITORY = "spark"
 
 
 def images(layout: Layout) -> tuple[str, str]:
     """The operator's image and the Spark image (spark-preprocess), by digest: as pushed
     before, or pushed now (spark-preprocess built by `make images` if the engine lacks it)."""
     record = pushed(layout)
-    spark, operator = record.get(SPARK_IMAGE), record.get(OPERATOR.name)
+    spark, operator = record.get(SPARK_REPOSITORY), record.get(OPERATOR.name)
     if spark and operator and in_registry(spark) and in_registry(operator):
         return operator, spark
     from pipeline_ops.images.build import build_images
@@ -59,7 +62,7 @@ def images(layout: Layout) -> tuple[str, str]:
         if engine.docker("image", "inspect", f"{SPARK_IMAGE}:local", check=False).returncode:
             log.info("building the %s image (`make images` for one image)", SPARK_IMAGE)
             build_images(engine, [SPARK_IMAGE])
-        spark = push(layout, [f"{SPARK_IMAGE}:local"], engine)[SPARK_IMAGE]
+        spark = push_local(layout, engine, f"{SPARK_IMAGE}:local", SPARK_REPOSITORY)
         operator = ensure_pushed_on(layout, OPERATOR, f"{SPARK_IMAGE}:local", engine)
     return operator, spark
 

@@ -92,8 +92,8 @@ class ContainerEngine:
         """``docker ARGS`` against this engine (the operator's environment plus ``env()``:
         a CI runner's engine is reached through its own DOCKER_* settings)."""
         return commands.run(
-            [_client(), *args], what=what or f"docker {args[0]}", check=check, timeout=timeout,
-            stdin=stdin, env={**os.environ, **self.env()}, secrets=secrets,
+            [docker_client(), *args], what=what or f"docker {args[0]}", check=check,
+            timeout=timeout, stdin=stdin, env={**os.environ, **self.env()}, secrets=secrets,
         )  # fmt: skip
 
     def import_tree(self, root: Path, reference: str, changes: list[str], what: str) -> None:
@@ -102,7 +102,7 @@ class ContainerEngine:
         commands, not pipes; a tarball on disk would double the root's size for a moment."""
         commands.run(
             ["bash", "-o", "pipefail", "-c", 'tar -C "$1" -c . | "$2" import "${@:3}"', "bash",
-             root, _client(), *changes, "-", reference],
+             root, docker_client(), *changes, "-", reference],
             what=what, env={**os.environ, **self.env()}, timeout=None,
         )  # fmt: skip
 
@@ -251,7 +251,7 @@ class ContainerEngine:
 # -- host helpers ----------------------------------------------------------------------------
 
 
-def _client() -> str:
+def docker_client() -> str:
     client = shutil.which("docker")
     if not client:
         raise EngineError("the docker client is missing; run `make engine-up`")

@@ -16,6 +16,7 @@ import yaml
 
 from pipeline_contracts.registry import ModelReference
 from pipeline_ops.stages import (
+    REGISTRY_PULL_SECRET,
     VAULT_CA_CONFIG_MAP,
     VAULT_CONFIG_MAP,
     VAULT_IDENTITIES,
@@ -344,6 +345,32 @@ def hosted_runner_steps(tree: RepoTree) -> list[str]:
     return problems
 
 
+def registry_is_a_setting(tree: RepoTree) -> list[str]:
+    """Any OCI registry: a login step takes the registry's own password (a secret besides
+    GITHUB_TOKEN, which only GHCR accepts), and the pushed digest is the one the push
+    reports (ops/scripts/push-image.sh), never `RepoDigests`, which may name an older push."""
+    problems = []
+    for path, workflow in tree.workflows().items():
+        for name, job in (workflow.get("jobs") or {}).items():
+            for step in job.get("steps") or []:
+                where = f"{tree.rel(path)}: job {name}, step {step.get('name', step.get('uses'))!r}"
+                if "RepoDigests" in str(step.get("run") or ""):
+                    problems.append(
+                        f"{where}: reads the digest from RepoDigests, which may name an older "
+                        "push; take the one the push reports (ops/scripts/push-image.sh)"
+                    )
+                if not str(step.get("uses") or "").startswith("docker/login-action@"):
+                    continue
+                password = str((step.get("with") or {}).get("password") or "")
+                secrets = set(re.findall(r"secrets\.([\w-]+)", password)) - {"GITHUB_TOKEN"}
+                if not secrets:
+                    problems.append(
+                        f"{where}: logs in with GITHUB_TOKEN alone, which only GHCR accepts; "
+                        "take the registry's password from a secret (REGISTRY_PASSWORD)"
+                    )
+    return problems
+
+
 def pod_security_restricted(tree: RepoTree) -> list[str]:
     """Our namespace enforces Pod Security's `restricted` profile, and every pod the base
     runs meets it, so the API server admits them all (it refuses a pod that does not meet
@@ -418,6 +445,40 @@ def service_account_tokens(tree: RepoTree) -> list[str]:
                     f"{_name(obj)}{where}: runs as the namespace's default ServiceAccount with "
                     "a token it has no use for; set automountServiceAccountToken: false"
                 )
+    return problems
+
+
+def images_pulled_with_credentials(tree: RepoTree) -> list[str]:
+    """Private images pull: every pod of the base runs as one of the base's ServiceAccounts
+    (never the namespace's default, which nothing here gives a pull secret), and every one of
+    those names the registry's pull secret (README: Any OCI registry)."""
+    accounts = {
+        o["metadata"]["name"]: o for o in tree.base_objects if o["kind"] == "ServiceAccount"
+    }
+    problems = [
+        f"ServiceAccount {name}: no imagePullSecrets {REGISTRY_PULL_SECRET}; its pods cannot "
+        "pull the project's images from a private registry"
+        for name, account in accounts.items()
+        if {"name": REGISTRY_PULL_SECRET} not in (account.get("imagePullSecrets") or [])
+    ]
+    for obj in tree.base_objects:
+        runs: list[tuple[str, str | None]] = []
+        if obj["kind"] in {"SparkApplication", "ScheduledSparkApplication"}:
+            spec = obj["spec"].get("template", obj["spec"])
+            runs = [(f" {role}", (spec.get(role) or {}).get("serviceAccount"))
+                    for role in ("driver", "executor")]  # fmt: skip
+        else:
+            runs = [
+                (where, pod.get("serviceAccountName"))
+                for where, pod, _ in _pod_specs(obj)
+                if "containers" in pod
+            ]
+        problems += [
+            f"{_name(obj)}{where}: runs as {account or 'the default ServiceAccount'}, not one of "
+            f"{BASE}'s, so it pulls without the registry's pull secret"
+            for where, account in runs
+            if account not in accounts
+        ]
     return problems
 
 
@@ -728,7 +789,9 @@ CHECKS: dict[str, Check] = {
     "pins-rebuild-nothing": pins_rebuild_nothing,
     "pod-security-restricted": pod_security_restricted,
     "service-account-tokens": service_account_tokens,
+    "images-pulled-with-credentials": images_pulled_with_credentials,
     "hosted-runner-steps": hosted_runner_steps,
+    "registry-is-a-setting": registry_is_a_setting,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
     "model-pinned-by-version": model_pinned_by_version,

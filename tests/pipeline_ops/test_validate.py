@@ -342,7 +342,11 @@ def test_service_account_tokens_fail_on_a_pod_with_the_default_identitys_token(r
         "automountServiceAccountToken: false",
         "automountServiceAccountToken: true",
     )
-    _fails(repo, "service-account-tokens", "model-serving-pre-promotion: runs as the namespace")
+    _fails(
+        repo,
+        "service-account-tokens",
+        "model-serving-pre-promotion: runs as ServiceAccount load-gate with a token",
+    )
 
 
 def test_dockerfile_copy_fails_on_a_missing_source(repo: Path):

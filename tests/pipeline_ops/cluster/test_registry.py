@@ -55,9 +55,11 @@ def test_an_image_of_make_images_is_private_and_runs_with_the_pull_secret(ns: Na
         == 200
     )
 
+    # Always: the node may hold this digest already (a cluster run pulled it with the secret),
+    # and IfNotPresent would start it without asking the registry.
+    uncached = {**container("main", ["--help"], reference), "imagePullPolicy": "Always"}
     ns.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "no-secret"},
-              "spec": {"restartPolicy": "Never",
-                       "containers": [container("main", ["--help"], reference)]}})  # fmt: skip
+              "spec": {"restartPolicy": "Never", "containers": [uncached]}})  # fmt: skip
     wait_for("the pull without a login refused", lambda: _pull_refused(ns, "no-secret"), 120)
     events = ns.kubectl("get", "events", "--field-selector", "involvedObject.name=no-secret")
     assert "401" in events or "unauthorized" in events.lower(), events

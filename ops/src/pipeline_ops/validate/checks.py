@@ -402,8 +402,9 @@ def service_account_tokens(tree: RepoTree) -> list[str]:
     """Only an identity that needs a token mounts one: a Vault identity's (a stage's or a
     delivery job's: its pods log in to Vault with it, ops/vault/stages.yaml) or one a
     RoleBinding gives API rights (the Spark driver's).
-    Every other ServiceAccount sets `automountServiceAccountToken: false`, and so does every
-    pod that runs under the namespace's `default` one (the load gate)."""
+    Every other ServiceAccount sets `automountServiceAccountToken: false`, and no pod of such
+    an identity (or of the namespace's `default` one) turns the token back on: a pod's own
+    setting wins over its ServiceAccount's."""
     stage_identities = {service_account(identity) for identity in VAULT_IDENTITIES}
     bound = {
         subject.get("name")
@@ -411,6 +412,11 @@ def service_account_tokens(tree: RepoTree) -> list[str]:
         if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")
         for subject in obj.get("subjects") or []
         if subject.get("kind") == "ServiceAccount"
+    }
+    accounts_mount = {
+        o["metadata"]["name"]: o.get("automountServiceAccountToken") is not False
+        for o in tree.base_objects
+        if o["kind"] == "ServiceAccount"
     }
     problems = []
     for obj in tree.base_objects:
@@ -435,15 +441,13 @@ def service_account_tokens(tree: RepoTree) -> list[str]:
                     "with no rights and no token"
                 )
         for where, pod, _ in _pod_specs(obj):
-            account = pod.get("serviceAccountName") or pod.get("serviceAccount")
-            if (
-                "containers" in pod
-                and not account
-                and pod.get("automountServiceAccountToken") is not False
-            ):
+            account = pod.get("serviceAccountName") or pod.get("serviceAccount") or "default"
+            own = pod.get("automountServiceAccountToken")
+            mounts = own if own is not None else accounts_mount.get(account, True)
+            if "containers" in pod and account not in stage_identities | bound and mounts:
                 problems.append(
-                    f"{_name(obj)}{where}: runs as the namespace's default ServiceAccount with "
-                    "a token it has no use for; set automountServiceAccountToken: false"
+                    f"{_name(obj)}{where}: runs as ServiceAccount {account} with a token it "
+                    "has no use for; set automountServiceAccountToken: false"
                 )
     return problems
 

@@ -526,3 +526,56 @@ def test_project_permits_every_kind_fails_on_a_kind_permitted_for_nothing(repo: 
         "    - {group: batch, kind: CronJob}\n    - {group: batch, kind: Job}\n",
     )
     _fails(repo, "project-permits-every-kind", "permits Job (group 'batch')")
+
+
+def test_network_policies_fail_on_serving_reaching_object_storage(repo: Path):
+    """The first version let model-serving out on 443 "for the model", which it loads
+    through MLflow: its secret holds no object-storage keys."""
+    _edit(
+        repo / "argo-apps/base/networkpolicies.yaml",
+        "values: [spark-preprocess, ml-training]}",
+        "values: [spark-preprocess, ml-training, model-serving]}",
+    )
+    _fails(repo, "network-policies-right", "model-serving may reach object-storage")
+
+
+def test_network_policies_fail_on_a_stage_cut_off_from_vault(repo: Path):
+    _edit(
+        repo / "argo-apps/base/networkpolicies.yaml",
+        "values: [data-fetch, spark-preprocess, ml-training, model-serving,",
+        "values: [data-fetch, spark-preprocess, model-serving,",
+    )
+    _fails(repo, "network-policies-right", "ml-training cannot reach vault")
+
+
+def test_network_policies_fail_on_mlflow_living_elsewhere_than_its_policy_says(repo: Path):
+    """MLflow in a namespace the policy does not name: the stages that need it are cut off."""
+    text = (repo / "argo-apps/base/networkpolicies.yaml").read_text(encoding="utf-8")
+    mlflow = text.index("name: egress-to-mlflow")
+    moved = text[:mlflow] + text[mlflow:].replace(
+        "kubernetes.io/metadata.name: mlflow", "kubernetes.io/metadata.name: platform", 1
+    )
+    (repo / "argo-apps/base/networkpolicies.yaml").write_text(moved, encoding="utf-8")
+    problems = run_checks(_tree(repo), ["network-policies-right"])["network-policies-right"]
+    assert problems == []  # the probe follows the setting: the placement is the policy
+    _edit(
+        repo / "argo-apps/base/networkpolicies.yaml",
+        "pr-anomaly-mlops/platform-service: mlflow",
+        "pr-anomaly-mlops/platform-service: tracking",
+    )
+    _fails(repo, "network-policies-right", "pr-anomaly-mlops/platform-service: mlflow")
+
+
+def test_network_policies_fail_on_another_stage_let_into_serving(repo: Path):
+    _edit(
+        repo / "argo-apps/base/networkpolicies.yaml",
+        "values: [load-gate, quality-gate, model-champion]",
+        "values: [load-gate, quality-gate, model-champion, ml-training]",
+    )
+    _edit(
+        repo / "argo-apps/base/networkpolicies.yaml",
+        "            matchLabels:\n              app.kubernetes.io/name: model-champion\n",
+        "            matchExpressions:\n              - {key: app.kubernetes.io/name, operator: "
+        "In, values: [model-champion, ml-training]}\n",
+    )
+    _fails(repo, "network-policies-right", "ml-training may connect to model-serving's pods")

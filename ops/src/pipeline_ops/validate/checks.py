@@ -16,13 +16,20 @@ import yaml
 
 from pipeline_contracts.registry import ModelReference
 from pipeline_ops.stages import (
+    DELIVERY_JOBS,
+    LOAD_GATE,
+    QUALITY_GATE,
     REGISTRY_PULL_SECRET,
+    STAGE_NAMES,
     VAULT_CA_CONFIG_MAP,
     VAULT_CONFIG_MAP,
     VAULT_IDENTITIES,
+    SecretPart,
+    secret_parts,
     service_account,
     stage,
 )
+from pipeline_ops.validate import network
 from pipeline_ops.validate.rules import DASHBOARD, dashboard_rule_file, write_rule_files
 from pipeline_ops.validate.tree import (
     ACCESS,
@@ -369,6 +376,85 @@ def registry_is_a_setting(tree: RepoTree) -> list[str]:
                         "take the registry's password from a secret (REGISTRY_PASSWORD)"
                     )
     return problems
+
+
+# Which platform service each part of a Vault secret is for (stages.SecretPart).
+SERVICE_OF_SECRET: dict[SecretPart, str] = {
+    "mongo": "mongodb", "features": "object-storage", "mlflow": "mlflow",
+    "github-token": "github", "git-write": "github",
+}  # fmt: skip
+PLATFORM_SERVICE = "pr-anomaly-mlops/platform-service"
+# What no Vault secret says: the Spark driver asks the API for its executors.
+API_CLIENTS = {"spark-preprocess"}
+# Who connects to whose pods: (from, to, port); the rest of the pairs must be refused.
+POD_FLOWS = {
+    *((client, "model-serving", 8080)
+      for client in (LOAD_GATE.name, QUALITY_GATE, "model-champion")),
+    ("spark-preprocess", "spark-preprocess", 7078),  # driver <-> executors
+    ("monitoring", "model-serving", 8080),  # Prometheus scrapes it
+    ("argo-rollouts", "model-serving", 8080),  # the controller's web metrics
+    ("ingress-nginx", "model-serving", 8080),  # users' traffic
+}  # fmt: skip
+LISTENS = {"model-serving": 8080, "spark-preprocess": 7078}
+
+
+def network_policy_reaches(tree: RepoTree) -> list[str]:
+    """The NetworkPolicies let every workload of the base reach exactly what it needs, as an
+    enforcing CNI evaluates them (validate.network): DNS; Vault and each service its Vault
+    secret names (the secret says what it talks to); the API for the Spark driver; the pods
+    POD_FLOWS lists. Everything else is refused: the other platform services (where the
+    service's address and port are not also a needed one's: Spaces and GitHub share 443),
+    every other workload's pods. Each service's placement is its own annotated policy."""
+    policies = [o for o in tree.base_objects if o["kind"] == "NetworkPolicy"]
+    if not policies:
+        return []
+    namespace = policies[0]["metadata"]["namespace"]
+    services = {
+        p["metadata"]["annotations"][PLATFORM_SERVICE]: network.probe(p["spec"]["egress"][0])
+        for p in policies
+        if PLATFORM_SERVICE in (p["metadata"].get("annotations") or {})
+    }
+    problems = [
+        f"no NetworkPolicy annotated {PLATFORM_SERVICE}: {name}; its `to` is where that "
+        "service lives (README: NetworkPolicies)"
+        for name in ["dns", "vault", *SERVICE_OF_SECRET.values(), "kubernetes-api"]
+        if name not in services
+    ]
+    if problems:
+        return sorted(set(problems))
+    workloads = [*STAGE_NAMES, *(job.name for job in DELIVERY_JOBS), LOAD_GATE.name,
+                 QUALITY_GATE]  # fmt: skip
+
+    def pod(name: str) -> network.Pod:
+        if name in workloads:
+            return network.Pod(namespace, {"app.kubernetes.io/name": name})
+        return network.Pod(name)  # a namespace of the platform's (monitoring, ...)
+
+    for name in workloads:
+        needs = {"dns", *_vault_needs(name), *(["kubernetes-api"] if name in API_CLIENTS else [])}
+        for service, target in services.items():
+            reaches = network.allowed(policies, pod(name), target)
+            shared = any(target == services[other] for other in needs)
+            if reaches != (service in needs) and not (reaches and shared):
+                verb = "cannot reach" if service in needs else "may reach"
+                problems.append(f"{name} {verb} {service} ({target})")
+    for source in [*workloads, "monitoring", "argo-rollouts", "ingress-nginx"]:
+        for destination, port in LISTENS.items():
+            target = network.Target(pod(destination), port)
+            reaches = network.allowed(policies, pod(source), target)
+            if reaches != ((source, destination, port) in POD_FLOWS):
+                verb = "may connect to" if reaches else "cannot connect to"
+                problems.append(f"{source} {verb} {destination}'s pods ({target})")
+    return problems
+
+
+def _vault_needs(workload: str) -> list[str]:
+    """Vault and what the workload's Vault secret is for (nothing for a workload without)."""
+    jobs = {job.name: job.vault_role for job in DELIVERY_JOBS}
+    identity = jobs.get(workload, workload)
+    if identity not in VAULT_IDENTITIES:
+        return []
+    return ["vault", *(SERVICE_OF_SECRET[part] for part in secret_parts(identity))]
 
 
 def pod_security_restricted(tree: RepoTree) -> list[str]:
@@ -793,6 +879,7 @@ CHECKS: dict[str, Check] = {
     "pins-rebuild-nothing": pins_rebuild_nothing,
     "pod-security-restricted": pod_security_restricted,
     "service-account-tokens": service_account_tokens,
+    "network-policies-right": network_policy_reaches,
     "images-pulled-with-credentials": images_pulled_with_credentials,
     "hosted-runner-steps": hosted_runner_steps,
     "registry-is-a-setting": registry_is_a_setting,

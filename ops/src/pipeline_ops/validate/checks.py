@@ -25,6 +25,7 @@ from pipeline_ops.stages import (
     VAULT_CONFIG_MAP,
     VAULT_IDENTITIES,
     SecretPart,
+    delivery_job,
     secret_parts,
     service_account,
     stage,
@@ -384,18 +385,20 @@ SERVICE_OF_SECRET: dict[SecretPart, str] = {
     "github-token": "github", "git-write": "github",
 }  # fmt: skip
 PLATFORM_SERVICE = "pr-anomaly-mlops/platform-service"
+_SPARK, _SERVING = stage("spark-preprocess").name, stage("model-serving").name
 # What no Vault secret says: the Spark driver asks the API for its executors.
-API_CLIENTS = {"spark-preprocess"}
+API_CLIENTS = {_SPARK}
+# Which workloads' pods listen, on which port (Spark's: its block manager, one of many).
+LISTENS = {_SERVING: 8080, _SPARK: 7078}
 # Who connects to whose pods: (from, to, port); the rest of the pairs must be refused.
 POD_FLOWS = {
-    *((client, "model-serving", 8080)
-      for client in (LOAD_GATE.name, QUALITY_GATE, "model-champion")),
-    ("spark-preprocess", "spark-preprocess", 7078),  # driver <-> executors
-    ("monitoring", "model-serving", 8080),  # Prometheus scrapes it
-    ("argo-rollouts", "model-serving", 8080),  # the controller's web metrics
-    ("ingress-nginx", "model-serving", 8080),  # users' traffic
+    *((client, _SERVING, 8080)
+      for client in (LOAD_GATE.name, QUALITY_GATE, delivery_job("model-champion").name)),
+    (_SPARK, _SPARK, 7078),  # driver <-> executors
+    ("monitoring", _SERVING, 8080),  # Prometheus scrapes it
+    ("argo-rollouts", _SERVING, 8080),  # the controller's web metrics
+    ("ingress-nginx", _SERVING, 8080),  # users' traffic
 }  # fmt: skip
-LISTENS = {"model-serving": 8080, "spark-preprocess": 7078}
 
 
 def network_policy_reaches(tree: RepoTree) -> list[str]:

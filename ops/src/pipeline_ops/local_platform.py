@@ -32,7 +32,7 @@ import shutil
 import socket
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -104,6 +104,7 @@ class LocalPlatform:
         host: str = "127.0.0.1",
         client_names: Iterable[str] = (),
         vault_tls: ServerTls | None = None,
+        ports: Mapping[str, int] | None = None,
     ):
         self.state_dir = Path(state_dir or LOCAL_DIR / "platform")
         self.state = platform_state(self.state_dir)
@@ -113,6 +114,9 @@ class LocalPlatform:
         # Vault's clients reach it over TLS with this certificate (the local cluster's
         # Vault); without one, plain HTTP on loopback (`make run`, the tests)
         self.vault_tls = vault_tls
+        # each service's port where it must be fixed (the local cluster's NetworkPolicies
+        # name them); the others take a free one
+        self.ports = dict(ports or {})
 
     # -- one operator at a time -------------------------------------------------------
     @contextlib.contextmanager
@@ -182,7 +186,9 @@ class LocalPlatform:
 
     def _port(self, name: str) -> int:
         configured = os.environ.get(f"PLATFORM_{name.upper()}_PORT")
-        return int(configured) if configured else free_port()
+        if configured:
+            return int(configured)
+        return self.ports.get(name) or free_port()
 
     def _start(self, name: str) -> ProcessRecord:
         data_dir = self.state_dir / name

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ops.cluster import ClusterError, git_server, gitops
-from pipeline_ops.cluster.layout import Layout
+from pipeline_ops.cluster import ClusterError, git_server, gitops, platform
+from pipeline_ops.cluster.layout import BRIDGE_IP, Layout
+from pipeline_ops.validate.checks import reach_problems
 
 KUSTOMIZATION = gitops.KUSTOMIZATION
 
@@ -154,6 +155,30 @@ def test_the_local_environment_shortens_the_waits_and_only_production_follows_ch
     spark = _find(objects, "ScheduledSparkApplication", "spark-preprocess")["spec"]
     shipped = "0 3 * * *"
     assert spark["schedule"] == ("*/5 * * * *" if environment == gitops.STAGING else shipped)
+
+
+@pytest.mark.parametrize("environment", [gitops.STAGING, gitops.PRODUCTION])
+def test_the_local_environment_places_each_platform_service_at_its_host_process(
+    environment: str, tmp_path: Path
+) -> None:
+    """The local placement (README: NetworkPolicies): each platform service's policy sends
+    its workloads to the bridge address and the fixed port its host process listens on,
+    and the policies still give every workload exactly what it needs (make validate's
+    evaluation, here on what Argo CD syncs into this cluster)."""
+    application = next(
+        o for o in gitops.local_argocd_objects((environment,)) if o["kind"] == "Application"
+    )
+    objects = _build_as_argo_cd(application, tmp_path)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    for service in platform.SERVICE_NAMES:
+        egress = _find(objects, "NetworkPolicy", f"egress-to-{service.placement}")["spec"]
+        assert egress["egress"] == [
+            {"to": [{"ipBlock": {"cidr": f"{BRIDGE_IP}/32"}}],
+             "ports": [{"protocol": "TCP", "port": service.host_port}]}
+        ]  # fmt: skip
+    dns = _find(objects, "NetworkPolicy", "egress-to-dns")["spec"]["egress"][0]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 1053), ("TCP", 1053)}
+    assert reach_problems(policies) == []
 
 
 def test_a_cluster_up_never_rewrites_what_the_git_server_holds(tmp_path: Path) -> None:

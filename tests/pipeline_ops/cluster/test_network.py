@@ -1,12 +1,10 @@
 """Pods and Services: a pod resolves a Service by the cluster's DNS and reaches it; a
-NetworkPolicy denies what it should (where the kernel lets kube-network-policies work)."""
+NetworkPolicy denies what it should (kube-network-policies, fed by the host's iptables)."""
 
 from __future__ import annotations
 
 import pytest
 from kube_namespace import Namespace
-
-from pipeline_ops.cluster.host import nft_queue_supported
 
 pytestmark = pytest.mark.cluster
 
@@ -25,18 +23,7 @@ def test_a_pod_resolves_a_service_by_dns(ns: Namespace) -> None:
     assert logs.strip().endswith(_echo_pod(ns))
 
 
-NOT_ENFORCED = (
-    "not enforced here: this kernel has no nftables `queue` expression, which "
-    "kube-network-policies needs to hand packets to its nfqueue (its rules fail with ENOENT); "
-    "checked: the client the policy should deny got through"
-)
-
-
 def test_a_network_policy_denies_what_it_should(ns: Namespace) -> None:
-    """Runs for real everywhere. Where the kernel cannot enforce (the probe of `cluster-up`),
-    it checks that the denied client really does get through, then reports XFAIL: the gap is
-    recorded, never passed; on a kernel that can, the client must be denied."""
-    enforced = nft_queue_supported()
     url = ns.echo_server()
     ns.apply(
         {
@@ -54,8 +41,5 @@ def test_a_network_policy_denies_what_it_should(ns: Namespace) -> None:
     assert phase == "Succeeded", logs
     assert logs.strip().endswith(_echo_pod(ns))
     phase, logs = ns.run_pod("denied", ["get", url, "8"])
-    if not enforced:
-        assert phase == "Succeeded", logs
-        pytest.xfail(NOT_ENFORCED)
     assert phase == "Failed", logs
     assert "resolved" in logs  # DNS is not what failed: the connection was denied

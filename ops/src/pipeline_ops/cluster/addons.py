@@ -23,6 +23,7 @@ COREDNS = ScratchImage("pr-anomaly.local/coredns", "coredns")
 ARGO_ROLLOUTS = ScratchImage("pr-anomaly.local/argo-rollouts", "rollouts-controller")
 ARGO_ROLLOUTS_MODULE = "github.com/argoproj/argo-rollouts"
 NETWORK_POLICIES = ScratchImage("pr-anomaly.local/kube-network-policies", "kube-network-policies")
+NETWORK_POLICIES_QUEUE = 98  # the nfqueue it reads the pods' new connections from
 IMAGES = (PAUSE, COREDNS, ARGO_ROLLOUTS, NETWORK_POLICIES)
 # What `status` reports beside the processes: name -> (namespace, kind/name).
 WORKLOADS = {
@@ -39,7 +40,8 @@ WORKLOADS = {
     "spark-operator-webhook": ("spark-operator", "deployment/spark-operator-webhook"),
 }
 
-COREFILE = f""".:1053 {{
+COREDNS_PORT = 1053  # in the pod; the Service maps 53 to it
+COREFILE = f""".:{COREDNS_PORT} {{
     errors
     health :8080
     ready :8181
@@ -108,8 +110,8 @@ def _coredns_objects() -> list[dict]:
                                 "imagePullPolicy": "Never",
                                 "args": ["-conf", "/etc/coredns/Corefile"],
                                 "ports": [
-                                    {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
-                                    {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"},
+                                    {"name": "dns", "containerPort": COREDNS_PORT, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": COREDNS_PORT, "protocol": "TCP"},
                                 ],
                                 "readinessProbe": {
                                     "httpGet": {"path": "/ready", "port": 8181},
@@ -144,8 +146,8 @@ def _coredns_objects() -> list[dict]:
                 "selector": labels,
                 "clusterIP": DNS_SERVICE_IP,
                 "ports": [
-                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
-                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
+                    {"name": "dns", "port": 53, "targetPort": COREDNS_PORT, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": COREDNS_PORT, "protocol": "TCP"},
                 ],
             },
         },
@@ -237,7 +239,7 @@ def _network_policies_objects(metrics_port: int) -> list[dict]:
                                 "args": [
                                     "--hostname-override=$(NODE_NAME)",
                                     "--disable-nri",
-                                    "--nfqueue-id=98",
+                                    f"--nfqueue-id={NETWORK_POLICIES_QUEUE}",
                                     f"--metrics-bind-address=127.0.0.1:{metrics_port}",
                                     "--v=1",
                                 ],

@@ -49,7 +49,6 @@ from pipeline_ops.cluster import (
     registry,
     spark_operator,
 )
-from pipeline_ops.cluster.host import nft_queue_supported
 from pipeline_ops.cluster.images import ScratchImage
 from pipeline_ops.cluster.layout import (
     APISERVER_PORT,
@@ -244,6 +243,13 @@ def _spark_operator_apply(cluster: Cluster, timeout: float) -> None:
     cluster.host.accept_bridge_forwarding()
 
 
+def _network_policies(cluster: Cluster, timeout: float) -> None:
+    addons.apply_network_policies(
+        cluster.layout, cluster.ports()["kube-network-policies-metrics"], timeout
+    )
+    cluster.host.queue_pod_connections(addons.NETWORK_POLICIES_QUEUE)
+
+
 def _containerd_prerequisites() -> None:
     configs.cni_bin_dir()
     configs.runc()
@@ -338,13 +344,11 @@ COMPONENTS: tuple[Component, ...] = (
     # what the administrator gives the pipeline's namespaces to pull its images with
     AddOn(name="registry pull secret", apply=lambda c, _: registry.apply_pull_secrets(c.layout)),
     AddOn(name="spark-operator", apply=lambda c, timeout: spark_operator.wait(c.layout, timeout)),
+    # NetworkPolicies enforced: kube-network-policies decides, the host's iptables hand it
+    # the pods' new connections (Host.queue_pod_connections: this kernel has no nftables
+    # `queue`); last, so that nothing above waits on a verdict while it starts.
     AddOn(name="kube-network-policies", images=(addons.NETWORK_POLICIES,),
-          ports=("kube-network-policies-metrics",),
-          apply=lambda c, timeout: addons.apply_network_policies(
-              c.layout, c.ports()["kube-network-policies-metrics"], timeout),
-          enabled=nft_queue_supported,
-          disabled="NetworkPolicies are NOT enforced: this kernel lacks nftables' queue "
-                   "expression, which kube-network-policies needs (its rules fail with ENOENT)"),
+          ports=("kube-network-policies-metrics",), apply=_network_policies),
 )  # fmt: skip
 
 

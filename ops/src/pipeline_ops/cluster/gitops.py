@@ -38,6 +38,7 @@ from pipeline_ops.cluster import ClusterError, argo_cd, git_server
 from pipeline_ops.cluster.git_server import git
 from pipeline_ops.cluster.layout import PRODUCTION_NAMESPACE, STAGING_NAMESPACE, USER, Layout
 from pipeline_ops.cluster.pki import Pki
+from pipeline_ops.cluster.platform import placement_patches
 from pipeline_ops.paths import PROJECT_ROOT, TOOLS_DIR
 
 log = logging.getLogger(__name__)
@@ -287,9 +288,10 @@ def built(folder: Path) -> list[dict[str, Any]]:
 
 def local_patches(environment: str) -> list[dict[str, Any]]:
     """The local environment's settings (``ops/cluster/local-environment.yaml``) for
-    ``environment``'s Application: kustomize patches for both, then its own if any."""
+    ``environment``'s Application: kustomize patches for both, the platform services'
+    placement (``platform.placement_patches``), then its own if any."""
     settings = yaml.safe_load(LOCAL_ENVIRONMENT.read_text())
-    return [*settings["patches"], *settings.get(environment, [])]
+    return [*settings["patches"], *placement_patches(), *settings.get(environment, [])]
 
 
 def local_argocd_objects(environments: tuple[str, ...] = (STAGING, PRODUCTION)) -> list[dict]:

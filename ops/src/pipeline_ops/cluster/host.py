@@ -26,10 +26,11 @@ from pathlib import Path
 from pipeline_ops import host_sysctls
 from pipeline_ops.base import commands
 from pipeline_ops.cluster import ClusterError
-from pipeline_ops.cluster.layout import BRIDGE, BRIDGE_IP, RULE_COMMENT, Layout
+from pipeline_ops.cluster.layout import BRIDGE, BRIDGE_IP, NODE_POD_CIDR, RULE_COMMENT, Layout
 
 # Owned by the kube-network-policies pod; named here so that `down` removes it even when the
-# pod had no time to (host.py must not import addons, which needs the cluster running).
+# pod had no time to (host.py must not import addons, which needs the cluster running). On
+# this kernel its rules never get in (no nftables `queue` expression): see queue_pod_connections.
 NETWORK_POLICIES_TABLE = ("inet", "kube-network-policies")
 
 log = logging.getLogger(__name__)
@@ -60,22 +61,6 @@ def _nft_tables() -> list[tuple[str, str]]:
     out = _run("nft", "list", "tables", check=False).stdout
     tables = [line.split() for line in out.splitlines() if line.startswith("table ")]
     return [(words[1], words[2]) for words in tables if len(words) >= 3]
-
-
-def nft_queue_supported() -> bool:
-    """Whether the kernel has nftables' ``queue`` expression, which kube-network-policies
-    needs to hand packets to its nfqueue. Probed in a throw-away table, deleted at once.
-    (This VM's kernel has none: its rules fail with ENOENT.)"""
-    if not shutil.which("nft"):
-        return False
-    table = ("inet", "pr_anomaly_probe")
-    _run("nft", "add", "table", *table, check=False)
-    try:
-        _run("nft", "add", "chain", *table, "probe", check=False)
-        return _run("nft", "add", "rule", *table, "probe", "queue", "num", "98", "bypass",
-                    check=False).returncode == 0  # fmt: skip
-    finally:
-        _run("nft", "delete", "table", *table, check=False)
 
 
 class Host:
@@ -151,6 +136,32 @@ class Host:
             rule = [direction, BRIDGE, "-m", "comment", "--comment", RULE_COMMENT, "-j", "ACCEPT"]
             if _run("iptables", "-C", chain, *rule, check=False).returncode != 0:
                 _run("iptables", "-I", chain, "1", *rule)
+
+    def queue_pod_connections(self, queue: int) -> None:
+        """Hand each new connection of a pod to kube-network-policies' nfqueue ``queue``,
+        which accepts or drops it by the cluster's NetworkPolicies. Its own nftables rules
+        need the `queue` expression, which this kernel lacks (they fail with ENOENT and
+        it serves the queue all the same); these are the same hooks in iptables, which has
+        the NFQUEUE target here: after Services' DNAT, pod to pod and pod to outside
+        (mangle POSTROUTING), pod to this machine (mangle INPUT from the bridge: the
+        platform services, the API server). The node's own connections are not judged
+        (kubelet's probes, the API server's webhooks), as kube-network-policies exempts
+        root's. Fail closed: with no enforcer listening, a pod's new connections wait.
+        Idempotent; tagged, so ``restore`` removes them."""
+        tag = ["-m", "comment", "--comment", RULE_COMMENT]
+        new = ["-m", "conntrack", "--ctstate", "NEW", *tag]
+        judged = ["-j", "NFQUEUE", "--queue-num", str(queue)]
+        rules = [
+            ("POSTROUTING", ["-s", f"{BRIDGE_IP}/32", *new, "-j", "ACCEPT"]),
+            ("POSTROUTING", ["-m", "owner", "--uid-owner", "0", *new, "-j", "ACCEPT"]),
+            ("POSTROUTING", ["-s", NODE_POD_CIDR, *new, *judged]),
+            ("POSTROUTING", ["-d", NODE_POD_CIDR, *new, *judged]),
+            ("INPUT", ["-i", BRIDGE, "-s", NODE_POD_CIDR, "!", "-d", "127.0.0.0/8", *new,
+                       *judged]),
+        ]  # fmt: skip
+        for chain, rule in rules:
+            if _run("iptables", "-t", "mangle", "-C", chain, *rule, check=False).returncode:
+                _run("iptables", "-t", "mangle", "-A", chain, *rule)
 
     # -- restore -----------------------------------------------------------------------
     def restore(self) -> list[str]:

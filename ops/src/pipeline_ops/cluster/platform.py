@@ -30,11 +30,12 @@ from typing import Any
 
 from pipeline_ops.base import commands
 from pipeline_ops.base.processes import minimal_environment
-from pipeline_ops.cluster import git_server
+from pipeline_ops.cluster import addons, git_server
 from pipeline_ops.cluster.layout import (
     BRIDGE_IP,
     CLUSTER_DOMAIN,
     ENVIRONMENT_NAMESPACES,
+    GITHUB_CONTENTS_PORT,
     Layout,
 )
 from pipeline_ops.cluster.pki import Pki
@@ -46,16 +47,21 @@ log = logging.getLogger(__name__)
 
 FEATURES_URI = "s3://pr-anomaly-features/features"
 VAULT_AUTH_ACCOUNT = "vault-auth"
+# JSON Pointer of the annotation that names a policy's platform service ("/" escaped as ~1)
+PLACEMENT_KEY = "pr-anomaly-mlops~1platform-service"
 
 
 @dataclass(frozen=True)
 class ServiceName:
-    """How pods reach one platform server: ``name.namespace.svc:port``."""
+    """How pods reach one platform server: ``name.namespace.svc:port``, a Service in front
+    of the host process on ``BRIDGE_IP:host_port``."""
 
     server: str  # the LocalPlatform service it fronts
     namespace: str
     name: str
     port: int
+    host_port: int  # fixed: the local environment's NetworkPolicies name it
+    placement: str  # its NetworkPolicy's pr-anomaly-mlops/platform-service (argo-apps/base)
     scheme: str = "http"
 
     @property
@@ -68,11 +74,38 @@ class ServiceName:
 
 
 SERVICE_NAMES = (
-    ServiceName("vault", "vault", "vault", 8200, scheme="https"),
-    ServiceName("mongo", "platform", "mongo", 27017),
-    ServiceName("mlflow", "platform", "mlflow", 5000),
-    ServiceName("s3", "platform", "s3", 8333),
+    ServiceName("vault", "vault", "vault", 8200, 18200, "vault", scheme="https"),
+    ServiceName("mongo", "platform", "mongo", 27017, 18017, "mongodb"),
+    ServiceName("mlflow", "platform", "mlflow", 5000, 18500, "mlflow"),
+    ServiceName("s3", "platform", "s3", 8333, 18333, "object-storage"),
 )
+# The stand-in of GitHub's API the pin job writes through (the cluster's git server).
+GITHUB_PLACEMENT = ("github", GITHUB_CONTENTS_PORT)
+
+
+def placement_patches() -> list[dict[str, Any]]:
+    """The local environment's placement of the platform services (README: NetworkPolicies):
+    each service's egress policy sends its workloads to the host process on the bridge
+    address and the port it listens on, as a Vault or a database outside a real cluster is
+    reached by address. Kustomize patches for both environments' Applications."""
+    places = [(s.placement, s.host_port) for s in SERVICE_NAMES] + [GITHUB_PLACEMENT]
+    at_host = [
+        _replace(placement, "/spec/egress/0",
+                 {"to": [{"ipBlock": {"cidr": f"{BRIDGE_IP}/32"}}],
+                  "ports": [{"protocol": "TCP", "port": port}]})
+        for placement, port in places
+    ]  # fmt: skip
+    # The cluster's DNS is where a real cluster's is, but listens on another port in its pod
+    # (a policy's ports are the pod's, after the Service's translation).
+    dns_ports = [{"protocol": p, "port": addons.COREDNS_PORT} for p in ("UDP", "TCP")]
+    return [*at_host, _replace("dns", "/spec/egress/0/ports", dns_ports)]
+
+
+def _replace(placement: str, path: str, value: Any) -> dict[str, Any]:
+    """A patch of the policy of platform service ``placement``, after checking it is that."""
+    test = {"op": "test", "path": f"/metadata/annotations/{PLACEMENT_KEY}", "value": placement}
+    return {"target": {"kind": "NetworkPolicy", "name": f"egress-to-{placement}"},
+            "patch": json.dumps([test, {"op": "replace", "path": path, "value": value}])}  # fmt: skip
 
 
 def _by_server(server: str) -> ServiceName:
@@ -93,7 +126,8 @@ class ClusterPlatform:
         self.pki = Pki(layout)
         vault_tls = ServerTls(self.pki.cert("vault"), self.pki.key("vault"))
         self.servers = LocalPlatform(layout.root / "platform", BRIDGE_IP, client_names,
-                                     vault_tls=vault_tls)  # fmt: skip
+                                     vault_tls=vault_tls,
+                                     ports={s.server: s.host_port for s in SERVICE_NAMES})  # fmt: skip
 
     def up(self, timeout: float = 120) -> dict[str, str]:
         """Every server running and healthy, its Service in the cluster, Vault configured;

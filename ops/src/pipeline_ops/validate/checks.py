@@ -408,7 +408,12 @@ def network_policy_reaches(tree: RepoTree) -> list[str]:
     POD_FLOWS lists. Everything else is refused: the other platform services (where the
     service's address and port are not also a needed one's: Spaces and GitHub share 443),
     every other workload's pods. Each service's placement is its own annotated policy."""
-    policies = [o for o in tree.base_objects if o["kind"] == "NetworkPolicy"]
+    return reach_problems([o for o in tree.base_objects if o["kind"] == "NetworkPolicy"])
+
+
+def reach_problems(policies: list[dict[str, Any]]) -> list[str]:
+    """``network-policies-right`` on one environment's NetworkPolicies (the base as shipped,
+    or as an environment patches it: the local cluster's placement)."""
     if not policies:
         return []
     namespace = policies[0]["metadata"]["namespace"]

@@ -16,16 +16,17 @@ from typing import Any
 
 import pytest
 import requests
-from kube_namespace import wait_for
+from kube_namespace import container, wait_for
 
 from pipeline_contracts.registry import DEFAULT_MODEL_NAME, ModelReference
 from pipeline_ops.base.errors import CommandError
-from pipeline_ops.cluster import audit, gitops, kube, monitoring, prometheus
+from pipeline_ops.cluster import audit, gitops, kube, monitoring, platform, prometheus
 from pipeline_ops.cluster.launcher import Cluster
-from pipeline_ops.cluster.layout import ADMIN, USER
-from pipeline_ops.cluster.run import ACTIVE_SERVICE, COMMITTERS, ClusterRun
+from pipeline_ops.cluster.layout import ADMIN, BRIDGE_IP, GITHUB_CONTENTS_PORT, USER
+from pipeline_ops.cluster.run import ACTIVE_SERVICE, COMMITTERS, SERVING, ClusterRun
 from pipeline_ops.paths import PROJECT_ROOT
 from pipeline_ops.samples import newest_sample_records
+from pipeline_ops.validate.checks import POD_FLOWS, WORKLOADS, workload_needs
 from pipeline_ops.validate.rules import DASHBOARD, dashboard_queries
 
 # ~26 minutes: the run in the first test's fixture, and a second run in the last test
@@ -296,6 +297,56 @@ def test_each_stage_pod_reads_its_own_secret_over_tls_and_is_denied_another(clus
         assert "certificate is not trusted by the system's CAs" in said["untrusted"], said
     finally:
         layout.kubectl()("-n", STAGING_NS, "delete", "pod", name, "--wait=false")
+
+
+# Where a pod of the staging environment finds each platform service and the serving pods
+# (the addresses the stages use; GitHub's stand-in is the cluster's contents API).
+REACHABLE = {
+    **{s.placement: f"{s.host}:{s.port}" for s in platform.SERVICE_NAMES},
+    "github": f"{BRIDGE_IP}:{GITHUB_CONTENTS_PORT}",
+    "kubernetes-api": "kubernetes.default.svc.cluster.local:443",
+    "dns": "kube-dns.kube-system.svc.cluster.local:53",
+    "model-serving pods": f"{ACTIVE_SERVICE}.{STAGING_NS}.svc.cluster.local:8080",
+}
+
+
+def test_each_workload_reaches_what_it_needs_and_is_refused_the_rest(cluster_run) -> None:
+    """NetworkPolicies enforced (kube-network-policies): a pod labelled as each workload of
+    the staging environment tries every platform service and the serving pods at once;
+    what `make validate` says it needs answers, the rest times out (dropped by the policy,
+    not refused by a closed port). The matrix is printed."""
+    run, _ = cluster_run
+    kubectl = run.admin.kubectl()  # probe pods: the operator's, after the run
+    targets = list(REACHABLE)
+    names = {w: f"reach-{w}-{secrets.token_hex(2)}" for w in WORKLOADS}
+    for workload, name in names.items():
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": STAGING_NS,
+                            "labels": {"app.kubernetes.io/name": workload}},
+               "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                        "containers": [container("reach", ["connect", "8",
+                                                           *REACHABLE.values()])]}}  # fmt: skip
+        kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+    try:
+        rows, wrong = [], []
+        for workload, name in names.items():
+            wait_for(f"{name} finished", lambda n=name: kubectl.get(STAGING_NS, "pod", n)[
+                "status"].get("phase") in ("Succeeded", "Failed"), 120)  # fmt: skip
+            lines = kubectl("-n", STAGING_NS, "logs", name).strip().splitlines()
+            verdicts = dict(zip(targets, lines, strict=True))
+            needs = workload_needs(workload) | (
+                {"model-serving pods"} if (workload, SERVING, 8080) in POD_FLOWS else set())
+            row = []
+            for target, line in verdicts.items():
+                reached = line.startswith("ok ")
+                row.append(f"{target}: {'reached' if reached else 'refused'}")
+                if reached != (target in needs) or (not reached and "timeout" not in line):
+                    wrong.append(f"{workload} -> {target}: {line}")
+            rows.append(f"{workload:16} " + ", ".join(row))
+        print("\n".join(rows))
+        assert not wrong, "\n".join(wrong)
+    finally:
+        kubectl("-n", STAGING_NS, "delete", "pod", *names.values(), "--wait=false")
 
 
 def _score(url: str, records: list[dict[str, Any]]) -> None:

@@ -4,6 +4,10 @@
 //	                   "{", else Prometheus' text format), default this pod's hostname
 //	smoke get URL [S]  resolve URL's host (cluster DNS), GET it (retrying failed connections
 //	                   for up to S seconds, default 30), print the body; exit 1 on failure
+//	smoke connect S HOST:PORT...  open a TCP connection to each address at once (each
+//	                   retried for up to S seconds) and close it; print "ok ADDRESS" or "no
+//	                   ADDRESS: error" for each, in order: NetworkPolicies' verdicts on
+//	                   servers whatever they speak (MongoDB, Vault's TLS, HTTP)
 package main
 
 import (
@@ -20,8 +24,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) >= 4 && os.Args[1] == "connect" {
+		connectAll(os.Args[2], os.Args[3:])
+		return
+	}
 	if len(os.Args) < 3 || len(os.Args) > 4 {
-		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT [BODY] | smoke get URL [SECONDS]")
+		fmt.Fprintln(os.Stderr, "usage: smoke serve PORT [BODY] | smoke get URL [SECONDS] | "+
+			"smoke connect SECONDS HOST:PORT...")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -45,22 +54,64 @@ func main() {
 			os.Exit(1)
 		}
 	case "get":
-		deadline := 30 * time.Second
-		if len(os.Args) == 4 {
-			seconds, err := strconv.Atoi(os.Args[3])
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "SECONDS:", err)
-				os.Exit(2)
-			}
-			deadline = time.Duration(seconds) * time.Second
-		}
-		if err := get(os.Args[2], deadline); err != nil {
+		if err := get(os.Args[2], deadline()); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 	default:
 		fmt.Fprintln(os.Stderr, "unknown command", os.Args[1])
 		os.Exit(2)
+	}
+}
+
+// deadline is the optional SECONDS argument, default 30 s.
+func deadline() time.Duration {
+	if len(os.Args) < 4 {
+		return 30 * time.Second
+	}
+	seconds, err := strconv.Atoi(os.Args[3])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "SECONDS:", err)
+		os.Exit(2)
+	}
+	return time.Duration(seconds) * time.Second
+}
+
+// connectAll tries every address at once and prints each verdict in the given order.
+func connectAll(rawSeconds string, addresses []string) {
+	seconds, err := strconv.Atoi(rawSeconds)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "SECONDS:", err)
+		os.Exit(2)
+	}
+	verdicts := make([]chan error, len(addresses))
+	for i, address := range addresses {
+		verdicts[i] = make(chan error, 1)
+		go func(address string, verdict chan<- error) {
+			verdict <- connect(address, time.Duration(seconds)*time.Second)
+		}(address, verdicts[i])
+	}
+	for i, address := range addresses {
+		if err := <-verdicts[i]; err != nil {
+			fmt.Printf("no %s: %v\n", address, err)
+		} else {
+			fmt.Printf("ok %s\n", address)
+		}
+	}
+}
+
+// connect dials address over TCP until it answers or the deadline passes.
+func connect(address string, deadline time.Duration) error {
+	end := time.Now().Add(deadline)
+	for {
+		connection, err := net.DialTimeout("tcp", address, 2*time.Second)
+		if err == nil {
+			return connection.Close()
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("connect %s: %w", address, err)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 

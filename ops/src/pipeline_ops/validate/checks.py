@@ -386,6 +386,8 @@ SERVICE_OF_SECRET: dict[SecretPart, str] = {
 }  # fmt: skip
 PLATFORM_SERVICE = "pr-anomaly-mlops/platform-service"
 _SPARK, _SERVING = stage("spark-preprocess").name, stage("model-serving").name
+# What runs in the pipeline's namespace, each labelled app.kubernetes.io/name with its name.
+WORKLOADS = (*STAGE_NAMES, *(job.name for job in DELIVERY_JOBS), LOAD_GATE.name, QUALITY_GATE)
 # What no Vault secret says: the Spark driver asks the API for its executors.
 API_CLIENTS = {_SPARK}
 # Which workloads' pods listen, on which port (Spark's: its block manager, one of many).
@@ -430,23 +432,21 @@ def reach_problems(policies: list[dict[str, Any]]) -> list[str]:
     ]
     if problems:
         return sorted(set(problems))
-    workloads = [*STAGE_NAMES, *(job.name for job in DELIVERY_JOBS), LOAD_GATE.name,
-                 QUALITY_GATE]  # fmt: skip
 
     def pod(name: str) -> network.Pod:
-        if name in workloads:
+        if name in WORKLOADS:
             return network.Pod(namespace, {"app.kubernetes.io/name": name})
         return network.Pod(name)  # a namespace of the platform's (monitoring, ...)
 
-    for name in workloads:
-        needs = {"dns", *_vault_needs(name), *(["kubernetes-api"] if name in API_CLIENTS else [])}
+    for name in WORKLOADS:
+        needs = workload_needs(name)
         for service, target in services.items():
             reaches = network.allowed(policies, pod(name), target)
             shared = any(target == services[other] for other in needs)
             if reaches != (service in needs) and not (reaches and shared):
                 verb = "cannot reach" if service in needs else "may reach"
                 problems.append(f"{name} {verb} {service} ({target})")
-    for source in [*workloads, "monitoring", "argo-rollouts", "ingress-nginx"]:
+    for source in [*WORKLOADS, "monitoring", "argo-rollouts", "ingress-nginx"]:
         for destination, port in LISTENS.items():
             target = network.Target(pod(destination), port)
             reaches = network.allowed(policies, pod(source), target)
@@ -456,13 +456,14 @@ def reach_problems(policies: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _vault_needs(workload: str) -> list[str]:
-    """Vault and what the workload's Vault secret is for (nothing for a workload without)."""
-    jobs = {job.name: job.vault_role for job in DELIVERY_JOBS}
-    identity = jobs.get(workload, workload)
-    if identity not in VAULT_IDENTITIES:
-        return []
-    return ["vault", *(SERVICE_OF_SECRET[part] for part in secret_parts(identity))]
+def workload_needs(workload: str) -> set[str]:
+    """The platform services ``workload`` (a name of WORKLOADS) needs: DNS; Vault and what
+    its Vault secret is for, if it has one; the API for the Spark driver."""
+    needs = {"dns", *(["kubernetes-api"] if workload in API_CLIENTS else [])}
+    identity = {job.name: job.vault_role for job in DELIVERY_JOBS}.get(workload, workload)
+    if identity in VAULT_IDENTITIES:
+        needs |= {"vault", *(SERVICE_OF_SECRET[part] for part in secret_parts(identity))}
+    return needs
 
 
 def pod_security_restricted(tree: RepoTree) -> list[str]:

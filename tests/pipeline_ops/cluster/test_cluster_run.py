@@ -335,7 +335,8 @@ def test_each_workload_reaches_what_it_needs_and_is_refused_the_rest(cluster_run
             lines = kubectl("-n", STAGING_NS, "logs", name).strip().splitlines()
             verdicts = dict(zip(targets, lines, strict=True))
             needs = workload_needs(workload) | (
-                {"model-serving pods"} if (workload, SERVING, 8080) in POD_FLOWS else set())
+                {"model-serving pods"} if (workload, SERVING, 8080) in POD_FLOWS else set()
+            )
             row = []
             for target, line in verdicts.items():
                 reached = line.startswith("ok ")

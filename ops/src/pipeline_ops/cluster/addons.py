@@ -1,8 +1,10 @@
 """What runs inside the cluster: CoreDNS (the cluster's DNS at 198.19.128.10), the Argo
 Rollouts controller (from the install manifest its Go module ships, with our image), and
-kube-network-policies (NetworkPolicy enforcement with nftables and nfqueue: the bridge CNI
-enforces none), a host-network DaemonSet without upstream's hostPath mounts (NRI is off:
-containerd 1.6 has none), so it creates nothing on the host outside its nftables table.
+kube-network-policies (NetworkPolicy enforcement: the bridge CNI enforces none), a
+host-network DaemonSet without upstream's hostPath mounts (containerd 1.6 has no NRI) that
+judges the connections on its nfqueue; its own nftables rules never get in on this kernel
+(no `queue` expression), so the host's iptables hand it the pods' new connections
+(``Host.queue_pod_connections``).
 
 CoreDNS answers for ``cluster.local`` and reverse zones only: no ``forward``, so no query
 leaves the machine. It listens on 1053 as an unprivileged user; the Service maps 53 to it.
@@ -110,8 +112,16 @@ def _coredns_objects() -> list[dict]:
                                 "imagePullPolicy": "Never",
                                 "args": ["-conf", "/etc/coredns/Corefile"],
                                 "ports": [
-                                    {"name": "dns", "containerPort": COREDNS_PORT, "protocol": "UDP"},
-                                    {"name": "dns-tcp", "containerPort": COREDNS_PORT, "protocol": "TCP"},
+                                    {
+                                        "name": "dns",
+                                        "containerPort": COREDNS_PORT,
+                                        "protocol": "UDP",
+                                    },
+                                    {
+                                        "name": "dns-tcp",
+                                        "containerPort": COREDNS_PORT,
+                                        "protocol": "TCP",
+                                    },
                                 ],
                                 "readinessProbe": {
                                     "httpGet": {"path": "/ready", "port": 8181},

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -104,8 +104,11 @@ def placement_patches() -> list[dict[str, Any]]:
 def _replace(placement: str, path: str, value: Any) -> dict[str, Any]:
     """A patch of the policy of platform service ``placement``, after checking it is that."""
     test = {"op": "test", "path": f"/metadata/annotations/{PLACEMENT_KEY}", "value": placement}
-    return {"target": {"kind": "NetworkPolicy", "name": f"egress-to-{placement}"},
-            "patch": json.dumps([test, {"op": "replace", "path": path, "value": value}])}  # fmt: skip
+    replace = {"op": "replace", "path": path, "value": value}
+    return {
+        "target": {"kind": "NetworkPolicy", "name": f"egress-to-{placement}"},
+        "patch": json.dumps([test, replace]),
+    }
 
 
 def _by_server(server: str) -> ServiceName:
@@ -125,9 +128,9 @@ class ClusterPlatform:
         client_names = [name for service in SERVICE_NAMES for name in _names(service)]
         self.pki = Pki(layout)
         vault_tls = ServerTls(self.pki.cert("vault"), self.pki.key("vault"))
+        ports = {service.server: service.host_port for service in SERVICE_NAMES}
         self.servers = LocalPlatform(layout.root / "platform", BRIDGE_IP, client_names,
-                                     vault_tls=vault_tls,
-                                     ports={s.server: s.host_port for s in SERVICE_NAMES})  # fmt: skip
+                                     vault_tls=vault_tls, ports=ports)  # fmt: skip
 
     def up(self, timeout: float = 120) -> dict[str, str]:
         """Every server running and healthy, its Service in the cluster, Vault configured;

@@ -4,10 +4,12 @@
 //	                   "{", else Prometheus' text format), default this pod's hostname
 //	smoke get URL [S]  resolve URL's host (cluster DNS), GET it (retrying failed connections
 //	                   for up to S seconds, default 30), print the body; exit 1 on failure
-//	smoke connect S HOST:PORT...  open a TCP connection to each address at once (each
-//	                   retried for up to S seconds) and close it; print "ok ADDRESS" or "no
-//	                   ADDRESS: error" for each, in order: NetworkPolicies' verdicts on
-//	                   servers whatever they speak (MongoDB, Vault's TLS, HTTP)
+//	smoke connect S HOST:PORT...  after 3 s, open a TCP connection to each address at once
+//	                   (each retried for up to S seconds) and close it; print "ok ADDRESS"
+//	                   or "no ADDRESS: error" for each, in order: NetworkPolicies' verdicts
+//	                   on servers whatever they speak (MongoDB, Vault's TLS, HTTP). The
+//	                   wait: the enforcer knows a new pod by the address the API server
+//	                   reports, a moment after the pod starts
 package main
 
 import (
@@ -84,6 +86,7 @@ func connectAll(rawSeconds string, addresses []string) {
 		fmt.Fprintln(os.Stderr, "SECONDS:", err)
 		os.Exit(2)
 	}
+	time.Sleep(3 * time.Second)
 	verdicts := make([]chan error, len(addresses))
 	for i, address := range addresses {
 		verdicts[i] = make(chan error, 1)

@@ -310,11 +310,13 @@ REACHABLE = {
 }
 
 
-def test_each_workload_reaches_what_it_needs_and_is_refused_the_rest(cluster_run) -> None:
+def test_each_workload_reaches_what_it_needs_and_is_refused_the_rest(
+    cluster_run, capsys: pytest.CaptureFixture[str]
+) -> None:
     """NetworkPolicies enforced (kube-network-policies): a pod labelled as each workload of
     the staging environment tries every platform service and the serving pods at once;
     what `make validate` says it needs answers, the rest times out (dropped by the policy,
-    not refused by a closed port). The matrix is printed."""
+    not refused by a closed port). The matrix is printed, passed or not."""
     run, _ = cluster_run
     kubectl = run.admin.kubectl()  # probe pods: the operator's, after the run
     targets = list(REACHABLE)
@@ -344,7 +346,8 @@ def test_each_workload_reaches_what_it_needs_and_is_refused_the_rest(cluster_run
                 if reached != (target in needs) or (not reached and "timeout" not in line):
                     wrong.append(f"{workload} -> {target}: {line}")
             rows.append(f"{workload:16} " + ", ".join(row))
-        print("\n".join(rows))
+        with capsys.disabled():  # the matrix in `make test`'s output, passed or not
+            print("\nNetworkPolicies, staging, each workload's connections:\n" + "\n".join(rows))
         assert not wrong, "\n".join(wrong)
     finally:
         kubectl("-n", STAGING_NS, "delete", "pod", *names.values(), "--wait=false")

@@ -142,6 +142,9 @@ VAULT_CA_CONFIG_MAP = "vault-ca"
 # registry's read login), made by the cluster's administrator in each namespace (README: Any
 # OCI registry).
 REGISTRY_PULL_SECRET = "registry-pull"
+# The annotation that names the platform service a NetworkPolicy of argo-apps/base places
+# (its `to` is where that service lives; README: NetworkPolicies).
+PLATFORM_SERVICE_ANNOTATION = "pr-anomaly-mlops/platform-service"
 
 
 def secret_parts(identity: str) -> tuple[SecretPart, ...]:

@@ -41,14 +41,14 @@ from pipeline_ops.cluster.layout import (
 from pipeline_ops.cluster.pki import Pki
 from pipeline_ops.local_env import stage_secrets
 from pipeline_ops.local_platform import LocalPlatform, ServerTls
-from pipeline_ops.stages import VAULT_CA_CONFIG_MAP
+from pipeline_ops.stages import PLATFORM_SERVICE_ANNOTATION, VAULT_CA_CONFIG_MAP
 
 log = logging.getLogger(__name__)
 
 FEATURES_URI = "s3://pr-anomaly-features/features"
 VAULT_AUTH_ACCOUNT = "vault-auth"
-# JSON Pointer of the annotation that names a policy's platform service ("/" escaped as ~1)
-PLACEMENT_KEY = "pr-anomaly-mlops~1platform-service"
+# The JSON Pointer of that annotation in a patch ("/" escaped as "~1", RFC 6901)
+PLACEMENT_KEY = PLATFORM_SERVICE_ANNOTATION.replace("/", "~1")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pipeline_contracts.registry import ModelReference
 from pipeline_ops.stages import (
     DELIVERY_JOBS,
     LOAD_GATE,
+    PLATFORM_SERVICE_ANNOTATION,
     QUALITY_GATE,
     REGISTRY_PULL_SECRET,
     STAGE_NAMES,
@@ -384,7 +385,6 @@ SERVICE_OF_SECRET: dict[SecretPart, str] = {
     "mongo": "mongodb", "features": "object-storage", "mlflow": "mlflow",
     "github-token": "github", "git-write": "github",
 }  # fmt: skip
-PLATFORM_SERVICE = "pr-anomaly-mlops/platform-service"
 _SPARK, _SERVING = stage("spark-preprocess").name, stage("model-serving").name
 # What runs in the pipeline's namespace, each labelled app.kubernetes.io/name with its name.
 WORKLOADS = (*STAGE_NAMES, *(job.name for job in DELIVERY_JOBS), LOAD_GATE.name, QUALITY_GATE)
@@ -419,13 +419,14 @@ def reach_problems(policies: list[dict[str, Any]]) -> list[str]:
     if not policies:
         return []
     namespace = policies[0]["metadata"]["namespace"]
-    services = {
-        p["metadata"]["annotations"][PLATFORM_SERVICE]: network.probe(p["spec"]["egress"][0])
+    placed = {
+        p["metadata"]["annotations"][PLATFORM_SERVICE_ANNOTATION]: p
         for p in policies
-        if PLATFORM_SERVICE in (p["metadata"].get("annotations") or {})
+        if PLATFORM_SERVICE_ANNOTATION in (p["metadata"].get("annotations") or {})
     }
+    services = {name: network.probe(p["spec"]["egress"][0]) for name, p in placed.items()}
     problems = [
-        f"no NetworkPolicy annotated {PLATFORM_SERVICE}: {name}; its `to` is where that "
+        f"no NetworkPolicy annotated {PLATFORM_SERVICE_ANNOTATION}: {name}; its `to` is where that "
         "service lives (README: NetworkPolicies)"
         for name in ["dns", "vault", *SERVICE_OF_SECRET.values(), "kubernetes-api"]
         if name not in services
@@ -446,7 +447,8 @@ def reach_problems(policies: list[dict[str, Any]]) -> list[str]:
             if reaches != (service in needs) and not (reaches and shared):
                 verb = "cannot reach" if service in needs else "may reach"
                 problems.append(f"{name} {verb} {service} ({target})")
-    for source in [*WORKLOADS, "monitoring", "argo-rollouts", "ingress-nginx"]:
+    platform_namespaces = sorted({source for source, _, _ in POD_FLOWS} - set(WORKLOADS))
+    for source in [*WORKLOADS, *platform_namespaces]:
         for destination, port in LISTENS.items():
             target = network.Target(pod(destination), port)
             reaches = network.allowed(policies, pod(source), target)

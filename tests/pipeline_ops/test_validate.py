@@ -381,6 +381,17 @@ def test_rollout_references_fail_on_an_unknown_service_account(repo: Path):
     _fails(repo, "rollout-references-exist", "service account trainer")
 
 
+def test_serving_guaranteed_fails_on_a_cpu_request_below_the_limit(repo: Path):
+    _edit(repo / "argo-apps/base/model-serving-rollout.yaml", 'cpu: "1"', "cpu: 500m")
+    _fails(repo, "serving-guaranteed", "cpu request 500m and limit 1 differ")
+
+
+def test_serving_guaranteed_fails_on_a_fraction_of_a_core(repo: Path):
+    _edit(repo / "argo-apps/base/model-serving-rollout.yaml", 'cpu: "1"', "cpu: 1500m")
+    _edit(repo / "argo-apps/base/model-serving-rollout.yaml", 'cpu: "1"', "cpu: 1500m")
+    _fails(repo, "serving-guaranteed", "CPU 1500m is not whole cores")
+
+
 def test_model_pin_fails_on_an_alias(repo: Path):
     (repo / "argo-apps/base/model-serving-model.env").write_text(
         "SERVING_MODEL_URI=models:/pr-anomaly@champion\n"

@@ -680,6 +680,32 @@ def rollout_references_exist(tree: RepoTree) -> list[str]:
     return problems
 
 
+def serving_guaranteed(tree: RepoTree) -> list[str]:
+    """The Rollout's pods are Guaranteed QoS with whole cores: every container's CPU and
+    memory requests equal its limits, CPU in whole cores. A worker is one event loop on one
+    core; its p99 at half capacity holds on a busy node only while that core is its own (a
+    pod that requests less waits for its neighbours' slices: README, "The tail")."""
+    problems = []
+    for obj in tree.base_objects:
+        if obj["kind"] != "Rollout":
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            where = f"{_name(obj)} container {container['name']}"
+            resources = container.get("resources") or {}
+            requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+            for kind in ("cpu", "memory"):
+                asked, capped = requests.get(kind), limits.get(kind)
+                if asked is None or capped is None or _quantity(asked) != _quantity(capped):
+                    problems.append(
+                        f"{where}: {kind} request {asked} and limit {capped} differ; set both "
+                        "to the same value (Guaranteed QoS)"
+                    )
+            cpu = limits.get("cpu")
+            if cpu is not None and _quantity(cpu) % 1:
+                problems.append(f"{where}: CPU {cpu} is not whole cores; give each worker one")
+    return problems
+
+
 def model_pinned_by_version(tree: RepoTree) -> list[str]:
     """Git pins the served model as a version (``models:/NAME/VERSION``), never a moving
     alias, and the Rollout's ``pr-anomaly-mlops/model`` annotation (the analysis' argument)
@@ -896,6 +922,7 @@ CHECKS: dict[str, Check] = {
     "registry-is-a-setting": registry_is_a_setting,
     "dockerfile-copy-sources-exist": dockerfile_copy_sources_exist,
     "rollout-references-exist": rollout_references_exist,
+    "serving-guaranteed": serving_guaranteed,
     "model-pinned-by-version": model_pinned_by_version,
     "vault-contract": vault_contract,
     "project-permits-every-kind": project_permits_every_kind,
@@ -921,6 +948,19 @@ def _name(obj: dict[str, Any]) -> str:
 
 def _reference(entry: dict[str, Any]) -> str:
     return entry.get("newName", entry["name"])
+
+
+_QUANTITY_SUFFIXES = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+                      "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}  # fmt: skip
+
+
+def _quantity(value: Any) -> float:
+    """A Kubernetes resource quantity (``500m``, ``"1"``, ``1Gi``) as a number."""
+    text = str(value)
+    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
+    return float(text)
 
 
 def walk_nodes(node: Any) -> Iterator[dict[str, Any]]:

@@ -11,12 +11,13 @@ serves it three ways on core 0 while loadgen.py drives it from core 1:
 
 then model-serving with two workers on both cores, and the in-process profile of a request
 (profile_request.py). It prints the issue's table (each figure with its goal), the tail at
-25, 50 and 75 % of capacity, quiet and busy (``Neighbours``: a CPU-bound process per core),
-and busy without the server's favour, the workers' figures, where a 1,000-record batch's time goes
-against the decode-and-validate floor, and overload. Each server's CPU time per request
-(from /proc) is printed beside its rate: unlike the rate it hardly moves when other jobs
-load the machine, and the machine's own load is printed too. Every server is stopped by
-pid. The whole run takes about five minutes and says how long it took.
+25, 50 and 75 % of capacity, quiet and busy (``Neighbours``: CPU-bound processes on the
+server's core), and busy without the server's favour, the workers' figures, where a
+1,000-record batch's time goes against the decode-and-validate floor, and overload. Each
+server's CPU time per request (from /proc) is printed beside its rate: unlike the rate it
+hardly moves when other jobs load the machine, and the machine's own load is printed too.
+Every server is stopped by pid. The whole run takes about five minutes and says how long
+it took.
 """
 
 from __future__ import annotations
@@ -158,12 +159,13 @@ def may_favour() -> bool:
     return subprocess.run(command, start_new_session=True, capture_output=True).returncode == 0
 
 
-# A busy machine, defined: while the tail is measured a second time, the bench runs one
-# CPU-bound process per core beside the server, as best-effort pods (no CPU request) beside
-# a pod that requests its core. The kubelet weighs such pods 2 against 1,024 for a 1-CPU
+# A busy machine, defined: while the tail is measured a second time, the bench runs
+# NEIGHBOURS CPU-bound processes on the server's core, as best-effort pods (no CPU request)
+# beside a pod that requests its core; the load generator, standing for clients on other
+# machines, keeps its own core. The kubelet weighs such pods 2 against 1,024 for a 1-CPU
 # request (cgroup cpu.shares); autogroup nice 8 against the server's -20 is the same ratio
 # (172 against 88,761). Unfavoured (``--as-is``) they run at the default, as the server.
-NEIGHBOUR_NICE = 8
+NEIGHBOURS, NEIGHBOUR_NICE = 2, 8
 
 
 def set_autogroup_nice(pid: int, nice: int) -> None:
@@ -172,7 +174,8 @@ def set_autogroup_nice(pid: int, nice: int) -> None:
 
 
 class Neighbours:
-    """One CPU-bound process per core, each in a session of its own, stopped by pid."""
+    """NEIGHBOURS CPU-bound processes on the server's core, each in a session of its own,
+    stopped by pid."""
 
     def __init__(self) -> None:
         self.nice = NEIGHBOUR_NICE if FAVOUR["nice"] else 0
@@ -180,10 +183,15 @@ class Neighbours:
             subprocess.Popen(
                 [sys.executable, "-c", "while True: pass"],
                 start_new_session=True,
-                preexec_fn=lambda: self.nice and set_autogroup_nice(os.getpid(), self.nice),
+                preexec_fn=self._start,
             )
-            for _ in range(os.cpu_count() or 1)
+            for _ in range(NEIGHBOURS)
         ]
+
+    def _start(self) -> None:
+        os.sched_setaffinity(0, SERVER_CPU)
+        if self.nice:
+            set_autogroup_nice(os.getpid(), self.nice)
 
     def renice(self, nice: int) -> None:
         for process in self.processes:
@@ -568,8 +576,8 @@ def main() -> int:
         capacity = results["ours single"]["rps"]
         tail = tail_figures(ours, single, capacity, work)
         print(
-            f"  the same, a CPU-bound neighbour on each core (autogroup nice "
-            f"{NEIGHBOUR_NICE if FAVOUR['nice'] else 0}: best-effort pods):"
+            f"  the same, {NEIGHBOURS} CPU-bound neighbours on the server's core (autogroup "
+            f"nice {NEIGHBOUR_NICE if FAVOUR['nice'] else 0}: best-effort pods):"
         )
         neighbours = Neighbours()
         try:
@@ -705,7 +713,8 @@ def report(
             f"| batch of {size:,}, records/s | {a['rps'] * size:,.0f} | {b['rps'] * size:,.0f} "
             f"| {ratio:.1f}x | >= {goal:.0f}x | {_met(ratio >= goal)} |"
         )
-    for label, figures in (("", tail), (", busy: a CPU-bound neighbour on each core", busy)):
+    busy_label = f", busy: {NEIGHBOURS} CPU-bound neighbours on its core"
+    for label, figures in (("", tail), (busy_label, busy)):
         half = figures[0.5]
         print(
             f"| p99 at half capacity{label} ({half['rate']:,.0f} req/s, open loop, median of "
@@ -750,8 +759,8 @@ def report(
         "The generator's lag is how late it started requests itself: on a busy machine it "
         "waits for a core too; the next column counts from the moment it started each; the "
         "last is the server's own histogram, from the moment the app had the request to its "
-        "answer, at its buckets' resolution. Busy: one CPU-bound process per core, as "
-        "best-effort pods beside a pod that requests its core)"
+        "answer, at its buckets' resolution. Busy: CPU-bound processes on the server's "
+        "core, as best-effort pods beside a pod that requests its core)"
     )
     print(
         f"Without its core (the server at the neighbours' priority, as a pod without a CPU "

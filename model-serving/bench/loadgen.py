@@ -27,6 +27,19 @@ import time
 import uvloop
 
 
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """The head of the next HTTP/1.1 answer on ``reader``, its Content-Length body read."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return head
+
+
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
@@ -37,14 +50,7 @@ class Connection:
 
     async def exchange(self, request: bytes) -> bool:
         self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length:
-            await self.reader.readexactly(length)
+        head = await read_response(self.reader)
         return head.startswith(b"HTTP/1.1 200")
 
 

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 
 import uvloop
+from loadgen import read_response
 
 
 async def exchange(port: int, request: bytes) -> int:
@@ -29,14 +30,7 @@ async def exchange(port: int, request: bytes) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length:
-            await reader.readexactly(length)
+        head = await read_response(reader)
         return int(head.split(b" ", 2)[1])
     finally:
         writer.close()

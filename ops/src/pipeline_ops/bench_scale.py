@@ -802,11 +802,11 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
         unit = "seconds per epoch" if name == "training" else "seconds"
         time_axis.set_ylabel(unit)
         memory_axis.set_ylim(0, memory_axis.get_ylim()[1] * 1.15)
-        memory_axis.set_ylabel(
-            "peak resident memory (GiB): the process tree"
-            + ("; the cluster's pods" if name == "preprocess" else "")
+        memory_axis.set_ylabel("peak resident memory (GiB)")
+        whose = "of the process tree" + (
+            "; of the pods' processes on the cluster" if name == "preprocess" else ""
         )
-        figure.suptitle(f"make bench-scale: {name}")
+        figure.suptitle(f"make bench-scale: {name} (memory {whose})")
         path = out / f"{name}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)

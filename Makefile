@@ -187,5 +187,5 @@ bench-preprocess: setup ## spark-preprocess rows/s vs single-process pandas: rea
 bench-train: setup ## autoencoder vs IsolationForest on the bundled sample: rolling-origin backtest, time split, 100k-row epoch
 	$(PY) -m ml_pipeline.training.bench
 
-bench-scale: setup ## cost curves: each stage's time and peak memory against pull requests (synthetic; SCALE_SIZES, SCALE_FETCH_SIZES; <= 20 min)
+bench-scale: setup ## cost curves: each stage's time and peak memory against pull requests (synthetic; SCALE_SIZES, SCALE_FETCH_SIZES, SCALE_SERIES; with `make cluster-up` first, Spark on the cluster too; <= 20 min)
 	$(PY) -u -m pipeline_ops.bench_scale

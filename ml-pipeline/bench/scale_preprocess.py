@@ -6,6 +6,12 @@ partitions and the driver memory given) or with the single-process pandas refere
 
     python ml-pipeline/bench/scale_preprocess.py --engine spark --input IN.parquet --out DIR \
         --partitions 12 --driver-memory 2g
+
+The cluster point runs this same file as a SparkApplication's program (from a ConfigMap, in
+the spark-preprocess image; ``pipeline_ops.bench_scale_cluster``): under spark-submit the
+master, the driver's memory and the connector jars come from the submission and the image,
+and the Spark path needs nothing beside this file (the pandas reference is imported only for
+``--engine pandas``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from bench_preprocess import ROOT, pandas_publish
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def with_document_id(frame: pd.DataFrame) -> pd.DataFrame:
@@ -27,6 +34,8 @@ def with_document_id(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_pandas(source: Path, out: Path, partitions: int, driver_memory: str) -> dict:
+    from bench_preprocess import pandas_publish
+
     started = time.perf_counter()
     frame = with_document_id(pd.read_parquet(source))
     rows = pandas_publish(frame, out)
@@ -50,7 +59,8 @@ def run_spark(source: Path, out: Path, partitions: int, driver_memory: str) -> d
     started = time.perf_counter()
     spark = build_spark_session(
         PreprocessSettings(
-            jars_dir=str(ROOT / ".tools" / "jars"),
+            # a driver pod: the image's SPARK_JARS_DIR (build_spark_session lists none there)
+            jars_dir=os.environ.get("SPARK_JARS_DIR", str(ROOT / ".tools" / "jars")),
             shuffle_partitions=partitions,
             driver_memory=driver_memory,
         )

@@ -68,3 +68,12 @@ def test_a_size_that_is_not_a_number_is_named(monkeypatch) -> None:
 
     with pytest.raises(ConfigError, match=r"SCALE_FETCH_SIZES: .*whole numbers separated"):
         load_settings(ScaleBenchSettings)
+
+
+def test_series_are_chosen_by_name_and_an_unknown_one_is_named(monkeypatch) -> None:
+    monkeypatch.setenv("SCALE_SERIES", "spark, spark-cluster")
+    assert load_settings(ScaleBenchSettings).series == ["spark", "spark-cluster"]
+
+    monkeypatch.setenv("SCALE_SERIES", "spark,cluster")
+    with pytest.raises(ConfigError, match=r"SCALE_SERIES: .*spark-cluster.*\(not cluster\)"):
+        load_settings(ScaleBenchSettings)

@@ -11,7 +11,10 @@ as the kernel kills a container past its memory limit, and reported as out of me
   the single-process pandas reference, the same Parquet file of pull requests in, features
   and quarantine published; pandas runs under ``SCALE_PANDAS_MEMORY_GB``, Spark with
   ``SCALE_SPARK_DRIVER_MEMORY`` and a read and shuffle partition per
-  ``SCALE_SPARK_ROWS_PER_PARTITION`` rows.
+  ``SCALE_SPARK_ROWS_PER_PARTITION`` rows. With the local cluster up (`make cluster-up`
+  first; the bench does not start it), the same work runs on it too: a SparkApplication, a
+  driver and two executors (``pipeline_ops.bench_scale_cluster``: how it is measured);
+  without the cluster that series is skipped and says so.
 - ml-training (``ml-pipeline/bench/scale_train.py``): seconds per epoch over the training
   split, the process holding the published feature rows.
 - data-fetch (``data-fetch/bench/scale_fetch.py``): API requests and wall time against the
@@ -28,6 +31,7 @@ printed; ``results.json``, the logs and one PNG per stage go to ``SCALE_OUT`` (d
 ``.local/bench-scale``).
 
     SCALE_SIZES=100000,1000000 SCALE_FETCH_SIZES=10000,100000 make bench-scale
+    SCALE_SERIES=spark,spark-cluster SCALE_SIZES=100000 make bench-scale  # some series only
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -46,7 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import requests
 from pydantic import Field, field_validator
@@ -54,9 +59,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline_common.settings import ConfigError, load_settings
 from pipeline_ops import stages, synthetic_pulls
-from pipeline_ops.base import processes
+from pipeline_ops.base import commands, processes
+from pipeline_ops.base.errors import OpsError
 from pipeline_ops.local_platform import LocalPlatform
 from pipeline_ops.paths import LOCAL_DIR, PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from pipeline_ops.bench_scale_cluster import Resources
+    from pipeline_ops.cluster.layout import Layout
 
 GIB = 1024**3
 POLL_SECONDS = 0.05
@@ -66,11 +76,18 @@ PREPROCESS_WORKER = PROJECT_ROOT / "ml-pipeline" / "bench" / "scale_preprocess.p
 TRAIN_WORKER = PROJECT_ROOT / "ml-pipeline" / "bench" / "scale_train.py"
 FETCH = stages.stage("data-fetch")
 FETCH_WORKER = PROJECT_ROOT / FETCH.directory / "bench" / "scale_fetch.py"
+# SCALE_SERIES' names: data-fetch, and the preprocess engines and training
+SERIES = (FETCH.name, "pandas", "spark", "spark-cluster", "training")
+CLUSTER_SERIES = "preprocess spark-cluster"  # bench_scale_cluster.SERIES
 
 
 class ScaleBenchSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCALE_", extra="ignore")
 
+    series: Annotated[list[str], NoDecode] = Field(
+        default=list(SERIES),
+        description=f"what to measure, comma-separated, of: {', '.join(SERIES)}",
+    )
     sizes: Annotated[list[int], NoDecode] = Field(
         default=[100_000, 1_000_000, 3_000_000],
         description="pull requests for preprocessing and training, comma-separated",
@@ -95,6 +112,18 @@ class ScaleBenchSettings(BaseSettings):
         ge=1,
         description="Spark's read and shuffle partitions: rows / this, at least the stage's 4",
     )
+    cluster_executor_memory: str = Field(
+        default="2g",
+        pattern=r"^[0-9]+[mg]$",
+        description="the cluster point's spark.executor.memory (two executors; the driver gets "
+        "SCALE_SPARK_DRIVER_MEMORY, as local[*])",
+    )
+    cluster_memory_overhead: str = Field(
+        default="1g",
+        pattern=r"^[0-9]+[mg]$",
+        description="the cluster point's memory overhead a pod (Python workers, off-heap), "
+        "above its JVM memory: the pod's memory limit is the sum",
+    )
     epochs: int = Field(default=2, ge=1, description="epochs timed per training point")
     repeats: int = Field(default=3, ge=1, description="runs a point, budget allowing (medians)")
     seed: int = Field(default=0, description="the synthetic pull requests' seed")
@@ -106,6 +135,21 @@ class ScaleBenchSettings(BaseSettings):
         default=2, ge=1, description="points a page of data-fetch's GraphQL query costs"
     )
     out: Path = Field(default=LOCAL_DIR / "bench-scale", description="results and plots")
+
+    @field_validator("series", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("series")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in SERIES]
+        if unknown or not value:
+            raise ValueError(f"give some of {', '.join(SERIES)} (not {', '.join(unknown)})")
+        return value
 
     @field_validator("sizes", "fetch_sizes", mode="before")
     @classmethod
@@ -190,6 +234,12 @@ class Point:
         if len(values) < 2:
             return ""
         return f"{figure(min(values))}-{figure(max(values))}"
+
+
+def partitions_for(rows: int, rows_per_partition: int) -> int:
+    """Spark's read and shuffle partitions: one per ``rows_per_partition``, at least the
+    stage's 4 (local[*] and the cluster alike)."""
+    return max(4, math.ceil(rows / rows_per_partition))
 
 
 def _median(values: Iterable[Any]) -> float | None:
@@ -312,8 +362,10 @@ class Bench:
     def left(self) -> float:
         return self.settings.budget_seconds - (time.monotonic() - self.started)
 
-    def run_point(self, series: str, rows: int, runner: Callable[[], Run]) -> Point:
-        point = Point(series, rows, skipped=self._skip_reason(series, rows))
+    def run_point(
+        self, series: str, rows: int, runner: Callable[[], Run], skipped: str = ""
+    ) -> Point:
+        point = Point(series, rows, skipped=skipped or self._skip_reason(series, rows))
         self.points.append(point)
         if not point.skipped:
             point.runs.append(runner())
@@ -426,6 +478,10 @@ class Bench:
 
     def preprocess_and_training_curves(self) -> None:
         s = self.settings
+        engines = [e for e in ("pandas", "spark", "spark-cluster") if e in s.series]
+        if not engines and "training" not in s.series:
+            return
+        cluster = self._cluster() if "spark-cluster" in engines else None
         print(
             f"\nspark-preprocess (Spark local[*], driver memory {s.spark_driver_memory}, a "
             f"partition per {s.spark_rows_per_partition:,} rows; pandas capped at "
@@ -443,9 +499,13 @@ class Bench:
                 f"{time.perf_counter() - started:.1f} s ({source.stat().st_size / 1e6:,.0f} MB)",
                 flush=True,
             )
-            for engine, cap in (("pandas", s.pandas_memory_gb), ("spark", s.memory_gb)):
+            partitions = partitions_for(rows, s.spark_rows_per_partition)
+            for engine in engines:
+                if engine == "spark-cluster":
+                    self._cluster_point(cluster, rows, source, partitions)
+                    continue
+                cap = s.pandas_memory_gb if engine == "pandas" else s.memory_gb
                 out = self.work / f"{engine}-{rows}"
-                partitions = max(4, math.ceil(rows / s.spark_rows_per_partition))
                 argv = [sys.executable, "-u", str(PREPROCESS_WORKER), "--engine", engine,
                         "--input", str(source), "--out", str(out), "--partitions", str(partitions),
                         "--driver-memory", s.spark_driver_memory]  # fmt: skip
@@ -454,19 +514,83 @@ class Bench:
                     rows,
                     partial(self._preprocess_run, engine, rows, argv, cap),
                 )
-            argv = [sys.executable, "-u", str(TRAIN_WORKER), "--input", str(source),
-                    "--epochs", str(s.epochs)]  # fmt: skip
-            self.run_point(
-                "training",
-                rows,
-                partial(self.measure, "training", rows, argv, memory_gb=s.memory_gb),
-            )
+            if "training" in s.series:
+                argv = [sys.executable, "-u", str(TRAIN_WORKER), "--input", str(source),
+                        "--epochs", str(s.epochs)]  # fmt: skip
+                self.run_point(
+                    "training",
+                    rows,
+                    partial(self.measure, "training", rows, argv, memory_gb=s.memory_gb),
+                )
 
     def _preprocess_run(self, engine: str, rows: int, argv: list[str], cap: float) -> Run:
         try:
             return self.measure(f"preprocess {engine}", rows, argv, memory_gb=cap)
         finally:
             shutil.rmtree(self.work / f"{engine}-{rows}", ignore_errors=True)
+
+    # -- the cluster point (bench_scale_cluster) ------------------------------------------
+    def _cluster(self) -> tuple[Layout, str] | str:
+        """(layout, Spark image) of the local cluster, or why its series is skipped (the
+        cluster's client is imported only for it)."""
+        from pipeline_ops import bench_scale_cluster
+
+        try:
+            layout, image = bench_scale_cluster.ready()
+        except OpsError as error:  # no kubectl built, or no admin's kubeconfig here
+            layout, image = None, f"{bench_scale_cluster.NOT_UP} ({commands.tail(str(error), 120)})"
+        if layout is None:
+            print(f"\n{bench_scale_cluster.SERIES}: skipped: {image}", flush=True)
+            return image
+        print(
+            f"\n{bench_scale_cluster.describe_resources(self._resources(), 'the partitions as')}"
+            " local[*]'s",
+            flush=True,
+        )
+        return layout, image
+
+    def _resources(self) -> Resources:
+        from pipeline_ops.bench_scale_cluster import Resources
+
+        s = self.settings
+        return Resources(s.spark_driver_memory, s.cluster_executor_memory,
+                         s.cluster_memory_overhead)  # fmt: skip
+
+    def _cluster_point(
+        self, cluster: tuple[Layout, str] | str | None, rows: int, source: Path, partitions: int
+    ) -> None:
+        from pipeline_ops import bench_scale_cluster
+
+        if not isinstance(cluster, tuple):
+            self.run_point(bench_scale_cluster.SERIES, rows, _never, skipped=str(cluster))
+            return
+        # the pods' folder (hostPath): the Parquet file linked in, their output beside it;
+        # open to the pods' user (uid 10001)
+        share = self.work / "cluster"
+        share.mkdir(exist_ok=True)
+        share.chmod(0o777)
+        linked = share / source.name
+        if not linked.exists():
+            os.link(source, linked)
+        layout, image = cluster
+
+        def run() -> Run:
+            name = f"bench-scale-{rows}-{secrets.token_hex(3)}"
+            try:
+                return bench_scale_cluster.run_application(
+                    layout, image, name=name, source=linked, partitions=partitions,
+                    resources=self._resources(),
+                    log=self.settings.out / "logs" / f"preprocess-spark-cluster-{rows}.log",
+                    timeout=max(self.left, 1),
+                )  # fmt: skip
+            finally:
+                shutil.rmtree(share / f"out-{name}", ignore_errors=True)
+
+        self.run_point(bench_scale_cluster.SERIES, rows, run)
+
+
+def _never() -> Run:
+    raise AssertionError("a skipped point never runs")
 
 
 def worker_environment() -> dict[str, str]:
@@ -495,9 +619,14 @@ def describe(point: Point) -> str:
     if point.series == FETCH.name:
         requests_made, waited = point.median("requests") or 0, point.median("waited_seconds")
         extra = f", {requests_made:,.0f} requests, {figure(waited)} s waiting for the budget"
+    whole = "process"
+    if point.series == CLUSTER_SERIES:
+        whole = "submission to COMPLETED"
+        cgroups = gib(point.median("cgroup_peak_bytes"))
+        extra = f" (the pods' processes); the pods' cgroup peaks {cgroups:.2f} GiB"
     runs = len(point.good_runs)
     return (
-        f"{head}  {figure(point.seconds):>8} s (process {figure(point.wall_seconds)} s), "
+        f"{head}  {figure(point.seconds):>8} s ({whole} {figure(point.wall_seconds)} s), "
         f"peak {gib(point.peak_bytes):.2f} GiB{extra}"
         + (f"; median of {runs} runs" if runs > 1 else "")
     )
@@ -548,21 +677,30 @@ def print_tables(points: list[Point], settings: ScaleBenchSettings) -> None:
                 before = point
     spark = {p.rows: p for p in points if p.series == "preprocess spark"}
     pandas = {p.rows: p for p in points if p.series == "preprocess pandas"}
-    if spark and pandas:
+    on_cluster = {p.rows: p for p in points if p.series == CLUSTER_SERIES}
+    if len([engine for engine in (spark, pandas, on_cluster) if engine]) > 1:
         print(
-            "\nspark-preprocess against pandas (pandas seconds / Spark seconds; >1: Spark faster)"
+            "\nspark-preprocess against pandas (pandas seconds / Spark seconds; >1: Spark "
+            "faster); cluster: a driver and 2 executors, the job's seconds, the pods' memory"
         )
-        print(f"  {'rows':>11}{'pandas s':>10}{'GiB':>7}{'Spark s':>10}{'GiB':>7}{'speed':>8}")
-        for rows in sorted(set(spark) | set(pandas)):
-            a, b = pandas.get(rows), spark.get(rows)
+        print(
+            f"  {'rows':>11}{'pandas s':>10}{'GiB':>7}{'Spark s':>10}{'GiB':>7}{'speed':>8}"
+            f"{'cluster s':>11}{'GiB':>7}{'speed':>8}"
+        )
+        for rows in sorted(set(spark) | set(pandas) | set(on_cluster)):
+            a, b, c = pandas.get(rows), spark.get(rows), on_cluster.get(rows)
 
-            def cell(p: Point | None) -> str:
+            def cell(p: Point | None, width: int = 10) -> str:
                 if p is None or not p.ok:
-                    return f"{(p.outcome if p else 'not run'):>17}"
-                return f"{figure(p.seconds):>10}{gib(p.peak_bytes):>7.2f}"
+                    return f"{(p.outcome if p else 'not run'):>{width + 7}}"
+                return f"{figure(p.seconds):>{width}}{gib(p.peak_bytes):>7.2f}"
 
-            speed = ratio(a.seconds, b.seconds) if a and b and a.ok and b.ok else "-"
-            print(f"  {rows:>11,}{cell(a)}{cell(b)}{speed:>8}")
+            def speed(reference: Point | None, p: Point | None) -> str:
+                if reference and p and reference.ok and p.ok:
+                    return ratio(reference.seconds, p.seconds)
+                return "-"
+
+            print(f"  {rows:>11,}{cell(a)}{cell(b)}{speed(a, b):>8}{cell(c, 11)}{speed(a, c):>8}")
     fetched = [p for p in points if p.series == FETCH.name and p.ok]
     if fetched:
         print(
@@ -597,7 +735,7 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
 
     written = []
     groups = {
-        "preprocess": ["preprocess pandas", "preprocess spark"],
+        "preprocess": ["preprocess pandas", "preprocess spark", CLUSTER_SERIES],
         "training": ["training"],
         "fetch": [FETCH.name],
     }
@@ -614,6 +752,8 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
             mine = [p for p in measured if p.series == series]
             done = [p for p in mine if p.ok]
             label = series.replace("preprocess ", "")
+            if series == CLUSTER_SERIES:
+                label = "spark-cluster (driver + 2 executors)"
             if done:
                 time_axis.plot([p.rows for p in done], [p.seconds for p in done], "o-", label=label)
                 memory_axis.plot(
@@ -662,8 +802,11 @@ def plot(points: list[Point], out: Path, settings: ScaleBenchSettings) -> list[P
         unit = "seconds per epoch" if name == "training" else "seconds"
         time_axis.set_ylabel(unit)
         memory_axis.set_ylim(0, memory_axis.get_ylim()[1] * 1.15)
-        memory_axis.set_ylabel("peak resident memory of the process tree (GiB)")
-        figure.suptitle(f"make bench-scale: {name}")
+        memory_axis.set_ylabel("peak resident memory (GiB)")
+        whose = "of the process tree" + (
+            "; of the pods' processes on the cluster" if name == "preprocess" else ""
+        )
+        figure.suptitle(f"make bench-scale: {name} (memory {whose})")
         path = out / f"{name}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)
@@ -684,7 +827,8 @@ def main() -> int:
         return 2
     settings.out.mkdir(parents=True, exist_ok=True)
     print(
-        f"bench-scale: sizes {settings.sizes}, fetch sizes {settings.fetch_sizes}, seed "
+        f"bench-scale: {', '.join(settings.series)}; sizes {settings.sizes}, fetch sizes "
+        f"{settings.fetch_sizes}, seed "
         f"{settings.seed}, budget {settings.budget_seconds:.0f} s, memory caps: pandas "
         f"{settings.pandas_memory_gb:g} GiB, every run {settings.memory_gb:g} GiB; "
         f"{os.cpu_count()} cores, load average {_load()}",
@@ -694,8 +838,9 @@ def main() -> int:
         bench = Bench(settings, Path(work))
         platform = LocalPlatform(Path(work) / "platform")  # MongoDB: data-fetch's state
         try:
-            platform.up(["mongo"])
-            bench.fetch_curve(f"mongodb://127.0.0.1:{platform.service('mongo').port}/")
+            if FETCH.name in settings.series:
+                platform.up(["mongo"])
+                bench.fetch_curve(f"mongodb://127.0.0.1:{platform.service('mongo').port}/")
             bench.preprocess_and_training_curves()
             bench.repeat_points()
         finally:

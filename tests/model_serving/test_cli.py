@@ -79,6 +79,23 @@ def test_a_malformed_model_uri_stops_the_start_with_exit_2(start_server) -> None
     assert "Traceback" not in stderr
 
 
+def _slice_ns(pid: int | str) -> int:
+    """The scheduler slice of a process's main thread (EEVDF, /proc/PID/sched)."""
+    with open(f"/proc/{pid}/sched") as sched:
+        text = sched.read()
+    return int(re.search(r"se\.slice\s+:\s+(\d+)", text).group(1))
+
+
+def test_the_server_asks_the_kernel_for_its_scheduler_slice(start_server) -> None:
+    server = start_server(SERVING_SCHED_SLICE_US="250")
+    try:
+        server.wait_ready()
+        assert _slice_ns(server.process.pid) == 250_000
+        assert _slice_ns("self") != 250_000  # the test's own process keeps the default
+    finally:
+        assert server.stop() == 0
+
+
 def test_two_workers_share_one_metrics_view(start_server, serving_records) -> None:
     server = start_server("--workers", "2")
     try:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import logging
 import os
+import platform
 import resource
 import signal
+import struct
 import sys
 import tempfile
 
@@ -59,6 +63,37 @@ def set_open_files_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+# sched_getattr/sched_setattr by architecture; struct sched_attr as of Linux 4.13 (56 bytes)
+_SCHED_ATTR_CALLS = {"x86_64": (315, 314), "aarch64": (275, 274)}
+_SCHED_ATTR = struct.Struct("=IIQiIQQQII")
+_SCHED_RUNTIME = 5  # the field a fair task's slice is asked in (ns)
+
+
+def request_scheduler_slice(slice_us: int) -> None:
+    """Ask the kernel for ``slice_us`` slices for this process (EEVDF's latency hint);
+    threads and worker processes started afterwards inherit it. Policy and nice value stay
+    as they are. A kernel, architecture or seccomp profile that refuses leaves the default
+    slice, and the log says so: latency, not correctness, depends on it."""
+    calls = _SCHED_ATTR_CALLS.get(platform.machine())
+    if not slice_us or sys.platform != "linux" or calls is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(_SCHED_ATTR.size)
+    get, set_ = calls
+    if libc.syscall(get, 0, buffer, _SCHED_ATTR.size, 0) == 0:
+        attr = list(_SCHED_ATTR.unpack(buffer.raw))
+        attr[0], attr[_SCHED_RUNTIME] = _SCHED_ATTR.size, slice_us * 1000
+        buffer = ctypes.create_string_buffer(_SCHED_ATTR.pack(*attr))
+        if libc.syscall(set_, 0, buffer, 0) == 0:
+            return
+    logging.getLogger(STAGE).warning(
+        "the kernel refused a %d µs scheduler slice (%s): serving with its default slice; "
+        "SERVING_SCHED_SLICE_US=0 stops asking",
+        slice_us,
+        os.strerror(ctypes.get_errno()),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=STAGE,
@@ -89,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"workers": args.workers} if args.workers else {}
         settings = load_settings(ServingSettings, **overrides)
         set_open_files_limit(settings.open_files_limit)
+        request_scheduler_slice(settings.sched_slice_us)
         common = {
             "host": args.host,
             "port": args.port,

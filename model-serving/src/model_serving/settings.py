@@ -94,6 +94,16 @@ class ServingSettings(BaseSettings):
         ge=64,
         description="open-file (descriptor) limit the server sets for itself at start",
     )
+    # The scheduler's latency hint (EEVDF, Linux 6.12+; unprivileged): a task that asks for
+    # shorter slices is picked sooner when it wakes on a shared core, and gets no more CPU
+    # than before. A request that wakes the server then waits less for a neighbour's turn
+    # (README, model-serving: the tail). The kernel takes 100 to 100,000 µs.
+    sched_slice_us: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="scheduler slice the server asks for at start, µs; 0: the kernel's default",
+    )
     # Loading: MLflow's own retries (minutes by default) are bounded, and a failed load is
     # retried in the background with a backoff capped at load_retry_max_seconds, so the
     # instance is ready within seconds of MLflow coming back, without a restart.

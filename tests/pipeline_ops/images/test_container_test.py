@@ -123,7 +123,7 @@ def test_each_image_runs_with_its_manifests_security_context_and_limits() -> Non
         assert policy.drop_all_capabilities, image
         assert policy.no_privilege_escalation, image
     serving = manifest_policy("model-serving")
-    assert (serving.cpus, serving.memory_mb) == ("1", 2048)
+    assert (serving.cpus, serving.memory_mb) == ("1", 1024)  # the Rollout: Guaranteed, 1 CPU, 1Gi
     executor = manifest_policy("spark-preprocess", "executor")
     assert executor.memory_mb == 2048 + int(2048 * 0.4)
 

@@ -41,7 +41,7 @@ from pipeline_ops.cluster.layout import Layout
 from pipeline_ops.cluster.registry import pushed
 
 SERIES = CLUSTER_SERIES
-NAMESPACE = "spark-jobs"
+NAMESPACE = spark_operator.JOBS_NAMESPACE
 APP_LABEL = "sparkoperator.k8s.io/app-name"  # the operator's label on the driver and executors
 FINAL_STATES = ("COMPLETED", "FAILED", "SUBMISSION_FAILED")
 STATUS_SECONDS = 1.0

@@ -17,7 +17,7 @@ from pipeline_ops.cluster.registry import pushed
 
 pytestmark = pytest.mark.cluster
 
-NAMESPACE = "spark-jobs"
+NAMESPACE = spark_operator.JOBS_NAMESPACE
 PROGRAM = """
 from pyspark.sql import SparkSession
 

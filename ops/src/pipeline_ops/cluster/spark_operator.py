@@ -30,8 +30,11 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MODULE = "github.com/kubeflow/spark-operator/v2"
 NAMESPACE = "spark-operator"
-JOB_NAMESPACES = (*ENVIRONMENT_NAMESPACES, "spark-jobs")
-SPARK_SERVICE_ACCOUNT = "spark"  # in spark-jobs, for the tests' drivers
+# the operator's own namespace for SparkApplications beside the environments' (the cluster
+# tests' and make bench-scale's)
+JOBS_NAMESPACE = "spark-jobs"
+JOB_NAMESPACES = (*ENVIRONMENT_NAMESPACES, JOBS_NAMESPACE)
+SPARK_SERVICE_ACCOUNT = "spark"  # in JOBS_NAMESPACE, for the tests' drivers
 WEBHOOK = "spark-operator-webhook"
 WEBHOOK_PORT = 9443
 CERT_DIR = "/etc/k8s-webhook-server/serving-certs"  # the webhook writes its certificate here
@@ -229,19 +232,19 @@ def _objects(operator_image: str) -> list[dict]:
     # drivers in spark-jobs create their executors (pods), a Service and a ConfigMap
     objects += [
         {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": SPARK_SERVICE_ACCOUNT, "namespace": "spark-jobs"}},
+         "metadata": {"name": SPARK_SERVICE_ACCOUNT, "namespace": JOBS_NAMESPACE}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": SPARK_SERVICE_ACCOUNT, "namespace": "spark-jobs"}, "rules": [
+         "metadata": {"name": SPARK_SERVICE_ACCOUNT, "namespace": JOBS_NAMESPACE}, "rules": [
              {"apiGroups": [""],
               "resources": ["pods", "configmaps", "persistentvolumeclaims", "services"],
               "verbs": ["get", "list", "watch", "create", "update", "patch", "delete",
                         "deletecollection"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": SPARK_SERVICE_ACCOUNT, "namespace": "spark-jobs"},
+         "metadata": {"name": SPARK_SERVICE_ACCOUNT, "namespace": JOBS_NAMESPACE},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                      "name": SPARK_SERVICE_ACCOUNT},
          "subjects": [{"kind": "ServiceAccount", "name": SPARK_SERVICE_ACCOUNT,
-                       "namespace": "spark-jobs"}]},
+                       "namespace": JOBS_NAMESPACE}]},
     ]  # fmt: skip
     objects.append(
         _deployment(

@@ -78,7 +78,8 @@ FETCH = stages.stage("data-fetch")
 FETCH_WORKER = PROJECT_ROOT / FETCH.directory / "bench" / "scale_fetch.py"
 # SCALE_SERIES' names: data-fetch, and the preprocess engines and training
 SERIES = (FETCH.name, "pandas", "spark", "spark-cluster", "training")
-CLUSTER_SERIES = "preprocess spark-cluster"  # bench_scale_cluster.SERIES
+CLUSTER_SERIES = "preprocess spark-cluster"
+SPARK_MEMORY = r"^[0-9]+[mg]$"  # a Spark memory setting: 2g, 512m
 
 
 class ScaleBenchSettings(BaseSettings):
@@ -103,7 +104,7 @@ class ScaleBenchSettings(BaseSettings):
     memory_gb: float = Field(default=8, gt=0, description="every process tree's memory cap")
     spark_driver_memory: str = Field(
         default="2g",
-        pattern=r"^[0-9]+[mg]$",
+        pattern=SPARK_MEMORY,
         description="Spark's spark.driver.memory in local[*] (the stage's default, 1g, runs out "
         "of heap at 3,000,000 pull requests)",
     )
@@ -114,13 +115,13 @@ class ScaleBenchSettings(BaseSettings):
     )
     cluster_executor_memory: str = Field(
         default="2g",
-        pattern=r"^[0-9]+[mg]$",
+        pattern=SPARK_MEMORY,
         description="the cluster point's spark.executor.memory (two executors; the driver gets "
         "SCALE_SPARK_DRIVER_MEMORY, as local[*])",
     )
     cluster_memory_overhead: str = Field(
         default="1g",
-        pattern=r"^[0-9]+[mg]$",
+        pattern=SPARK_MEMORY,
         description="the cluster point's memory overhead a pod (Python workers, off-heap), "
         "above its JVM memory: the pod's memory limit is the sum",
     )
@@ -540,7 +541,7 @@ class Bench:
         except OpsError as error:  # no kubectl built, or no admin's kubeconfig here
             layout, image = None, f"{bench_scale_cluster.NOT_UP} ({commands.tail(str(error), 120)})"
         if layout is None:
-            print(f"\n{bench_scale_cluster.SERIES}: skipped: {image}", flush=True)
+            print(f"\n{CLUSTER_SERIES}: skipped: {image}", flush=True)
             return image
         print(
             f"\n{bench_scale_cluster.describe_resources(self._resources(), 'the partitions as')}"
@@ -562,7 +563,7 @@ class Bench:
         from pipeline_ops import bench_scale_cluster
 
         if not isinstance(cluster, tuple):
-            self.run_point(bench_scale_cluster.SERIES, rows, _never, skipped=str(cluster))
+            self.run_point(CLUSTER_SERIES, rows, _never, skipped=str(cluster))
             return
         # the pods' folder (hostPath): the Parquet file linked in, their output beside it;
         # open to the pods' user (uid 10001)
@@ -586,7 +587,7 @@ class Bench:
             finally:
                 shutil.rmtree(share / f"out-{name}", ignore_errors=True)
 
-        self.run_point(bench_scale_cluster.SERIES, rows, run)
+        self.run_point(CLUSTER_SERIES, rows, run)
 
 
 def _never() -> Run:

@@ -28,7 +28,6 @@ from typing import Any
 
 from pipeline_ops.base.errors import OpsError
 from pipeline_ops.bench_scale import (
-    CLUSTER_SERIES,
     POLL_SECONDS,
     PREPROCESS_WORKER,
     Run,
@@ -40,7 +39,6 @@ from pipeline_ops.cluster.launcher import Cluster
 from pipeline_ops.cluster.layout import Layout
 from pipeline_ops.cluster.registry import pushed
 
-SERIES = CLUSTER_SERIES
 NAMESPACE = spark_operator.JOBS_NAMESPACE
 APP_LABEL = "sparkoperator.k8s.io/app-name"  # the operator's label on the driver and executors
 FINAL_STATES = ("COMPLETED", "FAILED", "SUBMISSION_FAILED")
